@@ -1,0 +1,246 @@
+//! The configuration: one TOML file (every field optional, defaults need no file), then environment
+//! overrides. The doc comments of these structs are the reference for users (see README).
+//!
+//! Environment overrides: `BQSYNC__SECTION__FIELD=value` sets `[section] field = value`; an array
+//! element is addressed by its index (`BQSYNC__SOURCES__JSONL__0__ROOT=/data/inbox`). Values are read
+//! as TOML (`10`, `true`, `[1, 2]`) and otherwise as a string. Unknown keys are rejected, wherever they
+//! come from.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::bus::embedded::EmbeddedBusConfig;
+use crate::sources::jsonl::JsonlSourceConfig;
+use crate::warehouse::duckdb::DuckDbConfig;
+use crate::worker::WorkerConfig;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "bqsync.toml";
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "BQSYNC__";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of table definitions (one `TABLE.json` a table). Default `schemas`.
+    #[serde(default = "default_schemas_dir")]
+    pub schemas_dir: PathBuf,
+    /// SQLite file holding producer checkpoints. Default `.bqsync/state.db`.
+    #[serde(default = "default_state_path")]
+    pub state_path: PathBuf,
+    #[serde(default)]
+    pub bus: BusConfig,
+    #[serde(default)]
+    pub warehouse: WarehouseConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub sources: SourcesConfig,
+}
+
+fn default_schemas_dir() -> PathBuf {
+    PathBuf::from("schemas")
+}
+fn default_state_path() -> PathBuf {
+    PathBuf::from(".bqsync/state.db")
+}
+
+/// `[bus]`: which bus carries events.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// `embedded` (default): a durable SQLite queue on this machine.
+    #[serde(default)]
+    pub kind: BusKind,
+    #[serde(default)]
+    pub embedded: EmbeddedBusConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    #[default]
+    Embedded,
+}
+
+/// `[warehouse]`: where batches land.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseConfig {
+    /// `duckdb` (default): an embedded DuckDB file.
+    #[serde(default)]
+    pub kind: WarehouseKind,
+    #[serde(default)]
+    pub duckdb: DuckDbConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WarehouseKind {
+    #[default]
+    Duckdb,
+}
+
+/// `[sources]`: producers. Default: one JSONL source on `./inbox` (files under `inbox/TABLE/` land
+/// in `TABLE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// `[[sources.jsonl]]` entries.
+    #[serde(default = "default_jsonl_sources")]
+    pub jsonl: Vec<JsonlSourceConfig>,
+}
+
+fn default_jsonl_sources() -> Vec<JsonlSourceConfig> {
+    vec![JsonlSourceConfig::default()]
+}
+
+impl Default for SourcesConfig {
+    fn default() -> Self {
+        SourcesConfig { jsonl: default_jsonl_sources() }
+    }
+}
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("environment variable {name}: {problem}")]
+    Env { name: String, problem: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path` (or `bqsync.toml` if present, or nothing), then applies `BQSYNC__…` overrides
+    /// from `env`.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let (label, text) = match path {
+            Some(p) => (p.display().to_string(), std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                let p = Path::new(DEFAULT_CONFIG_FILE);
+                (p.display().to_string(), std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?)
+            }
+            None => ("(defaults)".to_string(), String::new()),
+        };
+        let mut tree: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: label.clone(), source })?;
+        for (name, value) in env {
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut tree, rest, &value).map_err(|problem| ConfigError::Env { name: name.clone(), problem })?;
+            }
+        }
+        let config: Config = toml::Value::Table(tree).try_into().map_err(|source| ConfigError::Parse { path: format!("{label} with environment overrides"), source })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let w = &self.worker;
+        if w.max_batch_rows == 0 || w.pull_max_messages == 0 {
+            return Err(ConfigError::Invalid("worker.max_batch_rows and worker.pull_max_messages must be ≥ 1".into()));
+        }
+        if w.retry_budget_secs >= self.bus.embedded.ack_deadline_secs {
+            return Err(ConfigError::Invalid(format!(
+                "worker.retry_budget_secs ({}) must be below bus.embedded.ack_deadline_secs ({}): a batch retried past its lease is redelivered meanwhile",
+                w.retry_budget_secs, self.bus.embedded.ack_deadline_secs
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for source in &self.sources.jsonl {
+            if !names.insert(source.name.as_str()) {
+                return Err(ConfigError::Invalid(format!("two sources are named `{}`; names key the checkpoints and must differ", source.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets `path` (segments separated by `__`, case-insensitive) in the TOML tree.
+fn apply_override(tree: &mut toml::Table, path: &str, raw: &str) -> Result<(), String> {
+    let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err("empty path segment".into());
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut node = tree;
+    let (last, parents) = segments.split_last().expect("non-empty");
+    let mut parents = parents.iter().peekable();
+    while let Some(segment) = parents.next() {
+        let next_is_index = parents.peek().is_some_and(|s| s.parse::<usize>().is_ok());
+        let entry = node.entry(segment.clone()).or_insert_with(|| if next_is_index { toml::Value::Array(vec![]) } else { toml::Value::Table(toml::Table::new()) });
+        node = match entry {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => {
+                let index: usize = parents.next().and_then(|s| s.parse().ok()).ok_or("expected an array index")?;
+                while items.len() <= index {
+                    items.push(toml::Value::Table(toml::Table::new()));
+                }
+                items[index].as_table_mut().ok_or("array element is not a table")?
+            }
+            _ => return Err(format!("`{segment}` is not a section")),
+        };
+    }
+    node.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        let config = Config::load(Some(&empty), []).unwrap();
+        assert_eq!(config.warehouse.duckdb.path, PathBuf::from("bqsync.duckdb"));
+        assert_eq!(config.sources.jsonl.len(), 1);
+        assert_eq!(config.sources.jsonl[0].root, PathBuf::from("inbox"));
+        assert_eq!(config.worker.max_batch_rows, 20_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let file = write("[worker]\nmax_batch_rowz = 5\n");
+        let err = Config::load(Some(file.path()), []).unwrap_err().to_string();
+        assert!(err.contains("max_batch_rowz"), "{err}");
+        let file = write("");
+        let err = Config::load(Some(file.path()), [("BQSYNC__WORKER__NOPE".to_string(), "1".to_string())]).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_sections_and_array_elements() {
+        let file = write("[worker]\nmax_batch_rows = 5\n[[sources.jsonl]]\nname = \"a\"\n");
+        let env = [
+            ("BQSYNC__WORKER__MAX_BATCH_ROWS".to_string(), "7".to_string()),
+            ("BQSYNC__SOURCES__JSONL__0__ROOT".to_string(), "/data/in".to_string()),
+            ("BQSYNC__WAREHOUSE__DUCKDB__PATH".to_string(), "/tmp/x.duckdb".to_string()),
+            ("OTHER".to_string(), "ignored".to_string()),
+        ];
+        let config = Config::load(Some(file.path()), env).unwrap();
+        assert_eq!(config.worker.max_batch_rows, 7);
+        assert_eq!(config.sources.jsonl[0].root, PathBuf::from("/data/in"));
+        assert_eq!(config.sources.jsonl[0].name, "a");
+        assert_eq!(config.warehouse.duckdb.path, PathBuf::from("/tmp/x.duckdb"));
+    }
+
+    #[test]
+    fn semantic_checks_name_the_fields() {
+        let file = write("[worker]\nretry_budget_secs = 100\n");
+        let err = Config::load(Some(file.path()), []).unwrap_err().to_string();
+        assert!(err.contains("worker.retry_budget_secs"), "{err}");
+    }
+}

@@ -1,0 +1,175 @@
+//! The change-event envelope: the body of every bus message (see `schemas/envelope.schema.json`).
+//!
+//! Invariant: `event_id` is deterministic — the same source record always yields the same id — so a
+//! record published twice (a producer crashed after publishing but before its checkpoint advanced)
+//! lands once: warehouses deduplicate on it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::schema::{parse_timestamp_micros, ColumnType, TableSchema, WriteMode};
+
+/// What a change event does to its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Insert,
+    Upsert,
+    Delete,
+}
+
+/// A change event as producers build it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeEvent<'a> {
+    pub event_id: String,
+    pub table: &'a str,
+    pub op: Op,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// The row, kept as the producer's JSON text (validated as an object) to avoid re-encoding it.
+    pub payload: &'a RawValue,
+    pub source: &'a str,
+    pub produced_at: &'a str,
+}
+
+/// A change event as workers decode it; borrows from the message bytes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodedEvent<'a> {
+    pub event_id: String,
+    #[serde(borrow)]
+    pub table: std::borrow::Cow<'a, str>,
+    pub op: Op,
+    #[serde(default)]
+    pub key: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub version: Option<i64>,
+    pub payload: Map<String, Value>,
+    #[serde(borrow)]
+    pub source: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub produced_at: std::borrow::Cow<'a, str>,
+}
+
+/// Why a message is not a valid change event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is not UTF-8: invalid byte at offset {0}")]
+    NotUtf8(usize),
+    #[error("message is not a valid change event: {0}")]
+    Json(String),
+    #[error("field `{field}`: {problem}")]
+    Field { field: &'static str, problem: String },
+}
+
+/// Decodes and checks a message body. Errors say which field is wrong and why.
+pub fn decode(bytes: &[u8]) -> Result<DecodedEvent<'_>, DecodeError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
+    let event: DecodedEvent = serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let field = |field, problem: &str| Err(DecodeError::Field { field, problem: problem.to_string() });
+    if event.event_id.is_empty() || event.event_id.len() > 256 {
+        return field("event_id", "must be 1 to 256 characters");
+    }
+    if !crate::schema::is_valid_identifier(&event.table) {
+        return field("table", "must be a table name (letters, digits and _)");
+    }
+    if matches!(event.op, Op::Upsert | Op::Delete) {
+        if event.key.as_ref().is_none_or(|k| k.is_empty()) {
+            return field("key", "is required for upsert and delete");
+        }
+        if event.version.is_none() {
+            return field("version", "is required for upsert and delete");
+        }
+    }
+    if chrono::DateTime::parse_from_rfc3339(&event.produced_at).is_err() {
+        return field("produced_at", "must be an RFC 3339 timestamp");
+    }
+    Ok(event)
+}
+
+/// A 128-bit deterministic id, as 32 hex digits, from the parts that identify a source record.
+pub fn derive_event_id(parts: &[&[u8]]) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    format!("{:032x}", hasher.digest128())
+}
+
+/// Identity of a payload within its table, read from the table schema: event id (when the schema names
+/// an id field), primary key and version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordIdentity {
+    pub op: Op,
+    pub event_id: Option<String>,
+    pub key: Option<Map<String, Value>>,
+    pub version: Option<i64>,
+}
+
+/// Reads op, id, key and version from a payload according to the table's schema.
+/// Upsert tables: `key` from the primary key columns and `version` from the version column (TIMESTAMP
+/// versions become microseconds). A payload with `"_deleted": true` (removed from the payload by the
+/// caller) is a delete.
+pub fn identify(table: &TableSchema, payload: &Map<String, Value>, deleted: bool) -> Result<RecordIdentity, String> {
+    let event_id = match &table.event_id_field {
+        Some(field) => match payload.get(field) {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            other => return Err(format!("id field `{field}` must be a non-empty string, got {}", other.map_or("nothing".into(), |v| v.to_string()))),
+        },
+        None => None,
+    };
+    if table.write_mode == WriteMode::Append {
+        return Ok(RecordIdentity { op: Op::Insert, event_id, key: None, version: None });
+    }
+    let mut key = Map::new();
+    for column in &table.primary_key {
+        match payload.get(column) {
+            Some(v) if !v.is_null() => key.insert(column.clone(), v.clone()),
+            _ => return Err(format!("primary key column `{column}` is missing")),
+        };
+    }
+    let version_column = table.version_column.as_deref().expect("upsert tables have a version column");
+    let raw = payload.get(version_column).ok_or_else(|| format!("version column `{version_column}` is missing"))?;
+    let version = match table.column(version_column).map(|c| c.column_type) {
+        Some(ColumnType::Timestamp) => parse_timestamp_micros(raw),
+        _ => raw.as_i64().or_else(|| raw.as_str().and_then(|s| s.parse().ok())),
+    }
+    .ok_or_else(|| format!("version column `{version_column}`: cannot read a version from {raw}"))?;
+    let op = if deleted { Op::Delete } else { Op::Upsert };
+    Ok(RecordIdentity { op, event_id, key: Some(key), version: Some(version) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_rejects_with_precise_reasons() {
+        let ok = br#"{"event_id":"e","table":"t","op":"insert","payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
+        assert!(decode(ok).is_ok());
+        assert_eq!(decode(b"\xff{}").unwrap_err(), DecodeError::NotUtf8(0));
+        let extra = br#"{"event_id":"e","table":"t","op":"insert","payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z","x":1}"#;
+        assert!(decode(extra).unwrap_err().to_string().contains("unknown field `x`"));
+        let bad_op = br#"{"event_id":"e","table":"t","op":"merge","payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
+        assert!(decode(bad_op).unwrap_err().to_string().contains("unknown variant `merge`"));
+        let no_key = br#"{"event_id":"e","table":"t","op":"upsert","version":1,"payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
+        assert_eq!(decode(no_key).unwrap_err().to_string(), "field `key`: is required for upsert and delete");
+        let bad_table = br#"{"event_id":"e","table":"t;drop","op":"insert","payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
+        assert!(decode(bad_table).unwrap_err().to_string().starts_with("field `table`"));
+        let payload_not_object = br#"{"event_id":"e","table":"t","op":"insert","payload":[1],"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
+        assert!(matches!(decode(payload_not_object).unwrap_err(), DecodeError::Json(_)));
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_unambiguous() {
+        let a = derive_event_id(&[b"atoms", b"ab", b"c"]);
+        assert_eq!(a, derive_event_id(&[b"atoms", b"ab", b"c"]));
+        assert_ne!(a, derive_event_id(&[b"atoms", b"a", b"bc"]));
+        assert_eq!(a.len(), 32);
+    }
+}

@@ -1,0 +1,22 @@
+//! bqsync: gets local and operational data into a warehouse (BigQuery in production, an embedded
+//! DuckDB on one machine) in near real time, exactly once in effect.
+//!
+//! Data flow, one module a stage: [`sources`] (watch where data appears, publish change events) →
+//! [`bus`] (durable, leased delivery) → [`worker`] (batch per table, land, ack after commit) →
+//! [`warehouse`] (idempotent landing). [`envelope`] is the event format, [`schema`] the table
+//! definitions, [`config`] the user's settings, [`pipeline`] wires them together.
+//!
+//! Exactly once in effect: producers derive deterministic event ids and checkpoint after the bus
+//! accepted; the bus redelivers until acked; workers ack only after the warehouse committed; the
+//! warehouse deduplicates on event id (append) or keeps the highest version per key (upsert). Every
+//! failure point therefore leads to redelivery, and every redelivery to a no-op.
+
+pub mod bus;
+pub mod config;
+pub mod envelope;
+pub mod pipeline;
+pub mod schema;
+pub mod sources;
+pub mod status;
+pub mod warehouse;
+pub mod worker;

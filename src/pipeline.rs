@@ -1,0 +1,143 @@
+//! Wires sources → bus → worker → warehouse from a [`Config`] and runs them until drained or stopped.
+//!
+//! Shutdown: on SIGINT/SIGTERM sources stop reading at their next publish boundary (their checkpoints
+//! cover exactly what was published), the worker stops pulling, flushes and acks what it holds, and
+//! the process exits 0. Whatever was leased but not landed is redelivered on the next start.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::bus::embedded::EmbeddedBus;
+use crate::bus::{Publisher, Subscription};
+use crate::config::Config;
+use crate::schema::Catalog;
+use crate::sources::checkpoint::CheckpointStore;
+use crate::sources::jsonl::JsonlSource;
+use crate::sources::Source;
+use crate::warehouse::duckdb::DuckDbWarehouse;
+use crate::warehouse::Warehouse;
+use crate::worker::{StopMode, Worker, WorkerStats};
+
+/// How long `run` goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Until SIGINT/SIGTERM.
+    Forever,
+    /// Until every input present at start (and written meanwhile) is landed.
+    UntilDrained,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RunReport {
+    pub events_published: u64,
+    pub worker: WorkerStats,
+}
+
+/// Loads the table catalog named by the config, with a hint when it is missing.
+pub fn load_catalog(config: &Config) -> anyhow::Result<Arc<Catalog>> {
+    let catalog = Catalog::load_dir(&config.schemas_dir)
+        .with_context(|| format!("loading table definitions (schemas_dir = {}; run from the project directory or set it in the config)", config.schemas_dir.display()))?;
+    Ok(Arc::new(catalog))
+}
+
+/// Runs sources and worker in this process.
+pub async fn run(config: Config, mode: RunMode) -> anyhow::Result<RunReport> {
+    let catalog = load_catalog(&config)?;
+    let bus = EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
+    let _consumer = bus.claim_consumer().context("claiming the embedded bus")?;
+    let warehouse: Arc<dyn Warehouse> = Arc::new(DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone()).context("opening the DuckDB warehouse")?);
+    warehouse.ensure_tables().await.context("creating tables from schemas/")?;
+    let checkpoints = Arc::new(CheckpointStore::open(&config.state_path).context("opening the checkpoint store")?);
+
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let mut source_tasks = tokio::task::JoinSet::new();
+    let publisher: Arc<dyn Publisher> = Arc::new(bus.clone());
+    for source_config in &config.sources.jsonl {
+        let mut source = JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
+        source.set_stop_flag(stop_reading.clone());
+        if mode == RunMode::Forever {
+            source.watch()?;
+        } else {
+            std::fs::create_dir_all(&source_config.root).with_context(|| format!("creating {}", source_config.root.display()))?;
+        }
+        source_tasks.spawn(drive_source(Box::new(source), publisher.clone(), stop_reading.clone(), mode));
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(StopMode::Run);
+    let subscription: Arc<dyn Subscription> = Arc::new(bus.subscription());
+    let dead_letters: Arc<dyn Subscription> = Arc::new(bus.dead_letter_subscription());
+    let mut worker = Worker::new(config.worker.clone(), catalog.clone(), warehouse.clone(), subscription, Some(dead_letters));
+    let worker_task = tokio::spawn(async move {
+        let result = worker.run(stop_rx).await;
+        result.map(|_| worker.stats)
+    });
+
+    let signal_stop = {
+        let stop_reading = stop_reading.clone();
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested: stop reading, flush, ack, exit");
+            stop_reading.store(true, Ordering::SeqCst);
+            let _ = stop_tx.send(StopMode::Now);
+        })
+    };
+
+    let mut events_published = 0;
+    while let Some(joined) = source_tasks.join_next().await {
+        events_published += joined.context("source task panicked")??;
+    }
+    if !stop_reading.load(Ordering::SeqCst) {
+        let _ = stop_tx.send(StopMode::WhenDrained);
+    }
+    let worker_stats = worker_task.await.context("worker task panicked")??;
+    signal_stop.abort();
+    Ok(RunReport { events_published, worker: worker_stats })
+}
+
+/// Runs one source: passes until drained (one-shot) or until told to stop.
+async fn drive_source(mut source: Box<dyn Source>, publisher: Arc<dyn Publisher>, stop: Arc<AtomicBool>, mode: RunMode) -> anyhow::Result<u64> {
+    let mut published = 0;
+    let mut delay = Duration::from_millis(200);
+    while !stop.load(Ordering::SeqCst) {
+        match source.emit(publisher.as_ref()).await {
+            Ok(outcome) => {
+                published += outcome.published;
+                delay = Duration::from_millis(200);
+                if mode == RunMode::UntilDrained && outcome.consumed == 0 {
+                    break;
+                }
+                if mode == RunMode::Forever && outcome.consumed == 0 {
+                    source.wait_for_input(Duration::from_secs(1)).await;
+                }
+            }
+            Err(e) => {
+                // Nothing was checkpointed past the failure: the next pass retries from there.
+                tracing::error!(source = source.name(), error = %e, retry_in_ms = delay.as_millis() as u64, "source pass failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    Ok(published)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,160 @@
+//! Producer checkpoints in a local SQLite state file.
+//!
+//! Invariant: a checkpoint is written only after the bus accepted every event before it, so a crash
+//! can only make a producer publish an event again (deduplicated downstream by its deterministic id),
+//! never skip one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Where a file was read up to, and how to recognise the file again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileCheckpoint {
+    pub device: u64,
+    pub inode: u64,
+    /// Hash of the first bytes of the file (see [`super::jsonl::FINGERPRINT_BYTES`]); a file that
+    /// reuses an inode but has other content starts from 0.
+    pub fingerprint: u64,
+    /// Number of bytes the fingerprint covers (a file shorter than the full length when first seen).
+    pub fingerprint_len: u64,
+    /// Byte offset just past the last line published.
+    pub offset: u64,
+    pub path: String,
+    /// File size when the checkpoint was written, for the lag figure of `bqsync status`.
+    pub size_seen: u64,
+}
+
+/// Errors of the checkpoint store.
+#[derive(Debug, thiserror::Error)]
+#[error("checkpoint store {path}: {source}")]
+pub struct CheckpointError {
+    path: PathBuf,
+    source: rusqlite::Error,
+}
+
+/// The state file shared by all sources of a process.
+pub struct CheckpointStore {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+}
+
+impl CheckpointStore {
+    pub fn open(path: &Path) -> Result<CheckpointStore, CheckpointError> {
+        let err = |source| CheckpointError { path: path.to_path_buf(), source };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let connection = Connection::open(path).map_err(err)?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA busy_timeout = 10000;
+                 CREATE TABLE IF NOT EXISTS file_checkpoints (
+                   source TEXT NOT NULL, device INTEGER NOT NULL, inode INTEGER NOT NULL,
+                   fingerprint INTEGER NOT NULL, fingerprint_len INTEGER NOT NULL, offset INTEGER NOT NULL,
+                   path TEXT NOT NULL, size_seen INTEGER NOT NULL, updated_micros INTEGER NOT NULL,
+                   PRIMARY KEY (source, device, inode));",
+            )
+            .map_err(err)?;
+        Ok(CheckpointStore { path: path.to_path_buf(), connection: Mutex::new(connection) })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> CheckpointError {
+        CheckpointError { path: self.path.clone(), source }
+    }
+
+    pub fn file(&self, source: &str, device: u64, inode: u64) -> Result<Option<FileCheckpoint>, CheckpointError> {
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        connection
+            .query_row(
+                "SELECT fingerprint, fingerprint_len, offset, path, size_seen FROM file_checkpoints WHERE source = ?1 AND device = ?2 AND inode = ?3",
+                params![source, device as i64, inode as i64],
+                |r| {
+                    Ok(FileCheckpoint {
+                        device,
+                        inode,
+                        fingerprint: r.get::<_, i64>(0)? as u64,
+                        fingerprint_len: r.get::<_, i64>(1)? as u64,
+                        offset: r.get::<_, i64>(2)? as u64,
+                        path: r.get(3)?,
+                        size_seen: r.get::<_, i64>(4)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn save_file(&self, source: &str, checkpoint: &FileCheckpoint) -> Result<(), CheckpointError> {
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        connection
+            .prepare_cached(
+                "INSERT INTO file_checkpoints (source, device, inode, fingerprint, fingerprint_len, offset, path, size_seen, updated_micros)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (source, device, inode) DO UPDATE SET fingerprint = excluded.fingerprint,
+                   fingerprint_len = excluded.fingerprint_len, offset = excluded.offset, path = excluded.path,
+                   size_seen = excluded.size_seen, updated_micros = excluded.updated_micros",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    source,
+                    checkpoint.device as i64,
+                    checkpoint.inode as i64,
+                    checkpoint.fingerprint as i64,
+                    checkpoint.fingerprint_len as i64,
+                    checkpoint.offset as i64,
+                    checkpoint.path,
+                    checkpoint.size_seen as i64,
+                    chrono::Utc::now().timestamp_micros()
+                ])
+            })
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// All file checkpoints, for `bqsync status`.
+    pub fn all_files(&self) -> Result<Vec<(String, FileCheckpoint)>, CheckpointError> {
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let mut statement = connection
+            .prepare("SELECT source, device, inode, fingerprint, fingerprint_len, offset, path, size_seen FROM file_checkpoints ORDER BY source, path")
+            .map_err(|e| self.err(e))?;
+        let rows = statement
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    FileCheckpoint {
+                        device: r.get::<_, i64>(1)? as u64,
+                        inode: r.get::<_, i64>(2)? as u64,
+                        fingerprint: r.get::<_, i64>(3)? as u64,
+                        fingerprint_len: r.get::<_, i64>(4)? as u64,
+                        offset: r.get::<_, i64>(5)? as u64,
+                        path: r.get(6)?,
+                        size_seen: r.get::<_, i64>(7)? as u64,
+                    },
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_round_trip_and_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(&dir.path().join("state.db")).unwrap();
+        let mut checkpoint = FileCheckpoint { device: 1, inode: 2, fingerprint: u64::MAX, fingerprint_len: 256, offset: 10, path: "a".into(), size_seen: 20 };
+        store.save_file("s", &checkpoint).unwrap();
+        checkpoint.offset = 20;
+        store.save_file("s", &checkpoint).unwrap();
+        assert_eq!(store.file("s", 1, 2).unwrap(), Some(checkpoint));
+        assert_eq!(store.file("other", 1, 2).unwrap(), None);
+        assert_eq!(store.all_files().unwrap().len(), 1);
+    }
+}

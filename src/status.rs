@@ -1,0 +1,109 @@
+//! `bqsync status`: queue depth, dead letters by reason, rows per table and checkpoint lag.
+//!
+//! It reads the bus and checkpoint files (SQLite allows readers beside a running bqsync) and opens the
+//! DuckDB file read-only; DuckDB refuses that while a `bqsync run` holds the file, and status then says
+//! so instead of failing.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::bus::{embedded, QueueStats, Subscription};
+use crate::config::Config;
+use crate::schema::Catalog;
+use crate::sources::checkpoint::CheckpointStore;
+use crate::warehouse::duckdb::DuckDbWarehouse;
+use crate::warehouse::Warehouse;
+
+/// Everything `bqsync status` shows.
+#[derive(Debug, Default, Serialize)]
+pub struct Status {
+    pub queue: Option<QueueStats>,
+    pub rows_per_table: Vec<(String, u64)>,
+    pub dead_letters: Vec<(String, String, u64)>,
+    pub warehouse_note: Option<String>,
+    pub checkpoints: Vec<CheckpointLag>,
+}
+
+/// How far a file's checkpoint trails the file.
+#[derive(Debug, Serialize)]
+pub struct CheckpointLag {
+    pub source: String,
+    pub path: String,
+    pub offset: u64,
+    pub size: Option<u64>,
+    pub lag_bytes: Option<u64>,
+}
+
+pub async fn collect(config: &Config, catalog: Arc<Catalog>) -> anyhow::Result<Status> {
+    let mut status = Status::default();
+    if let Some(bus) = embedded::open_existing(&config.bus.embedded.path)? {
+        status.queue = Some(bus.subscription().stats().await?);
+    }
+    let path = &config.warehouse.duckdb.path;
+    if path.exists() {
+        match DuckDbWarehouse::open_read_only(path, catalog) {
+            Ok(warehouse) => {
+                status.rows_per_table = warehouse.row_counts().await?;
+                status.dead_letters = warehouse.dead_letter_counts().await?;
+            }
+            Err(e) => status.warehouse_note = Some(format!("warehouse not readable now (a running bqsync holds it?): {e}")),
+        }
+    } else {
+        status.warehouse_note = Some(format!("no warehouse file yet at {}", path.display()));
+    }
+    if config.state_path.exists() {
+        let store = CheckpointStore::open(&config.state_path)?;
+        for (source, checkpoint) in store.all_files()? {
+            let size = std::fs::metadata(Path::new(&checkpoint.path)).ok().map(|m| m.len());
+            status.checkpoints.push(CheckpointLag {
+                source,
+                lag_bytes: size.map(|s| s.saturating_sub(checkpoint.offset)),
+                path: checkpoint.path,
+                offset: checkpoint.offset,
+                size,
+            });
+        }
+    }
+    Ok(status)
+}
+
+/// Renders the status as plain-text tables.
+pub fn render(status: &Status) -> String {
+    let mut out = String::new();
+    out.push_str("QUEUE\n");
+    match &status.queue {
+        Some(q) => out.push_str(&format!(
+            "  pending {:>10}   leased {:>10}   dead-letter queue {:>8}   oldest {}\n",
+            q.pending,
+            q.leased,
+            q.dead_lettered,
+            q.oldest_publish_micros.and_then(chrono::DateTime::from_timestamp_micros).map_or("-".into(), |t| t.to_rfc3339())
+        )),
+        None => out.push_str("  no bus file yet\n"),
+    }
+    out.push_str("\nROWS PER TABLE\n");
+    for (table, rows) in &status.rows_per_table {
+        out.push_str(&format!("  {table:<24} {rows:>12}\n"));
+    }
+    out.push_str("\nDEAD LETTERS\n");
+    if status.dead_letters.is_empty() {
+        out.push_str("  none\n");
+    }
+    for (table, reason, count) in &status.dead_letters {
+        out.push_str(&format!("  {table:<24} {reason:<20} {count:>8}\n"));
+    }
+    if let Some(note) = &status.warehouse_note {
+        out.push_str(&format!("  ({note})\n"));
+    }
+    out.push_str("\nCHECKPOINTS\n");
+    if status.checkpoints.is_empty() {
+        out.push_str("  none\n");
+    }
+    for c in &status.checkpoints {
+        let lag = c.lag_bytes.map_or("gone".to_string(), |l| format!("{l} B behind"));
+        out.push_str(&format!("  {:<10} {:<48} offset {:>12}  {}\n", c.source, c.path, c.offset, lag));
+    }
+    out
+}

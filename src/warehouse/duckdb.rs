@@ -1,0 +1,307 @@
+//! The embedded warehouse: one DuckDB file.
+//!
+//! A landing stages each table's rows through DuckDB's Arrow appender into a staging table, then
+//! applies them with one set-based statement per table (anti-join insert for append tables,
+//! version-guarded MERGE for upsert tables), all in one transaction with the dead letters of the
+//! same flush. See [`super::sql`] for the statements.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use duckdb::arrow::array::{ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use duckdb::arrow::record_batch::RecordBatch;
+use duckdb::Connection;
+use serde::Deserialize;
+
+use super::sql::{self, StagingType};
+use super::{Committed, LandStats, TableBatch, Warehouse, WarehouseError};
+use crate::envelope::Op;
+use crate::schema::{CellValue, Catalog, TableSchema, WriteMode};
+
+/// Settings of the DuckDB warehouse (`[warehouse.duckdb]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DuckDbConfig {
+    /// Database file. Default `./bqsync.duckdb`.
+    #[serde(default = "default_path")]
+    pub path: PathBuf,
+    /// DuckDB worker threads. Default 2.
+    #[serde(default = "default_threads")]
+    pub threads: u32,
+    /// DuckDB memory limit, e.g. `512MB`. Default `1GB`.
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: String,
+}
+
+fn default_path() -> PathBuf {
+    PathBuf::from("bqsync.duckdb")
+}
+const fn default_threads() -> u32 {
+    2
+}
+fn default_memory_limit() -> String {
+    "1GB".into()
+}
+
+impl Default for DuckDbConfig {
+    fn default() -> Self {
+        DuckDbConfig { path: default_path(), threads: default_threads(), memory_limit: default_memory_limit() }
+    }
+}
+
+/// The DuckDB warehouse.
+#[derive(Clone)]
+pub struct DuckDbWarehouse {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+    catalog: Arc<Catalog>,
+}
+
+impl DuckDbWarehouse {
+    /// Opens (creating if needed) the database file.
+    pub fn open(config: &DuckDbConfig, catalog: Arc<Catalog>) -> Result<DuckDbWarehouse, WarehouseError> {
+        let path = config.path.clone();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let err = |context: &str| {
+            let path = path.display().to_string();
+            let context = context.to_string();
+            move |source| WarehouseError::DuckDb { path, context, source }
+        };
+        let connection = Connection::open(&path).map_err(err("open (is another bqsync process using this file?)"))?;
+        // Values come from the config file, not from events; validated by DuckDB itself.
+        connection
+            .execute_batch(&format!("SET threads = {}; SET memory_limit = '{}';", config.threads.max(1), config.memory_limit.replace('\'', "")))
+            .map_err(err("settings"))?;
+        Ok(DuckDbWarehouse { inner: Arc::new(Inner { path, connection: Mutex::new(connection), catalog }) })
+    }
+
+    /// Opens an existing file read-only (for `bqsync status`).
+    pub fn open_read_only(path: &Path, catalog: Arc<Catalog>) -> Result<DuckDbWarehouse, WarehouseError> {
+        let config = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly).map_err(|source| WarehouseError::DuckDb {
+            path: path.display().to_string(),
+            context: "config".into(),
+            source,
+        })?;
+        let connection = Connection::open_with_flags(path, config)
+            .map_err(|source| WarehouseError::DuckDb { path: path.display().to_string(), context: "open read-only".into(), source })?;
+        Ok(DuckDbWarehouse { inner: Arc::new(Inner { path: path.to_path_buf(), connection: Mutex::new(connection), catalog }) })
+    }
+
+    fn error(&self, context: impl Into<String>) -> impl FnOnce(duckdb::Error) -> WarehouseError {
+        let path = self.inner.path.display().to_string();
+        let context = context.into();
+        move |source| WarehouseError::DuckDb { path, context, source }
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&DuckDbWarehouse, &mut Connection) -> Result<T, WarehouseError> + Send + 'static) -> Result<T, WarehouseError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = this.inner.connection.lock().unwrap_or_else(|p| p.into_inner());
+            f(&this, &mut connection)
+        })
+        .await
+        .map_err(|e| WarehouseError::Task(e.to_string()))?
+    }
+
+    fn ensure_table(&self, connection: &Connection, table: &TableSchema) -> Result<(), WarehouseError> {
+        connection.execute_batch(&sql::create_table(table)).map_err(self.error(format!("create table {}", table.table)))?;
+        let mut statement = connection
+            .prepare("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?")
+            .map_err(self.error("read columns"))?;
+        let existing: Vec<(String, String)> = statement
+            .query_map([&table.table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(self.error("read columns"))?;
+        for column in &table.columns {
+            match existing.iter().find(|(name, _)| name == &column.name) {
+                None if column.mode == crate::schema::ColumnMode::Required => {
+                    return Err(WarehouseError::SchemaChange {
+                        table: table.table.clone(),
+                        problem: format!("new column `{}` is REQUIRED; existing rows have no value for it. Add it as NULLABLE.", column.name),
+                    })
+                }
+                None => {
+                    tracing::info!(table = %table.table, column = %column.name, "adding new column");
+                    connection.execute_batch(&sql::add_column(table, column)).map_err(self.error(format!("add column {}.{}", table.table, column.name)))?;
+                }
+                Some((_, live_type)) => {
+                    let wanted = sql::column_type(column);
+                    if !same_type(live_type, &wanted) {
+                        return Err(WarehouseError::SchemaChange {
+                            table: table.table.clone(),
+                            problem: format!("column `{}` is {live_type} in {} but {wanted} in schemas/{}.json; type changes need a migration", column.name, self.inner.path.display(), table.table),
+                        });
+                    }
+                }
+            }
+        }
+        connection.execute_batch(&sql::create_staging(table)).map_err(self.error(format!("create staging for {}", table.table)))?;
+        Ok(())
+    }
+
+    fn land_table(&self, tx: &duckdb::Transaction, batch: &TableBatch) -> Result<LandStats, WarehouseError> {
+        let table = self.inner.catalog.get(&batch.table).ok_or_else(|| WarehouseError::UnknownTable(batch.table.clone()))?;
+        let record_batch = to_record_batch(table, batch);
+        {
+            let mut appender = tx.appender(&sql::staging_table(table)).map_err(self.error(format!("stage {}", table.table)))?;
+            appender.append_record_batch(record_batch).map_err(self.error(format!("stage {}", table.table)))?;
+            appender.flush().map_err(self.error(format!("stage {}", table.table)))?;
+        }
+        let apply = match table.write_mode {
+            WriteMode::Append => sql::insert_new_events(table),
+            WriteMode::Upsert => sql::merge_versioned(table),
+        };
+        let changed = tx.execute(&apply, []).map_err(self.error(format!("apply batch to {}", table.table)))?;
+        tx.execute(&sql::clear_staging(table), []).map_err(self.error(format!("clear staging of {}", table.table)))?;
+        Ok(LandStats { rows_changed: changed as u64, rows_offered: batch.rows.len() as u64 })
+    }
+}
+
+/// DuckDB spells some types differently in information_schema (`VARCHAR[]`, `DECIMAL(38,9)`).
+fn same_type(live: &str, wanted: &str) -> bool {
+    let normalize = |t: &str| t.replace(' ', "").to_ascii_uppercase();
+    normalize(live) == normalize(wanted)
+}
+
+/// Builds the Arrow batch for the staging table: metadata columns, then one column per schema column.
+fn to_record_batch(table: &TableSchema, batch: &TableBatch) -> RecordBatch {
+    let n = batch.rows.len();
+    let mut fields = vec![
+        Field::new(sql::STAGE_EVENT_ID, DataType::Utf8, false),
+        Field::new(sql::STAGE_VERSION, DataType::Int64, true),
+        Field::new(sql::STAGE_DELETED, DataType::Boolean, false),
+        Field::new(sql::STAGE_SEQUENCE, DataType::Int64, false),
+    ];
+    let mut event_ids = StringBuilder::with_capacity(n, n * 36);
+    let mut versions = Int64Builder::with_capacity(n);
+    let mut deleted = BooleanBuilder::with_capacity(n);
+    let mut sequence = Int64Builder::with_capacity(n);
+    for (i, row) in batch.rows.iter().enumerate() {
+        event_ids.append_value(&row.event_id);
+        versions.append_option(row.version);
+        deleted.append_value(row.op == Op::Delete);
+        sequence.append_value(i as i64);
+    }
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(event_ids.finish()), Arc::new(versions.finish()), Arc::new(deleted.finish()), Arc::new(sequence.finish())];
+    for (index, column) in table.columns.iter().enumerate() {
+        let staging = sql::staging_type(column);
+        let cells = batch.rows.iter().map(|row| row.cells.get(index).unwrap_or(&CellValue::Null));
+        let (data_type, array) = column_array(staging, cells, n);
+        fields.push(Field::new(&column.name, data_type, true));
+        arrays.push(array);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).expect("arrays match the staging schema")
+}
+
+/// One Arrow column. Cells were coerced to the column's type before, so a mismatch is a bug: it lands
+/// as NULL rather than panicking the worker.
+fn column_array<'a>(staging: StagingType, cells: impl Iterator<Item = &'a CellValue>, n: usize) -> (DataType, ArrayRef) {
+    match staging {
+        StagingType::Varchar => {
+            let mut b = StringBuilder::with_capacity(n, n * 32);
+            for cell in cells {
+                match cell {
+                    CellValue::String(s) | CellValue::JsonText(s) => b.append_value(s),
+                    _ => b.append_null(),
+                }
+            }
+            (DataType::Utf8, Arc::new(b.finish()))
+        }
+        StagingType::Bigint => {
+            let mut b = Int64Builder::with_capacity(n);
+            cells.for_each(|c| b.append_option(if let CellValue::Int64(v) = c { Some(*v) } else { None }));
+            (DataType::Int64, Arc::new(b.finish()))
+        }
+        StagingType::Double => {
+            let mut b = Float64Builder::with_capacity(n);
+            cells.for_each(|c| b.append_option(if let CellValue::Float64(v) = c { Some(*v) } else { None }));
+            (DataType::Float64, Arc::new(b.finish()))
+        }
+        StagingType::Boolean => {
+            let mut b = BooleanBuilder::with_capacity(n);
+            cells.for_each(|c| b.append_option(if let CellValue::Bool(v) = c { Some(*v) } else { None }));
+            (DataType::Boolean, Arc::new(b.finish()))
+        }
+        StagingType::Timestamp => {
+            let mut b = TimestampMicrosecondBuilder::with_capacity(n);
+            cells.for_each(|c| b.append_option(if let CellValue::Timestamp(v) = c { Some(*v) } else { None }));
+            (DataType::Timestamp(TimeUnit::Microsecond, None), Arc::new(b.finish()))
+        }
+        StagingType::Date => {
+            let mut b = Date32Builder::with_capacity(n);
+            cells.for_each(|c| b.append_option(if let CellValue::Date(v) = c { Some(*v) } else { None }));
+            (DataType::Date32, Arc::new(b.finish()))
+        }
+        StagingType::Blob => {
+            let mut b = BinaryBuilder::with_capacity(n, n * 64);
+            for cell in cells {
+                match cell {
+                    CellValue::Bytes(v) => b.append_value(v),
+                    _ => b.append_null(),
+                }
+            }
+            (DataType::Binary, Arc::new(b.finish()))
+        }
+    }
+}
+
+#[async_trait]
+impl Warehouse for DuckDbWarehouse {
+    async fn ensure_tables(&self) -> Result<(), WarehouseError> {
+        self.blocking(|this, connection| {
+            for table in this.inner.catalog.tables() {
+                this.ensure_table(connection, table)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn land(&self, batches: Arc<Vec<TableBatch>>) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError> {
+        self.blocking(move |this, connection| {
+            let tx = connection.transaction().map_err(this.error("begin"))?;
+            let mut stats = Vec::with_capacity(batches.len());
+            for batch in batches.iter().filter(|b| !b.rows.is_empty()) {
+                stats.push((batch.table.clone(), this.land_table(&tx, batch)?));
+            }
+            tx.commit().map_err(this.error("commit"))?;
+            Ok((Committed::new(), stats))
+        })
+        .await
+    }
+
+    async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError> {
+        self.blocking(|this, connection| {
+            let mut counts = Vec::new();
+            for table in this.inner.catalog.tables() {
+                let count: Result<i64, _> = connection.query_row(&sql::count_live_rows(table), [], |r| r.get(0));
+                // A table that does not exist yet (status before the first run) counts 0.
+                counts.push((table.table.clone(), count.unwrap_or(0) as u64));
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn dead_letter_counts(&self) -> Result<Vec<(String, String, u64)>, WarehouseError> {
+        self.blocking(|this, connection| {
+            let Ok(mut statement) = connection.prepare("SELECT coalesce(table_name, '?'), reason, count(*) FROM dead_letters GROUP BY ALL ORDER BY ALL") else {
+                return Ok(Vec::new());
+            };
+            let rows = statement
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64)))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(this.error("count dead letters"))?;
+            Ok(rows)
+        })
+        .await
+    }
+}

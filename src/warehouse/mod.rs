@@ -1,0 +1,89 @@
+//! Warehouses: where batches land.
+//!
+//! Invariants every backend keeps:
+//! - [`Warehouse::land`] applies all the batches it is given in one transaction: all rows or none.
+//! - Landing is idempotent: append tables insert only event ids not yet present; upsert tables change
+//!   a row only when the incoming version is higher than the stored one (deletes are versioned
+//!   tombstones), so re-delivered and out-of-order events leave the same final state.
+//! - The [`Committed`] proof it returns is the only way for the worker to ack the batch's deliveries.
+
+pub mod duckdb;
+pub mod sql;
+
+use async_trait::async_trait;
+
+use crate::envelope::Op;
+use crate::schema::CellValue;
+
+/// One event, validated and coerced to its table's columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedRow {
+    pub event_id: String,
+    pub op: Op,
+    /// Version of the key (upsert tables).
+    pub version: Option<i64>,
+    /// One cell per schema column, in column order.
+    pub cells: Vec<CellValue>,
+}
+
+/// Rows for one table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableBatch {
+    pub table: String,
+    pub rows: Vec<StagedRow>,
+}
+
+/// Proof that a landing committed. Only warehouse backends can make one.
+#[derive(Debug)]
+#[must_use = "a commit proof exists to ack the deliveries it covers"]
+pub struct Committed {
+    _private: (),
+}
+
+impl Committed {
+    pub(in crate::warehouse) fn new() -> Committed {
+        Committed { _private: () }
+    }
+}
+
+/// What one landing changed, per table.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LandStats {
+    /// Rows inserted or updated (append: new event ids; upsert: keys whose version advanced).
+    pub rows_changed: u64,
+    /// Rows offered.
+    pub rows_offered: u64,
+}
+
+/// Errors of warehouse backends.
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    #[error("duckdb warehouse {path}: {context}: {source}")]
+    DuckDb { path: String, context: String, source: ::duckdb::Error },
+    #[error("table `{0}` has no schema file (schemas/{0}.json)")]
+    UnknownTable(String),
+    #[error("schema change refused for table `{table}`: {problem}")]
+    SchemaChange { table: String, problem: String },
+    #[error("warehouse task failed: {0}")]
+    Task(String),
+}
+
+impl WarehouseError {
+    /// True when retrying the same batch can succeed (I/O, locks, a restarting service).
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, WarehouseError::UnknownTable(_) | WarehouseError::SchemaChange { .. })
+    }
+}
+
+/// A warehouse backend.
+#[async_trait]
+pub trait Warehouse: Send + Sync {
+    /// Creates missing tables from the catalog and adds new NULLABLE columns; refuses breaking changes.
+    async fn ensure_tables(&self) -> Result<(), WarehouseError>;
+    /// Lands all batches in one transaction.
+    async fn land(&self, batches: std::sync::Arc<Vec<TableBatch>>) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError>;
+    /// Live rows per table (tombstones excluded), for status and tests.
+    async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError>;
+    /// Dead letters by (table, reason), for status.
+    async fn dead_letter_counts(&self) -> Result<Vec<(String, String, u64)>, WarehouseError>;
+}

@@ -1,0 +1,273 @@
+//! SQL text for the DuckDB warehouse, built in one place from table schemas only.
+//!
+//! Every identifier goes through [`quote_ident`] and comes from `schemas/` (already checked by
+//! [`crate::schema::is_valid_identifier`]); no value is ever spliced into SQL text.
+
+use crate::schema::{Column, ColumnMode, ColumnType, TableSchema, WriteMode};
+
+/// System column: the event id that produced the row (append tables deduplicate on it).
+pub const EVENT_ID: &str = "_bqsync_event_id";
+/// System column: the version the row is at (upsert tables).
+pub const VERSION: &str = "_bqsync_version";
+/// System column: true for a tombstone (a deleted key, kept so that older events cannot revive it).
+pub const DELETED: &str = "_bqsync_deleted";
+/// System column: when the row was last written.
+pub const LANDED_AT: &str = "_bqsync_landed_at";
+
+/// Staging columns that carry event metadata next to the payload columns.
+pub const STAGE_EVENT_ID: &str = "_e";
+pub const STAGE_VERSION: &str = "_v";
+pub const STAGE_DELETED: &str = "_d";
+pub const STAGE_SEQUENCE: &str = "_s";
+
+/// Quotes an identifier for DuckDB (and standard SQL): `"name"`, with `"` doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The staging table of a table.
+pub fn staging_table(table: &TableSchema) -> String {
+    format!("_bqsync_stage_{}", table.table)
+}
+
+/// How a column travels through the staging table (Arrow types the appender understands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StagingType {
+    Varchar,
+    Bigint,
+    Double,
+    Boolean,
+    Timestamp,
+    Date,
+    Blob,
+}
+
+impl StagingType {
+    pub fn sql(self) -> &'static str {
+        match self {
+            StagingType::Varchar => "VARCHAR",
+            StagingType::Bigint => "BIGINT",
+            StagingType::Double => "DOUBLE",
+            StagingType::Boolean => "BOOLEAN",
+            StagingType::Timestamp => "TIMESTAMP",
+            StagingType::Date => "DATE",
+            StagingType::Blob => "BLOB",
+        }
+    }
+}
+
+fn scalar_list_element(column: &Column) -> Option<&'static str> {
+    match column.column_type {
+        ColumnType::String => Some("VARCHAR"),
+        ColumnType::Int64 => Some("BIGINT"),
+        ColumnType::Float64 => Some("DOUBLE"),
+        ColumnType::Bool => Some("BOOLEAN"),
+        _ => None,
+    }
+}
+
+/// The staging type of a column: JSON-shaped values (JSON, RECORD, REPEATED, NUMERIC) travel as text.
+pub fn staging_type(column: &Column) -> StagingType {
+    if column.mode == ColumnMode::Repeated {
+        return StagingType::Varchar;
+    }
+    match column.column_type {
+        ColumnType::String | ColumnType::Json | ColumnType::Record | ColumnType::Numeric => StagingType::Varchar,
+        ColumnType::Int64 => StagingType::Bigint,
+        ColumnType::Float64 => StagingType::Double,
+        ColumnType::Bool => StagingType::Boolean,
+        ColumnType::Timestamp => StagingType::Timestamp,
+        ColumnType::Date => StagingType::Date,
+        ColumnType::Bytes => StagingType::Blob,
+    }
+}
+
+/// The DuckDB type of a column. TIMESTAMP holds UTC; RECORD and REPEATED RECORD are JSON.
+pub fn column_type(column: &Column) -> String {
+    if column.mode == ColumnMode::Repeated {
+        return match scalar_list_element(column) {
+            Some(element) => format!("{element}[]"),
+            None => "JSON".into(),
+        };
+    }
+    match column.column_type {
+        ColumnType::String => "VARCHAR",
+        ColumnType::Int64 => "BIGINT",
+        ColumnType::Float64 => "DOUBLE",
+        ColumnType::Bool => "BOOLEAN",
+        ColumnType::Timestamp => "TIMESTAMP",
+        ColumnType::Date => "DATE",
+        ColumnType::Numeric => "DECIMAL(38, 9)",
+        ColumnType::Json | ColumnType::Record => "JSON",
+        ColumnType::Bytes => "BLOB",
+    }
+    .into()
+}
+
+/// Expression that turns the staged value of `column` (from alias `s`) into its table type.
+fn cast_from_stage(column: &Column) -> String {
+    let staged = format!("s.{}", quote_ident(&column.name));
+    if column.mode == ColumnMode::Repeated {
+        return match scalar_list_element(column) {
+            Some(element) => format!("CAST(CAST({staged} AS JSON) AS {element}[])"),
+            None => format!("CAST({staged} AS JSON)"),
+        };
+    }
+    match column.column_type {
+        ColumnType::Numeric | ColumnType::Json | ColumnType::Record => format!("CAST({staged} AS {})", column_type(column)),
+        _ => staged,
+    }
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for a table and its system columns. Only key and version columns are
+/// NOT NULL: REQUIRED is enforced when payloads are validated, and tombstones null the other columns.
+pub fn create_table(table: &TableSchema) -> String {
+    let mut columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| {
+            let key = table.primary_key.contains(&c.name) || table.version_column.as_deref() == Some(&c.name);
+            format!("{} {}{}", quote_ident(&c.name), column_type(c), if key { " NOT NULL" } else { "" })
+        })
+        .collect();
+    columns.push(format!("{} VARCHAR NOT NULL", quote_ident(EVENT_ID)));
+    columns.push(format!("{} BIGINT", quote_ident(VERSION)));
+    columns.push(format!("{} BOOLEAN NOT NULL DEFAULT false", quote_ident(DELETED)));
+    columns.push(format!("{} TIMESTAMP NOT NULL", quote_ident(LANDED_AT)));
+    format!("CREATE TABLE IF NOT EXISTS {} ({})", quote_ident(&table.table), columns.join(", "))
+}
+
+/// `ALTER TABLE … ADD COLUMN` for a new NULLABLE column.
+pub fn add_column(table: &TableSchema, column: &Column) -> String {
+    format!("ALTER TABLE {} ADD COLUMN {} {}", quote_ident(&table.table), quote_ident(&column.name), column_type(column))
+}
+
+/// The staging table (re-created at start-up so it always matches the schema file).
+pub fn create_staging(table: &TableSchema) -> String {
+    let mut columns = vec![
+        format!("{STAGE_EVENT_ID} VARCHAR"),
+        format!("{STAGE_VERSION} BIGINT"),
+        format!("{STAGE_DELETED} BOOLEAN"),
+        format!("{STAGE_SEQUENCE} BIGINT"),
+    ];
+    columns.extend(table.columns.iter().map(|c| format!("{} {}", quote_ident(&c.name), staging_type(c).sql())));
+    format!("CREATE OR REPLACE TABLE {} ({})", quote_ident(&staging_table(table)), columns.join(", "))
+}
+
+fn column_list(table: &TableSchema) -> String {
+    table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
+}
+
+fn cast_list(table: &TableSchema) -> String {
+    table.columns.iter().map(cast_from_stage).collect::<Vec<_>>().join(", ")
+}
+
+/// Append tables: insert the staged rows whose event id is not in the table yet (first copy wins
+/// when a batch holds an id twice).
+pub fn insert_new_events(table: &TableSchema) -> String {
+    let target = quote_ident(&table.table);
+    format!(
+        "INSERT INTO {target} ({columns}, {event_id}, {landed}) \
+         SELECT {casts}, s.{STAGE_EVENT_ID}, now()::TIMESTAMP FROM \
+         (SELECT * FROM {stage} QUALIFY row_number() OVER (PARTITION BY {STAGE_EVENT_ID} ORDER BY {STAGE_SEQUENCE}) = 1) s \
+         WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.{event_id} = s.{STAGE_EVENT_ID})",
+        columns = column_list(table),
+        event_id = quote_ident(EVENT_ID),
+        landed = quote_ident(LANDED_AT),
+        casts = cast_list(table),
+        stage = quote_ident(&staging_table(table)),
+    )
+}
+
+/// Upsert tables: the highest version per key in the batch is merged; a row changes only when that
+/// version is higher than the stored one. On equal versions a delete wins, then the larger event id,
+/// so the result does not depend on arrival order.
+pub fn merge_versioned(table: &TableSchema) -> String {
+    assert_eq!(table.write_mode, WriteMode::Upsert, "merge_versioned is for upsert tables");
+    let target = quote_ident(&table.table);
+    let keys: Vec<String> = table.primary_key.iter().map(|k| quote_ident(k)).collect();
+    let on = keys.iter().map(|k| format!("t.{k} = s.{k}")).collect::<Vec<_>>().join(" AND ");
+    let version = quote_ident(VERSION);
+    let updates = table
+        .columns
+        .iter()
+        .filter(|c| !table.primary_key.contains(&c.name))
+        .map(|c| format!("{} = {}", quote_ident(&c.name), cast_from_stage(c)))
+        .chain([
+            format!("{version} = s.{STAGE_VERSION}"),
+            format!("{} = s.{STAGE_DELETED}", quote_ident(DELETED)),
+            format!("{} = s.{STAGE_EVENT_ID}", quote_ident(EVENT_ID)),
+            format!("{} = now()::TIMESTAMP", quote_ident(LANDED_AT)),
+        ])
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "MERGE INTO {target} t USING \
+         (SELECT * FROM {stage} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {STAGE_VERSION} DESC, {STAGE_DELETED} DESC, {STAGE_EVENT_ID} DESC) = 1) s \
+         ON ({on}) \
+         WHEN MATCHED AND s.{STAGE_VERSION} > t.{version} THEN UPDATE SET {updates} \
+         WHEN NOT MATCHED THEN INSERT ({columns}, {version}, {deleted}, {event_id}, {landed}) \
+         VALUES ({casts}, s.{STAGE_VERSION}, s.{STAGE_DELETED}, s.{STAGE_EVENT_ID}, now()::TIMESTAMP)",
+        stage = quote_ident(&staging_table(table)),
+        keys = keys.join(", "),
+        columns = column_list(table),
+        deleted = quote_ident(DELETED),
+        event_id = quote_ident(EVENT_ID),
+        landed = quote_ident(LANDED_AT),
+        casts = cast_list(table),
+    )
+}
+
+/// Empties a staging table after its rows were applied (same transaction).
+pub fn clear_staging(table: &TableSchema) -> String {
+    format!("DELETE FROM {}", quote_ident(&staging_table(table)))
+}
+
+/// Live rows of a table: tombstones excluded.
+pub fn count_live_rows(table: &TableSchema) -> String {
+    format!("SELECT count(*) FROM {} WHERE NOT {}", quote_ident(&table.table), quote_ident(DELETED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Catalog;
+
+    fn catalog() -> Catalog {
+        Catalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))).unwrap()
+    }
+
+    #[test]
+    fn identifiers_are_quoted_and_escaped() {
+        assert_eq!(quote_ident("atoms"), "\"atoms\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn create_table_maps_types_and_adds_system_columns() {
+        let sql = create_table(catalog().get("atoms").unwrap());
+        assert!(sql.starts_with("CREATE TABLE IF NOT EXISTS \"atoms\" ("), "{sql}");
+        assert!(sql.contains("\"tags\" VARCHAR[]"), "{sql}");
+        assert!(sql.contains("\"created_at\" TIMESTAMP,"), "{sql}");
+        assert!(sql.contains("\"_bqsync_event_id\" VARCHAR NOT NULL"), "{sql}");
+        let zoom = create_table(catalog().get("zoom_sessions").unwrap());
+        assert!(zoom.contains("\"participants\" JSON"), "{zoom}");
+        assert!(zoom.contains("\"session_id\" VARCHAR NOT NULL"), "{zoom}");
+    }
+
+    #[test]
+    fn append_sql_deduplicates_on_event_id() {
+        let sql = insert_new_events(catalog().get("atoms").unwrap());
+        assert!(sql.contains("WHERE NOT EXISTS (SELECT 1 FROM \"atoms\" t WHERE t.\"_bqsync_event_id\" = s._e)"), "{sql}");
+        assert!(sql.contains("CAST(CAST(s.\"tags\" AS JSON) AS VARCHAR[])"), "{sql}");
+    }
+
+    #[test]
+    fn merge_sql_is_version_guarded() {
+        let sql = merge_versioned(catalog().get("contacts_master").unwrap());
+        assert!(sql.contains("ON (t.\"contact_id\" = s.\"contact_id\")"), "{sql}");
+        assert!(sql.contains("WHEN MATCHED AND s._v > t.\"_bqsync_version\" THEN UPDATE SET"), "{sql}");
+        assert!(sql.contains("PARTITION BY \"contact_id\" ORDER BY _v DESC, _d DESC, _e DESC"), "{sql}");
+        assert!(!sql.contains("\"contact_id\" = s.\"contact_id\","), "keys are never updated: {sql}");
+    }
+}

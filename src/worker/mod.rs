@@ -1,0 +1,323 @@
+//! The worker: pulls deliveries, batches them per destination table, lands each batch in one
+//! warehouse transaction and acks only after that transaction committed.
+//!
+//! Invariants:
+//! - **Ack only after commit.** A delivery's [`AckHandle`] stays in its batch until
+//!   [`Warehouse::land`] returned a [`Committed`] proof; then, and only then, it is acked. A crash
+//!   anywhere before the ack means redelivery, and landing is idempotent, so nothing is lost and
+//!   nothing is applied twice.
+//! - **Poison never blocks.** A delivery that cannot become a row (undecodable, schema-invalid,
+//!   unknown table, oversize) becomes a `dead_letters` row at once, committed in the same transaction
+//!   as the next flush, and acked with it; the rest of its batch flows on.
+//! - **Failures are retried, not acked.** A failing landing is retried with exponential backoff and
+//!   jitter; if it keeps failing, its deliveries are nacked (the bus redelivers them and, past the
+//!   maximum attempts, dead-letters them).
+
+pub mod classify;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::bus::{AckHandle, Delivery, Subscription};
+use crate::schema::Catalog;
+use crate::warehouse::{Committed, TableBatch, Warehouse, WarehouseError};
+use classify::{Classified, Classifier, DEAD_LETTER_TABLE};
+
+/// Settings of the worker (`[worker]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// A table's batch is flushed when it holds this many rows. Default 20000.
+    #[serde(default = "default_max_batch_rows")]
+    pub max_batch_rows: usize,
+    /// … or this many message bytes. Default 32 MiB.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    /// … or when its oldest row has waited this long, in milliseconds. Default 1000.
+    #[serde(default = "default_max_batch_age_ms")]
+    pub max_batch_age_ms: u64,
+    /// Messages larger than this are dead-lettered as `oversize`. Default 8 MiB.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Messages asked for per pull. Default 5000.
+    #[serde(default = "default_pull_max_messages")]
+    pub pull_max_messages: usize,
+    /// First retry delay of a failing landing, in milliseconds (doubles, ±25 % jitter). Default 200.
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in milliseconds. Default 10000.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// How long one batch is retried before its deliveries are nacked, in seconds. Keep it below the
+    /// bus's ack deadline. Default 30.
+    #[serde(default = "default_retry_budget_secs")]
+    pub retry_budget_secs: u64,
+}
+
+const fn default_max_batch_rows() -> usize {
+    20_000
+}
+const fn default_max_batch_bytes() -> usize {
+    32 << 20
+}
+const fn default_max_batch_age_ms() -> u64 {
+    1000
+}
+const fn default_max_event_bytes() -> usize {
+    8 << 20
+}
+const fn default_pull_max_messages() -> usize {
+    5000
+}
+const fn default_retry_initial_ms() -> u64 {
+    200
+}
+const fn default_retry_max_ms() -> u64 {
+    10_000
+}
+const fn default_retry_budget_secs() -> u64 {
+    30
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            max_batch_rows: default_max_batch_rows(),
+            max_batch_bytes: default_max_batch_bytes(),
+            max_batch_age_ms: default_max_batch_age_ms(),
+            max_event_bytes: default_max_event_bytes(),
+            pull_max_messages: default_pull_max_messages(),
+            retry_initial_ms: default_retry_initial_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            retry_budget_secs: default_retry_budget_secs(),
+        }
+    }
+}
+
+/// Which subscription a handle belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Main,
+    DeadLetterQueue,
+}
+
+/// Rows for one table waiting for their flush, with the handles they will ack.
+struct PendingBatch {
+    rows: Vec<crate::warehouse::StagedRow>,
+    handles: Vec<(Origin, AckHandle)>,
+    bytes: usize,
+    oldest: Instant,
+}
+
+impl PendingBatch {
+    fn new() -> PendingBatch {
+        PendingBatch { rows: Vec::new(), handles: Vec::new(), bytes: 0, oldest: Instant::now() }
+    }
+}
+
+/// Counters, for status and tests.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct WorkerStats {
+    pub delivered: u64,
+    pub landed_rows: u64,
+    pub dead_lettered: u64,
+    pub flushes: u64,
+    pub failed_flushes: u64,
+}
+
+/// Tells the worker when to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Keep running.
+    Run,
+    /// Input is exhausted: stop once the bus is empty and everything is landed.
+    WhenDrained,
+    /// Stop now: stop pulling, flush and ack what is buffered, exit.
+    Now,
+}
+
+/// The worker.
+pub struct Worker {
+    config: WorkerConfig,
+    catalog: Arc<Catalog>,
+    warehouse: Arc<dyn Warehouse>,
+    subscription: Arc<dyn Subscription>,
+    dead_letter_subscription: Option<Arc<dyn Subscription>>,
+    pending: BTreeMap<String, PendingBatch>,
+    pub stats: WorkerStats,
+}
+
+impl Worker {
+    pub fn new(
+        config: WorkerConfig,
+        catalog: Arc<Catalog>,
+        warehouse: Arc<dyn Warehouse>,
+        subscription: Arc<dyn Subscription>,
+        dead_letter_subscription: Option<Arc<dyn Subscription>>,
+    ) -> Worker {
+        Worker { config, catalog, warehouse, subscription, dead_letter_subscription, pending: BTreeMap::new(), stats: WorkerStats::default() }
+    }
+
+    /// Runs until `stop` says so (see [`StopMode`]).
+    pub async fn run(&mut self, mut stop: watch::Receiver<StopMode>) -> Result<(), WarehouseError> {
+        let max_age = Duration::from_millis(self.config.max_batch_age_ms);
+        loop {
+            let mode = *stop.borrow_and_update();
+            if mode == StopMode::Now {
+                break;
+            }
+            let wait = self.time_to_next_flush(max_age).min(Duration::from_millis(200));
+            let pulled = tokio::select! {
+                pulled = self.subscription.pull(self.config.pull_max_messages, wait) => pulled,
+                _ = stop.changed() => continue,
+            };
+            let deliveries = match pulled {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "pull failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let got_any = !deliveries.is_empty();
+            self.accept(deliveries, Origin::Main);
+            if let Some(dead) = self.dead_letter_subscription.clone() {
+                if let Ok(exhausted) = dead.pull(self.config.pull_max_messages, Duration::ZERO).await {
+                    self.accept(exhausted, Origin::DeadLetterQueue);
+                }
+            }
+            let idle = !got_any;
+            self.flush_due(max_age, idle && mode == StopMode::WhenDrained).await;
+            if idle && mode == StopMode::WhenDrained && self.pending.is_empty() && self.bus_is_empty().await {
+                tracing::info!("input drained: every event landed or dead-lettered");
+                break;
+            }
+        }
+        self.flush_due(max_age, true).await;
+        Ok(())
+    }
+
+    async fn bus_is_empty(&self) -> bool {
+        let main = self.subscription.stats().await.map(|s| s.pending == 0 && s.leased == 0).unwrap_or(false);
+        let dead = match &self.dead_letter_subscription {
+            Some(d) => d.stats().await.map(|s| s.pending == 0 && s.leased == 0).unwrap_or(false),
+            None => true,
+        };
+        main && dead
+    }
+
+    fn time_to_next_flush(&self, max_age: Duration) -> Duration {
+        self.pending.values().map(|b| max_age.saturating_sub(b.oldest.elapsed())).min().unwrap_or(max_age)
+    }
+
+    /// Sorts deliveries into per-table batches; poison goes to the dead-letter batch.
+    fn accept(&mut self, deliveries: Vec<Delivery>, origin: Origin) {
+        let classifier = Classifier { catalog: &self.catalog, max_event_bytes: self.config.max_event_bytes };
+        for delivery in deliveries {
+            self.stats.delivered += 1;
+            let classified = match origin {
+                Origin::Main => classifier.classify(&delivery),
+                Origin::DeadLetterQueue => classifier.classify_exhausted(&delivery),
+            };
+            let (table, row) = match classified {
+                Classified::Row { table, row } => (table, row),
+                Classified::DeadLetter(row) => {
+                    self.stats.dead_lettered += 1;
+                    (DEAD_LETTER_TABLE.to_string(), row)
+                }
+            };
+            let batch = self.pending.entry(table).or_insert_with(PendingBatch::new);
+            if batch.rows.is_empty() {
+                batch.oldest = Instant::now();
+            }
+            batch.bytes += delivery.data.len();
+            batch.rows.push(row);
+            batch.handles.push((origin, delivery.handle));
+        }
+    }
+
+    /// Flushes every table whose batch is full or old enough (all of them when `everything`). Dead
+    /// letters ride along with any flush, so they never wait longer than the oldest batch.
+    async fn flush_due(&mut self, max_age: Duration, everything: bool) {
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, b)| everything || b.rows.len() >= self.config.max_batch_rows || b.bytes >= self.config.max_batch_bytes || b.oldest.elapsed() >= max_age)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut tables = due;
+        if !tables.iter().any(|t| t == DEAD_LETTER_TABLE) && self.pending.contains_key(DEAD_LETTER_TABLE) {
+            tables.push(DEAD_LETTER_TABLE.to_string());
+        }
+        let mut batches = Vec::with_capacity(tables.len());
+        let mut handles = Vec::new();
+        for table in tables {
+            let pending = self.pending.remove(&table).expect("due table is pending");
+            handles.extend(pending.handles);
+            batches.push(TableBatch { table, rows: pending.rows });
+        }
+        match self.land_with_retry(batches).await {
+            Some(committed) => self.ack(committed, handles).await,
+            None => self.nack(handles).await,
+        }
+    }
+
+    /// Lands with exponential backoff and jitter; None when the retry budget ran out.
+    async fn land_with_retry(&mut self, batches: Vec<TableBatch>) -> Option<Committed> {
+        let started = Instant::now();
+        let budget = Duration::from_secs(self.config.retry_budget_secs);
+        let mut delay = Duration::from_millis(self.config.retry_initial_ms);
+        let rows: u64 = batches.iter().map(|b| b.rows.len() as u64).sum();
+        let batches = Arc::new(batches);
+        loop {
+            match self.warehouse.land(batches.clone()).await {
+                Ok((committed, stats)) => {
+                    self.stats.flushes += 1;
+                    self.stats.landed_rows += rows;
+                    tracing::debug!(?stats, "batch committed");
+                    return Some(committed);
+                }
+                Err(e) => {
+                    self.stats.failed_flushes += 1;
+                    if started.elapsed() + delay > budget {
+                        tracing::error!(error = %e, rows, "landing keeps failing; releasing the batch for redelivery");
+                        return None;
+                    }
+                    tracing::warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "landing failed; retrying");
+                    let jitter = 0.75 + fastrand::f64() * 0.5;
+                    tokio::time::sleep(delay.mul_f64(jitter)).await;
+                    delay = (delay * 2).min(Duration::from_millis(self.config.retry_max_ms));
+                }
+            }
+        }
+    }
+
+    /// Acks the deliveries of a committed batch. Takes the proof so no other path can ack.
+    async fn ack(&self, _proof: Committed, handles: Vec<(Origin, AckHandle)>) {
+        let (main, dead): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(o, _)| *o == Origin::Main);
+        if let Err(e) = self.subscription.ack(main.into_iter().map(|(_, h)| h).collect()).await {
+            // Not fatal: the messages come back after their lease and land as no-ops.
+            tracing::error!(error = %e, "ack failed after commit; the messages will be redelivered and deduplicated");
+        }
+        if let (Some(sub), false) = (&self.dead_letter_subscription, dead.is_empty()) {
+            if let Err(e) = sub.ack(dead.into_iter().map(|(_, h)| h).collect()).await {
+                tracing::error!(error = %e, "dead-letter ack failed after commit");
+            }
+        }
+    }
+
+    async fn nack(&self, handles: Vec<(Origin, AckHandle)>) {
+        let (main, dead): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(o, _)| *o == Origin::Main);
+        let _ = self.subscription.nack(main.into_iter().map(|(_, h)| h).collect()).await;
+        if let Some(sub) = &self.dead_letter_subscription {
+            let _ = sub.nack(dead.into_iter().map(|(_, h)| h).collect()).await;
+        }
+    }
+}
