@@ -62,14 +62,23 @@ pub enum DecodeError {
     #[error("message is not a valid change event: {0}")]
     Json(String),
     #[error("field `{field}`: {problem}")]
-    Field { field: &'static str, problem: String },
+    Field {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 /// Decodes and checks a message body. Errors say which field is wrong and why.
 pub fn decode(bytes: &[u8]) -> Result<DecodedEvent<'_>, DecodeError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
-    let event: DecodedEvent = serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
-    let field = |field, problem: &str| Err(DecodeError::Field { field, problem: problem.to_string() });
+    let event: DecodedEvent =
+        serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let field = |field, problem: &str| {
+        Err(DecodeError::Field {
+            field,
+            problem: problem.to_string(),
+        })
+    };
     if event.event_id.is_empty() || event.event_id.len() > 256 {
         return field("event_id", "must be 1 to 256 characters");
     }
@@ -114,17 +123,31 @@ pub struct RecordIdentity {
 /// Upsert tables: `key` from the primary key columns and `version` from the version column (TIMESTAMP
 /// versions become microseconds). A payload with `"_deleted": true` (removed from the payload by the
 /// caller) is a delete.
-pub fn identify(table: &TableSchema, payload: &Map<String, Value>, deleted: bool) -> Result<RecordIdentity, String> {
+pub fn identify(
+    table: &TableSchema,
+    payload: &Map<String, Value>,
+    deleted: bool,
+) -> Result<RecordIdentity, String> {
     let event_id = match &table.event_id_field {
         Some(field) => match payload.get(field) {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
-            other => return Err(format!("id field `{field}` must be a non-empty string, got {}", other.map_or("nothing".into(), |v| v.to_string()))),
+            other => {
+                return Err(format!(
+                    "id field `{field}` must be a non-empty string, got {}",
+                    other.map_or("nothing".into(), |v| v.to_string())
+                ))
+            }
         },
         None => None,
     };
     if table.write_mode == WriteMode::Append {
-        return Ok(RecordIdentity { op: Op::Insert, event_id, key: None, version: None });
+        return Ok(RecordIdentity {
+            op: Op::Insert,
+            event_id,
+            key: None,
+            version: None,
+        });
     }
     let mut key = Map::new();
     for column in &table.primary_key {
@@ -133,15 +156,29 @@ pub fn identify(table: &TableSchema, payload: &Map<String, Value>, deleted: bool
             _ => return Err(format!("primary key column `{column}` is missing")),
         };
     }
-    let version_column = table.version_column.as_deref().expect("upsert tables have a version column");
-    let raw = payload.get(version_column).ok_or_else(|| format!("version column `{version_column}` is missing"))?;
+    let version_column = table
+        .version_column
+        .as_deref()
+        .expect("upsert tables have a version column");
+    let raw = payload
+        .get(version_column)
+        .ok_or_else(|| format!("version column `{version_column}` is missing"))?;
     let version = match table.column(version_column).map(|c| c.column_type) {
         Some(ColumnType::Timestamp) => parse_timestamp_micros(raw),
-        _ => raw.as_i64().or_else(|| raw.as_str().and_then(|s| s.parse().ok())),
+        _ => raw
+            .as_i64()
+            .or_else(|| raw.as_str().and_then(|s| s.parse().ok())),
     }
-    .ok_or_else(|| format!("version column `{version_column}`: cannot read a version from {raw}"))?;
+    .ok_or_else(|| {
+        format!("version column `{version_column}`: cannot read a version from {raw}")
+    })?;
     let op = if deleted { Op::Delete } else { Op::Upsert };
-    Ok(RecordIdentity { op, event_id, key: Some(key), version: Some(version) })
+    Ok(RecordIdentity {
+        op,
+        event_id,
+        key: Some(key),
+        version: Some(version),
+    })
 }
 
 #[cfg(test)]
@@ -154,15 +191,30 @@ mod tests {
         assert!(decode(ok).is_ok());
         assert_eq!(decode(b"\xff{}").unwrap_err(), DecodeError::NotUtf8(0));
         let extra = br#"{"event_id":"e","table":"t","op":"insert","payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z","x":1}"#;
-        assert!(decode(extra).unwrap_err().to_string().contains("unknown field `x`"));
+        assert!(decode(extra)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `x`"));
         let bad_op = br#"{"event_id":"e","table":"t","op":"merge","payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
-        assert!(decode(bad_op).unwrap_err().to_string().contains("unknown variant `merge`"));
+        assert!(decode(bad_op)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown variant `merge`"));
         let no_key = br#"{"event_id":"e","table":"t","op":"upsert","version":1,"payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
-        assert_eq!(decode(no_key).unwrap_err().to_string(), "field `key`: is required for upsert and delete");
+        assert_eq!(
+            decode(no_key).unwrap_err().to_string(),
+            "field `key`: is required for upsert and delete"
+        );
         let bad_table = br#"{"event_id":"e","table":"t;drop","op":"insert","payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
-        assert!(decode(bad_table).unwrap_err().to_string().starts_with("field `table`"));
+        assert!(decode(bad_table)
+            .unwrap_err()
+            .to_string()
+            .starts_with("field `table`"));
         let payload_not_object = br#"{"event_id":"e","table":"t","op":"insert","payload":[1],"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
-        assert!(matches!(decode(payload_not_object).unwrap_err(), DecodeError::Json(_)));
+        assert!(matches!(
+            decode(payload_not_object).unwrap_err(),
+            DecodeError::Json(_)
+        ));
     }
 
     #[test]

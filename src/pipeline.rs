@@ -50,28 +50,49 @@ pub async fn run(config: Config, mode: RunMode) -> anyhow::Result<RunReport> {
     let catalog = load_catalog(&config)?;
     let bus = EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
     let _consumer = bus.claim_consumer().context("claiming the embedded bus")?;
-    let warehouse: Arc<dyn Warehouse> = Arc::new(DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone()).context("opening the DuckDB warehouse")?);
-    warehouse.ensure_tables().await.context("creating tables from schemas/")?;
-    let checkpoints = Arc::new(CheckpointStore::open(&config.state_path).context("opening the checkpoint store")?);
+    let warehouse: Arc<dyn Warehouse> = Arc::new(
+        DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone())
+            .context("opening the DuckDB warehouse")?,
+    );
+    warehouse
+        .ensure_tables()
+        .await
+        .context("creating tables from schemas/")?;
+    let checkpoints = Arc::new(
+        CheckpointStore::open(&config.state_path).context("opening the checkpoint store")?,
+    );
 
     let stop_reading = Arc::new(AtomicBool::new(false));
     let mut source_tasks = tokio::task::JoinSet::new();
     let publisher: Arc<dyn Publisher> = Arc::new(bus.clone());
     for source_config in &config.sources.jsonl {
-        let mut source = JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
+        let mut source =
+            JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
         source.set_stop_flag(stop_reading.clone());
         if mode == RunMode::Forever {
             source.watch()?;
         } else {
-            std::fs::create_dir_all(&source_config.root).with_context(|| format!("creating {}", source_config.root.display()))?;
+            std::fs::create_dir_all(&source_config.root)
+                .with_context(|| format!("creating {}", source_config.root.display()))?;
         }
-        source_tasks.spawn(drive_source(Box::new(source), publisher.clone(), stop_reading.clone(), mode));
+        source_tasks.spawn(drive_source(
+            Box::new(source),
+            publisher.clone(),
+            stop_reading.clone(),
+            mode,
+        ));
     }
 
     let (stop_tx, stop_rx) = watch::channel(StopMode::Run);
     let subscription: Arc<dyn Subscription> = Arc::new(bus.subscription());
     let dead_letters: Arc<dyn Subscription> = Arc::new(bus.dead_letter_subscription());
-    let mut worker = Worker::new(config.worker.clone(), catalog.clone(), warehouse.clone(), subscription, Some(dead_letters));
+    let mut worker = Worker::new(
+        config.worker.clone(),
+        catalog.clone(),
+        warehouse.clone(),
+        subscription,
+        Some(dead_letters),
+    );
     let worker_task = tokio::spawn(async move {
         let result = worker.run(stop_rx).await;
         result.map(|_| worker.stats)
@@ -97,11 +118,19 @@ pub async fn run(config: Config, mode: RunMode) -> anyhow::Result<RunReport> {
     }
     let worker_stats = worker_task.await.context("worker task panicked")??;
     signal_stop.abort();
-    Ok(RunReport { events_published, worker: worker_stats })
+    Ok(RunReport {
+        events_published,
+        worker: worker_stats,
+    })
 }
 
 /// Runs one source: passes until drained (one-shot) or until told to stop.
-async fn drive_source(mut source: Box<dyn Source>, publisher: Arc<dyn Publisher>, stop: Arc<AtomicBool>, mode: RunMode) -> anyhow::Result<u64> {
+async fn drive_source(
+    mut source: Box<dyn Source>,
+    publisher: Arc<dyn Publisher>,
+    stop: Arc<AtomicBool>,
+    mode: RunMode,
+) -> anyhow::Result<u64> {
     let mut published = 0;
     let mut delay = Duration::from_millis(200);
     while !stop.load(Ordering::SeqCst) {
@@ -132,7 +161,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

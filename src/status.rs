@@ -4,6 +4,7 @@
 //! DuckDB file read-only; DuckDB refuses that while a `bqsync run` holds the file, and status then says
 //! so instead of failing.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -48,7 +49,11 @@ pub async fn collect(config: &Config, catalog: Arc<Catalog>) -> anyhow::Result<S
                 status.rows_per_table = warehouse.row_counts().await?;
                 status.dead_letters = warehouse.dead_letter_counts().await?;
             }
-            Err(e) => status.warehouse_note = Some(format!("warehouse not readable now (a running bqsync holds it?): {e}")),
+            Err(e) => {
+                status.warehouse_note = Some(format!(
+                    "warehouse not readable now (a running bqsync holds it?): {e}"
+                ))
+            }
         }
     } else {
         status.warehouse_note = Some(format!("no warehouse file yet at {}", path.display()));
@@ -56,7 +61,11 @@ pub async fn collect(config: &Config, catalog: Arc<Catalog>) -> anyhow::Result<S
     if config.state_path.exists() {
         let store = CheckpointStore::open(&config.state_path)?;
         for (source, checkpoint) in store.all_files()? {
-            let size = std::fs::metadata(Path::new(&checkpoint.path)).ok().map(|m| m.len());
+            // Only the same file counts: a rotated or replaced path holds another file now.
+            let size = std::fs::metadata(Path::new(&checkpoint.path))
+                .ok()
+                .filter(|m| (m.dev(), m.ino()) == (checkpoint.device, checkpoint.inode))
+                .map(|m| m.len());
             status.checkpoints.push(CheckpointLag {
                 source,
                 lag_bytes: size.map(|s| s.saturating_sub(checkpoint.offset)),
@@ -79,7 +88,9 @@ pub fn render(status: &Status) -> String {
             q.pending,
             q.leased,
             q.dead_lettered,
-            q.oldest_publish_micros.and_then(chrono::DateTime::from_timestamp_micros).map_or("-".into(), |t| t.to_rfc3339())
+            q.oldest_publish_micros
+                .and_then(chrono::DateTime::from_timestamp_micros)
+                .map_or("-".into(), |t| t.to_rfc3339())
         )),
         None => out.push_str("  no bus file yet\n"),
     }
@@ -102,8 +113,15 @@ pub fn render(status: &Status) -> String {
         out.push_str("  none\n");
     }
     for c in &status.checkpoints {
-        let lag = c.lag_bytes.map_or("gone".to_string(), |l| format!("{l} B behind"));
-        out.push_str(&format!("  {:<10} {:<48} offset {:>12}  {}\n", c.source, c.path, c.offset, lag));
+        let lag = c
+            .lag_bytes
+            .map_or("file gone or rotated away".to_string(), |l| {
+                format!("{l} B behind")
+            });
+        out.push_str(&format!(
+            "  {:<10} {:<48} offset {:>12}  {}\n",
+            c.source, c.path, c.offset, lag
+        ));
     }
     out
 }

@@ -1,6 +1,7 @@
 //! The embedded bus: a durable queue in one SQLite file (WAL), for a single machine.
 //!
-//! Layout: `messages` holds message bodies, written once at publish and deleted at ack;
+//! Layout: `messages` holds message bodies, written once at publish and deleted at ack (sequence
+//! numbers are AUTOINCREMENT: never reused, even when the queue was emptied, so the cursor holds);
 //! `deliveries` holds the small, often-updated lease state (attempts, lease end) of every message that
 //! was delivered at least once; `cursor` holds the high-water sequence number of first deliveries.
 //! Keeping lease updates off the wide rows means a delivery rewrites a few bytes, not the body's page.
@@ -20,7 +21,10 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
-use super::{AckHandle, AckInner, Attributes, BusError, Delivery, OutboundMessage, Publisher, QueueStats, Subscription};
+use super::{
+    AckHandle, AckInner, Attributes, BusError, Delivery, OutboundMessage, Publisher, QueueStats,
+    Subscription,
+};
 
 /// Settings of the embedded bus (`[bus.embedded]` in the config file).
 #[derive(Debug, Clone, Deserialize)]
@@ -73,8 +77,16 @@ struct QueueTables {
     cursor_name: &'static str,
 }
 
-const MAIN: QueueTables = QueueTables { messages: "messages", deliveries: "deliveries", cursor_name: "main" };
-const DEAD: QueueTables = QueueTables { messages: "dlq_messages", deliveries: "dlq_deliveries", cursor_name: "dlq" };
+const MAIN: QueueTables = QueueTables {
+    messages: "messages",
+    deliveries: "deliveries",
+    cursor_name: "main",
+};
+const DEAD: QueueTables = QueueTables {
+    messages: "dlq_messages",
+    deliveries: "dlq_deliveries",
+    cursor_name: "dlq",
+};
 
 /// The queue file, shared by publishers and subscriptions of this process.
 #[derive(Clone)]
@@ -98,14 +110,22 @@ impl EmbeddedBus {
     /// Opens (creating if needed) the queue file.
     pub fn open(config: &EmbeddedBusConfig) -> Result<EmbeddedBus, BusError> {
         let path = config.path.clone();
-        let err = |source| BusError::Embedded { path: path.display().to_string(), source };
+        let err = |source| BusError::Embedded {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| BusError::Io(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| BusError::Io(format!("cannot create {}: {e}", parent.display())))?;
         }
         let synchronous = match config.synchronous.as_str() {
             "full" => "FULL",
             "normal" => "NORMAL",
-            other => return Err(BusError::Io(format!("bus.embedded.synchronous must be `full` or `normal`, got `{other}`"))),
+            other => {
+                return Err(BusError::Io(format!(
+                    "bus.embedded.synchronous must be `full` or `normal`, got `{other}`"
+                )))
+            }
         };
         let connection = Connection::open(&path).map_err(err)?;
         connection
@@ -121,7 +141,7 @@ impl EmbeddedBus {
         for q in [MAIN, DEAD] {
             connection
                 .execute_batch(&format!(
-                    "CREATE TABLE IF NOT EXISTS {m} (seq INTEGER PRIMARY KEY, data BLOB NOT NULL, attributes TEXT, publish_micros INTEGER NOT NULL);
+                    "CREATE TABLE IF NOT EXISTS {m} (seq INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL, attributes TEXT, publish_micros INTEGER NOT NULL);
                      CREATE TABLE IF NOT EXISTS {d} (seq INTEGER PRIMARY KEY, attempts INTEGER NOT NULL, lease_until INTEGER NOT NULL, first_attempt_micros INTEGER NOT NULL);",
                     m = q.messages,
                     d = q.deliveries
@@ -144,12 +164,20 @@ impl EmbeddedBus {
 
     /// The subscription on the main queue.
     pub fn subscription(&self) -> EmbeddedSubscription {
-        EmbeddedSubscription { bus: self.clone(), queue: MAIN, max_attempts: self.inner.max_delivery_attempts }
+        EmbeddedSubscription {
+            bus: self.clone(),
+            queue: MAIN,
+            max_attempts: self.inner.max_delivery_attempts,
+        }
     }
 
     /// The subscription on the dead-letter queue (messages that ran out of delivery attempts).
     pub fn dead_letter_subscription(&self) -> EmbeddedSubscription {
-        EmbeddedSubscription { bus: self.clone(), queue: DEAD, max_attempts: u32::MAX }
+        EmbeddedSubscription {
+            bus: self.clone(),
+            queue: DEAD,
+            max_attempts: u32::MAX,
+        }
     }
 
     /// Claims the right to consume this queue file for this process (the embedded bus has one
@@ -165,7 +193,11 @@ impl EmbeddedBus {
             .open(&lock_path)
             .map_err(|e| BusError::Io(format!("cannot open {}: {e}", lock_path.display())))?;
         file.try_lock().map_err(|_| {
-            BusError::Io(format!("another bqsync worker consumes {} (lock {} is held); stop it first", self.inner.path.display(), lock_path.display()))
+            BusError::Io(format!(
+                "another bqsync worker consumes {} (lock {} is held); stop it first",
+                self.inner.path.display(),
+                lock_path.display()
+            ))
         })?;
         self.with_connection(|c| {
             c.execute("UPDATE deliveries SET lease_until = 0", [])?;
@@ -174,14 +206,29 @@ impl EmbeddedBus {
         Ok(ConsumerLock { _file: file })
     }
 
-    fn with_connection<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, BusError> {
-        let mut connection = self.inner.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut connection).map_err(|source| BusError::Embedded { path: self.inner.path.display().to_string(), source })
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, BusError> {
+        let mut connection = self
+            .inner
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut connection).map_err(|source| BusError::Embedded {
+            path: self.inner.path.display().to_string(),
+            source,
+        })
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&EmbeddedBus) -> Result<T, BusError> + Send + 'static) -> Result<T, BusError> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&EmbeddedBus) -> Result<T, BusError> + Send + 'static,
+    ) -> Result<T, BusError> {
         let bus = self.clone();
-        tokio::task::spawn_blocking(move || f(&bus)).await.map_err(|e| BusError::Io(format!("bus task failed: {e}")))?
+        tokio::task::spawn_blocking(move || f(&bus))
+            .await
+            .map_err(|e| BusError::Io(format!("bus task failed: {e}")))?
     }
 }
 
@@ -191,17 +238,31 @@ pub struct ConsumerLock {
 }
 
 fn encode_attributes(attributes: &Attributes) -> Option<String> {
-    (!attributes.is_empty()).then(|| serde_json::to_string(attributes).expect("string map serializes"))
+    (!attributes.is_empty())
+        .then(|| serde_json::to_string(attributes).expect("string map serializes"))
 }
 
 fn decode_attributes(text: Option<String>) -> Attributes {
-    text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+    text.and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
 }
 
-fn insert_messages(tx: &rusqlite::Transaction, queue: QueueTables, messages: &[OutboundMessage], now: i64) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(&format!("INSERT INTO {} (data, attributes, publish_micros) VALUES (?1, ?2, ?3)", queue.messages))?;
+fn insert_messages(
+    tx: &rusqlite::Transaction,
+    queue: QueueTables,
+    messages: &[OutboundMessage],
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(&format!(
+        "INSERT INTO {} (data, attributes, publish_micros) VALUES (?1, ?2, ?3)",
+        queue.messages
+    ))?;
     for message in messages {
-        insert.execute(params![message.data, encode_attributes(&message.attributes), now])?;
+        insert.execute(params![
+            message.data,
+            encode_attributes(&message.attributes),
+            now
+        ])?;
     }
     Ok(())
 }
@@ -214,7 +275,8 @@ impl Publisher for EmbeddedBus {
         }
         self.blocking(move |bus| {
             bus.with_connection(|connection| {
-                let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let tx = connection
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 insert_messages(&tx, MAIN, &messages, now_micros())?;
                 tx.commit()
             })
@@ -258,14 +320,25 @@ impl EmbeddedSubscription {
                 m = q.messages
             ))?;
             let found = expired.query_map(params![now, max as i64], |r| {
-                Ok(Row { seq: r.get(0)?, data: r.get(1)?, attributes: r.get(2)?, publish_micros: r.get(3)?, attempts: r.get(4)?, first_attempt_micros: r.get(5)? })
+                Ok(Row {
+                    seq: r.get(0)?,
+                    data: r.get(1)?,
+                    attributes: r.get(2)?,
+                    publish_micros: r.get(3)?,
+                    attempts: r.get(4)?,
+                    first_attempt_micros: r.get(5)?,
+                })
             })?;
             for row in found {
                 rows.push(row?);
             }
         }
         let high_water: i64 = tx
-            .query_row("SELECT high_water FROM cursor WHERE name = ?1", [q.cursor_name], |r| r.get(0))
+            .query_row(
+                "SELECT high_water FROM cursor WHERE name = ?1",
+                [q.cursor_name],
+                |r| r.get(0),
+            )
             .optional()?
             .unwrap_or(0);
         if rows.len() < max {
@@ -274,13 +347,25 @@ impl EmbeddedSubscription {
                 m = q.messages
             ))?;
             let found = fresh.query_map(params![high_water, (max - rows.len()) as i64], |r| {
-                Ok(Row { seq: r.get(0)?, data: r.get(1)?, attributes: r.get(2)?, publish_micros: r.get(3)?, attempts: 0, first_attempt_micros: None })
+                Ok(Row {
+                    seq: r.get(0)?,
+                    data: r.get(1)?,
+                    attributes: r.get(2)?,
+                    publish_micros: r.get(3)?,
+                    attempts: 0,
+                    first_attempt_micros: None,
+                })
             })?;
             for row in found {
                 rows.push(row?);
             }
         }
-        let new_high_water = rows.iter().filter(|r| r.first_attempt_micros.is_none()).map(|r| r.seq).max().unwrap_or(high_water);
+        let new_high_water = rows
+            .iter()
+            .filter(|r| r.first_attempt_micros.is_none())
+            .map(|r| r.seq)
+            .max()
+            .unwrap_or(high_water);
         let mut deliveries = Vec::with_capacity(rows.len());
         {
             let mut upsert_lease = tx.prepare_cached(&format!(
@@ -297,14 +382,22 @@ impl EmbeddedSubscription {
                 let first = row.first_attempt_micros.unwrap_or(now);
                 upsert_lease.execute(params![row.seq, attempt, lease_until, first])?;
                 let mut attributes = decode_attributes(row.attributes);
-                attributes.insert("bqsync_publish_micros".into(), row.publish_micros.to_string());
+                attributes.insert(
+                    "bqsync_publish_micros".into(),
+                    row.publish_micros.to_string(),
+                );
                 deliveries.push(Delivery {
                     message_id: format!("{}-{}", q.cursor_name, row.seq),
                     data: row.data,
                     attributes,
                     delivery_attempt: attempt,
                     first_attempt_micros: first,
-                    handle: AckHandle { inner: AckInner::Embedded { seq: row.seq, lease_token: attempt as i64 } },
+                    handle: AckHandle {
+                        inner: AckInner::Embedded {
+                            seq: row.seq,
+                            lease_token: attempt as i64,
+                        },
+                    },
                 });
             }
         }
@@ -320,17 +413,41 @@ impl EmbeddedSubscription {
 }
 
 /// Moves an exhausted message to the dead-letter queue, recording why in its attributes.
-fn move_to_dead_letters(tx: &rusqlite::Transaction, q: QueueTables, row: Row, now: i64) -> rusqlite::Result<()> {
+fn move_to_dead_letters(
+    tx: &rusqlite::Transaction,
+    q: QueueTables,
+    row: Row,
+    now: i64,
+) -> rusqlite::Result<()> {
     let mut attributes = decode_attributes(row.attributes);
     attributes.insert("bqsync_dead_letter_reason".into(), "max_attempts".into());
-    attributes.insert("bqsync_dead_letter_attempts".into(), row.attempts.to_string());
-    attributes.insert("bqsync_dead_letter_first_attempt_micros".into(), row.first_attempt_micros.unwrap_or(now).to_string());
+    attributes.insert(
+        "bqsync_dead_letter_attempts".into(),
+        row.attempts.to_string(),
+    );
+    attributes.insert(
+        "bqsync_dead_letter_first_attempt_micros".into(),
+        row.first_attempt_micros.unwrap_or(now).to_string(),
+    );
     attributes.insert("bqsync_dead_letter_micros".into(), now.to_string());
-    let message = OutboundMessage { data: row.data, attributes };
+    let message = OutboundMessage {
+        data: row.data,
+        attributes,
+    };
     insert_messages(tx, DEAD, std::slice::from_ref(&message), now)?;
-    tx.execute(&format!("DELETE FROM {} WHERE seq = ?1", q.messages), [row.seq])?;
-    tx.execute(&format!("DELETE FROM {} WHERE seq = ?1", q.deliveries), [row.seq])?;
-    tracing::warn!(seq = row.seq, attempts = row.attempts, "message moved to the dead-letter queue after max delivery attempts");
+    tx.execute(
+        &format!("DELETE FROM {} WHERE seq = ?1", q.messages),
+        [row.seq],
+    )?;
+    tx.execute(
+        &format!("DELETE FROM {} WHERE seq = ?1", q.deliveries),
+        [row.seq],
+    )?;
+    tracing::warn!(
+        seq = row.seq,
+        attempts = row.attempts,
+        "message moved to the dead-letter queue after max delivery attempts"
+    );
     Ok(())
 }
 
@@ -350,7 +467,10 @@ impl Subscription for EmbeddedSubscription {
         loop {
             let notified = self.bus.inner.published.notified();
             let this = self.clone();
-            let deliveries = self.bus.blocking(move |bus| bus.with_connection(|c| this.lease(c, max_messages))).await?;
+            let deliveries = self
+                .bus
+                .blocking(move |bus| bus.with_connection(|c| this.lease(c, max_messages)))
+                .await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if !deliveries.is_empty() || remaining.is_zero() {
                 return Ok(deliveries);
@@ -366,10 +486,17 @@ impl Subscription for EmbeddedSubscription {
         self.bus
             .blocking(move |bus| {
                 bus.with_connection(|connection| {
-                    let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let tx = connection
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                     {
-                        let mut delete_message = tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", q.messages))?;
-                        let mut delete_lease = tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", q.deliveries))?;
+                        let mut delete_message = tx.prepare_cached(&format!(
+                            "DELETE FROM {} WHERE seq = ?1",
+                            q.messages
+                        ))?;
+                        let mut delete_lease = tx.prepare_cached(&format!(
+                            "DELETE FROM {} WHERE seq = ?1",
+                            q.deliveries
+                        ))?;
                         for (seq, _) in &ids {
                             delete_message.execute([seq])?;
                             delete_lease.execute([seq])?;
@@ -390,7 +517,10 @@ impl Subscription for EmbeddedSubscription {
                     let tx = connection.transaction()?;
                     {
                         // Only the current lease may be ended: a stale handle leaves a newer delivery alone.
-                        let mut expire = tx.prepare_cached(&format!("UPDATE {} SET lease_until = 0 WHERE seq = ?1 AND attempts = ?2", q.deliveries))?;
+                        let mut expire = tx.prepare_cached(&format!(
+                            "UPDATE {} SET lease_until = 0 WHERE seq = ?1 AND attempts = ?2",
+                            q.deliveries
+                        ))?;
                         for (seq, token) in &ids {
                             expire.execute([seq, token])?;
                         }
@@ -407,11 +537,34 @@ impl Subscription for EmbeddedSubscription {
             .blocking(move |bus| {
                 bus.with_connection(|c| {
                     let now = now_micros();
-                    let total: u64 = c.query_row(&format!("SELECT count(*) FROM {}", q.messages), [], |r| r.get(0))?;
-                    let leased: u64 = c.query_row(&format!("SELECT count(*) FROM {} WHERE lease_until > ?1", q.deliveries), [now], |r| r.get(0))?;
-                    let dead_lettered: u64 = c.query_row(&format!("SELECT count(*) FROM {}", DEAD.messages), [], |r| r.get(0))?;
-                    let oldest = c.query_row(&format!("SELECT min(publish_micros) FROM {}", q.messages), [], |r| r.get(0))?;
-                    Ok(QueueStats { pending: total - leased.min(total), leased, dead_lettered, oldest_publish_micros: oldest })
+                    let total: u64 =
+                        c.query_row(&format!("SELECT count(*) FROM {}", q.messages), [], |r| {
+                            r.get(0)
+                        })?;
+                    let leased: u64 = c.query_row(
+                        &format!(
+                            "SELECT count(*) FROM {} WHERE lease_until > ?1",
+                            q.deliveries
+                        ),
+                        [now],
+                        |r| r.get(0),
+                    )?;
+                    let dead_lettered: u64 = c.query_row(
+                        &format!("SELECT count(*) FROM {}", DEAD.messages),
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    let oldest = c.query_row(
+                        &format!("SELECT min(publish_micros) FROM {}", q.messages),
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    Ok(QueueStats {
+                        pending: total - leased.min(total),
+                        leased,
+                        dead_lettered,
+                        oldest_publish_micros: oldest,
+                    })
                 })
             })
             .await
@@ -423,7 +576,11 @@ pub fn open_existing(path: &Path) -> Result<Option<EmbeddedBus>, BusError> {
     if !path.exists() {
         return Ok(None);
     }
-    EmbeddedBus::open(&EmbeddedBusConfig { path: path.to_path_buf(), ..EmbeddedBusConfig::default() }).map(Some)
+    EmbeddedBus::open(&EmbeddedBusConfig {
+        path: path.to_path_buf(),
+        ..EmbeddedBusConfig::default()
+    })
+    .map(Some)
 }
 
 #[cfg(test)]
@@ -431,12 +588,20 @@ mod tests {
     use super::*;
 
     fn bus(dir: &Path, deadline: u64, attempts: u32) -> EmbeddedBus {
-        let config = EmbeddedBusConfig { path: dir.join("bus.db"), ack_deadline_secs: deadline, max_delivery_attempts: attempts, synchronous: "normal".into() };
+        let config = EmbeddedBusConfig {
+            path: dir.join("bus.db"),
+            ack_deadline_secs: deadline,
+            max_delivery_attempts: attempts,
+            synchronous: "normal".into(),
+        };
         EmbeddedBus::open(&config).unwrap()
     }
 
     fn message(text: &str) -> OutboundMessage {
-        OutboundMessage { data: text.as_bytes().to_vec(), attributes: Attributes::from([("k".to_string(), "v".to_string())]) }
+        OutboundMessage {
+            data: text.as_bytes().to_vec(),
+            attributes: Attributes::from([("k".to_string(), "v".to_string())]),
+        }
     }
 
     #[tokio::test]
@@ -449,7 +614,10 @@ mod tests {
         assert_eq!(first.len(), 2);
         assert_eq!(first[0].delivery_attempt, 1);
         assert_eq!(first[0].attributes["k"], "v");
-        assert!(sub.pull(10, Duration::ZERO).await.unwrap().is_empty(), "leased messages are not delivered twice");
+        assert!(
+            sub.pull(10, Duration::ZERO).await.unwrap().is_empty(),
+            "leased messages are not delivered twice"
+        );
         let mut first = first.into_iter();
         let a = first.next().unwrap();
         assert_eq!(a.data, b"a");
@@ -472,15 +640,46 @@ mod tests {
             let d = sub.pull(10, Duration::ZERO).await.unwrap();
             assert_eq!(d.len(), 1);
             assert_eq!(d[0].delivery_attempt, attempt);
-            sub.nack(d.into_iter().map(|d| d.handle).collect()).await.unwrap();
+            sub.nack(d.into_iter().map(|d| d.handle).collect())
+                .await
+                .unwrap();
         }
-        assert!(sub.pull(10, Duration::ZERO).await.unwrap().is_empty(), "third attempt must not happen");
-        let dead = bus.dead_letter_subscription().pull(10, Duration::ZERO).await.unwrap();
+        assert!(
+            sub.pull(10, Duration::ZERO).await.unwrap().is_empty(),
+            "third attempt must not happen"
+        );
+        let dead = bus
+            .dead_letter_subscription()
+            .pull(10, Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].data, b"poison");
-        assert_eq!(dead[0].attributes["bqsync_dead_letter_reason"], "max_attempts");
+        assert_eq!(
+            dead[0].attributes["bqsync_dead_letter_reason"],
+            "max_attempts"
+        );
         assert_eq!(dead[0].attributes["bqsync_dead_letter_attempts"], "2");
         assert_eq!(sub.stats().await.unwrap().pending, 0);
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_are_not_reused_after_the_queue_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = bus(dir.path(), 60, 5);
+        let sub = bus.subscription();
+        for round in 0..3 {
+            bus.publish(vec![message("x"), message("y")]).await.unwrap();
+            let d = sub.pull(10, Duration::ZERO).await.unwrap();
+            assert_eq!(
+                d.len(),
+                2,
+                "round {round}: new messages after an emptied queue are delivered"
+            );
+            sub.ack(d.into_iter().map(|d| d.handle).collect())
+                .await
+                .unwrap();
+        }
     }
 
     #[tokio::test]
@@ -494,9 +693,19 @@ mod tests {
             // dropped without ack: simulated crash mid-lease
         }
         let bus = bus(dir.path(), 60, 5);
-        assert!(bus.subscription().pull(10, Duration::ZERO).await.unwrap().is_empty(), "still leased");
+        assert!(
+            bus.subscription()
+                .pull(10, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty(),
+            "still leased"
+        );
         let _lock = bus.claim_consumer().unwrap();
-        assert!(bus.claim_consumer().is_err(), "a second consumer is refused");
+        assert!(
+            bus.claim_consumer().is_err(),
+            "a second consumer is refused"
+        );
         let d = bus.subscription().pull(10, Duration::ZERO).await.unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].delivery_attempt, 2);

@@ -42,7 +42,10 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     pub fn open(path: &Path) -> Result<CheckpointStore, CheckpointError> {
-        let err = |source| CheckpointError { path: path.to_path_buf(), source };
+        let err = |source| CheckpointError {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(parent);
         }
@@ -59,14 +62,25 @@ impl CheckpointStore {
                    PRIMARY KEY (source, device, inode));",
             )
             .map_err(err)?;
-        Ok(CheckpointStore { path: path.to_path_buf(), connection: Mutex::new(connection) })
+        Ok(CheckpointStore {
+            path: path.to_path_buf(),
+            connection: Mutex::new(connection),
+        })
     }
 
     fn err(&self, source: rusqlite::Error) -> CheckpointError {
-        CheckpointError { path: self.path.clone(), source }
+        CheckpointError {
+            path: self.path.clone(),
+            source,
+        }
     }
 
-    pub fn file(&self, source: &str, device: u64, inode: u64) -> Result<Option<FileCheckpoint>, CheckpointError> {
+    pub fn file(
+        &self,
+        source: &str,
+        device: u64,
+        inode: u64,
+    ) -> Result<Option<FileCheckpoint>, CheckpointError> {
         let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         connection
             .query_row(
@@ -88,7 +102,11 @@ impl CheckpointStore {
             .map_err(|e| self.err(e))
     }
 
-    pub fn save_file(&self, source: &str, checkpoint: &FileCheckpoint) -> Result<(), CheckpointError> {
+    pub fn save_file(
+        &self,
+        source: &str,
+        checkpoint: &FileCheckpoint,
+    ) -> Result<(), CheckpointError> {
         let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         connection
             .prepare_cached(
@@ -149,7 +167,15 @@ mod tests {
     fn checkpoints_round_trip_and_update() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(&dir.path().join("state.db")).unwrap();
-        let mut checkpoint = FileCheckpoint { device: 1, inode: 2, fingerprint: u64::MAX, fingerprint_len: 256, offset: 10, path: "a".into(), size_seen: 20 };
+        let mut checkpoint = FileCheckpoint {
+            device: 1,
+            inode: 2,
+            fingerprint: u64::MAX,
+            fingerprint_len: 256,
+            offset: 10,
+            path: "a".into(),
+            size_seen: 20,
+        };
         store.save_file("s", &checkpoint).unwrap();
         checkpoint.offset = 20;
         store.save_file("s", &checkpoint).unwrap();

@@ -83,10 +83,18 @@ fn default_root() -> PathBuf {
     PathBuf::from("inbox")
 }
 fn default_routes() -> Vec<Route> {
-    vec![Route { glob: "*/**".into(), table: None }]
+    vec![Route {
+        glob: "*/**".into(),
+        table: None,
+    }]
 }
 fn default_ignore() -> Vec<String> {
-    vec![".*".into(), "*.tmp".into(), "*.swp".into(), "*.partial".into()]
+    vec![
+        ".*".into(),
+        "*.tmp".into(),
+        "*.swp".into(),
+        "*.partial".into(),
+    ]
 }
 const fn default_max_line_bytes() -> usize {
     1 << 20
@@ -146,7 +154,10 @@ fn glob(pattern: &str, source_name: &str) -> Result<globset::Glob, SourceError> 
     globset::GlobBuilder::new(pattern)
         .literal_separator(true)
         .build()
-        .map_err(|e| SourceError::Config { source_name: source_name.into(), problem: format!("bad glob `{pattern}`: {e}") })
+        .map_err(|e| SourceError::Config {
+            source_name: source_name.into(),
+            problem: format!("bad glob `{pattern}`: {e}"),
+        })
 }
 
 /// Hash of the first `len` bytes of the file.
@@ -165,7 +176,11 @@ fn fingerprint(file: &mut File, len: u64) -> std::io::Result<u64> {
 }
 
 impl JsonlSource {
-    pub fn new(config: JsonlSourceConfig, catalog: Arc<Catalog>, checkpoints: Arc<CheckpointStore>) -> Result<JsonlSource, SourceError> {
+    pub fn new(
+        config: JsonlSourceConfig,
+        catalog: Arc<Catalog>,
+        checkpoints: Arc<CheckpointStore>,
+    ) -> Result<JsonlSource, SourceError> {
         let name = config.name.clone();
         let routes = config
             .routes
@@ -176,9 +191,15 @@ impl JsonlSource {
         for pattern in &config.ignore {
             ignore.add(glob(pattern, &name)?);
         }
-        let ignore = ignore.build().map_err(|e| SourceError::Config { source_name: name.clone(), problem: e.to_string() })?;
+        let ignore = ignore.build().map_err(|e| SourceError::Config {
+            source_name: name.clone(),
+            problem: e.to_string(),
+        })?;
         if config.publish_batch == 0 || config.max_line_bytes < 16 {
-            return Err(SourceError::Config { source_name: name, problem: "publish_batch must be ≥ 1 and max_line_bytes ≥ 16".into() });
+            return Err(SourceError::Config {
+                source_name: name,
+                problem: "publish_batch must be ≥ 1 and max_line_bytes ≥ 16".into(),
+            });
         }
         Ok(JsonlSource {
             config,
@@ -207,23 +228,35 @@ impl JsonlSource {
     /// Starts the file-system watcher (creating the root directory if needed).
     pub fn watch(&mut self) -> Result<(), SourceError> {
         use notify::Watcher;
-        std::fs::create_dir_all(&self.config.root).map_err(|error| self.io_error(&self.config.root, error))?;
+        std::fs::create_dir_all(&self.config.root)
+            .map_err(|error| self.io_error(&self.config.root, error))?;
         let wakeup = self.wakeup.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                wakeup.notify_one();
-            }
-        })
-        .map_err(|e| SourceError::Config { source_name: self.config.name.clone(), problem: format!("cannot watch: {e}") })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    wakeup.notify_one();
+                }
+            })
+            .map_err(|e| SourceError::Config {
+                source_name: self.config.name.clone(),
+                problem: format!("cannot watch: {e}"),
+            })?;
         watcher
             .watch(&self.config.root, notify::RecursiveMode::Recursive)
-            .map_err(|e| SourceError::Config { source_name: self.config.name.clone(), problem: format!("cannot watch {}: {e}", self.config.root.display()) })?;
+            .map_err(|e| SourceError::Config {
+                source_name: self.config.name.clone(),
+                problem: format!("cannot watch {}: {e}", self.config.root.display()),
+            })?;
         self._watcher = Some(watcher);
         Ok(())
     }
 
     fn io_error(&self, path: &Path, error: std::io::Error) -> SourceError {
-        SourceError::Io { source_name: self.config.name.clone(), path: path.display().to_string(), error }
+        SourceError::Io {
+            source_name: self.config.name.clone(),
+            path: path.display().to_string(),
+            error,
+        }
     }
 
     /// The table a relative path routes to, or None when no route matches.
@@ -232,10 +265,13 @@ impl JsonlSource {
         if self.ignore.is_match(file_name) {
             return None;
         }
-        self.routes.iter().find(|(matcher, _)| matcher.is_match(relative)).and_then(|(_, table)| match table {
-            Some(t) => Some(t.clone()),
-            None => relative.split_once('/').map(|(dir, _)| dir.to_string()),
-        })
+        self.routes
+            .iter()
+            .find(|(matcher, _)| matcher.is_match(relative))
+            .and_then(|(_, table)| match table {
+                Some(t) => Some(t.clone()),
+                None => relative.split_once('/').map(|(dir, _)| dir.to_string()),
+            })
     }
 
     /// Lists routed files under the root.
@@ -243,14 +279,20 @@ impl JsonlSource {
         let mut found = Vec::new();
         let mut stack = vec![self.config.root.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
-                let Ok(file_type) = entry.file_type() else { continue };
+                let Ok(file_type) = entry.file_type() else {
+                    continue;
+                };
                 if file_type.is_dir() {
                     stack.push(path);
                 } else if file_type.is_file() {
-                    let Ok(relative) = path.strip_prefix(&self.config.root) else { continue };
+                    let Ok(relative) = path.strip_prefix(&self.config.root) else {
+                        continue;
+                    };
                     let relative = relative.to_string_lossy().replace('\\', "/");
                     if let Some(table) = self.route(&relative) {
                         found.push((path, relative, table));
@@ -267,8 +309,11 @@ impl JsonlSource {
         for tracked in self.files.values_mut() {
             tracked.present = false;
         }
+        let mut renamed = Vec::new();
         for (path, relative, table) in self.scan() {
-            let Ok(metadata) = std::fs::metadata(&path) else { continue };
+            let Ok(metadata) = std::fs::metadata(&path) else {
+                continue;
+            };
             let id = (metadata.dev(), metadata.ino());
             if let Some(tracked) = self.files.get_mut(&id) {
                 tracked.present = true;
@@ -276,6 +321,7 @@ impl JsonlSource {
                     tracing::info!(from = %tracked.path.display(), to = %path.display(), "file renamed; continuing at its offset");
                     tracked.path = path;
                     tracked.relative = relative;
+                    renamed.push(id);
                 }
                 continue;
             }
@@ -287,9 +333,17 @@ impl JsonlSource {
             let saved = self
                 .checkpoints
                 .file(&self.config.name, id.0, id.1)
-                .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })?;
+                .map_err(|error| SourceError::Checkpoint {
+                    source_name: self.config.name.clone(),
+                    error,
+                })?;
             let (offset, fingerprint_len, file_fingerprint) = match saved {
-                Some(c) if c.fingerprint_len > 0 && fingerprint(&mut file, c.fingerprint_len).ok() == Some(c.fingerprint) && metadata.len() >= c.offset => {
+                Some(c)
+                    if c.fingerprint_len > 0
+                        && fingerprint(&mut file, c.fingerprint_len).ok()
+                            == Some(c.fingerprint)
+                        && metadata.len() >= c.offset =>
+                {
                     (c.offset, c.fingerprint_len, c.fingerprint)
                 }
                 Some(c) => {
@@ -300,28 +354,86 @@ impl JsonlSource {
             };
             self.files.insert(
                 id,
-                TrackedFile { path, relative, table, file, device: id.0, inode: id.1, fingerprint: file_fingerprint, fingerprint_len, offset, present: true },
+                TrackedFile {
+                    path,
+                    relative,
+                    table,
+                    file,
+                    device: id.0,
+                    inode: id.1,
+                    fingerprint: file_fingerprint,
+                    fingerprint_len,
+                    offset,
+                    present: true,
+                },
             );
+        }
+        // A renamed file's checkpoint follows it, so status never compares it with its successor.
+        for id in renamed {
+            let tracked = &self.files[&id];
+            if tracked.fingerprint_len > 0 {
+                self.save_checkpoint(
+                    tracked,
+                    tracked.file.metadata().map(|m| m.len()).unwrap_or(0),
+                )?;
+            }
         }
         Ok(())
     }
 
+    fn save_checkpoint(&self, tracked: &TrackedFile, size: u64) -> Result<(), SourceError> {
+        let checkpoint = FileCheckpoint {
+            device: tracked.device,
+            inode: tracked.inode,
+            fingerprint: tracked.fingerprint,
+            fingerprint_len: tracked.fingerprint_len,
+            offset: tracked.offset,
+            path: tracked.path.display().to_string(),
+            size_seen: size,
+        };
+        self.checkpoints
+            .save_file(&self.config.name, &checkpoint)
+            .map_err(|error| SourceError::Checkpoint {
+                source_name: self.config.name.clone(),
+                error,
+            })
+    }
+
     /// Reads the complete lines of one file past its offset, publishes them and checkpoints.
-    async fn drain_file(&mut self, id: (u64, u64), publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
+    async fn drain_file(
+        &mut self,
+        id: (u64, u64),
+        publisher: &dyn Publisher,
+    ) -> Result<EmitOutcome, SourceError> {
         let mut outcome = EmitOutcome::default();
         let mut tracked = self.files.remove(&id).expect("tracked file");
-        let result = self.drain_tracked(&mut tracked, publisher, &mut outcome).await;
+        let result = self
+            .drain_tracked(&mut tracked, publisher, &mut outcome)
+            .await;
         self.files.insert(id, tracked);
         result.map(|_| outcome)
     }
 
-    async fn drain_tracked(&mut self, tracked: &mut TrackedFile, publisher: &dyn Publisher, outcome: &mut EmitOutcome) -> Result<(), SourceError> {
-        let size = tracked.file.metadata().map_err(|e| self.io_error(&tracked.path, e))?.len();
+    async fn drain_tracked(
+        &mut self,
+        tracked: &mut TrackedFile,
+        publisher: &dyn Publisher,
+        outcome: &mut EmitOutcome,
+    ) -> Result<(), SourceError> {
+        let size = tracked
+            .file
+            .metadata()
+            .map_err(|e| self.io_error(&tracked.path, e))?
+            .len();
         if size < tracked.offset {
             tracing::warn!(path = %tracked.path.display(), size, offset = tracked.offset, "file truncated; reading it from the start");
             tracked.offset = 0;
             tracked.fingerprint_len = 0;
-        } else if tracked.fingerprint_len > 0 && fingerprint(&mut tracked.file, tracked.fingerprint_len).map_err(|e| self.io_error(&tracked.path, e))? != tracked.fingerprint {
+        } else if tracked.fingerprint_len > 0
+            && fingerprint(&mut tracked.file, tracked.fingerprint_len)
+                .map_err(|e| self.io_error(&tracked.path, e))?
+                != tracked.fingerprint
+        {
             tracing::warn!(path = %tracked.path.display(), "file content replaced in place; reading it from the start");
             tracked.offset = 0;
             tracked.fingerprint_len = 0;
@@ -332,16 +444,22 @@ impl JsonlSource {
         if tracked.fingerprint_len < FINGERPRINT_BYTES && size > tracked.fingerprint_len {
             // Widen the fingerprint while the file is young: more bytes recognise it better.
             tracked.fingerprint_len = size.min(FINGERPRINT_BYTES);
-            tracked.fingerprint = fingerprint(&mut tracked.file, tracked.fingerprint_len).map_err(|e| self.io_error(&tracked.path, e))?;
+            tracked.fingerprint = fingerprint(&mut tracked.file, tracked.fingerprint_len)
+                .map_err(|e| self.io_error(&tracked.path, e))?;
         }
-        tracked.file.seek(SeekFrom::Start(tracked.offset)).map_err(|e| self.io_error(&tracked.path, e))?;
+        tracked
+            .file
+            .seek(SeekFrom::Start(tracked.offset))
+            .map_err(|e| self.io_error(&tracked.path, e))?;
         let read_start = tracked.offset;
         let mut reader = LineReader::new(self.config.max_line_bytes);
         let mut batch = Vec::with_capacity(self.config.publish_batch);
         let produced_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let source_label = format!("jsonl:{}/{}", self.config.name, tracked.relative);
         loop {
-            let line = reader.next_line(&mut tracked.file).map_err(|e| self.io_error(&tracked.path, e))?;
+            let line = reader
+                .next_line(&mut tracked.file)
+                .map_err(|e| self.io_error(&tracked.path, e))?;
             let Some(line) = line else { break };
             let line_offset = read_start + line.start_offset;
             outcome.consumed += 1;
@@ -360,14 +478,16 @@ impl JsonlSource {
             }
             if batch.len() >= self.config.publish_batch {
                 let end = read_start + line.end_offset;
-                self.publish_and_checkpoint(tracked, &mut batch, end, size, publisher, outcome).await?;
+                self.publish_and_checkpoint(tracked, &mut batch, end, size, publisher, outcome)
+                    .await?;
                 if self.stopping() {
                     return Ok(());
                 }
             }
         }
         let end = read_start + reader.consumed();
-        self.publish_and_checkpoint(tracked, &mut batch, end, size, publisher, outcome).await
+        self.publish_and_checkpoint(tracked, &mut batch, end, size, publisher, outcome)
+            .await
     }
 
     async fn publish_and_checkpoint(
@@ -383,25 +503,20 @@ impl JsonlSource {
             return Ok(());
         }
         let count = batch.len() as u64;
-        let poison = batch.iter().filter(|m| m.attributes.contains_key(attr::POISON_REASON)).count() as u64;
+        let poison = batch
+            .iter()
+            .filter(|m| m.attributes.contains_key(attr::POISON_REASON))
+            .count() as u64;
         publisher
             .publish(std::mem::take(batch))
             .await
-            .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+            .map_err(|error| SourceError::Publish {
+                source_name: self.config.name.clone(),
+                error,
+            })?;
         // Only now, with the events durable on the bus, may the checkpoint move past them.
         tracked.offset = new_offset;
-        let checkpoint = FileCheckpoint {
-            device: tracked.device,
-            inode: tracked.inode,
-            fingerprint: tracked.fingerprint,
-            fingerprint_len: tracked.fingerprint_len,
-            offset: tracked.offset,
-            path: tracked.path.display().to_string(),
-            size_seen: size,
-        };
-        self.checkpoints
-            .save_file(&self.config.name, &checkpoint)
-            .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })?;
+        self.save_checkpoint(tracked, size)?;
         outcome.published += count;
         self.lines_published += count - poison;
         self.poison_published += poison;
@@ -409,27 +524,67 @@ impl JsonlSource {
     }
 
     /// Builds the message for one complete line; None for a blank line.
-    fn line_to_message(&self, table: &str, file_fingerprint: u64, offset: u64, bytes: &[u8], source_label: &str, produced_at: &str) -> Option<OutboundMessage> {
+    fn line_to_message(
+        &self,
+        table: &str,
+        file_fingerprint: u64,
+        offset: u64,
+        bytes: &[u8],
+        source_label: &str,
+        produced_at: &str,
+    ) -> Option<OutboundMessage> {
         let text = match std::str::from_utf8(bytes) {
             Ok(text) => text.trim(),
             Err(e) => {
-                let detail = format!("invalid UTF-8 at byte {} of the line ({source_label} at byte {offset})", e.valid_up_to());
+                let detail = format!(
+                    "invalid UTF-8 at byte {} of the line ({source_label} at byte {offset})",
+                    e.valid_up_to()
+                );
                 return Some(poison(table, bytes, "decode", detail, source_label));
             }
         };
         if text.is_empty() {
             return None;
         }
-        match self.build_event(table, file_fingerprint, offset, text, source_label, produced_at) {
+        match self.build_event(
+            table,
+            file_fingerprint,
+            offset,
+            text,
+            source_label,
+            produced_at,
+        ) {
             Ok(message) => Some(message),
-            Err((reason, detail)) => Some(poison(table, text.as_bytes(), reason, format!("{detail} ({source_label} at byte {offset})"), source_label)),
+            Err((reason, detail)) => Some(poison(
+                table,
+                text.as_bytes(),
+                reason,
+                format!("{detail} ({source_label} at byte {offset})"),
+                source_label,
+            )),
         }
     }
 
-    fn build_event(&self, table: &str, file_fingerprint: u64, offset: u64, text: &str, source: &str, produced_at: &str) -> Result<OutboundMessage, (&'static str, String)> {
+    fn build_event(
+        &self,
+        table: &str,
+        file_fingerprint: u64,
+        offset: u64,
+        text: &str,
+        source: &str,
+        produced_at: &str,
+    ) -> Result<OutboundMessage, (&'static str, String)> {
         let object: Map<String, Value> = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => map,
-            Ok(other) => return Err(("decode", format!("line is JSON but not an object (starts with {})", &other.to_string().chars().take(20).collect::<String>()))),
+            Ok(other) => {
+                return Err((
+                    "decode",
+                    format!(
+                        "line is JSON but not an object (starts with {})",
+                        &other.to_string().chars().take(20).collect::<String>()
+                    ),
+                ))
+            }
             Err(e) => return Err(("decode", format!("invalid JSON: {e}"))),
         };
         let deleted = matches!(object.get(DELETE_FIELD), Some(Value::Bool(true)));
@@ -438,15 +593,35 @@ impl JsonlSource {
             // replay lands it once its schema file exists.
             None => (Op::Insert, None, None, None),
             Some(schema) => {
-                let identity = identify(schema, &object, deleted).map_err(|detail| ("schema", detail))?;
-                (identity.op, identity.event_id, identity.key, identity.version)
+                let identity =
+                    identify(schema, &object, deleted).map_err(|detail| ("schema", detail))?;
+                (
+                    identity.op,
+                    identity.event_id,
+                    identity.key,
+                    identity.version,
+                )
             }
         };
         let event_id = event_id.unwrap_or_else(|| match (&key, version) {
-            (Some(key), Some(version)) if self.catalog.get(table).is_some_and(|s| s.write_mode == WriteMode::Upsert) => {
-                derive_event_id(&[table.as_bytes(), Value::Object(key.clone()).to_string().as_bytes(), &version.to_le_bytes()])
+            (Some(key), Some(version))
+                if self
+                    .catalog
+                    .get(table)
+                    .is_some_and(|s| s.write_mode == WriteMode::Upsert) =>
+            {
+                derive_event_id(&[
+                    table.as_bytes(),
+                    Value::Object(key.clone()).to_string().as_bytes(),
+                    &version.to_le_bytes(),
+                ])
             }
-            _ => derive_event_id(&[table.as_bytes(), &file_fingerprint.to_le_bytes(), &offset.to_le_bytes(), text.as_bytes()]),
+            _ => derive_event_id(&[
+                table.as_bytes(),
+                &file_fingerprint.to_le_bytes(),
+                &offset.to_le_bytes(),
+                text.as_bytes(),
+            ]),
         });
         let payload_text;
         let payload: &RawValue = if object.contains_key(DELETE_FIELD) {
@@ -457,22 +632,43 @@ impl JsonlSource {
         } else {
             serde_json::from_str(text).expect("validated above")
         };
-        let event = ChangeEvent { event_id, table, op, key, version, payload, source, produced_at };
+        let event = ChangeEvent {
+            event_id,
+            table,
+            op,
+            key,
+            version,
+            payload,
+            source,
+            produced_at,
+        };
         let mut attributes = Attributes::new();
         attributes.insert(attr::TABLE.into(), table.into());
         attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
-        Ok(OutboundMessage { data: serde_json::to_vec(&event).expect("event serializes"), attributes })
+        Ok(OutboundMessage {
+            data: serde_json::to_vec(&event).expect("event serializes"),
+            attributes,
+        })
     }
 }
 
 /// A message carrying bytes that could not become an event, and why.
-fn poison(table: &str, bytes: &[u8], reason: &str, detail: String, source_label: &str) -> OutboundMessage {
+fn poison(
+    table: &str,
+    bytes: &[u8],
+    reason: &str,
+    detail: String,
+    source_label: &str,
+) -> OutboundMessage {
     let mut attributes = Attributes::new();
     attributes.insert(attr::TABLE.into(), table.into());
     attributes.insert(attr::POISON_REASON.into(), reason.into());
     attributes.insert(attr::POISON_DETAIL.into(), detail);
     attributes.insert(attr::SOURCE.into(), source_label.into());
-    OutboundMessage { data: bytes.to_vec(), attributes }
+    OutboundMessage {
+        data: bytes.to_vec(),
+        attributes,
+    }
 }
 
 #[async_trait]
@@ -528,7 +724,10 @@ struct Line<'a> {
 enum LineContent<'a> {
     /// The line without its `\n`, `\r\n` or a leading BOM.
     Complete(&'a [u8]),
-    Oversize { sample: &'a [u8], total_len: u64 },
+    Oversize {
+        sample: &'a [u8],
+        total_len: u64,
+    },
 }
 
 /// Splits a byte stream into complete lines with bounded memory: a line longer than `max_line` is
@@ -550,7 +749,15 @@ const READ_CHUNK: usize = 1 << 20;
 
 impl LineReader {
     fn new(max_line: usize) -> LineReader {
-        LineReader { buffer: Vec::new(), filled: 0, position: 0, buffer_offset: 0, max_line, oversize_sample: Vec::new(), at_eof: false }
+        LineReader {
+            buffer: Vec::new(),
+            filled: 0,
+            position: 0,
+            buffer_offset: 0,
+            max_line,
+            oversize_sample: Vec::new(),
+            at_eof: false,
+        }
     }
 
     /// Bytes consumed as complete lines so far (relative to the start of reading).
@@ -598,14 +805,22 @@ impl LineReader {
                 }
                 if content.len() > self.max_line {
                     self.oversize_sample.clear();
-                    self.oversize_sample.extend_from_slice(&content[..OVERSIZE_SAMPLE_BYTES.min(content.len())]);
+                    self.oversize_sample
+                        .extend_from_slice(&content[..OVERSIZE_SAMPLE_BYTES.min(content.len())]);
                     return Ok(Some(Line {
                         start_offset,
                         end_offset,
-                        content: LineContent::Oversize { sample: &self.oversize_sample, total_len: content.len() as u64 },
+                        content: LineContent::Oversize {
+                            sample: &self.oversize_sample,
+                            total_len: content.len() as u64,
+                        },
                     }));
                 }
-                return Ok(Some(Line { start_offset, end_offset, content: LineContent::Complete(content) }));
+                return Ok(Some(Line {
+                    start_offset,
+                    end_offset,
+                    content: LineContent::Complete(content),
+                }));
             }
             searched = self.filled;
             let pending = self.filled - self.position;
@@ -624,7 +839,9 @@ impl LineReader {
     fn skip_oversize(&mut self, file: &mut File) -> std::io::Result<Option<Line<'_>>> {
         let start_offset = self.buffer_offset + self.position as u64;
         self.oversize_sample.clear();
-        self.oversize_sample.extend_from_slice(&self.buffer[self.position..self.filled.min(self.position + OVERSIZE_SAMPLE_BYTES)]);
+        self.oversize_sample.extend_from_slice(
+            &self.buffer[self.position..self.filled.min(self.position + OVERSIZE_SAMPLE_BYTES)],
+        );
         let mut scan_from = self.position;
         loop {
             if let Some(i) = memchr::memchr(b'\n', &self.buffer[scan_from..self.filled]) {
@@ -634,7 +851,10 @@ impl LineReader {
                 return Ok(Some(Line {
                     start_offset,
                     end_offset,
-                    content: LineContent::Oversize { sample: &self.oversize_sample, total_len: end_offset - start_offset - 1 },
+                    content: LineContent::Oversize {
+                        sample: &self.oversize_sample,
+                        total_len: end_offset - start_offset - 1,
+                    },
                 }));
             }
             // Drop what was scanned and read on.

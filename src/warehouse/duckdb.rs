@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use duckdb::arrow::array::{ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use duckdb::arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
 use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::Connection;
@@ -18,7 +21,7 @@ use serde::Deserialize;
 use super::sql::{self, StagingType};
 use super::{Committed, LandStats, TableBatch, Warehouse, WarehouseError};
 use crate::envelope::Op;
-use crate::schema::{CellValue, Catalog, TableSchema, WriteMode};
+use crate::schema::{Catalog, CellValue, TableSchema, WriteMode};
 
 /// Settings of the DuckDB warehouse (`[warehouse.duckdb]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -47,7 +50,11 @@ fn default_memory_limit() -> String {
 
 impl Default for DuckDbConfig {
     fn default() -> Self {
-        DuckDbConfig { path: default_path(), threads: default_threads(), memory_limit: default_memory_limit() }
+        DuckDbConfig {
+            path: default_path(),
+            threads: default_threads(),
+            memory_limit: default_memory_limit(),
+        }
     }
 }
 
@@ -65,7 +72,10 @@ struct Inner {
 
 impl DuckDbWarehouse {
     /// Opens (creating if needed) the database file.
-    pub fn open(config: &DuckDbConfig, catalog: Arc<Catalog>) -> Result<DuckDbWarehouse, WarehouseError> {
+    pub fn open(
+        config: &DuckDbConfig,
+        catalog: Arc<Catalog>,
+    ) -> Result<DuckDbWarehouse, WarehouseError> {
         let path = config.path.clone();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(parent);
@@ -73,46 +83,93 @@ impl DuckDbWarehouse {
         let err = |context: &str| {
             let path = path.display().to_string();
             let context = context.to_string();
-            move |source| WarehouseError::DuckDb { path, context, source }
+            move |source| WarehouseError::DuckDb {
+                path,
+                context,
+                source,
+            }
         };
-        let connection = Connection::open(&path).map_err(err("open (is another bqsync process using this file?)"))?;
+        let connection = Connection::open(&path)
+            .map_err(err("open (is another bqsync process using this file?)"))?;
         // Values come from the config file, not from events; validated by DuckDB itself.
         connection
-            .execute_batch(&format!("SET threads = {}; SET memory_limit = '{}';", config.threads.max(1), config.memory_limit.replace('\'', "")))
+            .execute_batch(&format!(
+                "SET threads = {}; SET memory_limit = '{}';",
+                config.threads.max(1),
+                config.memory_limit.replace('\'', "")
+            ))
             .map_err(err("settings"))?;
-        Ok(DuckDbWarehouse { inner: Arc::new(Inner { path, connection: Mutex::new(connection), catalog }) })
+        Ok(DuckDbWarehouse {
+            inner: Arc::new(Inner {
+                path,
+                connection: Mutex::new(connection),
+                catalog,
+            }),
+        })
     }
 
     /// Opens an existing file read-only (for `bqsync status`).
-    pub fn open_read_only(path: &Path, catalog: Arc<Catalog>) -> Result<DuckDbWarehouse, WarehouseError> {
-        let config = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly).map_err(|source| WarehouseError::DuckDb {
-            path: path.display().to_string(),
-            context: "config".into(),
-            source,
-        })?;
-        let connection = Connection::open_with_flags(path, config)
-            .map_err(|source| WarehouseError::DuckDb { path: path.display().to_string(), context: "open read-only".into(), source })?;
-        Ok(DuckDbWarehouse { inner: Arc::new(Inner { path: path.to_path_buf(), connection: Mutex::new(connection), catalog }) })
+    pub fn open_read_only(
+        path: &Path,
+        catalog: Arc<Catalog>,
+    ) -> Result<DuckDbWarehouse, WarehouseError> {
+        let config = duckdb::Config::default()
+            .access_mode(duckdb::AccessMode::ReadOnly)
+            .map_err(|source| WarehouseError::DuckDb {
+                path: path.display().to_string(),
+                context: "config".into(),
+                source,
+            })?;
+        let connection =
+            Connection::open_with_flags(path, config).map_err(|source| WarehouseError::DuckDb {
+                path: path.display().to_string(),
+                context: "open read-only".into(),
+                source,
+            })?;
+        Ok(DuckDbWarehouse {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                connection: Mutex::new(connection),
+                catalog,
+            }),
+        })
     }
 
     fn error(&self, context: impl Into<String>) -> impl FnOnce(duckdb::Error) -> WarehouseError {
         let path = self.inner.path.display().to_string();
         let context = context.into();
-        move |source| WarehouseError::DuckDb { path, context, source }
+        move |source| WarehouseError::DuckDb {
+            path,
+            context,
+            source,
+        }
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&DuckDbWarehouse, &mut Connection) -> Result<T, WarehouseError> + Send + 'static) -> Result<T, WarehouseError> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&DuckDbWarehouse, &mut Connection) -> Result<T, WarehouseError> + Send + 'static,
+    ) -> Result<T, WarehouseError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut connection = this.inner.connection.lock().unwrap_or_else(|p| p.into_inner());
+            let mut connection = this
+                .inner
+                .connection
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             f(&this, &mut connection)
         })
         .await
         .map_err(|e| WarehouseError::Task(e.to_string()))?
     }
 
-    fn ensure_table(&self, connection: &Connection, table: &TableSchema) -> Result<(), WarehouseError> {
-        connection.execute_batch(&sql::create_table(table)).map_err(self.error(format!("create table {}", table.table)))?;
+    fn ensure_table(
+        &self,
+        connection: &Connection,
+        table: &TableSchema,
+    ) -> Result<(), WarehouseError> {
+        connection
+            .execute_batch(&sql::create_table(table))
+            .map_err(self.error(format!("create table {}", table.table)))?;
         let mut statement = connection
             .prepare("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?")
             .map_err(self.error("read columns"))?;
@@ -143,25 +200,47 @@ impl DuckDbWarehouse {
                 }
             }
         }
-        connection.execute_batch(&sql::create_staging(table)).map_err(self.error(format!("create staging for {}", table.table)))?;
+        connection
+            .execute_batch(&sql::create_staging(table))
+            .map_err(self.error(format!("create staging for {}", table.table)))?;
         Ok(())
     }
 
-    fn land_table(&self, tx: &duckdb::Transaction, batch: &TableBatch) -> Result<LandStats, WarehouseError> {
-        let table = self.inner.catalog.get(&batch.table).ok_or_else(|| WarehouseError::UnknownTable(batch.table.clone()))?;
+    fn land_table(
+        &self,
+        tx: &duckdb::Transaction,
+        batch: &TableBatch,
+    ) -> Result<LandStats, WarehouseError> {
+        let table = self
+            .inner
+            .catalog
+            .get(&batch.table)
+            .ok_or_else(|| WarehouseError::UnknownTable(batch.table.clone()))?;
         let record_batch = to_record_batch(table, batch);
         {
-            let mut appender = tx.appender(&sql::staging_table(table)).map_err(self.error(format!("stage {}", table.table)))?;
-            appender.append_record_batch(record_batch).map_err(self.error(format!("stage {}", table.table)))?;
-            appender.flush().map_err(self.error(format!("stage {}", table.table)))?;
+            let mut appender = tx
+                .appender(&sql::staging_table(table))
+                .map_err(self.error(format!("stage {}", table.table)))?;
+            appender
+                .append_record_batch(record_batch)
+                .map_err(self.error(format!("stage {}", table.table)))?;
+            appender
+                .flush()
+                .map_err(self.error(format!("stage {}", table.table)))?;
         }
         let apply = match table.write_mode {
             WriteMode::Append => sql::insert_new_events(table),
             WriteMode::Upsert => sql::merge_versioned(table),
         };
-        let changed = tx.execute(&apply, []).map_err(self.error(format!("apply batch to {}", table.table)))?;
-        tx.execute(&sql::clear_staging(table), []).map_err(self.error(format!("clear staging of {}", table.table)))?;
-        Ok(LandStats { rows_changed: changed as u64, rows_offered: batch.rows.len() as u64 })
+        let changed = tx
+            .execute(&apply, [])
+            .map_err(self.error(format!("apply batch to {}", table.table)))?;
+        tx.execute(&sql::clear_staging(table), [])
+            .map_err(self.error(format!("clear staging of {}", table.table)))?;
+        Ok(LandStats {
+            rows_changed: changed as u64,
+            rows_offered: batch.rows.len() as u64,
+        })
     }
 }
 
@@ -190,20 +269,33 @@ fn to_record_batch(table: &TableSchema, batch: &TableBatch) -> RecordBatch {
         deleted.append_value(row.op == Op::Delete);
         sequence.append_value(i as i64);
     }
-    let mut arrays: Vec<ArrayRef> = vec![Arc::new(event_ids.finish()), Arc::new(versions.finish()), Arc::new(deleted.finish()), Arc::new(sequence.finish())];
+    let mut arrays: Vec<ArrayRef> = vec![
+        Arc::new(event_ids.finish()),
+        Arc::new(versions.finish()),
+        Arc::new(deleted.finish()),
+        Arc::new(sequence.finish()),
+    ];
     for (index, column) in table.columns.iter().enumerate() {
         let staging = sql::staging_type(column);
-        let cells = batch.rows.iter().map(|row| row.cells.get(index).unwrap_or(&CellValue::Null));
+        let cells = batch
+            .rows
+            .iter()
+            .map(|row| row.cells.get(index).unwrap_or(&CellValue::Null));
         let (data_type, array) = column_array(staging, cells, n);
         fields.push(Field::new(&column.name, data_type, true));
         arrays.push(array);
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).expect("arrays match the staging schema")
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .expect("arrays match the staging schema")
 }
 
 /// One Arrow column. Cells were coerced to the column's type before, so a mismatch is a bug: it lands
 /// as NULL rather than panicking the worker.
-fn column_array<'a>(staging: StagingType, cells: impl Iterator<Item = &'a CellValue>, n: usize) -> (DataType, ArrayRef) {
+fn column_array<'a>(
+    staging: StagingType,
+    cells: impl Iterator<Item = &'a CellValue>,
+    n: usize,
+) -> (DataType, ArrayRef) {
     match staging {
         StagingType::Varchar => {
             let mut b = StringBuilder::with_capacity(n, n * 32);
@@ -217,27 +309,60 @@ fn column_array<'a>(staging: StagingType, cells: impl Iterator<Item = &'a CellVa
         }
         StagingType::Bigint => {
             let mut b = Int64Builder::with_capacity(n);
-            cells.for_each(|c| b.append_option(if let CellValue::Int64(v) = c { Some(*v) } else { None }));
+            cells.for_each(|c| {
+                b.append_option(if let CellValue::Int64(v) = c {
+                    Some(*v)
+                } else {
+                    None
+                })
+            });
             (DataType::Int64, Arc::new(b.finish()))
         }
         StagingType::Double => {
             let mut b = Float64Builder::with_capacity(n);
-            cells.for_each(|c| b.append_option(if let CellValue::Float64(v) = c { Some(*v) } else { None }));
+            cells.for_each(|c| {
+                b.append_option(if let CellValue::Float64(v) = c {
+                    Some(*v)
+                } else {
+                    None
+                })
+            });
             (DataType::Float64, Arc::new(b.finish()))
         }
         StagingType::Boolean => {
             let mut b = BooleanBuilder::with_capacity(n);
-            cells.for_each(|c| b.append_option(if let CellValue::Bool(v) = c { Some(*v) } else { None }));
+            cells.for_each(|c| {
+                b.append_option(if let CellValue::Bool(v) = c {
+                    Some(*v)
+                } else {
+                    None
+                })
+            });
             (DataType::Boolean, Arc::new(b.finish()))
         }
         StagingType::Timestamp => {
             let mut b = TimestampMicrosecondBuilder::with_capacity(n);
-            cells.for_each(|c| b.append_option(if let CellValue::Timestamp(v) = c { Some(*v) } else { None }));
-            (DataType::Timestamp(TimeUnit::Microsecond, None), Arc::new(b.finish()))
+            cells.for_each(|c| {
+                b.append_option(if let CellValue::Timestamp(v) = c {
+                    Some(*v)
+                } else {
+                    None
+                })
+            });
+            (
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                Arc::new(b.finish()),
+            )
         }
         StagingType::Date => {
             let mut b = Date32Builder::with_capacity(n);
-            cells.for_each(|c| b.append_option(if let CellValue::Date(v) = c { Some(*v) } else { None }));
+            cells.for_each(|c| {
+                b.append_option(if let CellValue::Date(v) = c {
+                    Some(*v)
+                } else {
+                    None
+                })
+            });
             (DataType::Date32, Arc::new(b.finish()))
         }
         StagingType::Blob => {
@@ -265,7 +390,10 @@ impl Warehouse for DuckDbWarehouse {
         .await
     }
 
-    async fn land(&self, batches: Arc<Vec<TableBatch>>) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError> {
+    async fn land(
+        &self,
+        batches: Arc<Vec<TableBatch>>,
+    ) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError> {
         self.blocking(move |this, connection| {
             let tx = connection.transaction().map_err(this.error("begin"))?;
             let mut stats = Vec::with_capacity(batches.len());
@@ -282,7 +410,8 @@ impl Warehouse for DuckDbWarehouse {
         self.blocking(|this, connection| {
             let mut counts = Vec::new();
             for table in this.inner.catalog.tables() {
-                let count: Result<i64, _> = connection.query_row(&sql::count_live_rows(table), [], |r| r.get(0));
+                let count: Result<i64, _> =
+                    connection.query_row(&sql::count_live_rows(table), [], |r| r.get(0));
                 // A table that does not exist yet (status before the first run) counts 0.
                 counts.push((table.table.clone(), count.unwrap_or(0) as u64));
             }

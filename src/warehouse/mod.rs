@@ -59,7 +59,11 @@ pub struct LandStats {
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
     #[error("duckdb warehouse {path}: {context}: {source}")]
-    DuckDb { path: String, context: String, source: ::duckdb::Error },
+    DuckDb {
+        path: String,
+        context: String,
+        source: ::duckdb::Error,
+    },
     #[error("table `{0}` has no schema file (schemas/{0}.json)")]
     UnknownTable(String),
     #[error("schema change refused for table `{table}`: {problem}")]
@@ -71,7 +75,10 @@ pub enum WarehouseError {
 impl WarehouseError {
     /// True when retrying the same batch can succeed (I/O, locks, a restarting service).
     pub fn is_transient(&self) -> bool {
-        !matches!(self, WarehouseError::UnknownTable(_) | WarehouseError::SchemaChange { .. })
+        !matches!(
+            self,
+            WarehouseError::UnknownTable(_) | WarehouseError::SchemaChange { .. }
+        )
     }
 }
 
@@ -81,7 +88,10 @@ pub trait Warehouse: Send + Sync {
     /// Creates missing tables from the catalog and adds new NULLABLE columns; refuses breaking changes.
     async fn ensure_tables(&self) -> Result<(), WarehouseError>;
     /// Lands all batches in one transaction.
-    async fn land(&self, batches: std::sync::Arc<Vec<TableBatch>>) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError>;
+    async fn land(
+        &self,
+        batches: std::sync::Arc<Vec<TableBatch>>,
+    ) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError>;
     /// Live rows per table (tombstones excluded), for status and tests.
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError>;
     /// Dead letters by (table, reason), for status.

@@ -2,7 +2,7 @@
 
 use crate::bus::{attr, Delivery};
 use crate::envelope::{decode, derive_event_id, Op};
-use crate::schema::{coerce_row, CellValue, Catalog, WriteMode};
+use crate::schema::{coerce_row, Catalog, CellValue, WriteMode};
 use crate::warehouse::StagedRow;
 
 /// Table name of the dead-letter table.
@@ -68,54 +68,121 @@ impl Classifier<'_> {
     pub fn classify(&self, delivery: &Delivery) -> Classified {
         match self.try_row(delivery) {
             Ok((table, row)) => Classified::Row { table, row },
-            Err((reason, detail, table, event_id)) => Classified::DeadLetter(self.dead_letter_row(delivery, reason, &detail, table.as_deref(), event_id.as_deref())),
+            Err((reason, detail, table, event_id)) => Classified::DeadLetter(self.dead_letter_row(
+                delivery,
+                reason,
+                &detail,
+                table.as_deref(),
+                event_id.as_deref(),
+            )),
         }
     }
 
     /// A delivery from the dead-letter queue (moved there after max attempts).
     pub fn classify_exhausted(&self, delivery: &Delivery) -> Classified {
-        let attempts = delivery.attributes.get("bqsync_dead_letter_attempts").cloned().unwrap_or_default();
+        let attempts = delivery
+            .attributes
+            .get("bqsync_dead_letter_attempts")
+            .cloned()
+            .unwrap_or_default();
         let detail = format!("not acked after {attempts} delivery attempts (worker crash, warehouse outage or a failing batch)");
         let event_id = delivery.attributes.get(attr::EVENT_ID).cloned();
         let table = delivery.attributes.get(attr::TABLE).cloned();
-        Classified::DeadLetter(self.dead_letter_row(delivery, DeadLetterReason::MaxAttempts, &detail, table.as_deref(), event_id.as_deref()))
+        Classified::DeadLetter(self.dead_letter_row(
+            delivery,
+            DeadLetterReason::MaxAttempts,
+            &detail,
+            table.as_deref(),
+            event_id.as_deref(),
+        ))
     }
 
     #[allow(clippy::type_complexity)]
-    fn try_row(&self, delivery: &Delivery) -> Result<(String, StagedRow), (DeadLetterReason, String, Option<String>, Option<String>)> {
+    fn try_row(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<(String, StagedRow), (DeadLetterReason, String, Option<String>, Option<String>)>
+    {
         let table_attr = delivery.attributes.get(attr::TABLE).cloned();
         if let Some(reason) = delivery.attributes.get(attr::POISON_REASON) {
-            let detail = delivery.attributes.get(attr::POISON_DETAIL).cloned().unwrap_or_default();
-            return Err((DeadLetterReason::parse(reason).unwrap_or(DeadLetterReason::Decode), detail, table_attr, None));
+            let detail = delivery
+                .attributes
+                .get(attr::POISON_DETAIL)
+                .cloned()
+                .unwrap_or_default();
+            return Err((
+                DeadLetterReason::parse(reason).unwrap_or(DeadLetterReason::Decode),
+                detail,
+                table_attr,
+                None,
+            ));
         }
         if delivery.data.len() > self.max_event_bytes {
-            let detail = format!("message of {} bytes exceeds worker.max_event_bytes = {}", delivery.data.len(), self.max_event_bytes);
-            return Err((DeadLetterReason::Oversize, detail, table_attr, delivery.attributes.get(attr::EVENT_ID).cloned()));
+            let detail = format!(
+                "message of {} bytes exceeds worker.max_event_bytes = {}",
+                delivery.data.len(),
+                self.max_event_bytes
+            );
+            return Err((
+                DeadLetterReason::Oversize,
+                detail,
+                table_attr,
+                delivery.attributes.get(attr::EVENT_ID).cloned(),
+            ));
         }
-        let event = decode(&delivery.data).map_err(|e| (DeadLetterReason::Decode, e.to_string(), table_attr.clone(), None))?;
+        let event = decode(&delivery.data).map_err(|e| {
+            (
+                DeadLetterReason::Decode,
+                e.to_string(),
+                table_attr.clone(),
+                None,
+            )
+        })?;
         let event_id = Some(event.event_id.clone());
         let table_name = event.table.to_string();
-        let fail = |reason, detail: String| (reason, detail, Some(table_name.clone()), event_id.clone());
+        let fail =
+            |reason, detail: String| (reason, detail, Some(table_name.clone()), event_id.clone());
         let Some(schema) = self.catalog.get(&table_name) else {
-            return Err(fail(DeadLetterReason::UnknownTable, format!("table `{table_name}` has no schema file (schemas/{table_name}.json)")));
+            return Err(fail(
+                DeadLetterReason::UnknownTable,
+                format!("table `{table_name}` has no schema file (schemas/{table_name}.json)"),
+            ));
         };
         match (schema.write_mode, event.op) {
             (WriteMode::Append, Op::Insert) | (WriteMode::Upsert, Op::Upsert | Op::Delete) => {}
-            (mode, op) => return Err(fail(DeadLetterReason::Schema, format!("op `{op:?}` does not apply to table `{table_name}` (write_mode {mode:?})").to_lowercase())),
+            (mode, op) => {
+                return Err(fail(
+                    DeadLetterReason::Schema,
+                    format!(
+                        "op `{op:?}` does not apply to table `{table_name}` (write_mode {mode:?})"
+                    )
+                    .to_lowercase(),
+                ))
+            }
         }
-        let mut cells = coerce_row(schema, &event.payload, event.op == Op::Delete).map_err(|e| fail(DeadLetterReason::Schema, e.0))?;
+        let mut cells = coerce_row(schema, &event.payload, event.op == Op::Delete)
+            .map_err(|e| fail(DeadLetterReason::Schema, e.0))?;
         if let Some(key) = &event.key {
             for (column, value) in key {
                 let payload_value = event.payload.get(column);
-                if schema.primary_key.contains(column) && payload_value.is_some_and(|p| p != value) {
-                    return Err(fail(DeadLetterReason::Schema, format!("key `{column}` is {value} but the payload says {}", payload_value.expect("checked"))));
+                if schema.primary_key.contains(column) && payload_value.is_some_and(|p| p != value)
+                {
+                    return Err(fail(
+                        DeadLetterReason::Schema,
+                        format!(
+                            "key `{column}` is {value} but the payload says {}",
+                            payload_value.expect("checked")
+                        ),
+                    ));
                 }
             }
         }
         if event.op == Op::Delete {
             // A tombstone keeps only its key and version; the other columns are cleared.
             for (cell, column) in cells.iter_mut().zip(&schema.columns) {
-                if !schema.primary_key.contains(&column.name) && schema.version_column.as_deref() != Some(&column.name) {
+                if !schema.primary_key.contains(&column.name)
+                    && schema.version_column.as_deref() != Some(&column.name)
+                {
                     *cell = CellValue::Null;
                 }
             }
@@ -123,17 +190,31 @@ impl Classifier<'_> {
                 let index = schema.column_index(key).expect("checked key");
                 if cells[index] == CellValue::Null {
                     let from_key = event.key.as_ref().and_then(|k| k.get(key));
-                    cells[index] = crate::schema::coerce_value(&schema.columns[index], from_key, false).map_err(|e| fail(DeadLetterReason::Schema, e.0))?;
+                    cells[index] =
+                        crate::schema::coerce_value(&schema.columns[index], from_key, false)
+                            .map_err(|e| fail(DeadLetterReason::Schema, e.0))?;
                 }
             }
         }
-        let row = StagedRow { event_id: event.event_id, op: event.op, version: event.version, cells };
+        let row = StagedRow {
+            event_id: event.event_id,
+            op: event.op,
+            version: event.version,
+            cells,
+        };
         Ok((table_name, row))
     }
 
     /// The `dead_letters` row for a delivery; its id is derived from the bytes and the reason, so a
     /// re-delivered poison message lands as one dead letter.
-    pub fn dead_letter_row(&self, delivery: &Delivery, reason: DeadLetterReason, detail: &str, table: Option<&str>, event_id: Option<&str>) -> StagedRow {
+    pub fn dead_letter_row(
+        &self,
+        delivery: &Delivery,
+        reason: DeadLetterReason,
+        detail: &str,
+        table: Option<&str>,
+        event_id: Option<&str>,
+    ) -> StagedRow {
         let dead_letter_id = derive_event_id(&[&delivery.data, reason.as_str().as_bytes()]);
         let now = chrono::Utc::now().timestamp_micros();
         let first_failed = delivery
@@ -141,9 +222,14 @@ impl Classifier<'_> {
             .get("bqsync_dead_letter_first_attempt_micros")
             .and_then(|v| v.parse().ok())
             .unwrap_or(delivery.first_attempt_micros);
-        let attempts = delivery.attributes.get("bqsync_dead_letter_attempts").and_then(|v| v.parse().ok()).unwrap_or(delivery.delivery_attempt as i64);
+        let attempts = delivery
+            .attributes
+            .get("bqsync_dead_letter_attempts")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(delivery.delivery_attempt as i64);
         let source = delivery.attributes.get(attr::SOURCE).cloned();
-        let text = |s: Option<&str>| s.map_or(CellValue::Null, |s| CellValue::String(s.to_string()));
+        let text =
+            |s: Option<&str>| s.map_or(CellValue::Null, |s| CellValue::String(s.to_string()));
         let value_of = |column: &str| -> CellValue {
             match column {
                 "dead_letter_id" => CellValue::String(dead_letter_id.clone()),
@@ -152,9 +238,13 @@ impl Classifier<'_> {
                 "reason" => CellValue::String(reason.as_str().into()),
                 "detail" => CellValue::String(detail.into()),
                 "source" => text(source.as_deref()),
-                "message" => CellValue::String(String::from_utf8_lossy(&delivery.data).into_owned()),
+                "message" => {
+                    CellValue::String(String::from_utf8_lossy(&delivery.data).into_owned())
+                }
                 "message_bytes" => CellValue::Bytes(delivery.data.clone()),
-                "attributes" => CellValue::JsonText(serde_json::to_string(&delivery.attributes).unwrap_or_else(|_| "{}".into())),
+                "attributes" => CellValue::JsonText(
+                    serde_json::to_string(&delivery.attributes).unwrap_or_else(|_| "{}".into()),
+                ),
                 "delivery_attempts" => CellValue::Int64(attempts),
                 "first_failed_at" => CellValue::Timestamp(first_failed),
                 "last_failed_at" => CellValue::Timestamp(now),
@@ -166,8 +256,17 @@ impl Classifier<'_> {
             Some(schema) => schema.columns.iter().map(|c| value_of(&c.name)).collect(),
             None => Vec::new(),
         };
-        tracing::warn!(reason = reason.as_str(), table = table.unwrap_or("?"), detail, "dead-lettered");
-        StagedRow { event_id: dead_letter_id, op: Op::Insert, version: None, cells }
+        tracing::warn!(
+            reason = reason.as_str(),
+            table = table.unwrap_or("?"),
+            detail,
+            "dead-lettered"
+        );
+        StagedRow {
+            event_id: dead_letter_id,
+            op: Op::Insert,
+            version: None,
+            cells,
+        }
     }
 }
-

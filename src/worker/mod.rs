@@ -115,7 +115,12 @@ struct PendingBatch {
 
 impl PendingBatch {
     fn new() -> PendingBatch {
-        PendingBatch { rows: Vec::new(), handles: Vec::new(), bytes: 0, oldest: Instant::now() }
+        PendingBatch {
+            rows: Vec::new(),
+            handles: Vec::new(),
+            bytes: 0,
+            oldest: Instant::now(),
+        }
     }
 }
 
@@ -159,7 +164,15 @@ impl Worker {
         subscription: Arc<dyn Subscription>,
         dead_letter_subscription: Option<Arc<dyn Subscription>>,
     ) -> Worker {
-        Worker { config, catalog, warehouse, subscription, dead_letter_subscription, pending: BTreeMap::new(), stats: WorkerStats::default() }
+        Worker {
+            config,
+            catalog,
+            warehouse,
+            subscription,
+            dead_letter_subscription,
+            pending: BTreeMap::new(),
+            stats: WorkerStats::default(),
+        }
     }
 
     /// Runs until `stop` says so (see [`StopMode`]).
@@ -170,12 +183,16 @@ impl Worker {
             if mode == StopMode::Now {
                 break;
             }
-            let wait = self.time_to_next_flush(max_age).min(Duration::from_millis(200));
-            let pulled = tokio::select! {
-                pulled = self.subscription.pull(self.config.pull_max_messages, wait) => pulled,
-                _ = stop.changed() => continue,
-            };
-            let deliveries = match pulled {
+            let wait = self
+                .time_to_next_flush(max_age)
+                .min(Duration::from_millis(200));
+            // Never cancel a pull midway: deliveries it leased would sit out their lease unprocessed.
+            // Its wait is short, so a stop request is seen within it.
+            let deliveries = match self
+                .subscription
+                .pull(self.config.pull_max_messages, wait)
+                .await
+            {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, "pull failed; retrying");
@@ -186,13 +203,21 @@ impl Worker {
             let got_any = !deliveries.is_empty();
             self.accept(deliveries, Origin::Main);
             if let Some(dead) = self.dead_letter_subscription.clone() {
-                if let Ok(exhausted) = dead.pull(self.config.pull_max_messages, Duration::ZERO).await {
+                if let Ok(exhausted) = dead
+                    .pull(self.config.pull_max_messages, Duration::ZERO)
+                    .await
+                {
                     self.accept(exhausted, Origin::DeadLetterQueue);
                 }
             }
             let idle = !got_any;
-            self.flush_due(max_age, idle && mode == StopMode::WhenDrained).await;
-            if idle && mode == StopMode::WhenDrained && self.pending.is_empty() && self.bus_is_empty().await {
+            self.flush_due(max_age, idle && mode == StopMode::WhenDrained)
+                .await;
+            if idle
+                && mode == StopMode::WhenDrained
+                && self.pending.is_empty()
+                && self.bus_is_empty().await
+            {
                 tracing::info!("input drained: every event landed or dead-lettered");
                 break;
             }
@@ -202,21 +227,37 @@ impl Worker {
     }
 
     async fn bus_is_empty(&self) -> bool {
-        let main = self.subscription.stats().await.map(|s| s.pending == 0 && s.leased == 0).unwrap_or(false);
+        let main = self
+            .subscription
+            .stats()
+            .await
+            .map(|s| s.pending == 0 && s.leased == 0)
+            .unwrap_or(false);
         let dead = match &self.dead_letter_subscription {
-            Some(d) => d.stats().await.map(|s| s.pending == 0 && s.leased == 0).unwrap_or(false),
+            Some(d) => d
+                .stats()
+                .await
+                .map(|s| s.pending == 0 && s.leased == 0)
+                .unwrap_or(false),
             None => true,
         };
         main && dead
     }
 
     fn time_to_next_flush(&self, max_age: Duration) -> Duration {
-        self.pending.values().map(|b| max_age.saturating_sub(b.oldest.elapsed())).min().unwrap_or(max_age)
+        self.pending
+            .values()
+            .map(|b| max_age.saturating_sub(b.oldest.elapsed()))
+            .min()
+            .unwrap_or(max_age)
     }
 
     /// Sorts deliveries into per-table batches; poison goes to the dead-letter batch.
     fn accept(&mut self, deliveries: Vec<Delivery>, origin: Origin) {
-        let classifier = Classifier { catalog: &self.catalog, max_event_bytes: self.config.max_event_bytes };
+        let classifier = Classifier {
+            catalog: &self.catalog,
+            max_event_bytes: self.config.max_event_bytes,
+        };
         for delivery in deliveries {
             self.stats.delivered += 1;
             let classified = match origin {
@@ -246,14 +287,21 @@ impl Worker {
         let due: Vec<String> = self
             .pending
             .iter()
-            .filter(|(_, b)| everything || b.rows.len() >= self.config.max_batch_rows || b.bytes >= self.config.max_batch_bytes || b.oldest.elapsed() >= max_age)
+            .filter(|(_, b)| {
+                everything
+                    || b.rows.len() >= self.config.max_batch_rows
+                    || b.bytes >= self.config.max_batch_bytes
+                    || b.oldest.elapsed() >= max_age
+            })
             .map(|(t, _)| t.clone())
             .collect();
         if due.is_empty() {
             return;
         }
         let mut tables = due;
-        if !tables.iter().any(|t| t == DEAD_LETTER_TABLE) && self.pending.contains_key(DEAD_LETTER_TABLE) {
+        if !tables.iter().any(|t| t == DEAD_LETTER_TABLE)
+            && self.pending.contains_key(DEAD_LETTER_TABLE)
+        {
             tables.push(DEAD_LETTER_TABLE.to_string());
         }
         let mut batches = Vec::with_capacity(tables.len());
@@ -261,7 +309,10 @@ impl Worker {
         for table in tables {
             let pending = self.pending.remove(&table).expect("due table is pending");
             handles.extend(pending.handles);
-            batches.push(TableBatch { table, rows: pending.rows });
+            batches.push(TableBatch {
+                table,
+                rows: pending.rows,
+            });
         }
         match self.land_with_retry(batches).await {
             Some(committed) => self.ack(committed, handles).await,
@@ -301,8 +352,13 @@ impl Worker {
 
     /// Acks the deliveries of a committed batch. Takes the proof so no other path can ack.
     async fn ack(&self, _proof: Committed, handles: Vec<(Origin, AckHandle)>) {
-        let (main, dead): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(o, _)| *o == Origin::Main);
-        if let Err(e) = self.subscription.ack(main.into_iter().map(|(_, h)| h).collect()).await {
+        let (main, dead): (Vec<_>, Vec<_>) =
+            handles.into_iter().partition(|(o, _)| *o == Origin::Main);
+        if let Err(e) = self
+            .subscription
+            .ack(main.into_iter().map(|(_, h)| h).collect())
+            .await
+        {
             // Not fatal: the messages come back after their lease and land as no-ops.
             tracing::error!(error = %e, "ack failed after commit; the messages will be redelivered and deduplicated");
         }
@@ -314,8 +370,12 @@ impl Worker {
     }
 
     async fn nack(&self, handles: Vec<(Origin, AckHandle)>) {
-        let (main, dead): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(o, _)| *o == Origin::Main);
-        let _ = self.subscription.nack(main.into_iter().map(|(_, h)| h).collect()).await;
+        let (main, dead): (Vec<_>, Vec<_>) =
+            handles.into_iter().partition(|(o, _)| *o == Origin::Main);
+        let _ = self
+            .subscription
+            .nack(main.into_iter().map(|(_, h)| h).collect())
+            .await;
         if let Some(sub) = &self.dead_letter_subscription {
             let _ = sub.nack(dead.into_iter().map(|(_, h)| h).collect()).await;
         }

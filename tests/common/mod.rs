@@ -1,0 +1,205 @@
+//! Helpers for end-to-end tests: a project directory with a config, the real `bqsync` binary as a child
+//! process, and queries on the resulting DuckDB file.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// A project directory with the repository's schemas and a config file with `extra` appended.
+    pub fn new(extra_config: &str) -> Project {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let schemas = dir.path().join("schemas");
+        std::fs::create_dir_all(&schemas).unwrap();
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), schemas.join(entry.file_name())).unwrap();
+        }
+        let config = format!(
+            "[worker]\nmax_batch_age_ms = 100\n\n[bus.embedded]\nsynchronous = \"normal\"\n\n[warehouse.duckdb]\nthreads = 1\n\n{extra_config}\n"
+        );
+        std::fs::write(dir.path().join("bqsync.toml"), config).unwrap();
+        Project { dir }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bqsync"));
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("BQSYNC_LOG", "warn")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Starts `bqsync run` (watching) in the background.
+    pub fn spawn_run(&self, extra_args: &[&str], env: &[(&str, &str)]) -> Child {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra_args);
+        let mut command = self.command(&args);
+        command
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(self.log_file()));
+        command.spawn().expect("spawn bqsync")
+    }
+
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("bqsync.log"))
+            .unwrap()
+    }
+
+    /// Runs `bqsync run --until-drained` to completion and asserts it succeeded.
+    pub fn run_until_drained(&self, env: &[(&str, &str)]) {
+        let mut child = self
+            .command(&["run", "--until-drained"])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(self.log_file()))
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut child, Duration::from_secs(300));
+        assert!(
+            status.success(),
+            "bqsync run --until-drained failed: {status}; log:\n{}",
+            self.log_tail()
+        );
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.path("bqsync.log")).unwrap_or_default();
+        log.lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn append(&self, relative: &str, bytes: &[u8]) {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        file.write_all(bytes).unwrap();
+    }
+
+    /// Opens the warehouse (only when no bqsync process holds it).
+    pub fn warehouse(&self) -> duckdb::Connection {
+        duckdb::Connection::open(self.path("bqsync.duckdb")).expect("open warehouse")
+    }
+
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        self.warehouse()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Sum over file checkpoints of (file size - offset): 0 when every byte written so far is published.
+    pub fn checkpoint_lag(&self) -> Option<u64> {
+        let state = rusqlite::Connection::open(self.path(".bqsync/state.db")).ok()?;
+        let mut statement = state
+            .prepare("SELECT path, offset, inode FROM file_checkpoints")
+            .ok()?;
+        let rows: Vec<(String, i64, i64)> = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .ok()?
+            .filter_map(Result::ok)
+            .collect();
+        // Paths are stored as configured (relative to the project directory); a path that holds
+        // another file now (rotation) does not count.
+        Some(
+            rows.iter()
+                .filter_map(|(path, offset, inode)| {
+                    let metadata = std::fs::metadata(self.dir.path().join(path)).ok()?;
+                    (std::os::unix::fs::MetadataExt::ino(&metadata) == *inode as u64)
+                        .then(|| metadata.len().saturating_sub(*offset as u64))
+                })
+                .sum(),
+        )
+    }
+
+    /// Number of files with a checkpoint.
+    pub fn checkpoint_count(&self) -> Option<i64> {
+        let state = rusqlite::Connection::open(self.path(".bqsync/state.db")).ok()?;
+        state
+            .query_row("SELECT count(*) FROM file_checkpoints", [], |r| r.get(0))
+            .ok()
+    }
+
+    /// Messages still on the bus (pending or leased).
+    pub fn bus_depth(&self) -> Option<i64> {
+        let bus = rusqlite::Connection::open(self.path(".bqsync/bus.db")).ok()?;
+        bus.query_row(
+            "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM dlq_messages)",
+            [],
+            |r| r.get(0),
+        )
+        .ok()
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends a signal to a child.
+pub fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for a child to exit, with a timeout.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bqsync did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One atoms line with a unique id.
+pub fn atom_line(id: &str, n: u64) -> String {
+    format!(
+        "{{\"event_id\":\"{id}\",\"entity_id\":\"ent-{:07}\",\"kind\":\"click\",\"text\":\"line {n}\",\"score\":{}.5,\"tags\":[\"red\",\"eu\"],\"created_at\":\"2024-01-01T00:00:{:02}.000001Z\"}}\n",
+        n % 100_000,
+        n % 1000,
+        n % 60
+    )
+}
+
+pub fn path_exists(path: &Path) -> bool {
+    path.exists()
+}
