@@ -5,7 +5,6 @@
 //! lands once: warehouses deduplicate on it.
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::schema::{parse_timestamp_micros, ColumnType, TableSchema, WriteMode};
@@ -20,19 +19,52 @@ pub enum Op {
 }
 
 /// A change event as producers build it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ChangeEvent<'a> {
     pub event_id: String,
     pub table: &'a str,
     pub op: Op,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<Map<String, Value>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
-    /// The row, kept as the producer's JSON text (validated as an object) to avoid re-encoding it.
-    pub payload: &'a RawValue,
+    /// The row as JSON text. Must be a valid JSON object (producers parsed it already), so it is
+    /// copied into the envelope as it is instead of being parsed and encoded again.
+    pub payload: &'a str,
     pub source: &'a str,
     pub produced_at: &'a str,
+}
+
+impl ChangeEvent<'_> {
+    /// The message body: the envelope as JSON, with the payload text embedded verbatim.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.payload.len() + 160);
+        let string = |out: &mut Vec<u8>, s: &str| {
+            serde_json::to_writer(&mut *out, s).expect("writing to a Vec")
+        };
+        out.extend_from_slice(b"{\"event_id\":");
+        string(&mut out, &self.event_id);
+        out.extend_from_slice(b",\"table\":");
+        string(&mut out, self.table);
+        out.extend_from_slice(match self.op {
+            Op::Insert => b",\"op\":\"insert\"",
+            Op::Upsert => b",\"op\":\"upsert\"",
+            Op::Delete => b",\"op\":\"delete\"",
+        });
+        if let Some(key) = &self.key {
+            out.extend_from_slice(b",\"key\":");
+            serde_json::to_writer(&mut out, key).expect("writing to a Vec");
+        }
+        if let Some(version) = self.version {
+            out.extend_from_slice(format!(",\"version\":{version}").as_bytes());
+        }
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(self.payload.as_bytes());
+        out.extend_from_slice(b",\"source\":");
+        string(&mut out, self.source);
+        out.extend_from_slice(b",\"produced_at\":");
+        string(&mut out, self.produced_at);
+        out.push(b'}');
+        out
+    }
 }
 
 /// A change event as workers decode it; borrows from the message bytes.
@@ -123,18 +155,19 @@ pub struct RecordIdentity {
 /// Upsert tables: `key` from the primary key columns and `version` from the version column (TIMESTAMP
 /// versions become microseconds). A payload with `"_deleted": true` (removed from the payload by the
 /// caller) is a delete.
+/// `field` looks a payload field up (so callers may parse lazily).
 pub fn identify(
     table: &TableSchema,
-    payload: &Map<String, Value>,
+    field: impl Fn(&str) -> Option<Value>,
     deleted: bool,
 ) -> Result<RecordIdentity, String> {
     let event_id = match &table.event_id_field {
-        Some(field) => match payload.get(field) {
+        Some(name) => match field(name).as_ref() {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             other => {
                 return Err(format!(
-                    "id field `{field}` must be a non-empty string, got {}",
+                    "id field `{name}` must be a non-empty string, got {}",
                     other.map_or("nothing".into(), |v| v.to_string())
                 ))
             }
@@ -151,8 +184,8 @@ pub fn identify(
     }
     let mut key = Map::new();
     for column in &table.primary_key {
-        match payload.get(column) {
-            Some(v) if !v.is_null() => key.insert(column.clone(), v.clone()),
+        match field(column) {
+            Some(v) if !v.is_null() => key.insert(column.clone(), v),
             _ => return Err(format!("primary key column `{column}` is missing")),
         };
     }
@@ -160,11 +193,10 @@ pub fn identify(
         .version_column
         .as_deref()
         .expect("upsert tables have a version column");
-    let raw = payload
-        .get(version_column)
+    let raw = field(version_column)
         .ok_or_else(|| format!("version column `{version_column}` is missing"))?;
     let version = match table.column(version_column).map(|c| c.column_type) {
-        Some(ColumnType::Timestamp) => parse_timestamp_micros(raw),
+        Some(ColumnType::Timestamp) => parse_timestamp_micros(&raw),
         _ => raw
             .as_i64()
             .or_else(|| raw.as_str().and_then(|s| s.parse().ok())),
@@ -215,6 +247,30 @@ mod tests {
             decode(payload_not_object).unwrap_err(),
             DecodeError::Json(_)
         ));
+    }
+
+    #[test]
+    fn encoded_events_decode_to_the_same_fields() {
+        let key: Map<String, Value> = serde_json::from_str(r#"{"id":"a\"b"}"#).unwrap();
+        let event = ChangeEvent {
+            event_id: "e\u{1}".into(),
+            table: "t",
+            op: Op::Delete,
+            key: Some(key.clone()),
+            version: Some(-3),
+            payload: r#"{"id":"a\"b","n":1}"#,
+            source: "jsonl:x",
+            produced_at: "2024-01-01T00:00:00Z",
+        };
+        let bytes = event.to_bytes();
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!(decoded.event_id, "e\u{1}");
+        assert_eq!(
+            (decoded.op, decoded.version, decoded.key),
+            (Op::Delete, Some(-3), Some(key))
+        );
+        assert_eq!(decoded.payload["n"], 1);
+        assert_eq!(decoded.source, "jsonl:x");
     }
 
     #[test]

@@ -139,6 +139,7 @@ async fn drive_source(
                 published += outcome.published;
                 delay = Duration::from_millis(200);
                 if mode == RunMode::UntilDrained && outcome.consumed == 0 {
+                    tracing::info!(source = source.name(), published, "source drained");
                     break;
                 }
                 if mode == RunMode::Forever && outcome.consumed == 0 {

@@ -460,6 +460,21 @@ fn embedded_handles(handles: Vec<AckHandle>) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// Sorted, merged runs `(first, last)` of consecutive numbers.
+fn consecutive_runs(numbers: impl Iterator<Item = i64>) -> Vec<(i64, i64)> {
+    let mut sorted: Vec<i64> = numbers.collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for n in sorted {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == n => *last = n,
+            _ => runs.push((n, n)),
+        }
+    }
+    runs
+}
+
 #[async_trait]
 impl Subscription for EmbeddedSubscription {
     async fn pull(&self, max_messages: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
@@ -489,17 +504,19 @@ impl Subscription for EmbeddedSubscription {
                     let tx = connection
                         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                     {
-                        let mut delete_message = tx.prepare_cached(&format!(
-                            "DELETE FROM {} WHERE seq = ?1",
+                        // Handles mostly come in runs of consecutive sequence numbers: one range
+                        // delete a run instead of one delete a message.
+                        let mut delete_messages = tx.prepare_cached(&format!(
+                            "DELETE FROM {} WHERE seq BETWEEN ?1 AND ?2",
                             q.messages
                         ))?;
-                        let mut delete_lease = tx.prepare_cached(&format!(
-                            "DELETE FROM {} WHERE seq = ?1",
+                        let mut delete_leases = tx.prepare_cached(&format!(
+                            "DELETE FROM {} WHERE seq BETWEEN ?1 AND ?2",
                             q.deliveries
                         ))?;
-                        for (seq, _) in &ids {
-                            delete_message.execute([seq])?;
-                            delete_lease.execute([seq])?;
+                        for (first, last) in consecutive_runs(ids.iter().map(|(seq, _)| *seq)) {
+                            delete_messages.execute([first, last])?;
+                            delete_leases.execute([first, last])?;
                         }
                     }
                     tx.commit()
@@ -661,6 +678,15 @@ mod tests {
         );
         assert_eq!(dead[0].attributes["bqsync_dead_letter_attempts"], "2");
         assert_eq!(sub.stats().await.unwrap().pending, 0);
+    }
+
+    #[test]
+    fn runs_merge_consecutive_numbers() {
+        assert_eq!(
+            consecutive_runs([5, 1, 2, 3, 9, 6, 2].into_iter()),
+            vec![(1, 3), (5, 6), (9, 9)]
+        );
+        assert!(consecutive_runs(std::iter::empty()).is_empty());
     }
 
     #[tokio::test]

@@ -574,27 +574,24 @@ impl JsonlSource {
         source: &str,
         produced_at: &str,
     ) -> Result<OutboundMessage, (&'static str, String)> {
-        let object: Map<String, Value> = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => map,
-            Ok(other) => {
-                return Err((
-                    "decode",
-                    format!(
-                        "line is JSON but not an object (starts with {})",
-                        &other.to_string().chars().take(20).collect::<String>()
-                    ),
-                ))
-            }
-            Err(e) => return Err(("decode", format!("invalid JSON: {e}"))),
+        // Top-level fields borrowed as raw JSON: validates the line and allocates only the index;
+        // the few fields identity needs are parsed on demand. Keys with escapes take the slow path.
+        let fields = match serde_json::from_str::<HashMap<&str, &RawValue>>(text) {
+            Ok(fields) => LineFields::Borrowed(fields),
+            Err(_) => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(map)) => LineFields::Owned(map),
+                _ => return Err(("decode", describe_invalid_line(text))),
+            },
         };
-        let deleted = matches!(object.get(DELETE_FIELD), Some(Value::Bool(true)));
+        let field = |name: &str| fields.get(name);
+        let deleted = fields.get(DELETE_FIELD) == Some(Value::Bool(true));
         let (op, event_id, key, version) = match self.catalog.get(table) {
             // Unknown table: publish anyway; the worker dead-letters it as `unknown_table`, and a
             // replay lands it once its schema file exists.
             None => (Op::Insert, None, None, None),
             Some(schema) => {
                 let identity =
-                    identify(schema, &object, deleted).map_err(|detail| ("schema", detail))?;
+                    identify(schema, field, deleted).map_err(|detail| ("schema", detail))?;
                 (
                     identity.op,
                     identity.event_id,
@@ -624,13 +621,14 @@ impl JsonlSource {
             ]),
         });
         let payload_text;
-        let payload: &RawValue = if object.contains_key(DELETE_FIELD) {
-            let mut without = object;
+        let payload: &str = if fields.get(DELETE_FIELD).is_some() {
+            let mut without: Map<String, Value> =
+                serde_json::from_str(text).expect("validated above");
             without.remove(DELETE_FIELD);
             payload_text = serde_json::to_string(&without).expect("map serializes");
-            serde_json::from_str(&payload_text).expect("valid JSON")
+            &payload_text
         } else {
-            serde_json::from_str(text).expect("validated above")
+            text
         };
         let event = ChangeEvent {
             event_id,
@@ -646,9 +644,40 @@ impl JsonlSource {
         attributes.insert(attr::TABLE.into(), table.into());
         attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
         Ok(OutboundMessage {
-            data: serde_json::to_vec(&event).expect("event serializes"),
+            data: event.to_bytes(),
             attributes,
         })
+    }
+}
+
+/// A line's top-level fields.
+enum LineFields<'a> {
+    /// Borrowed as raw JSON: validates the line and allocates only the index; the few fields that
+    /// identity needs are parsed on demand.
+    Borrowed(HashMap<&'a str, &'a RawValue>),
+    /// Fully parsed: the slow path, for keys with escape sequences.
+    Owned(Map<String, Value>),
+}
+
+impl LineFields<'_> {
+    fn get(&self, name: &str) -> Option<Value> {
+        match self {
+            LineFields::Borrowed(fields) => fields
+                .get(name)
+                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            LineFields::Owned(map) => map.get(name).cloned(),
+        }
+    }
+}
+
+/// Why a line is not a JSON object, as precisely as serde_json says.
+fn describe_invalid_line(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(other) => format!(
+            "line is JSON but not an object (starts with {})",
+            other.to_string().chars().take(20).collect::<String>()
+        ),
+        Err(e) => format!("invalid JSON: {e}"),
     }
 }
 

@@ -153,6 +153,7 @@ pub struct Worker {
     subscription: Arc<dyn Subscription>,
     dead_letter_subscription: Option<Arc<dyn Subscription>>,
     pending: BTreeMap<String, PendingBatch>,
+    in_flight: Option<InFlight>,
     pub stats: WorkerStats,
 }
 
@@ -171,6 +172,7 @@ impl Worker {
             subscription,
             dead_letter_subscription,
             pending: BTreeMap::new(),
+            in_flight: None,
             stats: WorkerStats::default(),
         }
     }
@@ -213,6 +215,9 @@ impl Worker {
             let idle = !got_any;
             self.flush_due(max_age, idle && mode == StopMode::WhenDrained)
                 .await;
+            if idle && mode == StopMode::WhenDrained && self.pending.is_empty() {
+                self.finish_in_flight().await;
+            }
             if idle
                 && mode == StopMode::WhenDrained
                 && self.pending.is_empty()
@@ -223,6 +228,7 @@ impl Worker {
             }
         }
         self.flush_due(max_age, true).await;
+        self.finish_in_flight().await;
         Ok(())
     }
 
@@ -314,39 +320,39 @@ impl Worker {
                 rows: pending.rows,
             });
         }
-        match self.land_with_retry(batches).await {
-            Some(committed) => self.ack(committed, handles).await,
-            None => self.nack(handles).await,
-        }
+        // One landing at a time, overlapped with pulling and classifying the next batch: wait for
+        // the previous landing (and its acks) before starting this one.
+        self.finish_in_flight().await;
+        let warehouse = self.warehouse.clone();
+        let retry = self.config.clone();
+        let landing = tokio::spawn(land_with_retry(warehouse, batches, retry));
+        self.in_flight = Some(InFlight { landing, handles });
     }
 
-    /// Lands with exponential backoff and jitter; None when the retry budget ran out.
-    async fn land_with_retry(&mut self, batches: Vec<TableBatch>) -> Option<Committed> {
-        let started = Instant::now();
-        let budget = Duration::from_secs(self.config.retry_budget_secs);
-        let mut delay = Duration::from_millis(self.config.retry_initial_ms);
-        let rows: u64 = batches.iter().map(|b| b.rows.len() as u64).sum();
-        let batches = Arc::new(batches);
-        loop {
-            match self.warehouse.land(batches.clone()).await {
-                Ok((committed, stats)) => {
-                    self.stats.flushes += 1;
-                    self.stats.landed_rows += rows;
-                    tracing::debug!(?stats, "batch committed");
-                    return Some(committed);
-                }
-                Err(e) => {
-                    self.stats.failed_flushes += 1;
-                    if started.elapsed() + delay > budget {
-                        tracing::error!(error = %e, rows, "landing keeps failing; releasing the batch for redelivery");
-                        return None;
-                    }
-                    tracing::warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "landing failed; retrying");
-                    let jitter = 0.75 + fastrand::f64() * 0.5;
-                    tokio::time::sleep(delay.mul_f64(jitter)).await;
-                    delay = (delay * 2).min(Duration::from_millis(self.config.retry_max_ms));
+    /// Waits for the landing in flight, then acks its deliveries (or nacks them if it gave up).
+    async fn finish_in_flight(&mut self) {
+        let Some(in_flight) = self.in_flight.take() else {
+            return;
+        };
+        let outcome = match in_flight.landing.await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, "landing task failed");
+                LandOutcome {
+                    committed: None,
+                    rows: 0,
+                    failures: 1,
                 }
             }
+        };
+        self.stats.failed_flushes += outcome.failures;
+        match outcome.committed {
+            Some(committed) => {
+                self.stats.flushes += 1;
+                self.stats.landed_rows += outcome.rows;
+                self.ack(committed, in_flight.handles).await
+            }
+            None => self.nack(in_flight.handles).await,
         }
     }
 
@@ -378,6 +384,60 @@ impl Worker {
             .await;
         if let Some(sub) = &self.dead_letter_subscription {
             let _ = sub.nack(dead.into_iter().map(|(_, h)| h).collect()).await;
+        }
+    }
+}
+
+/// A landing running in the background, with the deliveries it will ack.
+struct InFlight {
+    landing: tokio::task::JoinHandle<LandOutcome>,
+    handles: Vec<(Origin, AckHandle)>,
+}
+
+struct LandOutcome {
+    /// The commit proof; None when the retry budget ran out.
+    committed: Option<Committed>,
+    rows: u64,
+    failures: u64,
+}
+
+/// Lands with exponential backoff and jitter until it commits or the retry budget runs out.
+async fn land_with_retry(
+    warehouse: Arc<dyn Warehouse>,
+    batches: Vec<TableBatch>,
+    config: WorkerConfig,
+) -> LandOutcome {
+    let started = Instant::now();
+    let budget = Duration::from_secs(config.retry_budget_secs);
+    let mut delay = Duration::from_millis(config.retry_initial_ms);
+    let rows: u64 = batches.iter().map(|b| b.rows.len() as u64).sum();
+    let batches = Arc::new(batches);
+    let mut failures = 0;
+    loop {
+        match warehouse.land(batches.clone()).await {
+            Ok((committed, stats)) => {
+                tracing::debug!(?stats, "batch committed");
+                return LandOutcome {
+                    committed: Some(committed),
+                    rows,
+                    failures,
+                };
+            }
+            Err(e) => {
+                failures += 1;
+                if started.elapsed() + delay > budget {
+                    tracing::error!(error = %e, rows, "landing keeps failing; releasing the batch for redelivery");
+                    return LandOutcome {
+                        committed: None,
+                        rows,
+                        failures,
+                    };
+                }
+                tracing::warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "landing failed; retrying");
+                let jitter = 0.75 + fastrand::f64() * 0.5;
+                tokio::time::sleep(delay.mul_f64(jitter)).await;
+                delay = (delay * 2).min(Duration::from_millis(config.retry_max_ms));
+            }
         }
     }
 }
