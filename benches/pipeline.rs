@@ -20,19 +20,10 @@ struct Measurement {
 
 fn main() {
     let data = bench_data();
-    let atoms = run_case(
-        "atoms (1M appends)",
-        &data.join("atoms.jsonl"),
-        "atoms",
-        1_000_000,
-    );
+    let atoms = run_case("atoms (1M appends)", &data.join("atoms.jsonl"), "atoms", 1_000_000);
     check_atoms(&atoms.1);
-    let contacts = run_case(
-        "contacts (200k upserts, 50k keys)",
-        &data.join("contacts.jsonl"),
-        "contacts_master",
-        200_000,
-    );
+    let contacts =
+        run_case("contacts (200k upserts, 50k keys)", &data.join("contacts.jsonl"), "contacts_master", 200_000);
     check_contacts(&contacts.1, &data.join("contacts_expected.json"));
     println!("\n| case | events | wall s | CPU s | events/s | peak RSS MB |\n|---|---:|---:|---:|---:|---:|");
     for m in [atoms.0, contacts.0] {
@@ -57,72 +48,47 @@ fn bench_data() -> PathBuf {
         std::fs::create_dir_all(&dir).unwrap();
         let generator = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/gen.py");
         eprintln!("generating the workload with {} ...", generator.display());
-        let status = Command::new("python3")
-            .arg(&generator)
-            .arg(&dir)
-            .status()
-            .expect("python3");
+        let status = Command::new("python3").arg(&generator).arg(&dir).status().expect("python3");
         assert!(status.success(), "gen.py failed");
     }
     dir
 }
 
 /// Runs bqsync on one file in a fresh project; returns the measurement and the project directory.
-fn run_case(
-    name: &'static str,
-    file: &Path,
-    table: &str,
-    events: u64,
-) -> (Measurement, tempfile::TempDir) {
+fn run_case(name: &'static str, file: &Path, table: &str, events: u64) -> (Measurement, tempfile::TempDir) {
     let project = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"),
-        project.path().join("schemas"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"), project.path().join("schemas"))
+        .unwrap();
     let inbox = project.path().join("inbox").join(table);
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::copy(file, inbox.join(file.file_name().unwrap())).unwrap();
-    let before = children_usage();
     let started = Instant::now();
-    let status = Command::new(env!("CARGO_BIN_EXE_bqsync"))
+    let child = Command::new(env!("CARGO_BIN_EXE_bqsync"))
         .args(["run", "--until-drained"])
         .current_dir(project.path())
         .env("BQSYNC_LOG", "warn")
         .stdout(std::process::Stdio::null())
-        .status()
+        .spawn()
         .unwrap();
+    let (exit, cpu_seconds, peak_rss_mb) = wait_with_usage(child.id() as libc::pid_t);
+    // Reaped by wait4 above; forget the handle so nothing waits on the pid again.
+    std::mem::forget(child);
     let wall_seconds = started.elapsed().as_secs_f64();
-    assert!(status.success(), "{name}: bqsync failed");
-    let after = children_usage();
-    let cpu_seconds = (after.0 - before.0) + (after.1 - before.1);
-    eprintln!(
-        "{name}: {wall_seconds:.2} s wall, {cpu_seconds:.2} CPU-s, peak RSS {:.0} MB",
-        after.2
-    );
-    (
-        Measurement {
-            name,
-            events,
-            wall_seconds,
-            cpu_seconds,
-            peak_rss_mb: after.2,
-        },
-        project,
-    )
+    assert_eq!(exit, 0, "{name}: bqsync failed");
+    eprintln!("{name}: {wall_seconds:.2} s wall, {cpu_seconds:.2} CPU-s, peak RSS {peak_rss_mb:.0} MB");
+    (Measurement { name, events, wall_seconds, cpu_seconds, peak_rss_mb }, project)
 }
 
-/// (user seconds, system seconds, peak RSS MB) of waited-for children.
-fn children_usage() -> (f64, f64, f64) {
+/// Waits for one child: (exit code, user + system CPU seconds, peak RSS MB) of that process alone.
+fn wait_with_usage(pid: libc::pid_t) -> (i32, f64, f64) {
+    let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    // SAFETY: wait4 writes into the status and struct we own; the pid is our own child.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4 failed");
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (
-        seconds(usage.ru_utime),
-        seconds(usage.ru_stime),
-        usage.ru_maxrss as f64 / 1024.0,
-    )
+    let exit = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    (exit, seconds(usage.ru_utime) + seconds(usage.ru_stime), usage.ru_maxrss as f64 / 1024.0)
 }
 
 fn warehouse(project: &tempfile::TempDir) -> duckdb::Connection {
@@ -131,28 +97,19 @@ fn warehouse(project: &tempfile::TempDir) -> duckdb::Connection {
 
 fn check_atoms(project: &tempfile::TempDir) {
     let (rows, distinct): (i64, i64) = warehouse(project)
-        .query_row(
-            "SELECT count(*), count(DISTINCT event_id) FROM atoms",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT count(*), count(DISTINCT event_id) FROM atoms", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap();
-    assert_eq!(
-        (rows, distinct),
-        (1_000_000, 1_000_000),
-        "atoms must land exactly once"
-    );
+    assert_eq!((rows, distinct), (1_000_000, 1_000_000), "atoms must land exactly once");
 }
 
 fn check_contacts(project: &tempfile::TempDir, expected: &Path) {
-    let expected: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(expected).unwrap()).unwrap();
+    let expected: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(expected).unwrap()).unwrap();
     let connection = warehouse(project);
-    let mut statement = connection.prepare("SELECT contact_id, version, name, email, phone FROM contacts_master ORDER BY contact_id").unwrap();
+    let mut statement = connection
+        .prepare("SELECT contact_id, version, name, email, phone FROM contacts_master ORDER BY contact_id")
+        .unwrap();
     let rows: Vec<(String, i64, String, String, String)> = statement
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect();
@@ -168,9 +125,6 @@ fn check_contacts(project: &tempfile::TempDir, expected: &Path) {
                 || row.4 != e["phone"]
         })
         .count();
-    assert_eq!(
-        wrong, 0,
-        "{wrong} contacts differ from contacts_expected.json"
-    );
+    assert_eq!(wrong, 0, "{wrong} contacts differ from contacts_expected.json");
     eprintln!("contacts: all {} keys at their highest version", rows.len());
 }

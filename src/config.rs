@@ -99,9 +99,7 @@ fn default_jsonl_sources() -> Vec<JsonlSourceConfig> {
 
 impl Default for SourcesConfig {
     fn default() -> Self {
-        SourcesConfig {
-            jsonl: default_jsonl_sources(),
-        }
+        SourcesConfig { jsonl: default_jsonl_sources() }
     }
 }
 
@@ -109,15 +107,9 @@ impl Default for SourcesConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
+    Parse { path: String, source: toml::de::Error },
     #[error("environment variable {name}: {problem}")]
     Env { name: String, problem: String },
     #[error("config: {0}")]
@@ -127,49 +119,32 @@ pub enum ConfigError {
 impl Config {
     /// Reads `path` (or `bqsync.toml` if present, or nothing), then applies `BQSYNC__…` overrides
     /// from `env`.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let (label, text) = match path {
             Some(p) => (
                 p.display().to_string(),
-                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.into(),
-                    source,
-                })?,
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?,
             ),
             None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
                 let p = Path::new(DEFAULT_CONFIG_FILE);
                 (
                     p.display().to_string(),
-                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                        path: p.into(),
-                        source,
-                    })?,
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?,
                 )
             }
             None => ("(defaults)".to_string(), String::new()),
         };
-        let mut tree: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: label.clone(),
-            source,
-        })?;
+        let mut tree: toml::Table =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: label.clone(), source })?;
         for (name, value) in env {
             if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-                apply_override(&mut tree, rest, &value).map_err(|problem| ConfigError::Env {
-                    name: name.clone(),
-                    problem,
-                })?;
+                apply_override(&mut tree, rest, &value)
+                    .map_err(|problem| ConfigError::Env { name: name.clone(), problem })?;
             }
         }
-        let config: Config =
-            toml::Value::Table(tree)
-                .try_into()
-                .map_err(|source| ConfigError::Parse {
-                    path: format!("{label} with environment overrides"),
-                    source,
-                })?;
+        let config: Config = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|source| ConfigError::Parse { path: format!("{label} with environment overrides"), source })?;
         config.check()?;
         Ok(config)
     }
@@ -177,9 +152,7 @@ impl Config {
     fn check(&self) -> Result<(), ConfigError> {
         let w = &self.worker;
         if w.max_batch_rows == 0 || w.pull_max_messages == 0 {
-            return Err(ConfigError::Invalid(
-                "worker.max_batch_rows and worker.pull_max_messages must be ≥ 1".into(),
-            ));
+            return Err(ConfigError::Invalid("worker.max_batch_rows and worker.pull_max_messages must be ≥ 1".into()));
         }
         if w.retry_budget_secs >= self.bus.embedded.ack_deadline_secs {
             return Err(ConfigError::Invalid(format!(
@@ -225,16 +198,11 @@ fn apply_override(tree: &mut toml::Table, path: &str, raw: &str) -> Result<(), S
         node = match entry {
             toml::Value::Table(t) => t,
             toml::Value::Array(items) => {
-                let index: usize = parents
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("expected an array index")?;
+                let index: usize = parents.next().and_then(|s| s.parse().ok()).ok_or("expected an array index")?;
                 while items.len() <= index {
                     items.push(toml::Value::Table(toml::Table::new()));
                 }
-                items[index]
-                    .as_table_mut()
-                    .ok_or("array element is not a table")?
+                items[index].as_table_mut().ok_or("array element is not a table")?
             }
             _ => return Err(format!("`{segment}` is not a section")),
         };
@@ -271,12 +239,9 @@ mod tests {
         let err = Config::load(Some(file.path()), []).unwrap_err().to_string();
         assert!(err.contains("max_batch_rowz"), "{err}");
         let file = write("");
-        let err = Config::load(
-            Some(file.path()),
-            [("BQSYNC__WORKER__NOPE".to_string(), "1".to_string())],
-        )
-        .unwrap_err()
-        .to_string();
+        let err = Config::load(Some(file.path()), [("BQSYNC__WORKER__NOPE".to_string(), "1".to_string())])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope"), "{err}");
     }
 
@@ -284,18 +249,9 @@ mod tests {
     fn environment_overrides_sections_and_array_elements() {
         let file = write("[worker]\nmax_batch_rows = 5\n[[sources.jsonl]]\nname = \"a\"\n");
         let env = [
-            (
-                "BQSYNC__WORKER__MAX_BATCH_ROWS".to_string(),
-                "7".to_string(),
-            ),
-            (
-                "BQSYNC__SOURCES__JSONL__0__ROOT".to_string(),
-                "/data/in".to_string(),
-            ),
-            (
-                "BQSYNC__WAREHOUSE__DUCKDB__PATH".to_string(),
-                "/tmp/x.duckdb".to_string(),
-            ),
+            ("BQSYNC__WORKER__MAX_BATCH_ROWS".to_string(), "7".to_string()),
+            ("BQSYNC__SOURCES__JSONL__0__ROOT".to_string(), "/data/in".to_string()),
+            ("BQSYNC__WAREHOUSE__DUCKDB__PATH".to_string(), "/tmp/x.duckdb".to_string()),
             ("OTHER".to_string(), "ignored".to_string()),
         ];
         let config = Config::load(Some(file.path()), env).unwrap();

@@ -37,9 +37,7 @@ impl ChangeEvent<'_> {
     /// The message body: the envelope as JSON, with the payload text embedded verbatim.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.payload.len() + 160);
-        let string = |out: &mut Vec<u8>, s: &str| {
-            serde_json::to_writer(&mut *out, s).expect("writing to a Vec")
-        };
+        let string = |out: &mut Vec<u8>, s: &str| serde_json::to_writer(&mut *out, s).expect("writing to a Vec");
         out.extend_from_slice(b"{\"event_id\":");
         string(&mut out, &self.event_id);
         out.extend_from_slice(b",\"table\":");
@@ -94,23 +92,14 @@ pub enum DecodeError {
     #[error("message is not a valid change event: {0}")]
     Json(String),
     #[error("field `{field}`: {problem}")]
-    Field {
-        field: &'static str,
-        problem: String,
-    },
+    Field { field: &'static str, problem: String },
 }
 
 /// Decodes and checks a message body. Errors say which field is wrong and why.
 pub fn decode(bytes: &[u8]) -> Result<DecodedEvent<'_>, DecodeError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
-    let event: DecodedEvent =
-        serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
-    let field = |field, problem: &str| {
-        Err(DecodeError::Field {
-            field,
-            problem: problem.to_string(),
-        })
-    };
+    let event: DecodedEvent = serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let field = |field, problem: &str| Err(DecodeError::Field { field, problem: problem.to_string() });
     if event.event_id.is_empty() || event.event_id.len() > 256 {
         return field("event_id", "must be 1 to 256 characters");
     }
@@ -175,12 +164,7 @@ pub fn identify(
         None => None,
     };
     if table.write_mode == WriteMode::Append {
-        return Ok(RecordIdentity {
-            op: Op::Insert,
-            event_id,
-            key: None,
-            version: None,
-        });
+        return Ok(RecordIdentity { op: Op::Insert, event_id, key: None, version: None });
     }
     let mut key = Map::new();
     for column in &table.primary_key {
@@ -189,28 +173,15 @@ pub fn identify(
             _ => return Err(format!("primary key column `{column}` is missing")),
         };
     }
-    let version_column = table
-        .version_column
-        .as_deref()
-        .expect("upsert tables have a version column");
-    let raw = field(version_column)
-        .ok_or_else(|| format!("version column `{version_column}` is missing"))?;
+    let version_column = table.version_column.as_deref().expect("upsert tables have a version column");
+    let raw = field(version_column).ok_or_else(|| format!("version column `{version_column}` is missing"))?;
     let version = match table.column(version_column).map(|c| c.column_type) {
         Some(ColumnType::Timestamp) => parse_timestamp_micros(&raw),
-        _ => raw
-            .as_i64()
-            .or_else(|| raw.as_str().and_then(|s| s.parse().ok())),
+        _ => raw.as_i64().or_else(|| raw.as_str().and_then(|s| s.parse().ok())),
     }
-    .ok_or_else(|| {
-        format!("version column `{version_column}`: cannot read a version from {raw}")
-    })?;
+    .ok_or_else(|| format!("version column `{version_column}`: cannot read a version from {raw}"))?;
     let op = if deleted { Op::Delete } else { Op::Upsert };
-    Ok(RecordIdentity {
-        op,
-        event_id,
-        key: Some(key),
-        version: Some(version),
-    })
+    Ok(RecordIdentity { op, event_id, key: Some(key), version: Some(version) })
 }
 
 #[cfg(test)]
@@ -223,30 +194,15 @@ mod tests {
         assert!(decode(ok).is_ok());
         assert_eq!(decode(b"\xff{}").unwrap_err(), DecodeError::NotUtf8(0));
         let extra = br#"{"event_id":"e","table":"t","op":"insert","payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z","x":1}"#;
-        assert!(decode(extra)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown field `x`"));
+        assert!(decode(extra).unwrap_err().to_string().contains("unknown field `x`"));
         let bad_op = br#"{"event_id":"e","table":"t","op":"merge","payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
-        assert!(decode(bad_op)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown variant `merge`"));
+        assert!(decode(bad_op).unwrap_err().to_string().contains("unknown variant `merge`"));
         let no_key = br#"{"event_id":"e","table":"t","op":"upsert","version":1,"payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
-        assert_eq!(
-            decode(no_key).unwrap_err().to_string(),
-            "field `key`: is required for upsert and delete"
-        );
+        assert_eq!(decode(no_key).unwrap_err().to_string(), "field `key`: is required for upsert and delete");
         let bad_table = br#"{"event_id":"e","table":"t;drop","op":"insert","payload":{},"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
-        assert!(decode(bad_table)
-            .unwrap_err()
-            .to_string()
-            .starts_with("field `table`"));
+        assert!(decode(bad_table).unwrap_err().to_string().starts_with("field `table`"));
         let payload_not_object = br#"{"event_id":"e","table":"t","op":"insert","payload":[1],"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
-        assert!(matches!(
-            decode(payload_not_object).unwrap_err(),
-            DecodeError::Json(_)
-        ));
+        assert!(matches!(decode(payload_not_object).unwrap_err(), DecodeError::Json(_)));
     }
 
     #[test]
@@ -265,10 +221,7 @@ mod tests {
         let bytes = event.to_bytes();
         let decoded = decode(&bytes).unwrap();
         assert_eq!(decoded.event_id, "e\u{1}");
-        assert_eq!(
-            (decoded.op, decoded.version, decoded.key),
-            (Op::Delete, Some(-3), Some(key))
-        );
+        assert_eq!((decoded.op, decoded.version, decoded.key), (Op::Delete, Some(-3), Some(key)));
         assert_eq!(decoded.payload["n"], 1);
         assert_eq!(decoded.source, "jsonl:x");
     }

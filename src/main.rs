@@ -40,10 +40,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     init_logging();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(execute(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -56,22 +53,14 @@ fn main() -> std::process::ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BQSYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref(), std::env::vars())
-        .context("reading the configuration")?;
+    let config = Config::load(cli.config.as_deref(), std::env::vars()).context("reading the configuration")?;
     match cli.command {
         Command::Run { until_drained } => {
-            let mode = if until_drained {
-                RunMode::UntilDrained
-            } else {
-                RunMode::Forever
-            };
+            let mode = if until_drained { RunMode::UntilDrained } else { RunMode::Forever };
             let started = std::time::Instant::now();
             let report = pipeline::run(config, mode).await?;
             let elapsed = started.elapsed().as_secs_f64();
@@ -85,12 +74,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 seconds = format!("{elapsed:.2}"),
                 "run finished"
             );
-            println!(
-                "{}",
-                serde_json::to_string(
-                    &serde_json::json!({"report": report, "elapsed_seconds": elapsed})
-                )?
-            );
+            println!("{}", serde_json::to_string(&serde_json::json!({"report": report, "elapsed_seconds": elapsed}))?);
         }
         Command::Status { json } => {
             let catalog = pipeline::load_catalog(&config)?;

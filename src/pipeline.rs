@@ -40,8 +40,12 @@ pub struct RunReport {
 
 /// Loads the table catalog named by the config, with a hint when it is missing.
 pub fn load_catalog(config: &Config) -> anyhow::Result<Arc<Catalog>> {
-    let catalog = Catalog::load_dir(&config.schemas_dir)
-        .with_context(|| format!("loading table definitions (schemas_dir = {}; run from the project directory or set it in the config)", config.schemas_dir.display()))?;
+    let catalog = Catalog::load_dir(&config.schemas_dir).with_context(|| {
+        format!(
+            "loading table definitions (schemas_dir = {}; run from the project directory or set it in the config)",
+            config.schemas_dir.display()
+        )
+    })?;
     Ok(Arc::new(catalog))
 }
 
@@ -51,23 +55,16 @@ pub async fn run(config: Config, mode: RunMode) -> anyhow::Result<RunReport> {
     let bus = EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
     let _consumer = bus.claim_consumer().context("claiming the embedded bus")?;
     let warehouse: Arc<dyn Warehouse> = Arc::new(
-        DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone())
-            .context("opening the DuckDB warehouse")?,
+        DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone()).context("opening the DuckDB warehouse")?,
     );
-    warehouse
-        .ensure_tables()
-        .await
-        .context("creating tables from schemas/")?;
-    let checkpoints = Arc::new(
-        CheckpointStore::open(&config.state_path).context("opening the checkpoint store")?,
-    );
+    warehouse.ensure_tables().await.context("creating tables from schemas/")?;
+    let checkpoints = Arc::new(CheckpointStore::open(&config.state_path).context("opening the checkpoint store")?);
 
     let stop_reading = Arc::new(AtomicBool::new(false));
     let mut source_tasks = tokio::task::JoinSet::new();
     let publisher: Arc<dyn Publisher> = Arc::new(bus.clone());
     for source_config in &config.sources.jsonl {
-        let mut source =
-            JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
+        let mut source = JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
         source.set_stop_flag(stop_reading.clone());
         if mode == RunMode::Forever {
             source.watch()?;
@@ -75,24 +72,14 @@ pub async fn run(config: Config, mode: RunMode) -> anyhow::Result<RunReport> {
             std::fs::create_dir_all(&source_config.root)
                 .with_context(|| format!("creating {}", source_config.root.display()))?;
         }
-        source_tasks.spawn(drive_source(
-            Box::new(source),
-            publisher.clone(),
-            stop_reading.clone(),
-            mode,
-        ));
+        source_tasks.spawn(drive_source(Box::new(source), publisher.clone(), stop_reading.clone(), mode));
     }
 
     let (stop_tx, stop_rx) = watch::channel(StopMode::Run);
     let subscription: Arc<dyn Subscription> = Arc::new(bus.subscription());
     let dead_letters: Arc<dyn Subscription> = Arc::new(bus.dead_letter_subscription());
-    let mut worker = Worker::new(
-        config.worker.clone(),
-        catalog.clone(),
-        warehouse.clone(),
-        subscription,
-        Some(dead_letters),
-    );
+    let mut worker =
+        Worker::new(config.worker.clone(), catalog.clone(), warehouse.clone(), subscription, Some(dead_letters));
     let worker_task = tokio::spawn(async move {
         let result = worker.run(stop_rx).await;
         result.map(|_| worker.stats)
@@ -118,10 +105,7 @@ pub async fn run(config: Config, mode: RunMode) -> anyhow::Result<RunReport> {
     }
     let worker_stats = worker_task.await.context("worker task panicked")??;
     signal_stop.abort();
-    Ok(RunReport {
-        events_published,
-        worker: worker_stats,
-    })
+    Ok(RunReport { events_published, worker: worker_stats })
 }
 
 /// Runs one source: passes until drained (one-shot) or until told to stop.
@@ -162,8 +146,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -125,20 +125,11 @@ pub struct TableSchema {
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("cannot read schema directory {path}: {source}")]
-    ReadDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadDir { path: PathBuf, source: std::io::Error },
     #[error("cannot read schema file {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadFile { path: PathBuf, source: std::io::Error },
     #[error("schema file {path} is not a valid table definition: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Parse { path: PathBuf, source: serde_json::Error },
     #[error("schema file {path}: {problem}")]
     Invalid { path: PathBuf, problem: String },
 }
@@ -163,10 +154,7 @@ impl TableSchema {
     /// Semantic checks that serde cannot express; the error names the field.
     fn check(&self) -> Result<(), String> {
         if !is_valid_identifier(&self.table) {
-            return Err(format!(
-                "table name `{}` is not a valid identifier",
-                self.table
-            ));
+            return Err(format!("table name `{}` is not a valid identifier", self.table));
         }
         if self.columns.is_empty() {
             return Err("`columns` is empty".into());
@@ -174,15 +162,17 @@ impl TableSchema {
         let mut seen = std::collections::HashSet::new();
         for column in &self.columns {
             if !is_valid_identifier(&column.name) || column.name.starts_with("_bqsync") {
-                return Err(format!("column name `{}` is not a valid identifier (letters, digits, _; not starting with _bqsync)", column.name));
+                return Err(format!(
+                    "column name `{}` is not a valid identifier (letters, digits, _; not starting with _bqsync)",
+                    column.name
+                ));
             }
             if !seen.insert(column.name.to_ascii_lowercase()) {
                 return Err(format!("column `{}` is defined twice", column.name));
             }
         }
         let require_column = |field: &str, name: &str| -> Result<&Column, String> {
-            self.column(name)
-                .ok_or_else(|| format!("`{field}` names `{name}`, which is not a column"))
+            self.column(name).ok_or_else(|| format!("`{field}` names `{name}`, which is not a column"))
         };
         if let Some(id) = &self.event_id_field {
             require_column("event_id_field", id)?;
@@ -210,21 +200,13 @@ impl TableSchema {
                     return Err("write_mode `upsert` needs a `version_column`".into());
                 };
                 let column = require_column("version_column", version)?;
-                if !matches!(
-                    column.column_type,
-                    ColumnType::Int64 | ColumnType::Timestamp
-                ) {
-                    return Err(format!(
-                        "version column `{version}` must be INT64 or TIMESTAMP"
-                    ));
+                if !matches!(column.column_type, ColumnType::Int64 | ColumnType::Timestamp) {
+                    return Err(format!("version column `{version}` must be INT64 or TIMESTAMP"));
                 }
             }
             WriteMode::Append => {
                 if !self.primary_key.is_empty() || self.version_column.is_some() {
-                    return Err(
-                        "`primary_key` and `version_column` apply to write_mode `upsert` only"
-                            .into(),
-                    );
+                    return Err("`primary_key` and `version_column` apply to write_mode `upsert` only".into());
                 }
             }
         }
@@ -241,41 +223,24 @@ pub struct Catalog {
 impl Catalog {
     /// Loads every `*.json` in `dir` except `envelope.schema.json`.
     pub fn load_dir(dir: &Path) -> Result<Catalog, SchemaError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| SchemaError::ReadDir {
-            path: dir.into(),
-            source,
-        })?;
+        let entries = std::fs::read_dir(dir).map_err(|source| SchemaError::ReadDir { path: dir.into(), source })?;
         let mut catalog = Catalog::default();
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for path in paths {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if !name.ends_with(".json") || name.ends_with(".schema.json") {
                 continue;
             }
-            let text = std::fs::read_to_string(&path).map_err(|source| SchemaError::ReadFile {
-                path: path.clone(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| SchemaError::ReadFile { path: path.clone(), source })?;
             let schema: TableSchema =
-                serde_json::from_str(&text).map_err(|source| SchemaError::Parse {
-                    path: path.clone(),
-                    source,
-                })?;
-            schema.check().map_err(|problem| SchemaError::Invalid {
-                path: path.clone(),
-                problem,
-            })?;
+                serde_json::from_str(&text).map_err(|source| SchemaError::Parse { path: path.clone(), source })?;
+            schema.check().map_err(|problem| SchemaError::Invalid { path: path.clone(), problem })?;
             if path.file_stem().and_then(|s| s.to_str()) != Some(schema.table.as_str()) {
                 return Err(SchemaError::Invalid {
                     path,
-                    problem: format!(
-                        "table `{}` must be defined in a file named {}.json",
-                        schema.table, schema.table
-                    ),
+                    problem: format!("table `{}` must be defined in a file named {}.json", schema.table, schema.table),
                 });
             }
             catalog.tables.insert(schema.table.clone(), schema);
@@ -284,9 +249,7 @@ impl Catalog {
     }
 
     pub fn from_tables(tables: impl IntoIterator<Item = TableSchema>) -> Catalog {
-        Catalog {
-            tables: tables.into_iter().map(|t| (t.table.clone(), t)).collect(),
-        }
+        Catalog { tables: tables.into_iter().map(|t| (t.table.clone(), t)).collect() }
     }
 
     pub fn get(&self, table: &str) -> Option<&TableSchema> {
@@ -332,14 +295,7 @@ fn describe(value: &Value) -> String {
         Value::Object(_) => "object",
     };
     if text.len() > 80 {
-        format!(
-            "{kind} {}…",
-            &text[..text
-                .char_indices()
-                .nth(77)
-                .map(|(i, _)| i)
-                .unwrap_or(text.len())]
-        )
+        format!("{kind} {}…", &text[..text.char_indices().nth(77).map(|(i, _)| i).unwrap_or(text.len())])
     } else {
         format!("{kind} {text}")
     }
@@ -361,23 +317,13 @@ pub fn parse_timestamp_micros(value: &Value) -> Option<i64> {
             }
             None
         }
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|f| f.is_finite())
-            .map(|secs| (secs * 1_000_000.0).round() as i64),
+        Value::Number(n) => n.as_f64().filter(|f| f.is_finite()).map(|secs| (secs * 1_000_000.0).round() as i64),
         _ => None,
     }
 }
 
 fn coerce_scalar(column: &Column, value: &Value) -> Result<CellValue, String> {
-    let mismatch = || {
-        format!(
-            "column `{}`: expected {:?}, got {}",
-            column.name,
-            column.column_type,
-            describe(value)
-        )
-    };
+    let mismatch = || format!("column `{}`: expected {:?}, got {}", column.name, column.column_type, describe(value));
     Ok(match column.column_type {
         ColumnType::String => match value {
             Value::String(s) => CellValue::String(s.clone()),
@@ -388,9 +334,7 @@ fn coerce_scalar(column: &Column, value: &Value) -> Result<CellValue, String> {
         ColumnType::Int64 => match value {
             Value::Number(n) => match (n.as_i64(), n.as_f64()) {
                 (Some(i), _) => CellValue::Int64(i),
-                (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => {
-                    CellValue::Int64(f as i64)
-                }
+                (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => CellValue::Int64(f as i64),
                 _ => return Err(mismatch()),
             },
             Value::String(s) => CellValue::Int64(s.trim().parse().map_err(|_| mismatch())?),
@@ -407,13 +351,10 @@ fn coerce_scalar(column: &Column, value: &Value) -> Result<CellValue, String> {
             Value::String(s) if s.eq_ignore_ascii_case("false") => CellValue::Bool(false),
             _ => return Err(mismatch()),
         },
-        ColumnType::Timestamp => {
-            CellValue::Timestamp(parse_timestamp_micros(value).ok_or_else(mismatch)?)
-        }
+        ColumnType::Timestamp => CellValue::Timestamp(parse_timestamp_micros(value).ok_or_else(mismatch)?),
         ColumnType::Date => match value {
             Value::String(s) => {
-                let date =
-                    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| mismatch())?;
+                let date = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| mismatch())?;
                 let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
                 CellValue::Date((date - epoch).num_days() as i32)
             }
@@ -421,9 +362,7 @@ fn coerce_scalar(column: &Column, value: &Value) -> Result<CellValue, String> {
         },
         ColumnType::Numeric => match value {
             Value::Number(n) => CellValue::JsonText(n.to_string()),
-            Value::String(s) if s.trim().parse::<f64>().is_ok() => {
-                CellValue::JsonText(s.trim().to_string())
-            }
+            Value::String(s) if s.trim().parse::<f64>().is_ok() => CellValue::JsonText(s.trim().to_string()),
             _ => return Err(mismatch()),
         },
         ColumnType::Json => CellValue::JsonText(value.to_string()),
@@ -463,11 +402,7 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 
 /// Coerces one payload value to its column. `Null` for absent NULLABLE values; REQUIRED columns must
 /// be present unless `allow_missing` (tombstones carry only their key and version).
-pub fn coerce_value(
-    column: &Column,
-    value: Option<&Value>,
-    allow_missing: bool,
-) -> Result<CellValue, SchemaViolation> {
+pub fn coerce_value(column: &Column, value: Option<&Value>, allow_missing: bool) -> Result<CellValue, SchemaViolation> {
     let value = match value {
         None | Some(Value::Null) => {
             if column.mode == ColumnMode::Required && !allow_missing {
@@ -496,8 +431,7 @@ pub fn coerce_value(
         };
         let mut normalized = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let cell = coerce_scalar(column, item)
-                .map_err(|e| SchemaViolation(format!("{e} (element {i})")))?;
+            let cell = coerce_scalar(column, item).map_err(|e| SchemaViolation(format!("{e} (element {i})")))?;
             normalized.push(cell_to_json(cell, item));
         }
         return Ok(CellValue::JsonText(Value::Array(normalized).to_string()));
@@ -532,13 +466,8 @@ pub fn coerce_row(
     }
     let mut cells = Vec::with_capacity(table.columns.len());
     for column in &table.columns {
-        let is_key = table.primary_key.contains(&column.name)
-            || table.version_column.as_deref() == Some(&column.name);
-        cells.push(coerce_value(
-            column,
-            payload.get(&column.name),
-            tombstone && !is_key,
-        )?);
+        let is_key = table.primary_key.contains(&column.name) || table.version_column.as_deref() == Some(&column.name);
+        cells.push(coerce_value(column, payload.get(&column.name), tombstone && !is_key)?);
     }
     Ok(cells)
 }
@@ -549,13 +478,7 @@ mod tests {
     use serde_json::json;
 
     fn column(name: &str, column_type: ColumnType, mode: ColumnMode) -> Column {
-        Column {
-            name: name.into(),
-            column_type,
-            mode,
-            description: None,
-            fields: vec![],
-        }
+        Column { name: name.into(), column_type, mode, description: None, fields: vec![] }
     }
 
     #[test]
@@ -570,24 +493,12 @@ mod tests {
     #[test]
     fn coercion_names_the_column_and_the_value() {
         let c = column("score", ColumnType::Float64, ColumnMode::Nullable);
-        assert_eq!(
-            coerce_value(&c, Some(&json!("1.5")), false).unwrap(),
-            CellValue::Float64(1.5)
-        );
+        assert_eq!(coerce_value(&c, Some(&json!("1.5")), false).unwrap(), CellValue::Float64(1.5));
         let err = coerce_value(&c, Some(&json!("abc")), false).unwrap_err();
-        assert_eq!(
-            err.0,
-            "column `score`: expected Float64, got string \"abc\""
-        );
+        assert_eq!(err.0, "column `score`: expected Float64, got string \"abc\"");
         let required = column("id", ColumnType::String, ColumnMode::Required);
-        assert!(coerce_value(&required, None, false)
-            .unwrap_err()
-            .0
-            .contains("REQUIRED but absent"));
-        assert_eq!(
-            coerce_value(&required, None, true).unwrap(),
-            CellValue::Null
-        );
+        assert!(coerce_value(&required, None, false).unwrap_err().0.contains("REQUIRED but absent"));
+        assert_eq!(coerce_value(&required, None, true).unwrap(), CellValue::Null);
     }
 
     #[test]
@@ -602,18 +513,9 @@ mod tests {
             CellValue::Timestamp(2_000_000)
         );
         let tags = column("tags", ColumnType::Int64, ColumnMode::Repeated);
-        assert_eq!(
-            coerce_value(&tags, Some(&json!(["1", 2])), false).unwrap(),
-            CellValue::JsonText("[1,2]".into())
-        );
-        assert!(coerce_value(&tags, Some(&json!(["x"])), false)
-            .unwrap_err()
-            .0
-            .contains("element 0"));
-        assert_eq!(
-            coerce_value(&tags, None, false).unwrap(),
-            CellValue::JsonText("[]".into())
-        );
+        assert_eq!(coerce_value(&tags, Some(&json!(["1", 2])), false).unwrap(), CellValue::JsonText("[1,2]".into()));
+        assert!(coerce_value(&tags, Some(&json!(["x"])), false).unwrap_err().0.contains("element 0"));
+        assert_eq!(coerce_value(&tags, None, false).unwrap(), CellValue::JsonText("[]".into()));
     }
 
     #[test]
@@ -624,28 +526,14 @@ mod tests {
 
     #[test]
     fn the_shipped_schemas_load_and_check() {
-        let catalog = Catalog::load_dir(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("schemas")
-                .as_path(),
-        )
-        .unwrap();
-        for name in [
-            "atoms",
-            "id_registry",
-            "contacts_master",
-            "zoom_sessions",
-            "dead_letters",
-        ] {
+        let catalog = Catalog::load_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").as_path()).unwrap();
+        for name in ["atoms", "id_registry", "contacts_master", "zoom_sessions", "dead_letters"] {
             assert!(catalog.get(name).is_some(), "schemas/{name}.json missing");
         }
         let atoms = catalog.get("atoms").unwrap();
         let line = json!({"event_id":"e1","entity_id":"ent-0000001","kind":"click","text":"lorem","score":1.5,"tags":["red"],"created_at":"2024-01-01T00:00:00.123456Z"});
         coerce_row(atoms, line.as_object().unwrap(), false).unwrap();
         let extra = json!({"event_id":"e1","created_at":"2024-01-01T00:00:00Z","surprise":1});
-        assert!(coerce_row(atoms, extra.as_object().unwrap(), false)
-            .unwrap_err()
-            .0
-            .contains("`surprise`"));
+        assert!(coerce_row(atoms, extra.as_object().unwrap(), false).unwrap_err().0.contains("`surprise`"));
     }
 }

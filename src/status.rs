@@ -50,9 +50,7 @@ pub async fn collect(config: &Config, catalog: Arc<Catalog>) -> anyhow::Result<S
                 status.dead_letters = warehouse.dead_letter_counts().await?;
             }
             Err(e) => {
-                status.warehouse_note = Some(format!(
-                    "warehouse not readable now (a running bqsync holds it?): {e}"
-                ))
+                status.warehouse_note = Some(format!("warehouse not readable now (a running bqsync holds it?): {e}"))
             }
         }
     } else {
@@ -113,15 +111,8 @@ pub fn render(status: &Status) -> String {
         out.push_str("  none\n");
     }
     for c in &status.checkpoints {
-        let lag = c
-            .lag_bytes
-            .map_or("file gone or rotated away".to_string(), |l| {
-                format!("{l} B behind")
-            });
-        out.push_str(&format!(
-            "  {:<10} {:<48} offset {:>12}  {}\n",
-            c.source, c.path, c.offset, lag
-        ));
+        let lag = c.lag_bytes.map_or("file gone or rotated away".to_string(), |l| format!("{l} B behind"));
+        out.push_str(&format!("  {:<10} {:<48} offset {:>12}  {}\n", c.source, c.path, c.offset, lag));
     }
     out
 }

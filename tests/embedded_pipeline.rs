@@ -14,12 +14,7 @@ use common::{atom_line, signal, wait_exit, wait_until, Project};
 fn appends_while_running_with_rotation_and_truncation_land_exactly_once() {
     let project = Project::new("");
     let mut child = project.spawn_run(&[], &[]);
-    let files = [
-        "inbox/atoms/a.jsonl",
-        "inbox/atoms/b.jsonl",
-        "inbox/atoms/c.jsonl",
-        "inbox/atoms/sub/d.jsonl",
-    ];
+    let files = ["inbox/atoms/a.jsonl", "inbox/atoms/b.jsonl", "inbox/atoms/c.jsonl", "inbox/atoms/sub/d.jsonl"];
     let total: u64 = 100_000;
     let chunk: u64 = 2_500;
     let mut n = 0;
@@ -37,42 +32,22 @@ fn appends_while_running_with_rotation_and_truncation_land_exactly_once() {
         n += chunk;
         if n == 40_000 {
             // Rename rotation: a.jsonl moves aside (still matched by the route) and a new a.jsonl starts.
-            std::fs::rename(
-                project.path(files[0]),
-                project.path("inbox/atoms/a.jsonl.1"),
-            )
-            .unwrap();
+            std::fs::rename(project.path(files[0]), project.path("inbox/atoms/a.jsonl.1")).unwrap();
         }
         if n == 60_000 {
             // Truncation (copytruncate style): once c.jsonl is fully published, it is cut to 0 and reused.
-            wait_until(
-                Duration::from_secs(60),
-                "c.jsonl published before truncation",
-                || project.checkpoint_lag() == Some(0) && project.checkpoint_count() == Some(4),
-            );
-            std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(project.path(files[2]))
-                .unwrap();
+            wait_until(Duration::from_secs(60), "c.jsonl published before truncation", || {
+                project.checkpoint_lag() == Some(0) && project.checkpoint_count() == Some(4)
+            });
+            std::fs::OpenOptions::new().write(true).truncate(true).open(project.path(files[2])).unwrap();
         }
     }
-    wait_until(
-        Duration::from_secs(120),
-        "all files published and the bus empty",
-        || {
-            project.checkpoint_count() == Some(5)
-                && project.checkpoint_lag() == Some(0)
-                && project.bus_depth() == Some(0)
-        },
-    );
+    wait_until(Duration::from_secs(120), "all files published and the bus empty", || {
+        project.checkpoint_count() == Some(5) && project.checkpoint_lag() == Some(0) && project.bus_depth() == Some(0)
+    });
     signal(&child, "TERM");
     let status = wait_exit(&mut child, Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "SIGTERM must end bqsync with exit 0, got {status}; log:\n{}",
-        project.log_tail()
-    );
+    assert!(status.success(), "SIGTERM must end bqsync with exit 0, got {status}; log:\n{}", project.log_tail());
     assert_eq!(
         project.query_i64("SELECT count(*) FROM atoms"),
         total as i64,
@@ -80,15 +55,10 @@ fn appends_while_running_with_rotation_and_truncation_land_exactly_once() {
         chunk_report(&project, chunk),
         project.log_tail()
     );
-    assert_eq!(
-        project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"),
-        total as i64
-    );
+    assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), total as i64);
     assert_eq!(project.query_i64("SELECT count(*) FROM dead_letters"), 0);
     assert_eq!(
-        project.query_i64(
-            "SELECT count(*) FROM atoms WHERE tags = ['red', 'eu'] AND created_at IS NOT NULL"
-        ),
+        project.query_i64("SELECT count(*) FROM atoms WHERE tags = ['red', 'eu'] AND created_at IS NOT NULL"),
         total as i64
     );
 }
@@ -107,10 +77,7 @@ fn sigkill_at_several_points_loses_nothing_and_duplicates_nothing() {
     let (contacts_text, expected) = contacts(20_000, 5_000, 7);
     project.append("inbox/contacts_master/c.jsonl", contacts_text.as_bytes());
     // Small batches and publishes: many commit points to be killed between.
-    let env = [
-        ("BQSYNC__WORKER__MAX_BATCH_ROWS", "1500"),
-        ("BQSYNC__SOURCES__JSONL__0__PUBLISH_BATCH", "700"),
-    ];
+    let env = [("BQSYNC__WORKER__MAX_BATCH_ROWS", "1500"), ("BQSYNC__SOURCES__JSONL__0__PUBLISH_BATCH", "700")];
     let mut rng = fastrand::Rng::with_seed(42);
     for round in 0..6 {
         let mut child = project.spawn_run(&["--until-drained"], &env);
@@ -123,23 +90,10 @@ fn sigkill_at_several_points_loses_nothing_and_duplicates_nothing() {
         eprintln!("killed in round {round}");
     }
     project.run_until_drained(&env);
-    assert_eq!(
-        project.query_i64("SELECT count(*) FROM atoms"),
-        atoms as i64,
-        "log:\n{}",
-        project.log_tail()
-    );
-    assert_eq!(
-        project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"),
-        atoms as i64
-    );
+    assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), atoms as i64, "log:\n{}", project.log_tail());
+    assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), atoms as i64);
     assert_contacts_match(&project, &expected);
-    assert_eq!(
-        project.query_i64("SELECT count(*) FROM dead_letters"),
-        0,
-        "log:\n{}",
-        project.log_tail()
-    );
+    assert_eq!(project.query_i64("SELECT count(*) FROM dead_letters"), 0, "log:\n{}", project.log_tail());
 }
 
 /// (c) 200,000 upserts over 50,000 keys, shuffled, in many batches and two loads, end in exactly the
@@ -151,15 +105,9 @@ fn shuffled_upserts_in_two_loads_end_in_the_highest_version_per_key() {
     let lines: Vec<&str> = text.lines().collect();
     let half = lines.len() / 2;
     let env = [("BQSYNC__WORKER__MAX_BATCH_ROWS", "7000")];
-    project.append(
-        "inbox/contacts_master/first.jsonl",
-        (lines[..half].join("\n") + "\n").as_bytes(),
-    );
+    project.append("inbox/contacts_master/first.jsonl", (lines[..half].join("\n") + "\n").as_bytes());
     project.run_until_drained(&env);
-    project.append(
-        "inbox/contacts_master/second.jsonl",
-        (lines[half..].join("\n") + "\n").as_bytes(),
-    );
+    project.append("inbox/contacts_master/second.jsonl", (lines[half..].join("\n") + "\n").as_bytes());
     project.run_until_drained(&env);
     assert_contacts_match(&project, &expected);
 }
@@ -178,102 +126,50 @@ fn bad_input_is_dead_lettered_with_its_reason_and_good_lines_flow() {
     bytes.extend_from_slice(b"{\"event_id\":\"bad-utf8\",\"text\":\"\xff\xfe\"}\n"); // decode: not UTF-8
     bytes.extend_from_slice(b"{\"event_id\": oops}\n"); // decode: invalid JSON
     bytes.extend_from_slice(b"[1,2,3]\n"); // decode: not an object
-    let long_line = format!(
-        "{{\"event_id\":\"long\",\"text\":\"{}\"}}",
-        "x".repeat(10_000)
-    );
+    let long_line = format!("{{\"event_id\":\"long\",\"text\":\"{}\"}}", "x".repeat(10_000));
     bytes.extend_from_slice(long_line.as_bytes()); // oversize
     bytes.push(b'\n');
-    bytes.extend_from_slice(
-        b"{\"event_id\":\"bad-score\",\"score\":\"abc\",\"created_at\":\"2024-01-01T00:00:00Z\"}\n",
-    ); // schema: type
+    bytes
+        .extend_from_slice(b"{\"event_id\":\"bad-score\",\"score\":\"abc\",\"created_at\":\"2024-01-01T00:00:00Z\"}\n"); // schema: type
     bytes.extend_from_slice(b"{\"event_id\":\"no-time\"}\n"); // schema: REQUIRED missing
-    bytes.extend_from_slice(
-        b"{\"event_id\":\"extra\",\"created_at\":\"2024-01-01T00:00:00Z\",\"colour\":\"red\"}\n",
-    ); // schema: unknown field
+    bytes.extend_from_slice(b"{\"event_id\":\"extra\",\"created_at\":\"2024-01-01T00:00:00Z\",\"colour\":\"red\"}\n"); // schema: unknown field
     bytes.extend_from_slice(b"{\"text\":\"no id\",\"created_at\":\"2024-01-01T00:00:00Z\"}\n"); // schema: id field missing
     for i in 2..1002 {
         bytes.extend_from_slice(good(i).as_bytes());
     }
     project.append("inbox/atoms/mixed.jsonl", &bytes);
     project.append("inbox/nosuchtable/x.jsonl", b"{\"a\":1}\n"); // unknown_table
-    project.append(
-        "inbox/contacts_master/c.jsonl",
-        b"{\"name\":\"no key\",\"version\":1}\n",
-    ); // schema: key missing
-       // Messages that no JSONL line can make: a corrupt envelope and one over the worker's size limit.
+    project.append("inbox/contacts_master/c.jsonl", b"{\"name\":\"no key\",\"version\":1}\n"); // schema: key missing
+                                                                                               // Messages that no JSONL line can make: a corrupt envelope and one over the worker's size limit.
     {
         use bqsync::bus::{embedded, OutboundMessage, Publisher};
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let config = embedded::EmbeddedBusConfig {
-            path: project.path(".bqsync/bus.db"),
-            ..Default::default()
-        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let config = embedded::EmbeddedBusConfig { path: project.path(".bqsync/bus.db"), ..Default::default() };
         let bus = embedded::EmbeddedBus::open(&config).unwrap();
         let corrupt = OutboundMessage {
             data: b"{\"event_id\":\"x\",\"table\":\"atoms\"}".to_vec(),
             attributes: Default::default(),
         };
-        let huge = OutboundMessage {
-            data: vec![b' '; 200_000],
-            attributes: Default::default(),
-        };
+        let huge = OutboundMessage { data: vec![b' '; 200_000], attributes: Default::default() };
         runtime.block_on(bus.publish(vec![corrupt, huge])).unwrap();
     }
     project.run_until_drained(&[("BQSYNC__WORKER__MAX_EVENT_BYTES", "100000")]);
 
-    assert_eq!(
-        project.query_i64("SELECT count(*) FROM atoms"),
-        1002,
-        "good lines land; log:\n{}",
-        project.log_tail()
-    );
+    assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), 1002, "good lines land; log:\n{}", project.log_tail());
     let reasons = dead_letter_reasons(&project);
-    let expected: HashMap<&str, i64> = [
-        ("decode", 4),
-        ("oversize", 2),
-        ("schema", 5),
-        ("unknown_table", 1),
-    ]
-    .into_iter()
-    .collect();
+    let expected: HashMap<&str, i64> =
+        [("decode", 4), ("oversize", 2), ("schema", 5), ("unknown_table", 1)].into_iter().collect();
     for (reason, count) in &expected {
-        assert_eq!(
-            reasons.get(*reason).copied().unwrap_or(0),
-            *count,
-            "reason {reason}: {reasons:?}"
-        );
+        assert_eq!(reasons.get(*reason).copied().unwrap_or(0), *count, "reason {reason}: {reasons:?}");
     }
-    assert_eq!(
-        reasons.values().sum::<i64>(),
-        expected.values().sum::<i64>(),
-        "{reasons:?}"
-    );
-    let detail = |like: &str| {
-        project.query_i64(&format!(
-            "SELECT count(*) FROM dead_letters WHERE detail LIKE '{like}'"
-        ))
-    };
-    assert_eq!(
-        detail("%column `score`: expected Float64, got string \"abc\"%"),
-        1
-    );
+    assert_eq!(reasons.values().sum::<i64>(), expected.values().sum::<i64>(), "{reasons:?}");
+    let detail =
+        |like: &str| project.query_i64(&format!("SELECT count(*) FROM dead_letters WHERE detail LIKE '{like}'"));
+    assert_eq!(detail("%column `score`: expected Float64, got string \"abc\"%"), 1);
     assert_eq!(detail("%column `created_at` is REQUIRED but absent%"), 1);
-    assert_eq!(
-        detail("%field `colour` is not a column of table `atoms`%"),
-        1
-    );
+    assert_eq!(detail("%field `colour` is not a column of table `atoms`%"), 1);
     assert_eq!(detail("%invalid UTF-8 at byte 31 of the line%"), 1);
-    assert_eq!(
-        detail(&format!(
-            "%line of {} bytes exceeds max_line_bytes = 2048%",
-            long_line.len()
-        )),
-        1
-    );
+    assert_eq!(detail(&format!("%line of {} bytes exceeds max_line_bytes = 2048%", long_line.len())), 1);
     assert_eq!(detail("%table `nosuchtable` has no schema file%"), 1);
     assert_eq!(detail("%primary key column `contact_id` is missing%"), 1);
     assert_eq!(detail("%exceeds worker.max_event_bytes = 100000%"), 1);
@@ -281,10 +177,7 @@ fn bad_input_is_dead_lettered_with_its_reason_and_good_lines_flow() {
     assert_eq!(project.query_i64("SELECT count(*) FROM dead_letters WHERE message_bytes = '{\"event_id\":\"bad-utf8\",\"text\":\"\\xFF\\xFE\"}'::BLOB"), 1);
     // A second run changes nothing: dead letters are deduplicated too.
     project.run_until_drained(&[]);
-    assert_eq!(
-        project.query_i64("SELECT count(*) FROM dead_letters"),
-        expected.values().sum::<i64>()
-    );
+    assert_eq!(project.query_i64("SELECT count(*) FROM dead_letters"), expected.values().sum::<i64>());
 }
 
 /// Which chunks of the writer are incomplete, as `chunk:rows`.
@@ -293,9 +186,7 @@ fn chunk_report(project: &Project, chunk: u64) -> String {
     let sql = format!("SELECT CAST(substr(event_id, 4) AS BIGINT) // {chunk} AS c, count(*) AS n FROM atoms GROUP BY ALL HAVING n <> {chunk} ORDER BY c");
     let mut statement = connection.prepare(&sql).unwrap();
     let rows: Vec<String> = statement
-        .query_map([], |r| {
-            Ok(format!("{}:{}", r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-        })
+        .query_map([], |r| Ok(format!("{}:{}", r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect();
@@ -306,19 +197,12 @@ fn chunk_report(project: &Project, chunk: u64) -> String {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    format!(
-        "{} incomplete: {}; present: {}",
-        rows.len(),
-        rows.join(" "),
-        present.join(" ")
-    )
+    format!("{} incomplete: {}; present: {}", rows.len(), rows.join(" "), present.join(" "))
 }
 
 fn dead_letter_reasons(project: &Project) -> HashMap<String, i64> {
     let connection = project.warehouse();
-    let mut statement = connection
-        .prepare("SELECT reason, count(*) FROM dead_letters GROUP BY reason")
-        .unwrap();
+    let mut statement = connection.prepare("SELECT reason, count(*) FROM dead_letters GROUP BY reason").unwrap();
     statement
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
         .unwrap()
@@ -363,19 +247,14 @@ fn contacts(events: usize, keys: usize, seed: u64) -> (String, ContactState) {
 
 fn assert_contacts_match(project: &Project, expected: &ContactState) {
     let connection = project.warehouse();
-    let mut statement = connection
-        .prepare("SELECT contact_id, version, email, _bqsync_deleted FROM contacts_master")
-        .unwrap();
+    let mut statement =
+        connection.prepare("SELECT contact_id, version, email, _bqsync_deleted FROM contacts_master").unwrap();
     let rows: Vec<(String, i64, Option<String>, bool)> = statement
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(
-        rows.len(),
-        expected.len(),
-        "one row (live or tombstone) per key"
-    );
+    assert_eq!(rows.len(), expected.len(), "one row (live or tombstone) per key");
     let mut wrong = 0;
     for (id, version, email, deleted) in &rows {
         let ok = match expected.get(id) {
@@ -387,15 +266,7 @@ fn assert_contacts_match(project: &Project, expected: &ContactState) {
             wrong += 1;
         }
     }
-    assert_eq!(
-        wrong,
-        0,
-        "{wrong} of {} keys differ from the highest version",
-        expected.len()
-    );
+    assert_eq!(wrong, 0, "{wrong} of {} keys differ from the highest version", expected.len());
     let live = expected.values().filter(|v| v.is_some()).count() as i64;
-    assert_eq!(
-        project.query_i64("SELECT count(*) FROM contacts_master WHERE NOT _bqsync_deleted"),
-        live
-    );
+    assert_eq!(project.query_i64("SELECT count(*) FROM contacts_master WHERE NOT _bqsync_deleted"), live);
 }

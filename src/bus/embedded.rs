@@ -22,8 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
 use super::{
-    AckHandle, AckInner, Attributes, BusError, Delivery, OutboundMessage, Publisher, QueueStats,
-    Subscription,
+    AckHandle, AckInner, Attributes, BusError, Delivery, OutboundMessage, Publisher, QueueStats, Subscription,
 };
 
 /// Settings of the embedded bus (`[bus.embedded]` in the config file).
@@ -77,16 +76,8 @@ struct QueueTables {
     cursor_name: &'static str,
 }
 
-const MAIN: QueueTables = QueueTables {
-    messages: "messages",
-    deliveries: "deliveries",
-    cursor_name: "main",
-};
-const DEAD: QueueTables = QueueTables {
-    messages: "dlq_messages",
-    deliveries: "dlq_deliveries",
-    cursor_name: "dlq",
-};
+const MAIN: QueueTables = QueueTables { messages: "messages", deliveries: "deliveries", cursor_name: "main" };
+const DEAD: QueueTables = QueueTables { messages: "dlq_messages", deliveries: "dlq_deliveries", cursor_name: "dlq" };
 
 /// The queue file, shared by publishers and subscriptions of this process.
 #[derive(Clone)]
@@ -110,10 +101,7 @@ impl EmbeddedBus {
     /// Opens (creating if needed) the queue file.
     pub fn open(config: &EmbeddedBusConfig) -> Result<EmbeddedBus, BusError> {
         let path = config.path.clone();
-        let err = |source| BusError::Embedded {
-            path: path.display().to_string(),
-            source,
-        };
+        let err = |source| BusError::Embedded { path: path.display().to_string(), source };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|e| BusError::Io(format!("cannot create {}: {e}", parent.display())))?;
@@ -122,9 +110,7 @@ impl EmbeddedBus {
             "full" => "FULL",
             "normal" => "NORMAL",
             other => {
-                return Err(BusError::Io(format!(
-                    "bus.embedded.synchronous must be `full` or `normal`, got `{other}`"
-                )))
+                return Err(BusError::Io(format!("bus.embedded.synchronous must be `full` or `normal`, got `{other}`")))
             }
         };
         let connection = Connection::open(&path).map_err(err)?;
@@ -164,20 +150,12 @@ impl EmbeddedBus {
 
     /// The subscription on the main queue.
     pub fn subscription(&self) -> EmbeddedSubscription {
-        EmbeddedSubscription {
-            bus: self.clone(),
-            queue: MAIN,
-            max_attempts: self.inner.max_delivery_attempts,
-        }
+        EmbeddedSubscription { bus: self.clone(), queue: MAIN, max_attempts: self.inner.max_delivery_attempts }
     }
 
     /// The subscription on the dead-letter queue (messages that ran out of delivery attempts).
     pub fn dead_letter_subscription(&self) -> EmbeddedSubscription {
-        EmbeddedSubscription {
-            bus: self.clone(),
-            queue: DEAD,
-            max_attempts: u32::MAX,
-        }
+        EmbeddedSubscription { bus: self.clone(), queue: DEAD, max_attempts: u32::MAX }
     }
 
     /// Claims the right to consume this queue file for this process (the embedded bus has one
@@ -206,19 +184,9 @@ impl EmbeddedBus {
         Ok(ConsumerLock { _file: file })
     }
 
-    fn with_connection<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, BusError> {
-        let mut connection = self
-            .inner
-            .connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut connection).map_err(|source| BusError::Embedded {
-            path: self.inner.path.display().to_string(),
-            source,
-        })
+    fn with_connection<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, BusError> {
+        let mut connection = self.inner.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut connection).map_err(|source| BusError::Embedded { path: self.inner.path.display().to_string(), source })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -226,9 +194,7 @@ impl EmbeddedBus {
         f: impl FnOnce(&EmbeddedBus) -> Result<T, BusError> + Send + 'static,
     ) -> Result<T, BusError> {
         let bus = self.clone();
-        tokio::task::spawn_blocking(move || f(&bus))
-            .await
-            .map_err(|e| BusError::Io(format!("bus task failed: {e}")))?
+        tokio::task::spawn_blocking(move || f(&bus)).await.map_err(|e| BusError::Io(format!("bus task failed: {e}")))?
     }
 }
 
@@ -238,13 +204,11 @@ pub struct ConsumerLock {
 }
 
 fn encode_attributes(attributes: &Attributes) -> Option<String> {
-    (!attributes.is_empty())
-        .then(|| serde_json::to_string(attributes).expect("string map serializes"))
+    (!attributes.is_empty()).then(|| serde_json::to_string(attributes).expect("string map serializes"))
 }
 
 fn decode_attributes(text: Option<String>) -> Attributes {
-    text.and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+    text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
 }
 
 fn insert_messages(
@@ -258,11 +222,7 @@ fn insert_messages(
         queue.messages
     ))?;
     for message in messages {
-        insert.execute(params![
-            message.data,
-            encode_attributes(&message.attributes),
-            now
-        ])?;
+        insert.execute(params![message.data, encode_attributes(&message.attributes), now])?;
     }
     Ok(())
 }
@@ -275,8 +235,7 @@ impl Publisher for EmbeddedBus {
         }
         self.blocking(move |bus| {
             bus.with_connection(|connection| {
-                let tx = connection
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 insert_messages(&tx, MAIN, &messages, now_micros())?;
                 tx.commit()
             })
@@ -334,11 +293,7 @@ impl EmbeddedSubscription {
             }
         }
         let high_water: i64 = tx
-            .query_row(
-                "SELECT high_water FROM cursor WHERE name = ?1",
-                [q.cursor_name],
-                |r| r.get(0),
-            )
+            .query_row("SELECT high_water FROM cursor WHERE name = ?1", [q.cursor_name], |r| r.get(0))
             .optional()?
             .unwrap_or(0);
         if rows.len() < max {
@@ -360,12 +315,8 @@ impl EmbeddedSubscription {
                 rows.push(row?);
             }
         }
-        let new_high_water = rows
-            .iter()
-            .filter(|r| r.first_attempt_micros.is_none())
-            .map(|r| r.seq)
-            .max()
-            .unwrap_or(high_water);
+        let new_high_water =
+            rows.iter().filter(|r| r.first_attempt_micros.is_none()).map(|r| r.seq).max().unwrap_or(high_water);
         let mut deliveries = Vec::with_capacity(rows.len());
         {
             let mut upsert_lease = tx.prepare_cached(&format!(
@@ -382,22 +333,14 @@ impl EmbeddedSubscription {
                 let first = row.first_attempt_micros.unwrap_or(now);
                 upsert_lease.execute(params![row.seq, attempt, lease_until, first])?;
                 let mut attributes = decode_attributes(row.attributes);
-                attributes.insert(
-                    "bqsync_publish_micros".into(),
-                    row.publish_micros.to_string(),
-                );
+                attributes.insert("bqsync_publish_micros".into(), row.publish_micros.to_string());
                 deliveries.push(Delivery {
                     message_id: format!("{}-{}", q.cursor_name, row.seq),
                     data: row.data,
                     attributes,
                     delivery_attempt: attempt,
                     first_attempt_micros: first,
-                    handle: AckHandle {
-                        inner: AckInner::Embedded {
-                            seq: row.seq,
-                            lease_token: attempt as i64,
-                        },
-                    },
+                    handle: AckHandle { inner: AckInner::Embedded { seq: row.seq, lease_token: attempt as i64 } },
                 });
             }
         }
@@ -413,36 +356,17 @@ impl EmbeddedSubscription {
 }
 
 /// Moves an exhausted message to the dead-letter queue, recording why in its attributes.
-fn move_to_dead_letters(
-    tx: &rusqlite::Transaction,
-    q: QueueTables,
-    row: Row,
-    now: i64,
-) -> rusqlite::Result<()> {
+fn move_to_dead_letters(tx: &rusqlite::Transaction, q: QueueTables, row: Row, now: i64) -> rusqlite::Result<()> {
     let mut attributes = decode_attributes(row.attributes);
     attributes.insert("bqsync_dead_letter_reason".into(), "max_attempts".into());
-    attributes.insert(
-        "bqsync_dead_letter_attempts".into(),
-        row.attempts.to_string(),
-    );
-    attributes.insert(
-        "bqsync_dead_letter_first_attempt_micros".into(),
-        row.first_attempt_micros.unwrap_or(now).to_string(),
-    );
+    attributes.insert("bqsync_dead_letter_attempts".into(), row.attempts.to_string());
+    attributes
+        .insert("bqsync_dead_letter_first_attempt_micros".into(), row.first_attempt_micros.unwrap_or(now).to_string());
     attributes.insert("bqsync_dead_letter_micros".into(), now.to_string());
-    let message = OutboundMessage {
-        data: row.data,
-        attributes,
-    };
+    let message = OutboundMessage { data: row.data, attributes };
     insert_messages(tx, DEAD, std::slice::from_ref(&message), now)?;
-    tx.execute(
-        &format!("DELETE FROM {} WHERE seq = ?1", q.messages),
-        [row.seq],
-    )?;
-    tx.execute(
-        &format!("DELETE FROM {} WHERE seq = ?1", q.deliveries),
-        [row.seq],
-    )?;
+    tx.execute(&format!("DELETE FROM {} WHERE seq = ?1", q.messages), [row.seq])?;
+    tx.execute(&format!("DELETE FROM {} WHERE seq = ?1", q.deliveries), [row.seq])?;
     tracing::warn!(
         seq = row.seq,
         attempts = row.attempts,
@@ -482,10 +406,7 @@ impl Subscription for EmbeddedSubscription {
         loop {
             let notified = self.bus.inner.published.notified();
             let this = self.clone();
-            let deliveries = self
-                .bus
-                .blocking(move |bus| bus.with_connection(|c| this.lease(c, max_messages)))
-                .await?;
+            let deliveries = self.bus.blocking(move |bus| bus.with_connection(|c| this.lease(c, max_messages))).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if !deliveries.is_empty() || remaining.is_zero() {
                 return Ok(deliveries);
@@ -501,19 +422,14 @@ impl Subscription for EmbeddedSubscription {
         self.bus
             .blocking(move |bus| {
                 bus.with_connection(|connection| {
-                    let tx = connection
-                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                     {
                         // Handles mostly come in runs of consecutive sequence numbers: one range
                         // delete a run instead of one delete a message.
-                        let mut delete_messages = tx.prepare_cached(&format!(
-                            "DELETE FROM {} WHERE seq BETWEEN ?1 AND ?2",
-                            q.messages
-                        ))?;
-                        let mut delete_leases = tx.prepare_cached(&format!(
-                            "DELETE FROM {} WHERE seq BETWEEN ?1 AND ?2",
-                            q.deliveries
-                        ))?;
+                        let mut delete_messages =
+                            tx.prepare_cached(&format!("DELETE FROM {} WHERE seq BETWEEN ?1 AND ?2", q.messages))?;
+                        let mut delete_leases =
+                            tx.prepare_cached(&format!("DELETE FROM {} WHERE seq BETWEEN ?1 AND ?2", q.deliveries))?;
                         for (first, last) in consecutive_runs(ids.iter().map(|(seq, _)| *seq)) {
                             delete_messages.execute([first, last])?;
                             delete_leases.execute([first, last])?;
@@ -554,28 +470,16 @@ impl Subscription for EmbeddedSubscription {
             .blocking(move |bus| {
                 bus.with_connection(|c| {
                     let now = now_micros();
-                    let total: u64 =
-                        c.query_row(&format!("SELECT count(*) FROM {}", q.messages), [], |r| {
-                            r.get(0)
-                        })?;
+                    let total: u64 = c.query_row(&format!("SELECT count(*) FROM {}", q.messages), [], |r| r.get(0))?;
                     let leased: u64 = c.query_row(
-                        &format!(
-                            "SELECT count(*) FROM {} WHERE lease_until > ?1",
-                            q.deliveries
-                        ),
+                        &format!("SELECT count(*) FROM {} WHERE lease_until > ?1", q.deliveries),
                         [now],
                         |r| r.get(0),
                     )?;
-                    let dead_lettered: u64 = c.query_row(
-                        &format!("SELECT count(*) FROM {}", DEAD.messages),
-                        [],
-                        |r| r.get(0),
-                    )?;
-                    let oldest = c.query_row(
-                        &format!("SELECT min(publish_micros) FROM {}", q.messages),
-                        [],
-                        |r| r.get(0),
-                    )?;
+                    let dead_lettered: u64 =
+                        c.query_row(&format!("SELECT count(*) FROM {}", DEAD.messages), [], |r| r.get(0))?;
+                    let oldest =
+                        c.query_row(&format!("SELECT min(publish_micros) FROM {}", q.messages), [], |r| r.get(0))?;
                     Ok(QueueStats {
                         pending: total - leased.min(total),
                         leased,
@@ -593,11 +497,7 @@ pub fn open_existing(path: &Path) -> Result<Option<EmbeddedBus>, BusError> {
     if !path.exists() {
         return Ok(None);
     }
-    EmbeddedBus::open(&EmbeddedBusConfig {
-        path: path.to_path_buf(),
-        ..EmbeddedBusConfig::default()
-    })
-    .map(Some)
+    EmbeddedBus::open(&EmbeddedBusConfig { path: path.to_path_buf(), ..EmbeddedBusConfig::default() }).map(Some)
 }
 
 #[cfg(test)]
@@ -631,10 +531,7 @@ mod tests {
         assert_eq!(first.len(), 2);
         assert_eq!(first[0].delivery_attempt, 1);
         assert_eq!(first[0].attributes["k"], "v");
-        assert!(
-            sub.pull(10, Duration::ZERO).await.unwrap().is_empty(),
-            "leased messages are not delivered twice"
-        );
+        assert!(sub.pull(10, Duration::ZERO).await.unwrap().is_empty(), "leased messages are not delivered twice");
         let mut first = first.into_iter();
         let a = first.next().unwrap();
         assert_eq!(a.data, b"a");
@@ -657,35 +554,20 @@ mod tests {
             let d = sub.pull(10, Duration::ZERO).await.unwrap();
             assert_eq!(d.len(), 1);
             assert_eq!(d[0].delivery_attempt, attempt);
-            sub.nack(d.into_iter().map(|d| d.handle).collect())
-                .await
-                .unwrap();
+            sub.nack(d.into_iter().map(|d| d.handle).collect()).await.unwrap();
         }
-        assert!(
-            sub.pull(10, Duration::ZERO).await.unwrap().is_empty(),
-            "third attempt must not happen"
-        );
-        let dead = bus
-            .dead_letter_subscription()
-            .pull(10, Duration::ZERO)
-            .await
-            .unwrap();
+        assert!(sub.pull(10, Duration::ZERO).await.unwrap().is_empty(), "third attempt must not happen");
+        let dead = bus.dead_letter_subscription().pull(10, Duration::ZERO).await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].data, b"poison");
-        assert_eq!(
-            dead[0].attributes["bqsync_dead_letter_reason"],
-            "max_attempts"
-        );
+        assert_eq!(dead[0].attributes["bqsync_dead_letter_reason"], "max_attempts");
         assert_eq!(dead[0].attributes["bqsync_dead_letter_attempts"], "2");
         assert_eq!(sub.stats().await.unwrap().pending, 0);
     }
 
     #[test]
     fn runs_merge_consecutive_numbers() {
-        assert_eq!(
-            consecutive_runs([5, 1, 2, 3, 9, 6, 2].into_iter()),
-            vec![(1, 3), (5, 6), (9, 9)]
-        );
+        assert_eq!(consecutive_runs([5, 1, 2, 3, 9, 6, 2].into_iter()), vec![(1, 3), (5, 6), (9, 9)]);
         assert!(consecutive_runs(std::iter::empty()).is_empty());
     }
 
@@ -697,14 +579,8 @@ mod tests {
         for round in 0..3 {
             bus.publish(vec![message("x"), message("y")]).await.unwrap();
             let d = sub.pull(10, Duration::ZERO).await.unwrap();
-            assert_eq!(
-                d.len(),
-                2,
-                "round {round}: new messages after an emptied queue are delivered"
-            );
-            sub.ack(d.into_iter().map(|d| d.handle).collect())
-                .await
-                .unwrap();
+            assert_eq!(d.len(), 2, "round {round}: new messages after an emptied queue are delivered");
+            sub.ack(d.into_iter().map(|d| d.handle).collect()).await.unwrap();
         }
     }
 
@@ -719,19 +595,9 @@ mod tests {
             // dropped without ack: simulated crash mid-lease
         }
         let bus = bus(dir.path(), 60, 5);
-        assert!(
-            bus.subscription()
-                .pull(10, Duration::ZERO)
-                .await
-                .unwrap()
-                .is_empty(),
-            "still leased"
-        );
+        assert!(bus.subscription().pull(10, Duration::ZERO).await.unwrap().is_empty(), "still leased");
         let _lock = bus.claim_consumer().unwrap();
-        assert!(
-            bus.claim_consumer().is_err(),
-            "a second consumer is refused"
-        );
+        assert!(bus.claim_consumer().is_err(), "a second consumer is refused");
         let d = bus.subscription().pull(10, Duration::ZERO).await.unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].delivery_attempt, 2);

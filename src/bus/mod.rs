@@ -69,10 +69,7 @@ pub struct Delivery {
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("embedded bus at {path}: {source}")]
-    Embedded {
-        path: String,
-        source: rusqlite::Error,
-    },
+    Embedded { path: String, source: rusqlite::Error },
     #[error("bus I/O: {0}")]
     Io(String),
     #[error("handle was not made by this subscription")]

@@ -42,10 +42,7 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     pub fn open(path: &Path) -> Result<CheckpointStore, CheckpointError> {
-        let err = |source| CheckpointError {
-            path: path.to_path_buf(),
-            source,
-        };
+        let err = |source| CheckpointError { path: path.to_path_buf(), source };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(parent);
         }
@@ -62,25 +59,14 @@ impl CheckpointStore {
                    PRIMARY KEY (source, device, inode));",
             )
             .map_err(err)?;
-        Ok(CheckpointStore {
-            path: path.to_path_buf(),
-            connection: Mutex::new(connection),
-        })
+        Ok(CheckpointStore { path: path.to_path_buf(), connection: Mutex::new(connection) })
     }
 
     fn err(&self, source: rusqlite::Error) -> CheckpointError {
-        CheckpointError {
-            path: self.path.clone(),
-            source,
-        }
+        CheckpointError { path: self.path.clone(), source }
     }
 
-    pub fn file(
-        &self,
-        source: &str,
-        device: u64,
-        inode: u64,
-    ) -> Result<Option<FileCheckpoint>, CheckpointError> {
+    pub fn file(&self, source: &str, device: u64, inode: u64) -> Result<Option<FileCheckpoint>, CheckpointError> {
         let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         connection
             .query_row(
@@ -102,11 +88,7 @@ impl CheckpointStore {
             .map_err(|e| self.err(e))
     }
 
-    pub fn save_file(
-        &self,
-        source: &str,
-        checkpoint: &FileCheckpoint,
-    ) -> Result<(), CheckpointError> {
+    pub fn save_file(&self, source: &str, checkpoint: &FileCheckpoint) -> Result<(), CheckpointError> {
         let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         connection
             .prepare_cached(

@@ -83,18 +83,10 @@ fn default_root() -> PathBuf {
     PathBuf::from("inbox")
 }
 fn default_routes() -> Vec<Route> {
-    vec![Route {
-        glob: "*/**".into(),
-        table: None,
-    }]
+    vec![Route { glob: "*/**".into(), table: None }]
 }
 fn default_ignore() -> Vec<String> {
-    vec![
-        ".*".into(),
-        "*.tmp".into(),
-        "*.swp".into(),
-        "*.partial".into(),
-    ]
+    vec![".*".into(), "*.tmp".into(), "*.swp".into(), "*.partial".into()]
 }
 const fn default_max_line_bytes() -> usize {
     1 << 20
@@ -151,13 +143,10 @@ pub struct JsonlSource {
 }
 
 fn glob(pattern: &str, source_name: &str) -> Result<globset::Glob, SourceError> {
-    globset::GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map_err(|e| SourceError::Config {
-            source_name: source_name.into(),
-            problem: format!("bad glob `{pattern}`: {e}"),
-        })
+    globset::GlobBuilder::new(pattern).literal_separator(true).build().map_err(|e| SourceError::Config {
+        source_name: source_name.into(),
+        problem: format!("bad glob `{pattern}`: {e}"),
+    })
 }
 
 /// Hash of the first `len` bytes of the file.
@@ -191,10 +180,8 @@ impl JsonlSource {
         for pattern in &config.ignore {
             ignore.add(glob(pattern, &name)?);
         }
-        let ignore = ignore.build().map_err(|e| SourceError::Config {
-            source_name: name.clone(),
-            problem: e.to_string(),
-        })?;
+        let ignore =
+            ignore.build().map_err(|e| SourceError::Config { source_name: name.clone(), problem: e.to_string() })?;
         if config.publish_batch == 0 || config.max_line_bytes < 16 {
             return Err(SourceError::Config {
                 source_name: name,
@@ -228,35 +215,27 @@ impl JsonlSource {
     /// Starts the file-system watcher (creating the root directory if needed).
     pub fn watch(&mut self) -> Result<(), SourceError> {
         use notify::Watcher;
-        std::fs::create_dir_all(&self.config.root)
-            .map_err(|error| self.io_error(&self.config.root, error))?;
+        std::fs::create_dir_all(&self.config.root).map_err(|error| self.io_error(&self.config.root, error))?;
         let wakeup = self.wakeup.clone();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
-                    wakeup.notify_one();
-                }
-            })
-            .map_err(|e| SourceError::Config {
-                source_name: self.config.name.clone(),
-                problem: format!("cannot watch: {e}"),
-            })?;
-        watcher
-            .watch(&self.config.root, notify::RecursiveMode::Recursive)
-            .map_err(|e| SourceError::Config {
-                source_name: self.config.name.clone(),
-                problem: format!("cannot watch {}: {e}", self.config.root.display()),
-            })?;
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                wakeup.notify_one();
+            }
+        })
+        .map_err(|e| SourceError::Config {
+            source_name: self.config.name.clone(),
+            problem: format!("cannot watch: {e}"),
+        })?;
+        watcher.watch(&self.config.root, notify::RecursiveMode::Recursive).map_err(|e| SourceError::Config {
+            source_name: self.config.name.clone(),
+            problem: format!("cannot watch {}: {e}", self.config.root.display()),
+        })?;
         self._watcher = Some(watcher);
         Ok(())
     }
 
     fn io_error(&self, path: &Path, error: std::io::Error) -> SourceError {
-        SourceError::Io {
-            source_name: self.config.name.clone(),
-            path: path.display().to_string(),
-            error,
-        }
+        SourceError::Io { source_name: self.config.name.clone(), path: path.display().to_string(), error }
     }
 
     /// The table a relative path routes to, or None when no route matches.
@@ -265,13 +244,10 @@ impl JsonlSource {
         if self.ignore.is_match(file_name) {
             return None;
         }
-        self.routes
-            .iter()
-            .find(|(matcher, _)| matcher.is_match(relative))
-            .and_then(|(_, table)| match table {
-                Some(t) => Some(t.clone()),
-                None => relative.split_once('/').map(|(dir, _)| dir.to_string()),
-            })
+        self.routes.iter().find(|(matcher, _)| matcher.is_match(relative)).and_then(|(_, table)| match table {
+            Some(t) => Some(t.clone()),
+            None => relative.split_once('/').map(|(dir, _)| dir.to_string()),
+        })
     }
 
     /// Lists routed files under the root.
@@ -333,15 +309,11 @@ impl JsonlSource {
             let saved = self
                 .checkpoints
                 .file(&self.config.name, id.0, id.1)
-                .map_err(|error| SourceError::Checkpoint {
-                    source_name: self.config.name.clone(),
-                    error,
-                })?;
+                .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })?;
             let (offset, fingerprint_len, file_fingerprint) = match saved {
                 Some(c)
                     if c.fingerprint_len > 0
-                        && fingerprint(&mut file, c.fingerprint_len).ok()
-                            == Some(c.fingerprint)
+                        && fingerprint(&mut file, c.fingerprint_len).ok() == Some(c.fingerprint)
                         && metadata.len() >= c.offset =>
                 {
                     (c.offset, c.fingerprint_len, c.fingerprint)
@@ -372,10 +344,7 @@ impl JsonlSource {
         for id in renamed {
             let tracked = &self.files[&id];
             if tracked.fingerprint_len > 0 {
-                self.save_checkpoint(
-                    tracked,
-                    tracked.file.metadata().map(|m| m.len()).unwrap_or(0),
-                )?;
+                self.save_checkpoint(tracked, tracked.file.metadata().map(|m| m.len()).unwrap_or(0))?;
             }
         }
         Ok(())
@@ -393,23 +362,14 @@ impl JsonlSource {
         };
         self.checkpoints
             .save_file(&self.config.name, &checkpoint)
-            .map_err(|error| SourceError::Checkpoint {
-                source_name: self.config.name.clone(),
-                error,
-            })
+            .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })
     }
 
     /// Reads the complete lines of one file past its offset, publishes them and checkpoints.
-    async fn drain_file(
-        &mut self,
-        id: (u64, u64),
-        publisher: &dyn Publisher,
-    ) -> Result<EmitOutcome, SourceError> {
+    async fn drain_file(&mut self, id: (u64, u64), publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
         let mut outcome = EmitOutcome::default();
         let mut tracked = self.files.remove(&id).expect("tracked file");
-        let result = self
-            .drain_tracked(&mut tracked, publisher, &mut outcome)
-            .await;
+        let result = self.drain_tracked(&mut tracked, publisher, &mut outcome).await;
         self.files.insert(id, tracked);
         result.map(|_| outcome)
     }
@@ -420,18 +380,13 @@ impl JsonlSource {
         publisher: &dyn Publisher,
         outcome: &mut EmitOutcome,
     ) -> Result<(), SourceError> {
-        let size = tracked
-            .file
-            .metadata()
-            .map_err(|e| self.io_error(&tracked.path, e))?
-            .len();
+        let size = tracked.file.metadata().map_err(|e| self.io_error(&tracked.path, e))?.len();
         if size < tracked.offset {
             tracing::warn!(path = %tracked.path.display(), size, offset = tracked.offset, "file truncated; reading it from the start");
             tracked.offset = 0;
             tracked.fingerprint_len = 0;
         } else if tracked.fingerprint_len > 0
-            && fingerprint(&mut tracked.file, tracked.fingerprint_len)
-                .map_err(|e| self.io_error(&tracked.path, e))?
+            && fingerprint(&mut tracked.file, tracked.fingerprint_len).map_err(|e| self.io_error(&tracked.path, e))?
                 != tracked.fingerprint
         {
             tracing::warn!(path = %tracked.path.display(), "file content replaced in place; reading it from the start");
@@ -444,32 +399,37 @@ impl JsonlSource {
         if tracked.fingerprint_len < FINGERPRINT_BYTES && size > tracked.fingerprint_len {
             // Widen the fingerprint while the file is young: more bytes recognise it better.
             tracked.fingerprint_len = size.min(FINGERPRINT_BYTES);
-            tracked.fingerprint = fingerprint(&mut tracked.file, tracked.fingerprint_len)
-                .map_err(|e| self.io_error(&tracked.path, e))?;
+            tracked.fingerprint =
+                fingerprint(&mut tracked.file, tracked.fingerprint_len).map_err(|e| self.io_error(&tracked.path, e))?;
         }
-        tracked
-            .file
-            .seek(SeekFrom::Start(tracked.offset))
-            .map_err(|e| self.io_error(&tracked.path, e))?;
+        tracked.file.seek(SeekFrom::Start(tracked.offset)).map_err(|e| self.io_error(&tracked.path, e))?;
         let read_start = tracked.offset;
         let mut reader = LineReader::new(self.config.max_line_bytes);
         let mut batch = Vec::with_capacity(self.config.publish_batch);
         let produced_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let source_label = format!("jsonl:{}/{}", self.config.name, tracked.relative);
         loop {
-            let line = reader
-                .next_line(&mut tracked.file)
-                .map_err(|e| self.io_error(&tracked.path, e))?;
+            let line = reader.next_line(&mut tracked.file).map_err(|e| self.io_error(&tracked.path, e))?;
             let Some(line) = line else { break };
             let line_offset = read_start + line.start_offset;
             outcome.consumed += 1;
             let message = match line.content {
-                LineContent::Complete(bytes) => self.line_to_message(&tracked.table, tracked.fingerprint, line_offset, bytes, &source_label, &produced_at),
+                LineContent::Complete(bytes) => self.line_to_message(
+                    &tracked.table,
+                    tracked.fingerprint,
+                    line_offset,
+                    bytes,
+                    &source_label,
+                    &produced_at,
+                ),
                 LineContent::Oversize { sample, total_len } => Some(poison(
                     &tracked.table,
                     sample,
                     "oversize",
-                    format!("line of {total_len} bytes exceeds max_line_bytes = {} ({source_label} at byte {line_offset})", self.config.max_line_bytes),
+                    format!(
+                        "line of {total_len} bytes exceeds max_line_bytes = {} ({source_label} at byte {line_offset})",
+                        self.config.max_line_bytes
+                    ),
                     &source_label,
                 )),
             };
@@ -478,16 +438,14 @@ impl JsonlSource {
             }
             if batch.len() >= self.config.publish_batch {
                 let end = read_start + line.end_offset;
-                self.publish_and_checkpoint(tracked, &mut batch, end, size, publisher, outcome)
-                    .await?;
+                self.publish_and_checkpoint(tracked, &mut batch, end, size, publisher, outcome).await?;
                 if self.stopping() {
                     return Ok(());
                 }
             }
         }
         let end = read_start + reader.consumed();
-        self.publish_and_checkpoint(tracked, &mut batch, end, size, publisher, outcome)
-            .await
+        self.publish_and_checkpoint(tracked, &mut batch, end, size, publisher, outcome).await
     }
 
     async fn publish_and_checkpoint(
@@ -503,17 +461,11 @@ impl JsonlSource {
             return Ok(());
         }
         let count = batch.len() as u64;
-        let poison = batch
-            .iter()
-            .filter(|m| m.attributes.contains_key(attr::POISON_REASON))
-            .count() as u64;
+        let poison = batch.iter().filter(|m| m.attributes.contains_key(attr::POISON_REASON)).count() as u64;
         publisher
             .publish(std::mem::take(batch))
             .await
-            .map_err(|error| SourceError::Publish {
-                source_name: self.config.name.clone(),
-                error,
-            })?;
+            .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
         // Only now, with the events durable on the bus, may the checkpoint move past them.
         tracked.offset = new_offset;
         self.save_checkpoint(tracked, size)?;
@@ -536,24 +488,15 @@ impl JsonlSource {
         let text = match std::str::from_utf8(bytes) {
             Ok(text) => text.trim(),
             Err(e) => {
-                let detail = format!(
-                    "invalid UTF-8 at byte {} of the line ({source_label} at byte {offset})",
-                    e.valid_up_to()
-                );
+                let detail =
+                    format!("invalid UTF-8 at byte {} of the line ({source_label} at byte {offset})", e.valid_up_to());
                 return Some(poison(table, bytes, "decode", detail, source_label));
             }
         };
         if text.is_empty() {
             return None;
         }
-        match self.build_event(
-            table,
-            file_fingerprint,
-            offset,
-            text,
-            source_label,
-            produced_at,
-        ) {
+        match self.build_event(table, file_fingerprint, offset, text, source_label, produced_at) {
             Ok(message) => Some(message),
             Err((reason, detail)) => Some(poison(
                 table,
@@ -590,22 +533,13 @@ impl JsonlSource {
             // replay lands it once its schema file exists.
             None => (Op::Insert, None, None, None),
             Some(schema) => {
-                let identity =
-                    identify(schema, field, deleted).map_err(|detail| ("schema", detail))?;
-                (
-                    identity.op,
-                    identity.event_id,
-                    identity.key,
-                    identity.version,
-                )
+                let identity = identify(schema, field, deleted).map_err(|detail| ("schema", detail))?;
+                (identity.op, identity.event_id, identity.key, identity.version)
             }
         };
         let event_id = event_id.unwrap_or_else(|| match (&key, version) {
             (Some(key), Some(version))
-                if self
-                    .catalog
-                    .get(table)
-                    .is_some_and(|s| s.write_mode == WriteMode::Upsert) =>
+                if self.catalog.get(table).is_some_and(|s| s.write_mode == WriteMode::Upsert) =>
             {
                 derive_event_id(&[
                     table.as_bytes(),
@@ -622,31 +556,18 @@ impl JsonlSource {
         });
         let payload_text;
         let payload: &str = if fields.get(DELETE_FIELD).is_some() {
-            let mut without: Map<String, Value> =
-                serde_json::from_str(text).expect("validated above");
+            let mut without: Map<String, Value> = serde_json::from_str(text).expect("validated above");
             without.remove(DELETE_FIELD);
             payload_text = serde_json::to_string(&without).expect("map serializes");
             &payload_text
         } else {
             text
         };
-        let event = ChangeEvent {
-            event_id,
-            table,
-            op,
-            key,
-            version,
-            payload,
-            source,
-            produced_at,
-        };
+        let event = ChangeEvent { event_id, table, op, key, version, payload, source, produced_at };
         let mut attributes = Attributes::new();
         attributes.insert(attr::TABLE.into(), table.into());
         attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
-        Ok(OutboundMessage {
-            data: event.to_bytes(),
-            attributes,
-        })
+        Ok(OutboundMessage { data: event.to_bytes(), attributes })
     }
 }
 
@@ -662,9 +583,7 @@ enum LineFields<'a> {
 impl LineFields<'_> {
     fn get(&self, name: &str) -> Option<Value> {
         match self {
-            LineFields::Borrowed(fields) => fields
-                .get(name)
-                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            LineFields::Borrowed(fields) => fields.get(name).and_then(|raw| serde_json::from_str(raw.get()).ok()),
             LineFields::Owned(map) => map.get(name).cloned(),
         }
     }
@@ -682,22 +601,13 @@ fn describe_invalid_line(text: &str) -> String {
 }
 
 /// A message carrying bytes that could not become an event, and why.
-fn poison(
-    table: &str,
-    bytes: &[u8],
-    reason: &str,
-    detail: String,
-    source_label: &str,
-) -> OutboundMessage {
+fn poison(table: &str, bytes: &[u8], reason: &str, detail: String, source_label: &str) -> OutboundMessage {
     let mut attributes = Attributes::new();
     attributes.insert(attr::TABLE.into(), table.into());
     attributes.insert(attr::POISON_REASON.into(), reason.into());
     attributes.insert(attr::POISON_DETAIL.into(), detail);
     attributes.insert(attr::SOURCE.into(), source_label.into());
-    OutboundMessage {
-        data: bytes.to_vec(),
-        attributes,
-    }
+    OutboundMessage { data: bytes.to_vec(), attributes }
 }
 
 #[async_trait]
@@ -834,8 +744,7 @@ impl LineReader {
                 }
                 if content.len() > self.max_line {
                     self.oversize_sample.clear();
-                    self.oversize_sample
-                        .extend_from_slice(&content[..OVERSIZE_SAMPLE_BYTES.min(content.len())]);
+                    self.oversize_sample.extend_from_slice(&content[..OVERSIZE_SAMPLE_BYTES.min(content.len())]);
                     return Ok(Some(Line {
                         start_offset,
                         end_offset,
@@ -845,11 +754,7 @@ impl LineReader {
                         },
                     }));
                 }
-                return Ok(Some(Line {
-                    start_offset,
-                    end_offset,
-                    content: LineContent::Complete(content),
-                }));
+                return Ok(Some(Line { start_offset, end_offset, content: LineContent::Complete(content) }));
             }
             searched = self.filled;
             let pending = self.filled - self.position;
@@ -868,9 +773,8 @@ impl LineReader {
     fn skip_oversize(&mut self, file: &mut File) -> std::io::Result<Option<Line<'_>>> {
         let start_offset = self.buffer_offset + self.position as u64;
         self.oversize_sample.clear();
-        self.oversize_sample.extend_from_slice(
-            &self.buffer[self.position..self.filled.min(self.position + OVERSIZE_SAMPLE_BYTES)],
-        );
+        self.oversize_sample
+            .extend_from_slice(&self.buffer[self.position..self.filled.min(self.position + OVERSIZE_SAMPLE_BYTES)]);
         let mut scan_from = self.position;
         loop {
             if let Some(i) = memchr::memchr(b'\n', &self.buffer[scan_from..self.filled]) {

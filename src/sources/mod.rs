@@ -27,26 +27,13 @@ pub struct EmitOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("source `{source_name}`: cannot read {path}: {error}")]
-    Io {
-        source_name: String,
-        path: String,
-        error: std::io::Error,
-    },
+    Io { source_name: String, path: String, error: std::io::Error },
     #[error("source `{source_name}`: publish failed: {error}")]
-    Publish {
-        source_name: String,
-        error: crate::bus::BusError,
-    },
+    Publish { source_name: String, error: crate::bus::BusError },
     #[error("source `{source_name}`: {error}")]
-    Checkpoint {
-        source_name: String,
-        error: checkpoint::CheckpointError,
-    },
+    Checkpoint { source_name: String, error: checkpoint::CheckpointError },
     #[error("source `{source_name}`: {problem}")]
-    Config {
-        source_name: String,
-        problem: String,
-    },
+    Config { source_name: String, problem: String },
 }
 
 /// A producer of change events.

@@ -59,11 +59,7 @@ pub struct LandStats {
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
     #[error("duckdb warehouse {path}: {context}: {source}")]
-    DuckDb {
-        path: String,
-        context: String,
-        source: ::duckdb::Error,
-    },
+    DuckDb { path: String, context: String, source: ::duckdb::Error },
     #[error("table `{0}` has no schema file (schemas/{0}.json)")]
     UnknownTable(String),
     #[error("schema change refused for table `{table}`: {problem}")]
@@ -75,10 +71,7 @@ pub enum WarehouseError {
 impl WarehouseError {
     /// True when retrying the same batch can succeed (I/O, locks, a restarting service).
     pub fn is_transient(&self) -> bool {
-        !matches!(
-            self,
-            WarehouseError::UnknownTable(_) | WarehouseError::SchemaChange { .. }
-        )
+        !matches!(self, WarehouseError::UnknownTable(_) | WarehouseError::SchemaChange { .. })
     }
 }
 

@@ -72,9 +72,7 @@ pub fn staging_type(column: &Column) -> StagingType {
         return StagingType::Varchar;
     }
     match column.column_type {
-        ColumnType::String | ColumnType::Json | ColumnType::Record | ColumnType::Numeric => {
-            StagingType::Varchar
-        }
+        ColumnType::String | ColumnType::Json | ColumnType::Record | ColumnType::Numeric => StagingType::Varchar,
         ColumnType::Int64 => StagingType::Bigint,
         ColumnType::Float64 => StagingType::Double,
         ColumnType::Bool => StagingType::Boolean,
@@ -130,28 +128,15 @@ pub fn create_table(table: &TableSchema) -> String {
         .columns
         .iter()
         .map(|c| {
-            let key = table.primary_key.contains(&c.name)
-                || table.version_column.as_deref() == Some(&c.name);
-            format!(
-                "{} {}{}",
-                quote_ident(&c.name),
-                column_type(c),
-                if key { " NOT NULL" } else { "" }
-            )
+            let key = table.primary_key.contains(&c.name) || table.version_column.as_deref() == Some(&c.name);
+            format!("{} {}{}", quote_ident(&c.name), column_type(c), if key { " NOT NULL" } else { "" })
         })
         .collect();
     columns.push(format!("{} VARCHAR NOT NULL", quote_ident(EVENT_ID)));
     columns.push(format!("{} BIGINT", quote_ident(VERSION)));
-    columns.push(format!(
-        "{} BOOLEAN NOT NULL DEFAULT false",
-        quote_ident(DELETED)
-    ));
+    columns.push(format!("{} BOOLEAN NOT NULL DEFAULT false", quote_ident(DELETED)));
     columns.push(format!("{} TIMESTAMP NOT NULL", quote_ident(LANDED_AT)));
-    format!(
-        "CREATE TABLE IF NOT EXISTS {} ({})",
-        quote_ident(&table.table),
-        columns.join(", ")
-    )
+    format!("CREATE TABLE IF NOT EXISTS {} ({})", quote_ident(&table.table), columns.join(", "))
 }
 
 /// `ALTER TABLE … ADD COLUMN` for a new NULLABLE column.
@@ -164,7 +149,8 @@ pub fn add_column(table: &TableSchema, column: &Column) -> String {
     )
 }
 
-/// The staging table (re-created at start-up so it always matches the schema file).
+/// The staging table (re-created at start-up so it always matches the schema file). TEMP: it lives in
+/// memory, so staging rows are never written to the database file or checkpointed.
 pub fn create_staging(table: &TableSchema) -> String {
     let mut columns = vec![
         format!("{STAGE_EVENT_ID} VARCHAR"),
@@ -172,35 +158,16 @@ pub fn create_staging(table: &TableSchema) -> String {
         format!("{STAGE_DELETED} BOOLEAN"),
         format!("{STAGE_SEQUENCE} BIGINT"),
     ];
-    columns.extend(
-        table
-            .columns
-            .iter()
-            .map(|c| format!("{} {}", quote_ident(&c.name), staging_type(c).sql())),
-    );
-    format!(
-        "CREATE OR REPLACE TABLE {} ({})",
-        quote_ident(&staging_table(table)),
-        columns.join(", ")
-    )
+    columns.extend(table.columns.iter().map(|c| format!("{} {}", quote_ident(&c.name), staging_type(c).sql())));
+    format!("CREATE OR REPLACE TEMP TABLE {} ({})", quote_ident(&staging_table(table)), columns.join(", "))
 }
 
 fn column_list(table: &TableSchema) -> String {
-    table
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ")
+    table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
 }
 
 fn cast_list(table: &TableSchema) -> String {
-    table
-        .columns
-        .iter()
-        .map(cast_from_stage)
-        .collect::<Vec<_>>()
-        .join(", ")
+    table.columns.iter().map(cast_from_stage).collect::<Vec<_>>().join(", ")
 }
 
 /// Append tables: insert the staged rows whose event id is not in the table yet (first copy wins
@@ -224,18 +191,10 @@ pub fn insert_new_events(table: &TableSchema) -> String {
 /// version is higher than the stored one. On equal versions a delete wins, then the larger event id,
 /// so the result does not depend on arrival order.
 pub fn merge_versioned(table: &TableSchema) -> String {
-    assert_eq!(
-        table.write_mode,
-        WriteMode::Upsert,
-        "merge_versioned is for upsert tables"
-    );
+    assert_eq!(table.write_mode, WriteMode::Upsert, "merge_versioned is for upsert tables");
     let target = quote_ident(&table.table);
     let keys: Vec<String> = table.primary_key.iter().map(|k| quote_ident(k)).collect();
-    let on = keys
-        .iter()
-        .map(|k| format!("t.{k} = s.{k}"))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let on = keys.iter().map(|k| format!("t.{k} = s.{k}")).collect::<Vec<_>>().join(" AND ");
     let version = quote_ident(VERSION);
     let updates = table
         .columns
@@ -274,11 +233,7 @@ pub fn clear_staging(table: &TableSchema) -> String {
 
 /// Live rows of a table: tombstones excluded.
 pub fn count_live_rows(table: &TableSchema) -> String {
-    format!(
-        "SELECT count(*) FROM {} WHERE NOT {}",
-        quote_ident(&table.table),
-        quote_ident(DELETED)
-    )
+    format!("SELECT count(*) FROM {} WHERE NOT {}", quote_ident(&table.table), quote_ident(DELETED))
 }
 
 #[cfg(test)]
@@ -287,11 +242,7 @@ mod tests {
     use crate::schema::Catalog;
 
     fn catalog() -> Catalog {
-        Catalog::load_dir(std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/schemas"
-        )))
-        .unwrap()
+        Catalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))).unwrap()
     }
 
     #[test]
@@ -303,16 +254,10 @@ mod tests {
     #[test]
     fn create_table_maps_types_and_adds_system_columns() {
         let sql = create_table(catalog().get("atoms").unwrap());
-        assert!(
-            sql.starts_with("CREATE TABLE IF NOT EXISTS \"atoms\" ("),
-            "{sql}"
-        );
+        assert!(sql.starts_with("CREATE TABLE IF NOT EXISTS \"atoms\" ("), "{sql}");
         assert!(sql.contains("\"tags\" VARCHAR[]"), "{sql}");
         assert!(sql.contains("\"created_at\" TIMESTAMP,"), "{sql}");
-        assert!(
-            sql.contains("\"_bqsync_event_id\" VARCHAR NOT NULL"),
-            "{sql}"
-        );
+        assert!(sql.contains("\"_bqsync_event_id\" VARCHAR NOT NULL"), "{sql}");
         let zoom = create_table(catalog().get("zoom_sessions").unwrap());
         assert!(zoom.contains("\"participants\" JSON"), "{zoom}");
         assert!(zoom.contains("\"session_id\" VARCHAR NOT NULL"), "{zoom}");
@@ -322,35 +267,18 @@ mod tests {
     fn append_sql_deduplicates_on_event_id() {
         let sql = insert_new_events(catalog().get("atoms").unwrap());
         assert!(
-            sql.contains(
-                "WHERE NOT EXISTS (SELECT 1 FROM \"atoms\" t WHERE t.\"_bqsync_event_id\" = s._e)"
-            ),
+            sql.contains("WHERE NOT EXISTS (SELECT 1 FROM \"atoms\" t WHERE t.\"_bqsync_event_id\" = s._e)"),
             "{sql}"
         );
-        assert!(
-            sql.contains("CAST(CAST(s.\"tags\" AS JSON) AS VARCHAR[])"),
-            "{sql}"
-        );
+        assert!(sql.contains("CAST(CAST(s.\"tags\" AS JSON) AS VARCHAR[])"), "{sql}");
     }
 
     #[test]
     fn merge_sql_is_version_guarded() {
         let sql = merge_versioned(catalog().get("contacts_master").unwrap());
-        assert!(
-            sql.contains("ON (t.\"contact_id\" = s.\"contact_id\")"),
-            "{sql}"
-        );
-        assert!(
-            sql.contains("WHEN MATCHED AND s._v > t.\"_bqsync_version\" THEN UPDATE SET"),
-            "{sql}"
-        );
-        assert!(
-            sql.contains("PARTITION BY \"contact_id\" ORDER BY _v DESC, _d DESC, _e DESC"),
-            "{sql}"
-        );
-        assert!(
-            !sql.contains("\"contact_id\" = s.\"contact_id\","),
-            "keys are never updated: {sql}"
-        );
+        assert!(sql.contains("ON (t.\"contact_id\" = s.\"contact_id\")"), "{sql}");
+        assert!(sql.contains("WHEN MATCHED AND s._v > t.\"_bqsync_version\" THEN UPDATE SET"), "{sql}");
+        assert!(sql.contains("PARTITION BY \"contact_id\" ORDER BY _v DESC, _d DESC, _e DESC"), "{sql}");
+        assert!(!sql.contains("\"contact_id\" = s.\"contact_id\","), "keys are never updated: {sql}");
     }
 }

@@ -80,12 +80,9 @@ impl Classifier<'_> {
 
     /// A delivery from the dead-letter queue (moved there after max attempts).
     pub fn classify_exhausted(&self, delivery: &Delivery) -> Classified {
-        let attempts = delivery
-            .attributes
-            .get("bqsync_dead_letter_attempts")
-            .cloned()
-            .unwrap_or_default();
-        let detail = format!("not acked after {attempts} delivery attempts (worker crash, warehouse outage or a failing batch)");
+        let attempts = delivery.attributes.get("bqsync_dead_letter_attempts").cloned().unwrap_or_default();
+        let detail =
+            format!("not acked after {attempts} delivery attempts (worker crash, warehouse outage or a failing batch)");
         let event_id = delivery.attributes.get(attr::EVENT_ID).cloned();
         let table = delivery.attributes.get(attr::TABLE).cloned();
         Classified::DeadLetter(self.dead_letter_row(
@@ -101,15 +98,10 @@ impl Classifier<'_> {
     fn try_row(
         &self,
         delivery: &Delivery,
-    ) -> Result<(String, StagedRow), (DeadLetterReason, String, Option<String>, Option<String>)>
-    {
+    ) -> Result<(String, StagedRow), (DeadLetterReason, String, Option<String>, Option<String>)> {
         let table_attr = delivery.attributes.get(attr::TABLE).cloned();
         if let Some(reason) = delivery.attributes.get(attr::POISON_REASON) {
-            let detail = delivery
-                .attributes
-                .get(attr::POISON_DETAIL)
-                .cloned()
-                .unwrap_or_default();
+            let detail = delivery.attributes.get(attr::POISON_DETAIL).cloned().unwrap_or_default();
             return Err((
                 DeadLetterReason::parse(reason).unwrap_or(DeadLetterReason::Decode),
                 detail,
@@ -130,18 +122,11 @@ impl Classifier<'_> {
                 delivery.attributes.get(attr::EVENT_ID).cloned(),
             ));
         }
-        let event = decode(&delivery.data).map_err(|e| {
-            (
-                DeadLetterReason::Decode,
-                e.to_string(),
-                table_attr.clone(),
-                None,
-            )
-        })?;
+        let event =
+            decode(&delivery.data).map_err(|e| (DeadLetterReason::Decode, e.to_string(), table_attr.clone(), None))?;
         let event_id = Some(event.event_id.clone());
         let table_name = event.table.to_string();
-        let fail =
-            |reason, detail: String| (reason, detail, Some(table_name.clone()), event_id.clone());
+        let fail = |reason, detail: String| (reason, detail, Some(table_name.clone()), event_id.clone());
         let Some(schema) = self.catalog.get(&table_name) else {
             return Err(fail(
                 DeadLetterReason::UnknownTable,
@@ -153,10 +138,7 @@ impl Classifier<'_> {
             (mode, op) => {
                 return Err(fail(
                     DeadLetterReason::Schema,
-                    format!(
-                        "op `{op:?}` does not apply to table `{table_name}` (write_mode {mode:?})"
-                    )
-                    .to_lowercase(),
+                    format!("op `{op:?}` does not apply to table `{table_name}` (write_mode {mode:?})").to_lowercase(),
                 ))
             }
         }
@@ -165,14 +147,10 @@ impl Classifier<'_> {
         if let Some(key) = &event.key {
             for (column, value) in key {
                 let payload_value = event.payload.get(column);
-                if schema.primary_key.contains(column) && payload_value.is_some_and(|p| p != value)
-                {
+                if schema.primary_key.contains(column) && payload_value.is_some_and(|p| p != value) {
                     return Err(fail(
                         DeadLetterReason::Schema,
-                        format!(
-                            "key `{column}` is {value} but the payload says {}",
-                            payload_value.expect("checked")
-                        ),
+                        format!("key `{column}` is {value} but the payload says {}", payload_value.expect("checked")),
                     ));
                 }
             }
@@ -180,8 +158,7 @@ impl Classifier<'_> {
         if event.op == Op::Delete {
             // A tombstone keeps only its key and version; the other columns are cleared.
             for (cell, column) in cells.iter_mut().zip(&schema.columns) {
-                if !schema.primary_key.contains(&column.name)
-                    && schema.version_column.as_deref() != Some(&column.name)
+                if !schema.primary_key.contains(&column.name) && schema.version_column.as_deref() != Some(&column.name)
                 {
                     *cell = CellValue::Null;
                 }
@@ -190,18 +167,12 @@ impl Classifier<'_> {
                 let index = schema.column_index(key).expect("checked key");
                 if cells[index] == CellValue::Null {
                     let from_key = event.key.as_ref().and_then(|k| k.get(key));
-                    cells[index] =
-                        crate::schema::coerce_value(&schema.columns[index], from_key, false)
-                            .map_err(|e| fail(DeadLetterReason::Schema, e.0))?;
+                    cells[index] = crate::schema::coerce_value(&schema.columns[index], from_key, false)
+                        .map_err(|e| fail(DeadLetterReason::Schema, e.0))?;
                 }
             }
         }
-        let row = StagedRow {
-            event_id: event.event_id,
-            op: event.op,
-            version: event.version,
-            cells,
-        };
+        let row = StagedRow { event_id: event.event_id, op: event.op, version: event.version, cells };
         Ok((table_name, row))
     }
 
@@ -228,8 +199,7 @@ impl Classifier<'_> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(delivery.delivery_attempt as i64);
         let source = delivery.attributes.get(attr::SOURCE).cloned();
-        let text =
-            |s: Option<&str>| s.map_or(CellValue::Null, |s| CellValue::String(s.to_string()));
+        let text = |s: Option<&str>| s.map_or(CellValue::Null, |s| CellValue::String(s.to_string()));
         let value_of = |column: &str| -> CellValue {
             match column {
                 "dead_letter_id" => CellValue::String(dead_letter_id.clone()),
@@ -238,13 +208,11 @@ impl Classifier<'_> {
                 "reason" => CellValue::String(reason.as_str().into()),
                 "detail" => CellValue::String(detail.into()),
                 "source" => text(source.as_deref()),
-                "message" => {
-                    CellValue::String(String::from_utf8_lossy(&delivery.data).into_owned())
-                }
+                "message" => CellValue::String(String::from_utf8_lossy(&delivery.data).into_owned()),
                 "message_bytes" => CellValue::Bytes(delivery.data.clone()),
-                "attributes" => CellValue::JsonText(
-                    serde_json::to_string(&delivery.attributes).unwrap_or_else(|_| "{}".into()),
-                ),
+                "attributes" => {
+                    CellValue::JsonText(serde_json::to_string(&delivery.attributes).unwrap_or_else(|_| "{}".into()))
+                }
                 "delivery_attempts" => CellValue::Int64(attempts),
                 "first_failed_at" => CellValue::Timestamp(first_failed),
                 "last_failed_at" => CellValue::Timestamp(now),
@@ -256,17 +224,7 @@ impl Classifier<'_> {
             Some(schema) => schema.columns.iter().map(|c| value_of(&c.name)).collect(),
             None => Vec::new(),
         };
-        tracing::warn!(
-            reason = reason.as_str(),
-            table = table.unwrap_or("?"),
-            detail,
-            "dead-lettered"
-        );
-        StagedRow {
-            event_id: dead_letter_id,
-            op: Op::Insert,
-            version: None,
-            cells,
-        }
+        tracing::warn!(reason = reason.as_str(), table = table.unwrap_or("?"), detail, "dead-lettered");
+        StagedRow { event_id: dead_letter_id, op: Op::Insert, version: None, cells }
     }
 }

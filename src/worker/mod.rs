@@ -115,12 +115,7 @@ struct PendingBatch {
 
 impl PendingBatch {
     fn new() -> PendingBatch {
-        PendingBatch {
-            rows: Vec::new(),
-            handles: Vec::new(),
-            bytes: 0,
-            oldest: Instant::now(),
-        }
+        PendingBatch { rows: Vec::new(), handles: Vec::new(), bytes: 0, oldest: Instant::now() }
     }
 }
 
@@ -185,16 +180,10 @@ impl Worker {
             if mode == StopMode::Now {
                 break;
             }
-            let wait = self
-                .time_to_next_flush(max_age)
-                .min(Duration::from_millis(200));
+            let wait = self.time_to_next_flush(max_age).min(Duration::from_millis(200));
             // Never cancel a pull midway: deliveries it leased would sit out their lease unprocessed.
             // Its wait is short, so a stop request is seen within it.
-            let deliveries = match self
-                .subscription
-                .pull(self.config.pull_max_messages, wait)
-                .await
-            {
+            let deliveries = match self.subscription.pull(self.config.pull_max_messages, wait).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, "pull failed; retrying");
@@ -205,24 +194,16 @@ impl Worker {
             let got_any = !deliveries.is_empty();
             self.accept(deliveries, Origin::Main);
             if let Some(dead) = self.dead_letter_subscription.clone() {
-                if let Ok(exhausted) = dead
-                    .pull(self.config.pull_max_messages, Duration::ZERO)
-                    .await
-                {
+                if let Ok(exhausted) = dead.pull(self.config.pull_max_messages, Duration::ZERO).await {
                     self.accept(exhausted, Origin::DeadLetterQueue);
                 }
             }
             let idle = !got_any;
-            self.flush_due(max_age, idle && mode == StopMode::WhenDrained)
-                .await;
+            self.flush_due(max_age, idle && mode == StopMode::WhenDrained).await;
             if idle && mode == StopMode::WhenDrained && self.pending.is_empty() {
                 self.finish_in_flight().await;
             }
-            if idle
-                && mode == StopMode::WhenDrained
-                && self.pending.is_empty()
-                && self.bus_is_empty().await
-            {
+            if idle && mode == StopMode::WhenDrained && self.pending.is_empty() && self.bus_is_empty().await {
                 tracing::info!("input drained: every event landed or dead-lettered");
                 break;
             }
@@ -233,37 +214,21 @@ impl Worker {
     }
 
     async fn bus_is_empty(&self) -> bool {
-        let main = self
-            .subscription
-            .stats()
-            .await
-            .map(|s| s.pending == 0 && s.leased == 0)
-            .unwrap_or(false);
+        let main = self.subscription.stats().await.map(|s| s.pending == 0 && s.leased == 0).unwrap_or(false);
         let dead = match &self.dead_letter_subscription {
-            Some(d) => d
-                .stats()
-                .await
-                .map(|s| s.pending == 0 && s.leased == 0)
-                .unwrap_or(false),
+            Some(d) => d.stats().await.map(|s| s.pending == 0 && s.leased == 0).unwrap_or(false),
             None => true,
         };
         main && dead
     }
 
     fn time_to_next_flush(&self, max_age: Duration) -> Duration {
-        self.pending
-            .values()
-            .map(|b| max_age.saturating_sub(b.oldest.elapsed()))
-            .min()
-            .unwrap_or(max_age)
+        self.pending.values().map(|b| max_age.saturating_sub(b.oldest.elapsed())).min().unwrap_or(max_age)
     }
 
     /// Sorts deliveries into per-table batches; poison goes to the dead-letter batch.
     fn accept(&mut self, deliveries: Vec<Delivery>, origin: Origin) {
-        let classifier = Classifier {
-            catalog: &self.catalog,
-            max_event_bytes: self.config.max_event_bytes,
-        };
+        let classifier = Classifier { catalog: &self.catalog, max_event_bytes: self.config.max_event_bytes };
         for delivery in deliveries {
             self.stats.delivered += 1;
             let classified = match origin {
@@ -305,9 +270,7 @@ impl Worker {
             return;
         }
         let mut tables = due;
-        if !tables.iter().any(|t| t == DEAD_LETTER_TABLE)
-            && self.pending.contains_key(DEAD_LETTER_TABLE)
-        {
+        if !tables.iter().any(|t| t == DEAD_LETTER_TABLE) && self.pending.contains_key(DEAD_LETTER_TABLE) {
             tables.push(DEAD_LETTER_TABLE.to_string());
         }
         let mut batches = Vec::with_capacity(tables.len());
@@ -315,10 +278,7 @@ impl Worker {
         for table in tables {
             let pending = self.pending.remove(&table).expect("due table is pending");
             handles.extend(pending.handles);
-            batches.push(TableBatch {
-                table,
-                rows: pending.rows,
-            });
+            batches.push(TableBatch { table, rows: pending.rows });
         }
         // One landing at a time, overlapped with pulling and classifying the next batch: wait for
         // the previous landing (and its acks) before starting this one.
@@ -338,11 +298,7 @@ impl Worker {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::error!(error = %e, "landing task failed");
-                LandOutcome {
-                    committed: None,
-                    rows: 0,
-                    failures: 1,
-                }
+                LandOutcome { committed: None, rows: 0, failures: 1 }
             }
         };
         self.stats.failed_flushes += outcome.failures;
@@ -358,13 +314,8 @@ impl Worker {
 
     /// Acks the deliveries of a committed batch. Takes the proof so no other path can ack.
     async fn ack(&self, _proof: Committed, handles: Vec<(Origin, AckHandle)>) {
-        let (main, dead): (Vec<_>, Vec<_>) =
-            handles.into_iter().partition(|(o, _)| *o == Origin::Main);
-        if let Err(e) = self
-            .subscription
-            .ack(main.into_iter().map(|(_, h)| h).collect())
-            .await
-        {
+        let (main, dead): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(o, _)| *o == Origin::Main);
+        if let Err(e) = self.subscription.ack(main.into_iter().map(|(_, h)| h).collect()).await {
             // Not fatal: the messages come back after their lease and land as no-ops.
             tracing::error!(error = %e, "ack failed after commit; the messages will be redelivered and deduplicated");
         }
@@ -376,12 +327,8 @@ impl Worker {
     }
 
     async fn nack(&self, handles: Vec<(Origin, AckHandle)>) {
-        let (main, dead): (Vec<_>, Vec<_>) =
-            handles.into_iter().partition(|(o, _)| *o == Origin::Main);
-        let _ = self
-            .subscription
-            .nack(main.into_iter().map(|(_, h)| h).collect())
-            .await;
+        let (main, dead): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(o, _)| *o == Origin::Main);
+        let _ = self.subscription.nack(main.into_iter().map(|(_, h)| h).collect()).await;
         if let Some(sub) = &self.dead_letter_subscription {
             let _ = sub.nack(dead.into_iter().map(|(_, h)| h).collect()).await;
         }
@@ -402,11 +349,7 @@ struct LandOutcome {
 }
 
 /// Lands with exponential backoff and jitter until it commits or the retry budget runs out.
-async fn land_with_retry(
-    warehouse: Arc<dyn Warehouse>,
-    batches: Vec<TableBatch>,
-    config: WorkerConfig,
-) -> LandOutcome {
+async fn land_with_retry(warehouse: Arc<dyn Warehouse>, batches: Vec<TableBatch>, config: WorkerConfig) -> LandOutcome {
     let started = Instant::now();
     let budget = Duration::from_secs(config.retry_budget_secs);
     let mut delay = Duration::from_millis(config.retry_initial_ms);
@@ -417,21 +360,13 @@ async fn land_with_retry(
         match warehouse.land(batches.clone()).await {
             Ok((committed, stats)) => {
                 tracing::debug!(?stats, "batch committed");
-                return LandOutcome {
-                    committed: Some(committed),
-                    rows,
-                    failures,
-                };
+                return LandOutcome { committed: Some(committed), rows, failures };
             }
             Err(e) => {
                 failures += 1;
                 if started.elapsed() + delay > budget {
                     tracing::error!(error = %e, rows, "landing keeps failing; releasing the batch for redelivery");
-                    return LandOutcome {
-                        committed: None,
-                        rows,
-                        failures,
-                    };
+                    return LandOutcome { committed: None, rows, failures };
                 }
                 tracing::warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "landing failed; retrying");
                 let jitter = 0.75 + fastrand::f64() * 0.5;

@@ -34,11 +34,7 @@ impl Project {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_bqsync"));
-        command
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("BQSYNC_LOG", "warn")
-            .stdin(Stdio::null());
+        command.args(args).current_dir(self.dir.path()).env("BQSYNC_LOG", "warn").stdin(Stdio::null());
         command
     }
 
@@ -47,19 +43,12 @@ impl Project {
         let mut args = vec!["run"];
         args.extend_from_slice(extra_args);
         let mut command = self.command(&args);
-        command
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(self.log_file()));
+        command.envs(env.iter().copied()).stdout(Stdio::null()).stderr(Stdio::from(self.log_file()));
         command.spawn().expect("spawn bqsync")
     }
 
     fn log_file(&self) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("bqsync.log"))
-            .unwrap()
+        std::fs::OpenOptions::new().create(true).append(true).open(self.path("bqsync.log")).unwrap()
     }
 
     /// Runs `bqsync run --until-drained` to completion and asserts it succeeded.
@@ -72,33 +61,18 @@ impl Project {
             .spawn()
             .unwrap();
         let status = wait_exit(&mut child, Duration::from_secs(300));
-        assert!(
-            status.success(),
-            "bqsync run --until-drained failed: {status}; log:\n{}",
-            self.log_tail()
-        );
+        assert!(status.success(), "bqsync run --until-drained failed: {status}; log:\n{}", self.log_tail());
     }
 
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.path("bqsync.log")).unwrap_or_default();
-        log.lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
+        log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
     pub fn append(&self, relative: &str, bytes: &[u8]) {
         let path = self.path(relative);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
         file.write_all(bytes).unwrap();
     }
 
@@ -108,22 +82,15 @@ impl Project {
     }
 
     pub fn query_i64(&self, sql: &str) -> i64 {
-        self.warehouse()
-            .query_row(sql, [], |r| r.get(0))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        self.warehouse().query_row(sql, [], |r| r.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// Sum over file checkpoints of (file size - offset): 0 when every byte written so far is published.
     pub fn checkpoint_lag(&self) -> Option<u64> {
         let state = rusqlite::Connection::open(self.path(".bqsync/state.db")).ok()?;
-        let mut statement = state
-            .prepare("SELECT path, offset, inode FROM file_checkpoints")
-            .ok()?;
-        let rows: Vec<(String, i64, i64)> = statement
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .ok()?
-            .filter_map(Result::ok)
-            .collect();
+        let mut statement = state.prepare("SELECT path, offset, inode FROM file_checkpoints").ok()?;
+        let rows: Vec<(String, i64, i64)> =
+            statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).ok()?.filter_map(Result::ok).collect();
         // Paths are stored as configured (relative to the project directory); a path that holds
         // another file now (rotation) does not count.
         Some(
@@ -140,20 +107,14 @@ impl Project {
     /// Number of files with a checkpoint.
     pub fn checkpoint_count(&self) -> Option<i64> {
         let state = rusqlite::Connection::open(self.path(".bqsync/state.db")).ok()?;
-        state
-            .query_row("SELECT count(*) FROM file_checkpoints", [], |r| r.get(0))
-            .ok()
+        state.query_row("SELECT count(*) FROM file_checkpoints", [], |r| r.get(0)).ok()
     }
 
     /// Messages still on the bus (pending or leased).
     pub fn bus_depth(&self) -> Option<i64> {
         let bus = rusqlite::Connection::open(self.path(".bqsync/bus.db")).ok()?;
-        bus.query_row(
-            "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM dlq_messages)",
-            [],
-            |r| r.get(0),
-        )
-        .ok()
+        bus.query_row("SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM dlq_messages)", [], |r| r.get(0))
+            .ok()
     }
 }
 
@@ -168,10 +129,7 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
 
 /// Sends a signal to a child.
 pub fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }
 
