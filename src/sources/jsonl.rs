@@ -803,3 +803,65 @@ impl LineReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_with(bytes: &[u8]) -> File {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file
+    }
+
+    /// Collects (start, end, content or oversize length) for every line the reader finds.
+    fn lines(bytes: &[u8], max_line: usize) -> (Vec<(u64, u64, Result<Vec<u8>, u64>)>, u64) {
+        let mut file = file_with(bytes);
+        let mut reader = LineReader::new(max_line);
+        let mut found = Vec::new();
+        while let Some(line) = reader.next_line(&mut file).unwrap() {
+            let content = match line.content {
+                LineContent::Complete(c) => Ok(c.to_vec()),
+                LineContent::Oversize { total_len, sample } => {
+                    assert!(sample.len() <= OVERSIZE_SAMPLE_BYTES);
+                    Err(total_len)
+                }
+            };
+            found.push((line.start_offset, line.end_offset, content));
+        }
+        (found, reader.consumed())
+    }
+
+    #[test]
+    fn complete_lines_only_with_crlf_and_bom() {
+        let (found, consumed) = lines(b"\xEF\xBB\xBFa\r\nbb\n\nhalf", 100);
+        let contents: Vec<_> = found.iter().map(|(_, _, c)| c.clone().unwrap()).collect();
+        assert_eq!(contents, vec![b"a".to_vec(), b"bb".to_vec(), b"".to_vec()]);
+        assert_eq!(consumed, 10, "the half-written last line is not consumed");
+    }
+
+    #[test]
+    fn a_line_longer_than_the_read_buffer_is_skipped_with_its_length() {
+        let long = vec![b'x'; READ_CHUNK * 2 + 17];
+        let mut bytes = b"ok\n".to_vec();
+        bytes.extend_from_slice(&long);
+        bytes.extend_from_slice(b"\nnext\n");
+        let (found, consumed) = lines(&bytes, 1000);
+        assert_eq!(found.len(), 3);
+        assert_eq!(found[1].2, Err(long.len() as u64));
+        assert_eq!((found[1].0, found[1].1), (3, 3 + long.len() as u64 + 1));
+        assert_eq!(found[2].2, Ok(b"next".to_vec()));
+        assert_eq!(consumed, bytes.len() as u64);
+    }
+
+    #[test]
+    fn an_unfinished_long_line_waits_at_its_start() {
+        let mut bytes = b"ok\n".to_vec();
+        bytes.extend_from_slice(&vec![b'y'; READ_CHUNK + 5]);
+        let (found, consumed) = lines(&bytes, 1000);
+        assert_eq!(found.len(), 1);
+        assert_eq!(consumed, 3, "nothing past the start of the unfinished line is consumed");
+    }
+}
