@@ -175,6 +175,19 @@ fn bad_input_is_dead_lettered_with_its_reason_and_good_lines_flow() {
     assert_eq!(detail("%exceeds worker.max_event_bytes = 100000%"), 1);
     // The exact original bytes are kept, even when they are not UTF-8.
     assert_eq!(project.query_i64("SELECT count(*) FROM dead_letters WHERE message_bytes = '{\"event_id\":\"bad-utf8\",\"text\":\"\\xFF\\xFE\"}'::BLOB"), 1);
+    // `bqsync status --json` reports the same figures.
+    let output = project.command(&["status", "--json"]).output().unwrap();
+    assert!(output.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = status["rows_per_table"].as_array().unwrap();
+    assert!(rows.contains(&serde_json::json!(["atoms", 1002])), "{status}");
+    // The corrupt envelope is filed under the table it named.
+    assert!(
+        status["dead_letters"].as_array().unwrap().contains(&serde_json::json!(["atoms", "decode", 4])),
+        "{status}"
+    );
+    assert_eq!(status["queue"]["pending"], 0, "{status}");
+    assert!(status["checkpoints"].as_array().unwrap().iter().all(|c| c["lag_bytes"] == 0), "{status}");
     // A second run changes nothing: dead letters are deduplicated too.
     project.run_until_drained(&[]);
     assert_eq!(project.query_i64("SELECT count(*) FROM dead_letters"), expected.values().sum::<i64>());

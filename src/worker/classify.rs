@@ -122,8 +122,10 @@ impl Classifier<'_> {
                 delivery.attributes.get(attr::EVENT_ID).cloned(),
             ));
         }
-        let event =
-            decode(&delivery.data).map_err(|e| (DeadLetterReason::Decode, e.to_string(), table_attr.clone(), None))?;
+        let event = decode(&delivery.data).map_err(|e| {
+            let (table, event_id) = salvage_identity(&delivery.data);
+            (DeadLetterReason::Decode, e.to_string(), table_attr.clone().or(table), event_id)
+        })?;
         let event_id = Some(event.event_id.clone());
         let table_name = event.table.to_string();
         let fail = |reason, detail: String| (reason, detail, Some(table_name.clone()), event_id.clone());
@@ -227,4 +229,14 @@ impl Classifier<'_> {
         tracing::warn!(reason = reason.as_str(), table = table.unwrap_or("?"), detail, "dead-lettered");
         StagedRow { event_id: dead_letter_id, op: Op::Insert, version: None, cells }
     }
+}
+
+/// Table and event id of a body that is JSON but not a valid envelope, so its dead letter is filed
+/// under the right table. The table name is kept only if it is a valid identifier.
+fn salvage_identity(data: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(serde_json::Value::Object(body)) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return (None, None);
+    };
+    let text = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    (text("table").filter(|t| crate::schema::is_valid_identifier(t)), text("event_id"))
 }
