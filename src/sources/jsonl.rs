@@ -816,8 +816,11 @@ mod tests {
         file
     }
 
-    /// Collects (start, end, content or oversize length) for every line the reader finds.
-    fn lines(bytes: &[u8], max_line: usize) -> (Vec<(u64, u64, Result<Vec<u8>, u64>)>, u64) {
+    /// (start, end, content or oversize length) of one line.
+    type FoundLine = (u64, u64, Result<Vec<u8>, u64>);
+
+    /// Every line the reader finds, and the bytes it consumed.
+    fn lines(bytes: &[u8], max_line: usize) -> (Vec<FoundLine>, u64) {
         let mut file = file_with(bytes);
         let mut reader = LineReader::new(max_line);
         let mut found = Vec::new();
