@@ -360,11 +360,21 @@ fn coerce_scalar(column: &Column, value: &Value) -> Result<CellValue, String> {
             }
             _ => return Err(mismatch()),
         },
-        ColumnType::Numeric => match value {
-            Value::Number(n) => CellValue::JsonText(n.to_string()),
-            Value::String(s) if s.trim().parse::<f64>().is_ok() => CellValue::JsonText(s.trim().to_string()),
-            _ => return Err(mismatch()),
-        },
+        ColumnType::Numeric => {
+            let text = match value {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s.trim().to_string(),
+                _ => return Err(mismatch()),
+            };
+            if !is_numeric_38_9(&text) {
+                return Err(format!(
+                    "column `{}`: expected NUMERIC (at most 29 integer and 9 fractional digits), got {}",
+                    column.name,
+                    describe(value)
+                ));
+            }
+            CellValue::JsonText(text)
+        }
         ColumnType::Json => CellValue::JsonText(value.to_string()),
         ColumnType::Bytes => match value {
             Value::String(s) => CellValue::Bytes(decode_base64(s).ok_or_else(mismatch)?),
@@ -375,6 +385,19 @@ fn coerce_scalar(column: &Column, value: &Value) -> Result<CellValue, String> {
             _ => return Err(mismatch()),
         },
     })
+}
+
+/// True for a plain decimal that fits BigQuery's NUMERIC (precision 38, scale 9): checked here so
+/// the warehouse never rejects a whole batch over one value.
+fn is_numeric_38_9(text: &str) -> bool {
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (integer, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    !(integer.is_empty() && fraction.is_empty())
+        && all_digits(integer)
+        && all_digits(fraction)
+        && integer.trim_start_matches('0').len() <= 29
+        && fraction.len() <= 9
 }
 
 /// Standard base64 (with or without padding). Hand-written because it is the only use and it is small.
@@ -516,6 +539,16 @@ mod tests {
         assert_eq!(coerce_value(&tags, Some(&json!(["1", 2])), false).unwrap(), CellValue::JsonText("[1,2]".into()));
         assert!(coerce_value(&tags, Some(&json!(["x"])), false).unwrap_err().0.contains("element 0"));
         assert_eq!(coerce_value(&tags, None, false).unwrap(), CellValue::JsonText("[]".into()));
+    }
+
+    #[test]
+    fn numeric_values_must_fit_precision_38_scale_9() {
+        let c = column("amount", ColumnType::Numeric, ColumnMode::Nullable);
+        assert_eq!(coerce_value(&c, Some(&json!("-12.5")), false).unwrap(), CellValue::JsonText("-12.5".into()));
+        assert_eq!(coerce_value(&c, Some(&json!(7)), false).unwrap(), CellValue::JsonText("7".into()));
+        for bad in [json!(1e40), json!("1.0000000001"), json!("12a"), json!("."), json!(true)] {
+            assert!(coerce_value(&c, Some(&bad), false).is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

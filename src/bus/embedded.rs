@@ -150,12 +150,22 @@ impl EmbeddedBus {
 
     /// The subscription on the main queue.
     pub fn subscription(&self) -> EmbeddedSubscription {
-        EmbeddedSubscription { bus: self.clone(), queue: MAIN, max_attempts: self.inner.max_delivery_attempts }
+        EmbeddedSubscription {
+            bus: self.clone(),
+            queue: MAIN,
+            max_attempts: self.inner.max_delivery_attempts,
+            next_expiry_scan: Arc::new(Mutex::new(0)),
+        }
     }
 
     /// The subscription on the dead-letter queue (messages that ran out of delivery attempts).
     pub fn dead_letter_subscription(&self) -> EmbeddedSubscription {
-        EmbeddedSubscription { bus: self.clone(), queue: DEAD, max_attempts: u32::MAX }
+        EmbeddedSubscription {
+            bus: self.clone(),
+            queue: DEAD,
+            max_attempts: u32::MAX,
+            next_expiry_scan: Arc::new(Mutex::new(0)),
+        }
     }
 
     /// Claims the right to consume this queue file for this process (the embedded bus has one
@@ -252,7 +262,13 @@ pub struct EmbeddedSubscription {
     bus: EmbeddedBus,
     queue: QueueTables,
     max_attempts: u32,
+    /// When (micros) to look for expired leases next. Leases expire on the ack-deadline timescale, so
+    /// scanning the lease table at most every [`EXPIRY_SCAN_INTERVAL_MICROS`] (and right after a nack)
+    /// keeps redelivery prompt without a scan per pull.
+    next_expiry_scan: Arc<Mutex<i64>>,
 }
+
+const EXPIRY_SCAN_INTERVAL_MICROS: i64 = 500_000;
 
 struct Row {
     seq: i64,
@@ -271,7 +287,15 @@ impl EmbeddedSubscription {
         let lease_until = now + self.bus.inner.ack_deadline.as_micros() as i64;
         let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut rows = Vec::new();
-        {
+        let scan_expired = {
+            let mut next = self.next_expiry_scan.lock().unwrap_or_else(|p| p.into_inner());
+            let due = now >= *next;
+            if due {
+                *next = now + EXPIRY_SCAN_INTERVAL_MICROS;
+            }
+            due
+        };
+        if scan_expired {
             let mut expired = tx.prepare_cached(&format!(
                 "SELECT d.seq, m.data, m.attributes, m.publish_micros, d.attempts, d.first_attempt_micros
                  FROM {d} d JOIN {m} m ON m.seq = d.seq WHERE d.lease_until <= ?1 ORDER BY d.seq LIMIT ?2",
@@ -442,6 +466,7 @@ impl Subscription for EmbeddedSubscription {
     }
 
     async fn nack(&self, handles: Vec<AckHandle>) -> Result<(), BusError> {
+        *self.next_expiry_scan.lock().unwrap_or_else(|p| p.into_inner()) = 0;
         let q = self.queue;
         let ids = embedded_handles(handles);
         self.bus
