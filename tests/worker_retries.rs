@@ -1,0 +1,112 @@
+//! The worker against a warehouse that fails: a real DuckDB warehouse behind a fault injector that
+//! refuses the first landings. Nothing may be acked while landing fails, and once it works again every
+//! event lands exactly once — whether the batch was retried in place or released for redelivery.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bqsync::bus::embedded::{EmbeddedBus, EmbeddedBusConfig};
+use bqsync::bus::{OutboundMessage, Publisher, Subscription};
+use bqsync::schema::Catalog;
+use bqsync::warehouse::duckdb::{DuckDbConfig, DuckDbWarehouse};
+use bqsync::warehouse::{Committed, LandStats, TableBatch, Warehouse, WarehouseError};
+use bqsync::worker::{StopMode, Worker, WorkerConfig};
+
+/// Fails the first `failures` landings (as a transient error), then delegates.
+struct FailingWarehouse {
+    inner: DuckDbWarehouse,
+    failures: AtomicU32,
+    bus: EmbeddedBus,
+    events: u64,
+    messages_present_during_failures: AtomicU32,
+}
+
+#[async_trait]
+impl Warehouse for FailingWarehouse {
+    async fn ensure_tables(&self) -> Result<(), WarehouseError> {
+        self.inner.ensure_tables().await
+    }
+
+    async fn land(
+        &self,
+        batches: Arc<Vec<TableBatch>>,
+    ) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError> {
+        if self.failures.load(Ordering::SeqCst) > 0 {
+            self.failures.fetch_sub(1, Ordering::SeqCst);
+            let stats = self.bus.subscription().stats().await.unwrap();
+            if stats.pending + stats.leased == self.events {
+                self.messages_present_during_failures.fetch_add(1, Ordering::SeqCst);
+            }
+            return Err(WarehouseError::Task("injected failure: warehouse unavailable".into()));
+        }
+        self.inner.land(batches).await
+    }
+
+    async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError> {
+        self.inner.row_counts().await
+    }
+
+    async fn dead_letter_counts(&self) -> Result<Vec<(String, String, u64)>, WarehouseError> {
+        self.inner.dead_letter_counts().await
+    }
+}
+
+fn event(i: u64) -> OutboundMessage {
+    let body = format!(
+        r#"{{"event_id":"e{i}","table":"atoms","op":"insert","payload":{{"event_id":"e{i}","created_at":"2024-01-01T00:00:00Z"}},"source":"test","produced_at":"2024-01-01T00:00:00Z"}}"#
+    );
+    OutboundMessage { data: body.into_bytes(), attributes: Default::default() }
+}
+
+async fn run_with_failures(failures: u32, retry_budget_secs: u64) -> (u64, u32, bqsync::worker::WorkerStats) {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog =
+        Arc::new(Catalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))).unwrap());
+    let bus_config = EmbeddedBusConfig { path: dir.path().join("bus.db"), ack_deadline_secs: 5, ..Default::default() };
+    let bus = EmbeddedBus::open(&bus_config).unwrap();
+    let events = 3000;
+    bus.publish((0..events).map(event).collect()).await.unwrap();
+    let duck = DuckDbConfig { path: dir.path().join("w.duckdb"), ..Default::default() };
+    let warehouse = Arc::new(FailingWarehouse {
+        inner: DuckDbWarehouse::open(&duck, catalog.clone()).unwrap(),
+        failures: AtomicU32::new(failures),
+        bus: bus.clone(),
+        events,
+        messages_present_during_failures: AtomicU32::new(0),
+    });
+    warehouse.ensure_tables().await.unwrap();
+    let config = WorkerConfig {
+        retry_initial_ms: 20,
+        retry_max_ms: 200,
+        retry_budget_secs,
+        max_batch_age_ms: 50,
+        ..Default::default()
+    };
+    let subscription: Arc<dyn Subscription> = Arc::new(bus.subscription());
+    let mut worker =
+        Worker::new(config, catalog, warehouse.clone(), subscription, Some(Arc::new(bus.dead_letter_subscription())));
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(StopMode::WhenDrained);
+    tokio::time::timeout(Duration::from_secs(60), worker.run(stop_rx)).await.expect("worker drains").unwrap();
+    let rows = warehouse.row_counts().await.unwrap().into_iter().find(|(t, _)| t == "atoms").unwrap().1;
+    let witnessed = warehouse.messages_present_during_failures.load(Ordering::SeqCst);
+    (rows, witnessed, worker.stats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_landings_are_retried_and_nothing_is_acked_meanwhile() {
+    let (rows, witnessed, stats) = run_with_failures(3, 10).await;
+    assert_eq!(rows, 3000, "every event lands exactly once");
+    assert_eq!(witnessed, 3, "during each failure all messages were still on the bus (none acked)");
+    assert_eq!(stats.failed_flushes, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_exhausts_its_retry_budget_is_redelivered_and_lands_once() {
+    // 1 s budget with 20–200 ms backoff: the first batch gives up, is nacked and comes back.
+    let (rows, witnessed, stats) = run_with_failures(12, 1).await;
+    assert_eq!(rows, 3000, "every event lands exactly once after redelivery");
+    assert_eq!(witnessed, 12, "nothing was acked while landing failed");
+    assert!(stats.delivered > 3000, "the released batch was delivered again: {stats:?}");
+}
