@@ -149,8 +149,8 @@ pub fn add_column(table: &TableSchema, column: &Column) -> String {
     )
 }
 
-/// The staging table (re-created at start-up so it always matches the schema file). TEMP: it lives in
-/// memory, so staging rows are never written to the database file or checkpointed.
+/// The staging table, created for each landing from the schema file. TEMP: it lives in memory, so
+/// staging rows are never written to the database file or checkpointed.
 pub fn create_staging(table: &TableSchema) -> String {
     let mut columns = vec![
         format!("{STAGE_EVENT_ID} VARCHAR"),
@@ -226,9 +226,9 @@ pub fn merge_versioned(table: &TableSchema) -> String {
     )
 }
 
-/// Empties a staging table after its rows were applied (same transaction).
-pub fn clear_staging(table: &TableSchema) -> String {
-    format!("DELETE FROM {}", quote_ident(&staging_table(table)))
+/// Drops a staging table after its rows were applied (same transaction).
+pub fn drop_staging(table: &TableSchema) -> String {
+    format!("DROP TABLE IF EXISTS temp.main.{}", quote_ident(&staging_table(table)))
 }
 
 /// Live rows of a table: tombstones excluded.

@@ -200,7 +200,10 @@ impl Worker {
             }
             let idle = !got_any;
             self.flush_due(max_age, idle && mode == StopMode::WhenDrained).await;
-            if idle && mode == StopMode::WhenDrained && self.pending.is_empty() {
+            // Ack a finished landing now, not at the next flush: when input pauses there may be no
+            // next flush for a while, and unacked deliveries would come back after their lease.
+            let landed = self.in_flight.as_ref().is_some_and(|f| f.landing.is_finished());
+            if landed || (idle && self.pending.is_empty()) {
                 self.finish_in_flight().await;
             }
             if idle && mode == StopMode::WhenDrained && self.pending.is_empty() && self.bus_is_empty().await {

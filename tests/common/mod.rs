@@ -104,6 +104,20 @@ impl Project {
         )
     }
 
+    /// Bytes of the file at `relative` not yet published: None while it has no checkpoint.
+    pub fn file_lag(&self, relative: &str) -> Option<u64> {
+        let metadata = std::fs::metadata(self.path(relative)).ok()?;
+        let state = rusqlite::Connection::open(self.path(".bqsync/state.db")).ok()?;
+        let offset: i64 = state
+            .query_row(
+                "SELECT offset FROM file_checkpoints WHERE inode = ?1",
+                [std::os::unix::fs::MetadataExt::ino(&metadata) as i64],
+                |r| r.get(0),
+            )
+            .ok()?;
+        Some(metadata.len().saturating_sub(offset as u64))
+    }
+
     /// Number of files with a checkpoint.
     pub fn checkpoint_count(&self) -> Option<i64> {
         let state = rusqlite::Connection::open(self.path(".bqsync/state.db")).ok()?;
