@@ -19,7 +19,8 @@ pub enum DeadLetterReason {
     UnknownTable,
     /// The message is larger than the configured maximum.
     Oversize,
-    /// The warehouse refused the row.
+    /// The warehouse refused the row (per-row errors, as BigQuery reports them; the DuckDB path
+    /// validates rows before landing and does not produce it).
     WarehouseRejected,
     /// Delivered the maximum number of times without being acked.
     MaxAttempts,

@@ -367,7 +367,7 @@ async fn land_with_retry(warehouse: Arc<dyn Warehouse>, batches: Vec<TableBatch>
             }
             Err(e) => {
                 failures += 1;
-                if started.elapsed() + delay > budget {
+                if !e.is_transient() || started.elapsed() + delay > budget {
                     tracing::error!(error = %e, rows, "landing keeps failing; releasing the batch for redelivery");
                     return LandOutcome { committed: None, rows, failures };
                 }

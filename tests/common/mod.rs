@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -170,8 +170,4 @@ pub fn atom_line(id: &str, n: u64) -> String {
         n % 1000,
         n % 60
     )
-}
-
-pub fn path_exists(path: &Path) -> bool {
-    path.exists()
 }
