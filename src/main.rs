@@ -44,10 +44,27 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(execute(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bqsync: error: {e:#}");
+            eprintln!("bqsync: error: {}", describe_error(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, one `: ` apart, leaving out a cause whose text an outer message already
+/// quotes (most of bqsync's errors name their cause themselves).
+fn describe_error(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if text.contains(message.trim()) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(message.trim());
+    }
+    text
 }
 
 fn init_logging() {
