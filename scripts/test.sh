@@ -7,4 +7,8 @@ bash scripts/setup.sh
 export CARGO_INCREMENTAL=0
 cargo fmt --check
 cargo clippy --release --all-targets --locked -- -D warnings
-cargo test --release --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --locked 2>&1 | tee "$log"
+# One closing line over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
