@@ -38,8 +38,10 @@ pub struct EmbeddedBusConfig {
     /// Deliveries before a message moves to the dead-letter queue. Default 5.
     #[serde(default = "default_max_delivery_attempts")]
     pub max_delivery_attempts: u32,
-    /// `full` fsyncs every publish and ack (survives power loss); `normal` survives a crash of the
-    /// process but may lose the last commits on power loss. Default `full`.
+    /// `full` fsyncs every publish before it returns (published events survive power loss); `normal`
+    /// survives a crash of the process but may lose the last publishes on power loss. Leases and acks
+    /// are never fsynced on their own: losing one on power loss only causes a redelivery, which lands
+    /// as a no-op. Default `full`.
     #[serde(default = "default_synchronous")]
     pub synchronous: String,
 }
@@ -91,6 +93,8 @@ struct Shared {
     ack_deadline: Duration,
     max_delivery_attempts: u32,
     published: tokio::sync::Notify,
+    /// `FULL` or `NORMAL`: the durability of publish commits (everything else runs at NORMAL).
+    publish_synchronous: &'static str,
 }
 
 fn now_micros() -> i64 {
@@ -118,7 +122,7 @@ impl EmbeddedBus {
             .execute_batch(&format!(
                 "PRAGMA page_size = 16384;
                  PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = {synchronous};
+                 PRAGMA synchronous = NORMAL;
                  PRAGMA busy_timeout = 10000;
                  PRAGMA wal_autocheckpoint = 4000;
                  PRAGMA cache_size = -65536;"
@@ -144,6 +148,7 @@ impl EmbeddedBus {
                 ack_deadline: Duration::from_secs(config.ack_deadline_secs.max(1)),
                 max_delivery_attempts: config.max_delivery_attempts.max(1),
                 published: tokio::sync::Notify::new(),
+                publish_synchronous: synchronous,
             }),
         })
     }
@@ -244,10 +249,14 @@ impl Publisher for EmbeddedBus {
             return Ok(());
         }
         self.blocking(move |bus| {
+            let synchronous = bus.inner.publish_synchronous;
             bus.with_connection(|connection| {
-                let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                insert_messages(&tx, MAIN, &messages, now_micros())?;
-                tx.commit()
+                connection.execute_batch(&format!("PRAGMA synchronous = {synchronous}"))?;
+                let committed = connection
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .and_then(|tx| insert_messages(&tx, MAIN, &messages, now_micros()).and_then(|_| tx.commit()));
+                connection.execute_batch("PRAGMA synchronous = NORMAL")?;
+                committed
             })
         })
         .await?;
