@@ -119,14 +119,14 @@ impl EmbeddedBus {
         };
         let connection = Connection::open(&path).map_err(err)?;
         connection
-            .execute_batch(&format!(
+            .execute_batch(
                 "PRAGMA page_size = 16384;
                  PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = NORMAL;
                  PRAGMA busy_timeout = 10000;
                  PRAGMA wal_autocheckpoint = 4000;
-                 PRAGMA cache_size = -65536;"
-            ))
+                 PRAGMA cache_size = -65536;",
+            )
             .map_err(err)?;
         for q in [MAIN, DEAD] {
             connection
