@@ -29,7 +29,7 @@ use super::checkpoint::{CheckpointStore, FileCheckpoint};
 use super::{EmitOutcome, Source, SourceError};
 use crate::bus::{attr, Attributes, OutboundMessage, Publisher};
 use crate::envelope::{derive_event_id, identify, ChangeEvent, Op};
-use crate::schema::{Catalog, WriteMode};
+use crate::schema::Catalog;
 
 /// Bytes at the start of a file hashed to recognise it.
 pub const FINGERPRINT_BYTES: u64 = 256;
@@ -537,15 +537,11 @@ impl JsonlSource {
                 (identity.op, identity.event_id, identity.key, identity.version)
             }
         };
+        // `identify` gives a key and a version only for upsert tables: there, the record is key@version.
         let event_id = event_id.unwrap_or_else(|| match (&key, version) {
-            (Some(key), Some(version))
-                if self.catalog.get(table).is_some_and(|s| s.write_mode == WriteMode::Upsert) =>
-            {
-                derive_event_id(&[
-                    table.as_bytes(),
-                    Value::Object(key.clone()).to_string().as_bytes(),
-                    &version.to_le_bytes(),
-                ])
+            (Some(key), Some(version)) => {
+                let key_text = serde_json::to_string(key).expect("map serializes");
+                derive_event_id(&[table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes()])
             }
             _ => derive_event_id(&[
                 table.as_bytes(),

@@ -245,10 +245,8 @@ impl Worker {
                     (DEAD_LETTER_TABLE.to_string(), row)
                 }
             };
+            // A flush removes its batch whole, so a batch's age starts when it is created here.
             let batch = self.pending.entry(table).or_insert_with(PendingBatch::new);
-            if batch.rows.is_empty() {
-                batch.oldest = Instant::now();
-            }
             batch.bytes += delivery.data.len();
             batch.rows.push(row);
             batch.handles.push((origin, delivery.handle));
@@ -317,25 +315,37 @@ impl Worker {
 
     /// Acks the deliveries of a committed batch. Takes the proof so no other path can ack.
     async fn ack(&self, _proof: Committed, handles: Vec<(Origin, AckHandle)>) {
-        let (main, dead): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(o, _)| *o == Origin::Main);
-        if let Err(e) = self.subscription.ack(main.into_iter().map(|(_, h)| h).collect()).await {
+        let (main, dead) = split_by_origin(handles);
+        if let Err(e) = self.subscription.ack(main).await {
             // Not fatal: the messages come back after their lease and land as no-ops.
             tracing::error!(error = %e, "ack failed after commit; the messages will be redelivered and deduplicated");
         }
         if let (Some(sub), false) = (&self.dead_letter_subscription, dead.is_empty()) {
-            if let Err(e) = sub.ack(dead.into_iter().map(|(_, h)| h).collect()).await {
+            if let Err(e) = sub.ack(dead).await {
                 tracing::error!(error = %e, "dead-letter ack failed after commit");
             }
         }
     }
 
     async fn nack(&self, handles: Vec<(Origin, AckHandle)>) {
-        let (main, dead): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(o, _)| *o == Origin::Main);
-        let _ = self.subscription.nack(main.into_iter().map(|(_, h)| h).collect()).await;
-        if let Some(sub) = &self.dead_letter_subscription {
-            let _ = sub.nack(dead.into_iter().map(|(_, h)| h).collect()).await;
+        let (main, dead) = split_by_origin(handles);
+        let _ = self.subscription.nack(main).await;
+        if let (Some(sub), false) = (&self.dead_letter_subscription, dead.is_empty()) {
+            let _ = sub.nack(dead).await;
         }
     }
+}
+
+/// Handles of the main subscription and of the dead-letter subscription.
+fn split_by_origin(handles: Vec<(Origin, AckHandle)>) -> (Vec<AckHandle>, Vec<AckHandle>) {
+    let (mut main, mut dead) = (Vec::with_capacity(handles.len()), Vec::new());
+    for (origin, handle) in handles {
+        match origin {
+            Origin::Main => main.push(handle),
+            Origin::DeadLetterQueue => dead.push(handle),
+        }
+    }
+    (main, dead)
 }
 
 /// A landing running in the background, with the deliveries it will ack.
