@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::bus::embedded::EmbeddedBusConfig;
+use crate::bus::pubsub::PubSubConfig;
 use crate::sources::jsonl::JsonlSourceConfig;
 use crate::warehouse::duckdb::DuckDbConfig;
 use crate::worker::WorkerConfig;
@@ -51,11 +52,14 @@ fn default_state_path() -> PathBuf {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
-    /// `embedded` (default): a durable SQLite queue on this machine.
+    /// `embedded` (default): a durable SQLite queue on this machine. `pubsub`: Google Cloud Pub/Sub
+    /// (`[bus.pubsub]`; run `bqsync setup` once to create topics and subscriptions).
     #[serde(default)]
     pub kind: BusKind,
     #[serde(default)]
     pub embedded: EmbeddedBusConfig,
+    #[serde(default)]
+    pub pubsub: PubSubConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -63,6 +67,7 @@ pub struct BusConfig {
 pub enum BusKind {
     #[default]
     Embedded,
+    Pubsub,
 }
 
 /// `[warehouse]`: where batches land.
@@ -154,11 +159,19 @@ impl Config {
         if w.max_batch_rows == 0 || w.pull_max_messages == 0 {
             return Err(ConfigError::Invalid("worker.max_batch_rows and worker.pull_max_messages must be ≥ 1".into()));
         }
-        if w.retry_budget_secs >= self.bus.embedded.ack_deadline_secs {
+        let (lease_field, lease_secs) = match self.bus.kind {
+            BusKind::Embedded => ("bus.embedded.ack_deadline_secs", self.bus.embedded.ack_deadline_secs),
+            // The Pub/Sub client extends leases up to max_lease_secs.
+            BusKind::Pubsub => ("bus.pubsub.max_lease_secs", self.bus.pubsub.max_lease_secs),
+        };
+        if w.retry_budget_secs >= lease_secs {
             return Err(ConfigError::Invalid(format!(
-                "worker.retry_budget_secs ({}) must be below bus.embedded.ack_deadline_secs ({}): a batch retried past its lease is redelivered meanwhile",
-                w.retry_budget_secs, self.bus.embedded.ack_deadline_secs
+                "worker.retry_budget_secs ({}) must be below {lease_field} ({lease_secs}): a batch retried past its lease is redelivered meanwhile",
+                w.retry_budget_secs
             )));
+        }
+        if self.bus.kind == BusKind::Pubsub {
+            self.bus.pubsub.check().map_err(ConfigError::Invalid)?;
         }
         let mut names = std::collections::HashSet::new();
         for source in &self.sources.jsonl {

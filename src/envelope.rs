@@ -184,6 +184,17 @@ pub fn identify(
     Ok(RecordIdentity { op, event_id, key: Some(key), version: Some(version) })
 }
 
+/// The ordering key of an upsert record: table and primary key, hashed when longer than Pub/Sub's
+/// limit of 1024 bytes (then two keys could share a key; that only orders them together).
+pub fn ordering_key(table: &str, key: &Map<String, Value>) -> String {
+    let text = format!("{table}:{}", serde_json::to_string(key).expect("map serializes"));
+    if text.len() <= 1024 {
+        text
+    } else {
+        format!("{table}:#{}", derive_event_id(&[text.as_bytes()]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use bqsync::config::Config;
-use bqsync::pipeline::{self, RunMode};
+use bqsync::config::{BusKind, Config};
+use bqsync::pipeline::{self, Role, RunMode};
 
 /// Syncs local and operational data into a warehouse, exactly once in effect.
 #[derive(Parser)]
@@ -27,6 +27,21 @@ enum Command {
         #[arg(long)]
         until_drained: bool,
     },
+    /// Run the sources only: publish change events to the bus (next to the data).
+    Produce {
+        /// Exit once all current input is published, instead of watching for more.
+        #[arg(long)]
+        until_drained: bool,
+    },
+    /// Run the worker only: land what the bus delivers (on GKE, say).
+    Work {
+        /// Exit once the bus is drained (Pub/Sub: nothing delivered for `bus.pubsub.drain_quiet_ms`).
+        #[arg(long)]
+        until_drained: bool,
+    },
+    /// Create the bus resources from the config (Pub/Sub topics and subscriptions with their
+    /// dead-letter and retry policies) and the warehouse tables; idempotent.
+    Setup,
     /// Show queue depth, dead letters by reason, rows per table and checkpoint lag.
     Status {
         /// Print JSON instead of tables.
@@ -76,23 +91,10 @@ fn init_logging() {
 async fn execute(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), std::env::vars()).context("reading the configuration")?;
     match cli.command {
-        Command::Run { until_drained } => {
-            let mode = if until_drained { RunMode::UntilDrained } else { RunMode::Forever };
-            let started = std::time::Instant::now();
-            let report = pipeline::run(config, mode).await?;
-            let elapsed = started.elapsed().as_secs_f64();
-            let w = &report.worker;
-            tracing::info!(
-                published = report.events_published,
-                delivered = w.delivered,
-                landed_rows = w.landed_rows,
-                dead_lettered = w.dead_lettered,
-                flushes = w.flushes,
-                seconds = format!("{elapsed:.2}"),
-                "run finished"
-            );
-            println!("{}", serde_json::to_string(&serde_json::json!({"report": report, "elapsed_seconds": elapsed}))?);
-        }
+        Command::Run { until_drained } => run(config, until_drained, Role::All).await?,
+        Command::Produce { until_drained } => run(config, until_drained, Role::Produce).await?,
+        Command::Work { until_drained } => run(config, until_drained, Role::Work).await?,
+        Command::Setup => setup(config).await?,
         Command::Status { json } => {
             let catalog = pipeline::load_catalog(&config)?;
             let status = bqsync::status::collect(&config, catalog).await?;
@@ -104,5 +106,58 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config => println!("{config:#?}"),
     }
+    Ok(())
+}
+
+/// `run`, `produce` and `work`: prints a JSON report when done.
+async fn run(config: Config, until_drained: bool, role: Role) -> anyhow::Result<()> {
+    let mode = if until_drained { RunMode::UntilDrained } else { RunMode::Forever };
+    let started = std::time::Instant::now();
+    let report = pipeline::run(config, mode, role).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let w = &report.worker;
+    tracing::info!(
+        published = report.events_published,
+        delivered = w.delivered,
+        landed_rows = w.landed_rows,
+        dead_lettered = w.dead_lettered,
+        flushes = w.flushes,
+        seconds = format!("{elapsed:.2}"),
+        "run finished"
+    );
+    println!("{}", serde_json::to_string(&serde_json::json!({"report": report, "elapsed_seconds": elapsed}))?);
+    Ok(())
+}
+
+/// `bqsync setup`: prints one line per resource, created or already there.
+async fn setup(config: Config) -> anyhow::Result<()> {
+    match config.bus.kind {
+        BusKind::Pubsub => {
+            let lines = bqsync::bus::pubsub::setup(&config.bus.pubsub).await.context("setting up Pub/Sub")?;
+            for line in lines {
+                println!("{:<13} {:<8} {}", line.kind, line.outcome, line.name);
+                for difference in &line.differences {
+                    println!("              differs: {difference} (not changed; update it or the config)");
+                }
+            }
+        }
+        BusKind::Embedded => {
+            let path = &config.bus.embedded.path;
+            let existed = path.exists();
+            bqsync::bus::embedded::EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
+            println!("{:<13} {:<8} {}", "embedded bus", if existed { "exists" } else { "created" }, path.display());
+        }
+    }
+    let catalog = pipeline::load_catalog(&config)?;
+    let warehouse = bqsync::warehouse::duckdb::DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone())
+        .context("opening the DuckDB warehouse")?;
+    bqsync::warehouse::Warehouse::ensure_tables(&warehouse).await.context("creating tables from schemas/")?;
+    println!(
+        "{:<13} {:<8} {} ({} tables)",
+        "warehouse",
+        "ensured",
+        config.warehouse.duckdb.path.display(),
+        catalog.tables().count()
+    );
     Ok(())
 }

@@ -12,8 +12,9 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::bus::embedded::EmbeddedBus;
+use crate::bus::pubsub::{PubSubPublisher, PubSubSubscription};
 use crate::bus::{Publisher, Subscription};
-use crate::config::Config;
+use crate::config::{BusKind, Config};
 use crate::schema::Catalog;
 use crate::sources::checkpoint::CheckpointStore;
 use crate::sources::jsonl::JsonlSource;
@@ -49,41 +50,117 @@ pub fn load_catalog(config: &Config) -> anyhow::Result<Arc<Catalog>> {
     Ok(Arc::new(catalog))
 }
 
-/// Runs sources and worker in this process.
-pub async fn run(config: Config, mode: RunMode) -> anyhow::Result<RunReport> {
-    let catalog = load_catalog(&config)?;
-    let bus = EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
-    let _consumer = bus.claim_consumer().context("claiming the embedded bus")?;
-    let warehouse: Arc<dyn Warehouse> = Arc::new(
-        DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone()).context("opening the DuckDB warehouse")?,
-    );
-    warehouse.ensure_tables().await.context("creating tables from schemas/")?;
-    let checkpoints = Arc::new(CheckpointStore::open(&config.state_path).context("opening the checkpoint store")?);
+/// Which parts run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sources and worker (`bqsync run`).
+    All,
+    /// Sources only, next to the data (`bqsync produce`).
+    Produce,
+    /// Worker only (`bqsync work`).
+    Work,
+}
 
-    let stop_reading = Arc::new(AtomicBool::new(false));
-    let mut source_tasks = tokio::task::JoinSet::new();
-    let publisher: Arc<dyn Publisher> = Arc::new(bus.clone());
-    for source_config in &config.sources.jsonl {
-        let mut source = JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
-        source.set_stop_flag(stop_reading.clone());
-        if mode == RunMode::Forever {
-            source.watch()?;
-        } else {
-            std::fs::create_dir_all(&source_config.root)
-                .with_context(|| format!("creating {}", source_config.root.display()))?;
-        }
-        source_tasks.spawn(drive_source(Box::new(source), publisher.clone(), stop_reading.clone(), mode));
+impl Role {
+    fn produces(self) -> bool {
+        self != Role::Work
     }
+    fn works(self) -> bool {
+        self != Role::Produce
+    }
+}
 
+/// The bus ends a role needs, opened from the config.
+struct BusEnds {
+    publisher: Option<Arc<dyn Publisher>>,
+    subscription: Option<Arc<dyn Subscription>>,
+    dead_letters: Option<Arc<dyn Subscription>>,
+    /// Held while this process consumes the embedded bus (one consumer per bus file).
+    _consumer_lock: Option<crate::bus::embedded::ConsumerLock>,
+}
+
+async fn open_bus(config: &Config, role: Role) -> anyhow::Result<BusEnds> {
+    match config.bus.kind {
+        BusKind::Embedded => {
+            let bus = EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
+            let mut ends = BusEnds { publisher: None, subscription: None, dead_letters: None, _consumer_lock: None };
+            if role.works() {
+                ends._consumer_lock = Some(bus.claim_consumer().context("claiming the embedded bus")?);
+                ends.subscription = Some(Arc::new(bus.subscription()));
+                ends.dead_letters = Some(Arc::new(bus.dead_letter_subscription()));
+            }
+            if role.produces() {
+                ends.publisher = Some(Arc::new(bus));
+            }
+            Ok(ends)
+        }
+        BusKind::Pubsub => {
+            let pubsub = &config.bus.pubsub;
+            let mut ends = BusEnds { publisher: None, subscription: None, dead_letters: None, _consumer_lock: None };
+            if role.produces() {
+                let publisher = PubSubPublisher::connect(pubsub).await.context("connecting the Pub/Sub publisher")?;
+                ends.publisher = Some(Arc::new(publisher));
+            }
+            if role.works() {
+                let subscription =
+                    PubSubSubscription::open(pubsub).await.context("opening the Pub/Sub subscription")?;
+                ends.subscription = Some(Arc::new(subscription));
+                if pubsub.consume_dead_letters {
+                    let dead = PubSubSubscription::open_dead_letters(pubsub)
+                        .await
+                        .context("opening the Pub/Sub dead-letter subscription")?;
+                    ends.dead_letters = Some(Arc::new(dead));
+                }
+            }
+            Ok(ends)
+        }
+    }
+}
+
+/// Runs the parts of the pipeline `role` names in this process.
+pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<RunReport> {
+    let catalog = load_catalog(&config)?;
+    let bus = open_bus(&config, role).await?;
+    let stop_reading = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(StopMode::Run);
-    let subscription: Arc<dyn Subscription> = Arc::new(bus.subscription());
-    let dead_letters: Arc<dyn Subscription> = Arc::new(bus.dead_letter_subscription());
-    let mut worker =
-        Worker::new(config.worker.clone(), catalog.clone(), warehouse.clone(), subscription, Some(dead_letters));
-    let worker_task = tokio::spawn(async move {
-        let result = worker.run(stop_rx).await;
-        result.map(|_| worker.stats)
-    });
+
+    let worker_task = match (&bus.subscription, role.works()) {
+        (Some(subscription), true) => {
+            let warehouse: Arc<dyn Warehouse> = Arc::new(
+                DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone())
+                    .context("opening the DuckDB warehouse")?,
+            );
+            warehouse.ensure_tables().await.context("creating tables from schemas/")?;
+            let mut worker = Worker::new(
+                config.worker.clone(),
+                catalog.clone(),
+                warehouse,
+                subscription.clone(),
+                bus.dead_letters.clone(),
+            );
+            Some(tokio::spawn(async move {
+                let result = worker.run(stop_rx).await;
+                result.map(|_| worker.stats)
+            }))
+        }
+        _ => None,
+    };
+
+    let mut source_tasks = tokio::task::JoinSet::new();
+    if let Some(publisher) = &bus.publisher {
+        let checkpoints = Arc::new(CheckpointStore::open(&config.state_path).context("opening the checkpoint store")?);
+        for source_config in &config.sources.jsonl {
+            let mut source = JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
+            source.set_stop_flag(stop_reading.clone());
+            if mode == RunMode::Forever {
+                source.watch()?;
+            } else {
+                std::fs::create_dir_all(&source_config.root)
+                    .with_context(|| format!("creating {}", source_config.root.display()))?;
+            }
+            source_tasks.spawn(drive_source(Box::new(source), publisher.clone(), stop_reading.clone(), mode));
+        }
+    }
 
     let signal_stop = {
         let stop_reading = stop_reading.clone();
@@ -103,9 +180,12 @@ pub async fn run(config: Config, mode: RunMode) -> anyhow::Result<RunReport> {
     if !stop_reading.load(Ordering::SeqCst) {
         let _ = stop_tx.send(StopMode::WhenDrained);
     }
-    let worker_stats = worker_task.await.context("worker task panicked")??;
+    let worker = match worker_task {
+        Some(task) => task.await.context("worker task panicked")??,
+        None => WorkerStats::default(),
+    };
     signal_stop.abort();
-    Ok(RunReport { events_published, worker: worker_stats })
+    Ok(RunReport { events_published, worker })
 }
 
 /// Runs one source: passes until drained (one-shot) or until told to stop.

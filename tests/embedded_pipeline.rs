@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{atom_line, signal, wait_exit, wait_until, Project};
+use common::{assert_contacts_match, atom_line, contacts, dead_letter_reasons, signal, wait_exit, wait_until, Project};
 
 /// (a) 100,000 lines appended in chunks across several files while bqsync runs, with half-written
 /// lines, a rename rotation and a truncation, land exactly once.
@@ -147,11 +147,8 @@ fn bad_input_is_dead_lettered_with_its_reason_and_good_lines_flow() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let config = embedded::EmbeddedBusConfig { path: project.path(".bqsync/bus.db"), ..Default::default() };
         let bus = embedded::EmbeddedBus::open(&config).unwrap();
-        let corrupt = OutboundMessage {
-            data: b"{\"event_id\":\"x\",\"table\":\"atoms\"}".to_vec(),
-            attributes: Default::default(),
-        };
-        let huge = OutboundMessage { data: vec![b' '; 200_000], attributes: Default::default() };
+        let corrupt = OutboundMessage::new(b"{\"event_id\":\"x\",\"table\":\"atoms\"}".to_vec(), Default::default());
+        let huge = OutboundMessage::new(vec![b' '; 200_000], Default::default());
         runtime.block_on(bus.publish(vec![corrupt, huge])).unwrap();
     }
     project.run_until_drained(&[("BQSYNC__WORKER__MAX_EVENT_BYTES", "100000")]);
@@ -212,75 +209,4 @@ fn chunk_report(project: &Project, chunk: u64) -> String {
         .map(Result::unwrap)
         .collect();
     format!("{} incomplete: {}; present: {}", rows.len(), rows.join(" "), present.join(" "))
-}
-
-fn dead_letter_reasons(project: &Project) -> HashMap<String, i64> {
-    let connection = project.warehouse();
-    let mut statement = connection.prepare("SELECT reason, count(*) FROM dead_letters GROUP BY reason").unwrap();
-    statement
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
-/// Expected final state of a key: Some((version, email)) for a live row, None for a tombstone.
-type ContactState = HashMap<String, Option<(i64, String)>>;
-
-/// `events` contact events over `keys` keys (every key at least once), in shuffled order, versions
-/// increasing per key; about 2 % are deletes. Returns the JSONL text and the correct final state.
-fn contacts(events: usize, keys: usize, seed: u64) -> (String, ContactState) {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut counts = vec![1usize; keys];
-    for _ in keys..events {
-        counts[rng.usize(0..keys)] += 1;
-    }
-    let mut lines = Vec::with_capacity(events);
-    let mut expected: ContactState = HashMap::new();
-    for (k, count) in counts.iter().enumerate() {
-        let id = format!("c-{k:06}");
-        let mut version = rng.i64(1..5);
-        let mut best: Option<(i64, Option<(i64, String)>)> = None;
-        for _ in 0..*count {
-            let email = format!("user{}@example.com", rng.u32(..));
-            let deleted = rng.u8(0..100) < 2;
-            let line = if deleted {
-                format!("{{\"contact_id\":\"{id}\",\"version\":{version},\"_deleted\":true}}")
-            } else {
-                format!("{{\"contact_id\":\"{id}\",\"name\":\"N {version}\",\"email\":\"{email}\",\"phone\":\"+1\",\"updated_at\":\"2024-01-01T00:00:00Z\",\"version\":{version}}}")
-            };
-            lines.push(line);
-            best = Some((version, (!deleted).then_some((version, email))));
-            version += rng.i64(1..4);
-        }
-        expected.insert(id, best.unwrap().1);
-    }
-    rng.shuffle(&mut lines);
-    (lines.join("\n") + "\n", expected)
-}
-
-fn assert_contacts_match(project: &Project, expected: &ContactState) {
-    let connection = project.warehouse();
-    let mut statement =
-        connection.prepare("SELECT contact_id, version, email, _bqsync_deleted FROM contacts_master").unwrap();
-    let rows: Vec<(String, i64, Option<String>, bool)> = statement
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(rows.len(), expected.len(), "one row (live or tombstone) per key");
-    let mut wrong = 0;
-    for (id, version, email, deleted) in &rows {
-        let ok = match expected.get(id) {
-            Some(Some((v, e))) => !deleted && version == v && email.as_deref() == Some(e.as_str()),
-            Some(None) => *deleted && email.is_none(),
-            None => false,
-        };
-        if !ok {
-            wrong += 1;
-        }
-    }
-    assert_eq!(wrong, 0, "{wrong} of {} keys differ from the highest version", expected.len());
-    let live = expected.values().filter(|v| v.is_some()).count() as i64;
-    assert_eq!(project.query_i64("SELECT count(*) FROM contacts_master WHERE NOT _bqsync_deleted"), live);
 }

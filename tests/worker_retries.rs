@@ -57,7 +57,7 @@ fn event(i: u64) -> OutboundMessage {
     let body = format!(
         r#"{{"event_id":"e{i}","table":"atoms","op":"insert","payload":{{"event_id":"e{i}","created_at":"2024-01-01T00:00:00Z"}},"source":"test","produced_at":"2024-01-01T00:00:00Z"}}"#
     );
-    OutboundMessage { data: body.into_bytes(), attributes: Default::default() }
+    OutboundMessage::new(body.into_bytes(), Default::default())
 }
 
 async fn run_with_failures(failures: u32, retry_budget_secs: u64) -> (u64, u32, bqsync::worker::WorkerStats) {

@@ -22,7 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
 use super::{
-    AckHandle, AckInner, Attributes, BusError, Delivery, OutboundMessage, Publisher, QueueStats, Subscription,
+    attr, AckHandle, AckInner, Attributes, BusError, Delivery, OutboundMessage, Publisher, QueueStats, Subscription,
 };
 
 /// Settings of the embedded bus (`[bus.embedded]` in the config file).
@@ -391,12 +391,12 @@ impl EmbeddedSubscription {
 /// Moves an exhausted message to the dead-letter queue, recording why in its attributes.
 fn move_to_dead_letters(tx: &rusqlite::Transaction, q: QueueTables, row: Row, now: i64) -> rusqlite::Result<()> {
     let mut attributes = decode_attributes(row.attributes);
-    attributes.insert("bqsync_dead_letter_reason".into(), "max_attempts".into());
-    attributes.insert("bqsync_dead_letter_attempts".into(), row.attempts.to_string());
+    attributes.insert(attr::DEAD_LETTER_REASON.into(), "max_attempts".into());
+    attributes.insert(attr::DEAD_LETTER_ATTEMPTS.into(), row.attempts.to_string());
     attributes
-        .insert("bqsync_dead_letter_first_attempt_micros".into(), row.first_attempt_micros.unwrap_or(now).to_string());
+        .insert(attr::DEAD_LETTER_FIRST_ATTEMPT_MICROS.into(), row.first_attempt_micros.unwrap_or(now).to_string());
     attributes.insert("bqsync_dead_letter_micros".into(), now.to_string());
-    let message = OutboundMessage { data: row.data, attributes };
+    let message = OutboundMessage::new(row.data, attributes);
     insert_messages(tx, DEAD, std::slice::from_ref(&message), now)?;
     tx.execute(&format!("DELETE FROM {} WHERE seq = ?1", q.messages), [row.seq])?;
     tx.execute(&format!("DELETE FROM {} WHERE seq = ?1", q.deliveries), [row.seq])?;
@@ -408,11 +408,12 @@ fn move_to_dead_letters(tx: &rusqlite::Transaction, q: QueueTables, row: Row, no
     Ok(())
 }
 
-fn embedded_handles(handles: Vec<AckHandle>) -> Vec<(i64, i64)> {
+fn embedded_handles(handles: Vec<AckHandle>) -> Result<Vec<(i64, i64)>, BusError> {
     handles
         .into_iter()
         .map(|h| match h.inner {
-            AckInner::Embedded { seq, lease_token } => (seq, lease_token),
+            AckInner::Embedded { seq, lease_token } => Ok((seq, lease_token)),
+            _ => Err(BusError::ForeignHandle),
         })
         .collect()
 }
@@ -451,7 +452,7 @@ impl Subscription for EmbeddedSubscription {
 
     async fn ack(&self, handles: Vec<AckHandle>) -> Result<(), BusError> {
         let q = self.queue;
-        let ids = embedded_handles(handles);
+        let ids = embedded_handles(handles)?;
         self.bus
             .blocking(move |bus| {
                 bus.with_connection(|connection| {
@@ -477,7 +478,7 @@ impl Subscription for EmbeddedSubscription {
     async fn nack(&self, handles: Vec<AckHandle>) -> Result<(), BusError> {
         *self.next_expiry_scan.lock().unwrap_or_else(|p| p.into_inner()) = 0;
         let q = self.queue;
-        let ids = embedded_handles(handles);
+        let ids = embedded_handles(handles)?;
         self.bus
             .blocking(move |bus| {
                 bus.with_connection(|connection| {
@@ -549,10 +550,7 @@ mod tests {
     }
 
     fn message(text: &str) -> OutboundMessage {
-        OutboundMessage {
-            data: text.as_bytes().to_vec(),
-            attributes: Attributes::from([("k".to_string(), "v".to_string())]),
-        }
+        OutboundMessage::new(text.as_bytes().to_vec(), Attributes::from([("k".to_string(), "v".to_string())]))
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 //!   [`Subscription::ack`] after the warehouse committed.
 
 pub mod embedded;
+pub mod pubsub;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,6 +32,16 @@ pub mod attr {
     pub const POISON_DETAIL: &str = "bqsync_poison_detail";
     /// The producer (source name and location of the record).
     pub const SOURCE: &str = "bqsync_source";
+    /// On a dead letter: the reason class (`decode`, `schema`, …, `max_attempts`).
+    pub const DEAD_LETTER_REASON: &str = "bqsync_dead_letter_reason";
+    /// On a dead letter: what was wrong and where.
+    pub const DEAD_LETTER_DETAIL: &str = "bqsync_dead_letter_detail";
+    /// On a dead letter: deliveries before it was dead-lettered.
+    pub const DEAD_LETTER_ATTEMPTS: &str = "bqsync_dead_letter_attempts";
+    /// On a dead letter: microseconds since the epoch of the first delivery.
+    pub const DEAD_LETTER_FIRST_ATTEMPT_MICROS: &str = "bqsync_dead_letter_first_attempt_micros";
+    /// Set by Pub/Sub's dead-letter policy on the messages it moves: deliveries made.
+    pub const PUBSUB_DELIVERY_COUNT: &str = "CloudPubSubDeadLetterSourceDeliveryCount";
 }
 
 /// A message to publish.
@@ -38,18 +49,39 @@ pub mod attr {
 pub struct OutboundMessage {
     pub data: Vec<u8>,
     pub attributes: Attributes,
+    /// Records with the same key are delivered in publish order, where the bus supports it and
+    /// ordering is on (Pub/Sub); sources set it to the table and primary key of upsert records.
+    pub ordering_key: Option<String>,
+}
+
+impl OutboundMessage {
+    pub fn new(data: Vec<u8>, attributes: Attributes) -> OutboundMessage {
+        OutboundMessage { data, attributes, ordering_key: None }
+    }
+}
+
+/// A poison delivery handed back to the bus's dead-letter topic: its bytes, its attributes with the
+/// reason added, and the handle to ack once the dead letter is stored.
+#[derive(Debug)]
+pub struct DeadLetterOut {
+    pub data: Vec<u8>,
+    pub attributes: Attributes,
+    pub handle: AckHandle,
 }
 
 /// Proof of one delivery, acked or nacked through the subscription that made it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct AckHandle {
     pub(crate) inner: AckInner,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum AckInner {
     /// Embedded queue: the message's sequence number and the lease it was delivered under.
     Embedded { seq: i64, lease_token: i64 },
+    /// Pub/Sub: the client's handler (it keeps extending the lease until acked or nacked; dropping it
+    /// nacks).
+    PubSub(google_cloud_pubsub::subscriber::handler::Handler),
 }
 
 /// A message delivered to a worker.
@@ -74,6 +106,10 @@ pub enum BusError {
     Io(String),
     #[error("handle was not made by this subscription")]
     ForeignHandle,
+    #[error("Pub/Sub {what}: {detail}")]
+    PubSub { what: String, detail: String },
+    #[error("bus configuration: {0}")]
+    Config(String),
 }
 
 /// Publishes change events.
@@ -103,4 +139,27 @@ pub trait Subscription: Send + Sync {
     async fn nack(&self, handles: Vec<AckHandle>) -> Result<(), BusError>;
     /// Queue depth, for status and the drain check.
     async fn stats(&self) -> Result<QueueStats, BusError>;
+    /// Whether nothing is waiting or held (for `--until-drained`).
+    async fn is_drained(&self) -> Result<bool, BusError> {
+        let stats = self.stats().await?;
+        Ok(stats.pending == 0 && stats.leased == 0)
+    }
+    /// Messages and bytes a consumer may hold unacked (flow control), if the bus limits them: a batch
+    /// larger than this would never fill.
+    fn flow_window(&self) -> Option<(usize, usize)> {
+        None
+    }
+    /// Whether poison deliveries go to the bus's own dead-letter topic through
+    /// [`Subscription::dead_letter`] (Pub/Sub) rather than straight into the `dead_letters` table.
+    fn dead_letters_on_bus(&self) -> bool {
+        false
+    }
+    /// Stores poison deliveries on the dead-letter topic, then acks them (nacks them if storing failed).
+    async fn dead_letter(&self, items: Vec<DeadLetterOut>) -> Result<(), BusError> {
+        let handles = items.into_iter().map(|i| i.handle).collect();
+        self.nack(handles).await?;
+        Err(BusError::Config("this bus has no dead-letter topic of its own".into()))
+    }
+    /// Stops receiving and sends pending acks; unacked deliveries are released.
+    async fn close(&self) {}
 }

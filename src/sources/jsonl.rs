@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 use super::checkpoint::{CheckpointStore, FileCheckpoint};
 use super::{EmitOutcome, Source, SourceError};
 use crate::bus::{attr, Attributes, OutboundMessage, Publisher};
-use crate::envelope::{derive_event_id, identify, ChangeEvent, Op};
+use crate::envelope::{derive_event_id, identify, ordering_key, ChangeEvent, Op};
 use crate::schema::Catalog;
 
 /// Bytes at the start of a file hashed to recognise it.
@@ -559,11 +559,12 @@ impl JsonlSource {
         } else {
             text
         };
+        let ordering_key = key.as_ref().map(|key| ordering_key(table, key));
         let event = ChangeEvent { event_id, table, op, key, version, payload, source, produced_at };
         let mut attributes = Attributes::new();
         attributes.insert(attr::TABLE.into(), table.into());
         attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
-        Ok(OutboundMessage { data: event.to_bytes(), attributes })
+        Ok(OutboundMessage { data: event.to_bytes(), attributes, ordering_key })
     }
 }
 
@@ -603,7 +604,7 @@ fn poison(table: &str, bytes: &[u8], reason: &str, detail: String, source_label:
     attributes.insert(attr::POISON_REASON.into(), reason.into());
     attributes.insert(attr::POISON_DETAIL.into(), detail);
     attributes.insert(attr::SOURCE.into(), source_label.into());
-    OutboundMessage { data: bytes.to_vec(), attributes }
+    OutboundMessage::new(bytes.to_vec(), attributes)
 }
 
 #[async_trait]

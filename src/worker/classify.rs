@@ -55,8 +55,20 @@ impl DeadLetterReason {
 #[derive(Debug)]
 pub enum Classified {
     Row { table: String, row: StagedRow },
-    DeadLetter(StagedRow),
+    DeadLetter(DeadLetter),
 }
+
+/// Why a delivery cannot land, and what is known of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub reason: DeadLetterReason,
+    pub detail: String,
+    pub table: Option<String>,
+    pub event_id: Option<String>,
+}
+
+/// Pub/Sub's limit on an attribute value, in bytes.
+const MAX_ATTRIBUTE_BYTES: usize = 1024;
 
 /// Classifies deliveries against the catalog.
 pub struct Classifier<'a> {
@@ -69,30 +81,54 @@ impl Classifier<'_> {
     pub fn classify(&self, delivery: &Delivery) -> Classified {
         match self.try_row(delivery) {
             Ok((table, row)) => Classified::Row { table, row },
-            Err((reason, detail, table, event_id)) => Classified::DeadLetter(self.dead_letter_row(
-                delivery,
-                reason,
-                &detail,
-                table.as_deref(),
-                event_id.as_deref(),
-            )),
+            Err((reason, detail, table, event_id)) => {
+                Classified::DeadLetter(DeadLetter { reason, detail, table, event_id })
+            }
         }
     }
 
-    /// A delivery from the dead-letter queue (moved there after max attempts).
-    pub fn classify_exhausted(&self, delivery: &Delivery) -> Classified {
-        let attempts = delivery.attributes.get("bqsync_dead_letter_attempts").cloned().unwrap_or_default();
-        let detail =
-            format!("not acked after {attempts} delivery attempts (worker crash, warehouse outage or a failing batch)");
-        let event_id = delivery.attributes.get(attr::EVENT_ID).cloned();
-        let table = delivery.attributes.get(attr::TABLE).cloned();
-        Classified::DeadLetter(self.dead_letter_row(
-            delivery,
-            DeadLetterReason::MaxAttempts,
-            &detail,
-            table.as_deref(),
-            event_id.as_deref(),
-        ))
+    /// A delivery from the dead-letter queue: a poison event the worker put there (its reason is in
+    /// the attributes) or a message moved there after the maximum delivery attempts.
+    pub fn classify_exhausted(&self, delivery: &Delivery) -> DeadLetter {
+        let attributes = &delivery.attributes;
+        let reason = attributes
+            .get(attr::DEAD_LETTER_REASON)
+            .and_then(|r| DeadLetterReason::parse(r))
+            .unwrap_or(DeadLetterReason::MaxAttempts);
+        let detail = match attributes.get(attr::DEAD_LETTER_DETAIL) {
+            Some(detail) if reason != DeadLetterReason::MaxAttempts => detail.clone(),
+            _ => format!(
+                "not acked after {} delivery attempts (worker crash, warehouse outage or a failing batch)",
+                attempts_of(delivery)
+            ),
+        };
+        let (salvaged_table, salvaged_id) = salvage_identity(&delivery.data);
+        DeadLetter {
+            reason,
+            detail,
+            table: attributes.get(attr::TABLE).cloned().or(salvaged_table),
+            event_id: attributes.get(attr::EVENT_ID).cloned().or(salvaged_id),
+        }
+    }
+
+    /// The attributes of a dead letter published to the bus's dead-letter topic: the original ones
+    /// plus reason, detail (cut to Pub/Sub's limit), attempts, and table and event id when known.
+    pub fn dead_letter_attributes(&self, delivery: &Delivery, dead: &DeadLetter) -> crate::bus::Attributes {
+        let mut attributes = delivery.attributes.clone();
+        let mut set = |name: &str, value: String| {
+            attributes.insert(name.to_string(), value);
+        };
+        set(attr::DEAD_LETTER_REASON, dead.reason.as_str().to_string());
+        set(attr::DEAD_LETTER_DETAIL, truncate_utf8(&dead.detail, MAX_ATTRIBUTE_BYTES).to_string());
+        set(attr::DEAD_LETTER_ATTEMPTS, attempts_of(delivery).to_string());
+        set(attr::DEAD_LETTER_FIRST_ATTEMPT_MICROS, first_failed_micros(delivery).to_string());
+        if let Some(table) = &dead.table {
+            set(attr::TABLE, table.clone());
+        }
+        if let Some(event_id) = &dead.event_id {
+            set(attr::EVENT_ID, truncate_utf8(event_id, MAX_ATTRIBUTE_BYTES).to_string());
+        }
+        attributes
     }
 
     #[allow(clippy::type_complexity)]
@@ -181,26 +217,13 @@ impl Classifier<'_> {
 
     /// The `dead_letters` row for a delivery; its id is derived from the bytes and the reason, so a
     /// re-delivered poison message lands as one dead letter.
-    pub fn dead_letter_row(
-        &self,
-        delivery: &Delivery,
-        reason: DeadLetterReason,
-        detail: &str,
-        table: Option<&str>,
-        event_id: Option<&str>,
-    ) -> StagedRow {
+    pub fn dead_letter_row(&self, delivery: &Delivery, dead: &DeadLetter) -> StagedRow {
+        let (reason, detail) = (dead.reason, dead.detail.as_str());
+        let (table, event_id) = (dead.table.as_deref(), dead.event_id.as_deref());
         let dead_letter_id = derive_event_id(&[&delivery.data, reason.as_str().as_bytes()]);
         let now = chrono::Utc::now().timestamp_micros();
-        let first_failed = delivery
-            .attributes
-            .get("bqsync_dead_letter_first_attempt_micros")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(delivery.first_attempt_micros);
-        let attempts = delivery
-            .attributes
-            .get("bqsync_dead_letter_attempts")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(delivery.delivery_attempt as i64);
+        let first_failed = first_failed_micros(delivery);
+        let attempts = attempts_of(delivery);
         let source = delivery.attributes.get(attr::SOURCE).cloned();
         let text = |s: Option<&str>| s.map_or(CellValue::Null, |s| CellValue::String(s.to_string()));
         let value_of = |column: &str| -> CellValue {
@@ -227,9 +250,34 @@ impl Classifier<'_> {
             Some(schema) => schema.columns.iter().map(|c| value_of(&c.name)).collect(),
             None => Vec::new(),
         };
-        tracing::warn!(reason = reason.as_str(), table = table.unwrap_or("?"), detail, "dead-lettered");
         StagedRow { event_id: dead_letter_id, op: Op::Insert, version: None, cells }
     }
+}
+
+/// Deliveries a message had: as recorded on a dead letter (by bqsync or by Pub/Sub's policy), else
+/// this delivery's attempt.
+fn attempts_of(delivery: &Delivery) -> i64 {
+    [attr::DEAD_LETTER_ATTEMPTS, attr::PUBSUB_DELIVERY_COUNT]
+        .iter()
+        .find_map(|name| delivery.attributes.get(*name).and_then(|v| v.parse().ok()))
+        .unwrap_or(delivery.delivery_attempt as i64)
+}
+
+fn first_failed_micros(delivery: &Delivery) -> i64 {
+    delivery
+        .attributes
+        .get(attr::DEAD_LETTER_FIRST_ATTEMPT_MICROS)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(delivery.first_attempt_micros)
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Table and event id of a body that is JSON but not a valid envelope, so its dead letter is filed

@@ -7,8 +7,13 @@
 //!   anywhere before the ack means redelivery, and landing is idempotent, so nothing is lost and
 //!   nothing is applied twice.
 //! - **Poison never blocks.** A delivery that cannot become a row (undecodable, schema-invalid,
-//!   unknown table, oversize) becomes a `dead_letters` row at once, committed in the same transaction
-//!   as the next flush, and acked with it; the rest of its batch flows on.
+//!   unknown table, oversize) is dead-lettered at once and the rest of its batch flows on. On a bus
+//!   with a dead-letter topic of its own (Pub/Sub) it is published there with the reason and then
+//!   acked; otherwise it becomes a `dead_letters` row, committed with the next flush and acked with it.
+//!   Messages on the dead-letter subscription become `dead_letters` rows the same way.
+//! - **Batches fit the flow-control window.** Where the bus limits unacked deliveries, batch limits
+//!   are cut to half the window, so a batch in flight and the next one filling never starve each
+//!   other.
 //! - **Failures are retried, not acked.** A failing landing is retried with exponential backoff and
 //!   jitter; if it keeps failing, its deliveries are nacked (the bus redelivers them and, past the
 //!   maximum attempts, dead-letters them).
@@ -22,10 +27,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::bus::{AckHandle, Delivery, Subscription};
+use crate::bus::{AckHandle, DeadLetterOut, Delivery, Subscription};
 use crate::schema::Catalog;
 use crate::warehouse::{Committed, TableBatch, Warehouse, WarehouseError};
-use classify::{Classified, Classifier, DEAD_LETTER_TABLE};
+use classify::{Classified, Classifier, DeadLetter, DEAD_LETTER_TABLE};
 
 /// Settings of the worker (`[worker]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +132,8 @@ pub struct WorkerStats {
     pub dead_lettered: u64,
     pub flushes: u64,
     pub failed_flushes: u64,
+    /// Most deliveries held unacked at once (batches filling and in flight).
+    pub peak_unacked: u64,
 }
 
 /// Tells the worker when to stop.
@@ -160,6 +167,10 @@ impl Worker {
         subscription: Arc<dyn Subscription>,
         dead_letter_subscription: Option<Arc<dyn Subscription>>,
     ) -> Worker {
+        let mut config = config;
+        if let Some((messages, bytes)) = subscription.flow_window() {
+            fit_to_window(&mut config, messages, bytes);
+        }
         Worker {
             config,
             catalog,
@@ -192,12 +203,14 @@ impl Worker {
                 }
             };
             let got_any = !deliveries.is_empty();
-            self.accept(deliveries, Origin::Main);
+            let poison = self.accept(deliveries, Origin::Main);
+            self.dead_letter_on_bus(poison).await;
             if let Some(dead) = self.dead_letter_subscription.clone() {
                 if let Ok(exhausted) = dead.pull(self.config.pull_max_messages, Duration::ZERO).await {
                     self.accept(exhausted, Origin::DeadLetterQueue);
                 }
             }
+            self.note_unacked();
             let idle = !got_any;
             self.flush_due(max_age, idle && mode == StopMode::WhenDrained).await;
             // Ack a finished landing now, not at the next flush: when input pauses there may be no
@@ -213,36 +226,69 @@ impl Worker {
         }
         self.flush_due(max_age, true).await;
         self.finish_in_flight().await;
+        self.subscription.close().await;
+        if let Some(dead) = &self.dead_letter_subscription {
+            dead.close().await;
+        }
         Ok(())
     }
 
     async fn bus_is_empty(&self) -> bool {
-        let main = self.subscription.stats().await.map(|s| s.pending == 0 && s.leased == 0).unwrap_or(false);
+        let main = self.subscription.is_drained().await.unwrap_or(false);
         let dead = match &self.dead_letter_subscription {
-            Some(d) => d.stats().await.map(|s| s.pending == 0 && s.leased == 0).unwrap_or(false),
+            Some(d) => d.is_drained().await.unwrap_or(false),
             None => true,
         };
         main && dead
+    }
+
+    fn note_unacked(&mut self) {
+        let held = self.pending.values().map(|b| b.handles.len()).sum::<usize>()
+            + self.in_flight.as_ref().map_or(0, |f| f.handles.len());
+        self.stats.peak_unacked = self.stats.peak_unacked.max(held as u64);
+    }
+
+    /// Hands poison deliveries to the bus's dead-letter topic. If that fails they were nacked and
+    /// come back, to be dead-lettered again.
+    async fn dead_letter_on_bus(&mut self, poison: Vec<DeadLetterOut>) {
+        if poison.is_empty() {
+            return;
+        }
+        let count = poison.len() as u64;
+        match self.subscription.dead_letter(poison).await {
+            Ok(()) => self.stats.dead_lettered += count,
+            Err(e) => tracing::error!(error = %e, count, "publishing dead letters failed; they will be redelivered"),
+        }
     }
 
     fn time_to_next_flush(&self, max_age: Duration) -> Duration {
         self.pending.values().map(|b| max_age.saturating_sub(b.oldest.elapsed())).min().unwrap_or(max_age)
     }
 
-    /// Sorts deliveries into per-table batches; poison goes to the dead-letter batch.
-    fn accept(&mut self, deliveries: Vec<Delivery>, origin: Origin) {
+    /// Sorts deliveries into per-table batches; poison goes to the dead-letter batch, or is returned
+    /// for the bus's dead-letter topic when the bus has one.
+    fn accept(&mut self, deliveries: Vec<Delivery>, origin: Origin) -> Vec<DeadLetterOut> {
         let classifier = Classifier { catalog: &self.catalog, max_event_bytes: self.config.max_event_bytes };
+        let poison_to_bus = origin == Origin::Main && self.subscription.dead_letters_on_bus();
+        let mut poison = Vec::new();
         for delivery in deliveries {
             self.stats.delivered += 1;
             let classified = match origin {
                 Origin::Main => classifier.classify(&delivery),
-                Origin::DeadLetterQueue => classifier.classify_exhausted(&delivery),
+                Origin::DeadLetterQueue => Classified::DeadLetter(classifier.classify_exhausted(&delivery)),
             };
             let (table, row) = match classified {
                 Classified::Row { table, row } => (table, row),
-                Classified::DeadLetter(row) => {
+                Classified::DeadLetter(dead) if poison_to_bus => {
+                    let attributes = classifier.dead_letter_attributes(&delivery, &dead);
+                    log_dead_letter(&dead);
+                    poison.push(DeadLetterOut { data: delivery.data, attributes, handle: delivery.handle });
+                    continue;
+                }
+                Classified::DeadLetter(dead) => {
                     self.stats.dead_lettered += 1;
-                    (DEAD_LETTER_TABLE.to_string(), row)
+                    log_dead_letter(&dead);
+                    (DEAD_LETTER_TABLE.to_string(), classifier.dead_letter_row(&delivery, &dead))
                 }
             };
             // A flush removes its batch whole, so a batch's age starts when it is created here.
@@ -251,6 +297,7 @@ impl Worker {
             batch.rows.push(row);
             batch.handles.push((origin, delivery.handle));
         }
+        poison
     }
 
     /// Flushes every table whose batch is full or old enough (all of them when `everything`). Dead
@@ -334,6 +381,33 @@ impl Worker {
             let _ = sub.nack(dead).await;
         }
     }
+}
+
+fn log_dead_letter(dead: &DeadLetter) {
+    tracing::warn!(
+        reason = dead.reason.as_str(),
+        table = dead.table.as_deref().unwrap_or("?"),
+        detail = %dead.detail,
+        "dead-lettered"
+    );
+}
+
+/// Cuts batch limits to half the flow-control window: one batch in flight and the next one filling
+/// must both fit, or the filling one waits for its age limit every time.
+fn fit_to_window(config: &mut WorkerConfig, messages: usize, bytes: usize) {
+    let (rows, size) = ((messages / 2).max(1), (bytes / 2).max(1));
+    if config.max_batch_rows > rows || config.max_batch_bytes > size || config.pull_max_messages > rows {
+        tracing::info!(
+            max_batch_rows = config.max_batch_rows.min(rows),
+            max_batch_bytes = config.max_batch_bytes.min(size),
+            window_messages = messages,
+            window_bytes = bytes,
+            "batch limits cut to half the bus's flow-control window"
+        );
+    }
+    config.max_batch_rows = config.max_batch_rows.min(rows);
+    config.max_batch_bytes = config.max_batch_bytes.min(size);
+    config.pull_max_messages = config.pull_max_messages.min(rows);
 }
 
 /// Handles of the main subscription and of the dead-letter subscription.

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The Pub/Sub emulator (Google's, Java) on loopback, for tests and local runs.
+#
+#   scripts/emulators/pubsub.sh start DIR [PORT]   start it, wait until it answers, print HOST:PORT
+#   scripts/emulators/pubsub.sh stop DIR           stop the one started with DIR
+#
+# DIR holds pid, host and log. The Java heap is capped (PUBSUB_EMULATOR_HEAP, default 512m): without a
+# cap the emulator's memory grows to gigabytes under load. A missing emulator or Java is an error,
+# never a skip. Install elsewhere: the Debian/Ubuntu package `google-cloud-cli-pubsub-emulator` from
+# Google's apt repository, or `gcloud components install pubsub-emulator`; or point
+# PUBSUB_EMULATOR_BIN at its `cloud-pubsub-emulator` script.
+set -euo pipefail
+
+find_emulator() {
+    local candidates=(
+        "${PUBSUB_EMULATOR_BIN:-}"
+        /usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator
+        /usr/share/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator
+        /opt/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator
+    )
+    if command -v gcloud >/dev/null 2>&1; then
+        local root
+        root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || true)
+        [[ -n $root ]] && candidates+=("$root/platform/pubsub-emulator/bin/cloud-pubsub-emulator")
+    fi
+    for c in "${candidates[@]}"; do
+        if [[ -n $c && -x $c ]]; then
+            echo "$c"
+            return 0
+        fi
+    done
+    return 1
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start() {
+    local dir=$1 port=${2:-}
+    mkdir -p "$dir"
+    local emulator
+    if ! emulator=$(find_emulator); then
+        echo "pubsub emulator: not found. Install the package google-cloud-cli-pubsub-emulator (Google's apt" >&2
+        echo "repository) or 'gcloud components install pubsub-emulator', or set PUBSUB_EMULATOR_BIN." >&2
+        exit 1
+    fi
+    if ! command -v java >/dev/null 2>&1; then
+        echo "pubsub emulator: java not found (the emulator needs Java 11+; e.g. apt install openjdk-17-jre-headless)" >&2
+        exit 1
+    fi
+    [[ -n $port ]] || port=$(free_port)
+    JAVA_OPTS="-Xmx${PUBSUB_EMULATOR_HEAP:-512m} -XX:+UseSerialGC -XX:TieredStopAtLevel=1" \
+        nohup "$emulator" --host=127.0.0.1 --port="$port" >"$dir/log" 2>&1 &
+    local pid=$!
+    echo "$pid" >"$dir/pid"
+    echo "127.0.0.1:$port" >"$dir/host"
+    for _ in $(seq 1 240); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "pubsub emulator: exited while starting; its log ($dir/log) ends with:" >&2
+            tail -20 "$dir/log" >&2
+            exit 1
+        fi
+        if [[ $(curl -s --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null) == Ok* ]]; then
+            echo "127.0.0.1:$port"
+            return 0
+        fi
+        sleep 0.25
+    done
+    echo "pubsub emulator: no answer on 127.0.0.1:$port after 60 s; log: $dir/log" >&2
+    kill "$pid" 2>/dev/null || true
+    exit 1
+}
+
+stop() {
+    local dir=$1
+    [[ -f $dir/pid ]] || return 0
+    local pid
+    pid=$(cat "$dir/pid")
+    if kill "$pid" 2>/dev/null; then
+        for _ in $(seq 1 40); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.25
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$dir/pid"
+}
+
+case ${1:-} in
+    start) start "${2:?usage: $0 start DIR [PORT]}" "${3:-}" ;;
+    stop) stop "${2:?usage: $0 stop DIR}" ;;
+    *) echo "usage: $0 start DIR [PORT] | stop DIR" >&2; exit 2 ;;
+esac
