@@ -32,6 +32,23 @@ find_emulator() {
     return 1
 }
 
+# Emulator 0.8.20 bundles a grpc-netty that calls a method its bundled grpc-api lacks; every cancelled
+# client stream then leaves a dead stream behind that swallows messages for good (see
+# pubsub-shim/io/grpc/InternalStatus.java). Versions with the method need no shim.
+needs_shim() {
+    ! javap -cp "$1" io.grpc.InternalStatus 2>/dev/null | grep -q 'asRuntimeException(io.grpc.Status, io.grpc.Metadata, boolean)'
+}
+
+shim() {
+    local jar=$1 out=$2
+    if ! command -v javac >/dev/null 2>&1; then
+        echo "pubsub emulator: javac not found; it is needed to build the shim for this emulator version" >&2
+        exit 1
+    fi
+    mkdir -p "$out"
+    javac -nowarn -d "$out" -cp "$jar" "$(dirname "$0")/pubsub-shim/io/grpc/InternalStatus.java"
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -50,8 +67,20 @@ start() {
         exit 1
     fi
     [[ -n $port ]] || port=$(free_port)
-    JAVA_OPTS="-Xmx${PUBSUB_EMULATOR_HEAP:-512m} -XX:+UseSerialGC -XX:TieredStopAtLevel=1" \
-        nohup "$emulator" --host=127.0.0.1 --port="$port" >"$dir/log" 2>&1 &
+    local jar
+    jar=$(ls "$(dirname "$emulator")"/../lib/cloud-pubsub-emulator-*.jar 2>/dev/null | head -1)
+    if [[ -z $jar ]]; then
+        echo "pubsub emulator: no cloud-pubsub-emulator-*.jar next to $emulator" >&2
+        exit 1
+    fi
+    local classpath=$jar
+    if needs_shim "$jar"; then
+        shim "$jar" "$dir/shim"
+        classpath="$dir/shim:$jar"
+    fi
+    # The jar directly (the start script does the same, minus the classpath shim).
+    nohup java "-Xmx${PUBSUB_EMULATOR_HEAP:-512m}" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+        -cp "$classpath" com.google.cloud.pubsub.testing.v1.Main --host=127.0.0.1 --port="$port" >"$dir/log" 2>&1 &
     local pid=$!
     echo "$pid" >"$dir/pid"
     echo "127.0.0.1:$port" >"$dir/host"

@@ -43,7 +43,12 @@ impl Project {
     pub fn spawn_run(&self, extra_args: &[&str], env: &[(&str, &str)]) -> Child {
         let mut args = vec!["run"];
         args.extend_from_slice(extra_args);
-        let mut command = self.command(&args);
+        self.spawn(&args, env)
+    }
+
+    /// Starts `bqsync ARGS` in the background, logging to `bqsync.log`.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
+        let mut command = self.command(args);
         command.envs(env.iter().copied()).stdout(Stdio::null()).stderr(Stdio::from(self.log_file()));
         command.spawn().expect("spawn bqsync")
     }
