@@ -40,8 +40,7 @@ fn pubsub_section(test: &str, extra: &str) -> String {
     format!(
         "project = \"bqsync-test\"\ntopic = \"{id}-events\"\nsubscription = \"{id}-worker\"\n\
          dead_letter_topic = \"{id}-dlq\"\ndead_letter_subscription = \"{id}-dlq-sub\"\n\
-         ack_deadline_secs = 10\nmin_backoff_secs = 0\nmax_backoff_secs = 1\ndrain_quiet_ms = 2500\n\
-         max_outstanding_messages = 4000\n{extra}"
+         ack_deadline_secs = 10\nmin_backoff_secs = 0\nmax_backoff_secs = 1\ndrain_quiet_ms = 2500\n{extra}"
     )
 }
 
