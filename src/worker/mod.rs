@@ -463,3 +463,19 @@ async fn land_with_retry(warehouse: Arc<dyn Warehouse>, batches: Vec<TableBatch>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_limits_are_cut_to_half_the_flow_control_window() {
+        let mut config = WorkerConfig::default();
+        fit_to_window(&mut config, 8_000, 64 << 20);
+        assert_eq!((config.max_batch_rows, config.max_batch_bytes, config.pull_max_messages), (4_000, 32 << 20, 4_000));
+        let mut small = WorkerConfig { max_batch_rows: 100, ..WorkerConfig::default() };
+        fit_to_window(&mut small, 8_000, 1 << 30);
+        assert_eq!(small.max_batch_rows, 100, "limits below the window stay");
+        assert_eq!(small.max_batch_bytes, 32 << 20);
+    }
+}
