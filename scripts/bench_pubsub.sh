@@ -9,4 +9,4 @@ state=$(mktemp -d)
 trap 'bash scripts/emulators/pubsub.sh stop "$state/pubsub"; rm -rf "$state"' EXIT
 PUBSUB_EMULATOR_HOST=$(bash scripts/emulators/pubsub.sh start "$state/pubsub")
 export PUBSUB_EMULATOR_HOST
-cargo bench --bench pubsub
+cargo bench --bench pubsub  # BQSYNC_BENCH_CLIENTS=rust skips the Python side

@@ -2,6 +2,11 @@
 
 use std::path::PathBuf;
 
+// mimalloc: the Pub/Sub client allocates per message (ack ids, attribute maps) from several threads;
+// glibc's malloc spent about a third of the consume CPU on it (perf, benches/pubsub.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 

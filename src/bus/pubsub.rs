@@ -357,6 +357,9 @@ impl Publisher for PubSubPublisher {
     }
 }
 
+/// How long a pull waits for more messages after the first one.
+const PULL_LINGER: Duration = Duration::from_millis(10);
+
 /// One delivered message held by the worker.
 type Held = (Message, Handler);
 
@@ -534,11 +537,19 @@ impl Subscription for PubSubSubscription {
             return Ok(deliveries);
         };
         deliveries.push(self.to_delivery(first));
+        // Messages arrive one response (up to a few hundred) at a time; lingering a moment after the
+        // first collects a response or two per pull instead of waking once per message, which is
+        // most of the client's CPU otherwise.
+        let linger = tokio::time::Instant::now() + PULL_LINGER.min(wait);
         while deliveries.len() < max_messages {
-            match receiver.try_recv() {
-                Ok(held) => deliveries.push(self.to_delivery(held)),
-                Err(_) => break,
-            }
+            let held = match receiver.try_recv() {
+                Ok(held) => held,
+                Err(_) => match tokio::time::timeout_at(linger, receiver.recv()).await {
+                    Ok(Some(held)) => held,
+                    _ => break,
+                },
+            };
+            deliveries.push(self.to_delivery(held));
         }
         self.outstanding.fetch_add(deliveries.len() as i64, Ordering::Relaxed);
         Ok(deliveries)
