@@ -4,7 +4,8 @@
 //! Data flow, one module a stage: [`sources`] (watch where data appears, publish change events) →
 //! [`bus`] (durable, leased delivery) → [`worker`] (batch per table, land, ack after commit) →
 //! [`warehouse`] (idempotent landing). [`envelope`] is the event format, [`schema`] the table
-//! definitions, [`config`] the user's settings, [`pipeline`] wires them together.
+//! definitions, [`config`] the user's settings, [`pipeline`] wires them together; [`dlq`] reads and
+//! replays the dead letters.
 //!
 //! Exactly once in effect: producers derive deterministic event ids and checkpoint after the bus
 //! accepted; the bus redelivers until acked; workers ack only after the warehouse committed; the
@@ -13,6 +14,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod dlq;
 pub mod envelope;
 pub mod pipeline;
 pub mod schema;

@@ -8,10 +8,13 @@ use std::path::PathBuf;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use bqsync::config::{BusKind, Config};
 use bqsync::pipeline::{self, Role, RunMode};
+use bqsync::warehouse::duckdb::DuckDbWarehouse;
+use bqsync::warehouse::Warehouse;
+use std::sync::Arc;
 
 /// Syncs local and operational data into a warehouse, exactly once in effect.
 #[derive(Parser)]
@@ -55,6 +58,85 @@ enum Command {
     },
     /// Print the effective configuration (defaults, file and environment overrides merged).
     Config,
+    /// Inspect dead letters (the warehouse's `dead_letters` table).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Replay dead letters through today's schemas into the warehouse; replayed events keep their
+    /// event ids, so replaying twice lands once.
+    Replay {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Validate and report, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Set a payload field: FIELD=VALUE (VALUE as JSON when it parses, else a string). Repeatable.
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        set: Vec<String>,
+        /// Remove a payload field. Repeatable.
+        #[arg(long = "drop", value_name = "FIELD")]
+        drop: Vec<String>,
+        /// Rename a payload field: OLD=NEW. Repeatable.
+        #[arg(long = "rename", value_name = "OLD=NEW")]
+        rename: Vec<String>,
+        /// Print the summary as JSON (with every event on a dry run).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Dead letters, newest first.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every field of one dead letter (by dead-letter id, a prefix of 8+ characters, or event id).
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts by table and reason.
+    Stats {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which dead letters a command reads.
+#[derive(Args)]
+struct FilterArgs {
+    /// Only this table.
+    #[arg(long)]
+    table: Option<String>,
+    /// Only this reason: decode, schema, unknown_table, oversize, warehouse_rejected, max_attempts.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Last failure at or after: RFC 3339, a date (2026-11-22) or an age (30m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Last failure before (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only these dead-letter ids (or prefixes of 8+ characters) or event ids. Repeatable.
+    #[arg(long = "id", value_name = "ID")]
+    ids: Vec<String>,
+    /// At most this many.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> anyhow::Result<bqsync::warehouse::DeadLetterFilter> {
+        bqsync::dlq::filter(self.table, self.reason, self.since.as_deref(), self.until.as_deref(), self.ids, self.limit)
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -110,6 +192,95 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Config => println!("{config:#?}"),
+        Command::Dlq { command } => dlq(config, command).await?,
+        Command::Replay { filter, dry_run, set, drop, rename, json } => {
+            let edits = bqsync::dlq::Edits::parse(&set, &drop, &rename)?;
+            let catalog = pipeline::load_catalog(&config)?;
+            let warehouse = if dry_run {
+                read_only_warehouse(&config, catalog.clone())?
+            } else {
+                let warehouse = DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone())
+                    .context("opening the DuckDB warehouse (a running bqsync holds it: stop it to replay)")?;
+                warehouse.ensure_tables().await.context("creating tables from schemas/")?;
+                Arc::new(warehouse) as Arc<dyn Warehouse>
+            };
+            let records = warehouse.dead_letters(&filter.into_filter()?).await?;
+            let summary = bqsync::dlq::replay(records, &edits, catalog, warehouse, dry_run, json).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                for event in &summary.events {
+                    println!(
+                        "{:<14} {:<16} {:<14} {}",
+                        &event.dead_letter_id[..12],
+                        event.table.as_deref().unwrap_or("?"),
+                        event.outcome,
+                        event.detail
+                    );
+                }
+                println!(
+                    "{}selected {}, valid {}, landed new {}, already present {}, still failing {}",
+                    if dry_run { "dry run (nothing changed): " } else { "" },
+                    summary.selected,
+                    summary.valid,
+                    summary.landed_new,
+                    summary.already_present,
+                    summary.still_failing
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The warehouse opened read-only: `dlq` and `replay --dry-run` change nothing.
+fn read_only_warehouse(config: &Config, catalog: Arc<bqsync::schema::Catalog>) -> anyhow::Result<Arc<dyn Warehouse>> {
+    let path = &config.warehouse.duckdb.path;
+    anyhow::ensure!(path.exists(), "no warehouse at {} yet", path.display());
+    let warehouse = DuckDbWarehouse::open_read_only(path, catalog).with_context(|| {
+        format!("reading {} (DuckDB allows one process at a time: a running bqsync holds it)", path.display())
+    })?;
+    Ok(Arc::new(warehouse))
+}
+
+/// `bqsync dlq list | show | stats`.
+async fn dlq(config: Config, command: DlqCommand) -> anyhow::Result<()> {
+    let catalog = pipeline::load_catalog(&config)?;
+    let warehouse = read_only_warehouse(&config, catalog)?;
+    match command {
+        DlqCommand::List { filter, json } => {
+            let records = warehouse.dead_letters(&filter.into_filter()?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else {
+                print!("{}", bqsync::dlq::render_list(&records));
+            }
+        }
+        DlqCommand::Show { id, json } => {
+            let filter = bqsync::warehouse::DeadLetterFilter { ids: vec![id.clone()], ..Default::default() };
+            let records = warehouse.dead_letters(&filter).await?;
+            anyhow::ensure!(!records.is_empty(), "no dead letter with id or event id {id:?}");
+            anyhow::ensure!(
+                records.len() == 1,
+                "{} dead letters match {id:?}; give more of the id: {}",
+                records.len(),
+                records.iter().map(|r| &r.dead_letter_id[..16]).collect::<Vec<_>>().join(", ")
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records[0])?);
+            } else {
+                print!("{}", bqsync::dlq::render_show(&records[0]));
+            }
+        }
+        DlqCommand::Stats { filter, json } => {
+            let records = warehouse.dead_letters(&filter.into_filter()?).await?;
+            let stats = bqsync::dlq::stats(&records);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{}", bqsync::dlq::render_stats(&stats));
+            }
+        }
     }
     Ok(())
 }

@@ -40,6 +40,10 @@ pub mod attr {
     pub const DEAD_LETTER_ATTEMPTS: &str = "bqsync_dead_letter_attempts";
     /// On a dead letter: microseconds since the epoch of the first delivery.
     pub const DEAD_LETTER_FIRST_ATTEMPT_MICROS: &str = "bqsync_dead_letter_first_attempt_micros";
+    /// On a replayed dead letter: the id of the dead letter it was made from.
+    pub const REPLAY_OF: &str = "bqsync_replay_of";
+    /// On a replayed dead letter: earlier failures, `reason@micros` separated by `;`, oldest first.
+    pub const REPLAY_HISTORY: &str = "bqsync_replay_history";
     /// Set by Pub/Sub's dead-letter policy on the messages it moves: deliveries made.
     pub const PUBSUB_DELIVERY_COUNT: &str = "CloudPubSubDeadLetterSourceDeliveryCount";
 }
@@ -82,6 +86,15 @@ pub(crate) enum AckInner {
     /// Pub/Sub: the client's handler (it keeps extending the lease until acked or nacked; dropping it
     /// nacks).
     PubSub(google_cloud_pubsub::subscriber::handler::Handler),
+    /// A message that did not come from a subscription (a dead letter being replayed): there is
+    /// nothing to ack, and every subscription refuses it.
+    Detached,
+}
+
+impl AckHandle {
+    pub(crate) fn detached() -> AckHandle {
+        AckHandle { inner: AckInner::Detached }
+    }
 }
 
 /// A message delivered to a worker.

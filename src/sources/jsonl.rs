@@ -517,55 +517,69 @@ impl JsonlSource {
         source: &str,
         produced_at: &str,
     ) -> Result<OutboundMessage, (&'static str, String)> {
-        // Top-level fields borrowed as raw JSON: validates the line and allocates only the index;
-        // the few fields identity needs are parsed on demand. Keys with escapes take the slow path.
-        let fields = match serde_json::from_str::<HashMap<&str, &RawValue>>(text) {
-            Ok(fields) => LineFields::Borrowed(fields),
-            Err(_) => match serde_json::from_str::<Value>(text) {
-                Ok(Value::Object(map)) => LineFields::Owned(map),
-                _ => return Err(("decode", describe_invalid_line(text))),
-            },
-        };
-        let field = |name: &str| fields.get(name);
-        let deleted = fields.get(DELETE_FIELD) == Some(Value::Bool(true));
-        let (op, event_id, key, version) = match self.catalog.get(table) {
-            // Unknown table: publish anyway; the worker dead-letters it as `unknown_table`, and a
-            // replay lands it once its schema file exists.
-            None => (Op::Insert, None, None, None),
-            Some(schema) => {
-                let identity = identify(schema, field, deleted).map_err(|detail| ("schema", detail))?;
-                (identity.op, identity.event_id, identity.key, identity.version)
-            }
-        };
-        // `identify` gives a key and a version only for upsert tables: there, the record is key@version.
-        let event_id = event_id.unwrap_or_else(|| match (&key, version) {
-            (Some(key), Some(version)) => {
-                let key_text = serde_json::to_string(key).expect("map serializes");
-                derive_event_id(&[table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes()])
-            }
-            _ => derive_event_id(&[
-                table.as_bytes(),
-                &file_fingerprint.to_le_bytes(),
-                &offset.to_le_bytes(),
-                text.as_bytes(),
-            ]),
-        });
-        let payload_text;
-        let payload: &str = if fields.get(DELETE_FIELD).is_some() {
-            let mut without: Map<String, Value> = serde_json::from_str(text).expect("validated above");
-            without.remove(DELETE_FIELD);
-            payload_text = serde_json::to_string(&without).expect("map serializes");
-            &payload_text
-        } else {
-            text
-        };
-        let ordering_key = key.as_ref().map(|key| ordering_key(table, key));
-        let event = ChangeEvent { event_id, table, op, key, version, payload, source, produced_at };
-        let mut attributes = Attributes::new();
-        attributes.insert(attr::TABLE.into(), table.into());
-        attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
-        Ok(OutboundMessage { data: event.to_bytes(), attributes, ordering_key })
+        record_to_message(&self.catalog, table, file_fingerprint, offset, text, source, produced_at)
     }
+}
+
+/// Builds the change event for one JSONL record (a JSON object as text) of `table`. Replay uses it
+/// for records that were dead-lettered before they became events.
+pub fn record_to_message(
+    catalog: &Catalog,
+    table: &str,
+    file_fingerprint: u64,
+    offset: u64,
+    text: &str,
+    source: &str,
+    produced_at: &str,
+) -> Result<OutboundMessage, (&'static str, String)> {
+    // Top-level fields borrowed as raw JSON: validates the line and allocates only the index;
+    // the few fields identity needs are parsed on demand. Keys with escapes take the slow path.
+    let fields = match serde_json::from_str::<HashMap<&str, &RawValue>>(text) {
+        Ok(fields) => LineFields::Borrowed(fields),
+        Err(_) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => LineFields::Owned(map),
+            _ => return Err(("decode", describe_invalid_line(text))),
+        },
+    };
+    let field = |name: &str| fields.get(name);
+    let deleted = fields.get(DELETE_FIELD) == Some(Value::Bool(true));
+    let (op, event_id, key, version) = match catalog.get(table) {
+        // Unknown table: publish anyway; the worker dead-letters it as `unknown_table`, and a
+        // replay lands it once its schema file exists.
+        None => (Op::Insert, None, None, None),
+        Some(schema) => {
+            let identity = identify(schema, field, deleted).map_err(|detail| ("schema", detail))?;
+            (identity.op, identity.event_id, identity.key, identity.version)
+        }
+    };
+    // `identify` gives a key and a version only for upsert tables: there, the record is key@version.
+    let event_id = event_id.unwrap_or_else(|| match (&key, version) {
+        (Some(key), Some(version)) => {
+            let key_text = serde_json::to_string(key).expect("map serializes");
+            derive_event_id(&[table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes()])
+        }
+        _ => derive_event_id(&[
+            table.as_bytes(),
+            &file_fingerprint.to_le_bytes(),
+            &offset.to_le_bytes(),
+            text.as_bytes(),
+        ]),
+    });
+    let payload_text;
+    let payload: &str = if fields.get(DELETE_FIELD).is_some() {
+        let mut without: Map<String, Value> = serde_json::from_str(text).expect("validated above");
+        without.remove(DELETE_FIELD);
+        payload_text = serde_json::to_string(&without).expect("map serializes");
+        &payload_text
+    } else {
+        text
+    };
+    let ordering_key = key.as_ref().map(|key| ordering_key(table, key));
+    let event = ChangeEvent { event_id, table, op, key, version, payload, source, produced_at };
+    let mut attributes = Attributes::new();
+    attributes.insert(attr::TABLE.into(), table.into());
+    attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
+    Ok(OutboundMessage { data: event.to_bytes(), attributes, ordering_key })
 }
 
 /// A line's top-level fields.

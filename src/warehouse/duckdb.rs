@@ -19,7 +19,7 @@ use duckdb::Connection;
 use serde::Deserialize;
 
 use super::sql::{self, StagingType};
-use super::{Committed, LandStats, TableBatch, Warehouse, WarehouseError};
+use super::{Committed, DeadLetterFilter, DeadLetterRecord, LandStats, TableBatch, Warehouse, WarehouseError};
 use crate::envelope::Op;
 use crate::schema::{Catalog, CellValue, TableSchema, WriteMode};
 
@@ -362,6 +362,39 @@ impl Warehouse for DuckDbWarehouse {
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64)))
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(this.error("count dead letters"))?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterRecord>, WarehouseError> {
+        let (sql, params) = sql::select_dead_letters(filter);
+        self.blocking(move |this, connection| {
+            let mut statement = connection.prepare(&sql).map_err(this.error("list dead letters"))?;
+            let rows = statement
+                .query_map(duckdb::params_from_iter(params.iter()), |r| {
+                    let bytes: Vec<u8> = r.get(6)?;
+                    let attributes: Option<String> = r.get(7)?;
+                    Ok(DeadLetterRecord {
+                        dead_letter_id: r.get(0)?,
+                        event_id: r.get(1)?,
+                        table_name: r.get(2)?,
+                        reason: r.get(3)?,
+                        detail: r.get(4)?,
+                        source: r.get(5)?,
+                        message: String::from_utf8_lossy(&bytes).into_owned(),
+                        message_bytes: bytes,
+                        attributes: attributes
+                            .and_then(|a| serde_json::from_str(&a).ok())
+                            .unwrap_or(serde_json::Value::Null),
+                        delivery_attempts: r.get(8)?,
+                        first_failed_micros: r.get(9)?,
+                        last_failed_micros: r.get(10)?,
+                        bqsync_version: r.get(11)?,
+                    })
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(this.error("list dead letters"))?;
             Ok(rows)
         })
         .await

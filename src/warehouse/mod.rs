@@ -89,4 +89,44 @@ pub trait Warehouse: Send + Sync {
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError>;
     /// Dead letters by (table, reason), for status.
     async fn dead_letter_counts(&self) -> Result<Vec<(String, String, u64)>, WarehouseError>;
+    /// Dead letters matching `filter`, newest first (for `bqsync dlq` and `bqsync replay`).
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterRecord>, WarehouseError> {
+        let _ = filter;
+        Err(WarehouseError::Task("this warehouse cannot list dead letters".into()))
+    }
+}
+
+/// Which dead letters to read. Empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    pub table: Option<String>,
+    pub reason: Option<String>,
+    /// Last failure at or after, microseconds since the epoch.
+    pub since_micros: Option<i64>,
+    /// Last failure before, microseconds since the epoch.
+    pub until_micros: Option<i64>,
+    /// Dead-letter ids or event ids (a dead-letter id may be given by a prefix of 8+ characters).
+    pub ids: Vec<String>,
+    pub limit: Option<usize>,
+}
+
+/// One row of `dead_letters`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetterRecord {
+    pub dead_letter_id: String,
+    pub event_id: Option<String>,
+    pub table_name: Option<String>,
+    pub reason: String,
+    pub detail: Option<String>,
+    pub source: Option<String>,
+    /// The original message bytes, exactly.
+    #[serde(skip)]
+    pub message_bytes: Vec<u8>,
+    /// The message as text (invalid UTF-8 replaced), for people and JSON output.
+    pub message: String,
+    pub attributes: serde_json::Value,
+    pub delivery_attempts: Option<i64>,
+    pub first_failed_micros: Option<i64>,
+    pub last_failed_micros: i64,
+    pub bqsync_version: Option<String>,
 }

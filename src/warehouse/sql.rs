@@ -236,6 +236,50 @@ pub fn count_live_rows(table: &TableSchema) -> String {
     format!("SELECT count(*) FROM {} WHERE NOT {}", quote_ident(&table.table), quote_ident(DELETED))
 }
 
+/// The `dead_letters` query for a filter, with its parameters in order (all text).
+pub fn select_dead_letters(filter: &super::DeadLetterFilter) -> (String, Vec<String>) {
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    if let Some(table) = &filter.table {
+        conditions.push("table_name = ?".to_string());
+        params.push(table.clone());
+    }
+    if let Some(reason) = &filter.reason {
+        conditions.push("reason = ?".to_string());
+        params.push(reason.clone());
+    }
+    if let Some(since) = filter.since_micros {
+        conditions.push("last_failed_at >= make_timestamp(CAST(? AS BIGINT))".to_string());
+        params.push(since.to_string());
+    }
+    if let Some(until) = filter.until_micros {
+        conditions.push("last_failed_at < make_timestamp(CAST(? AS BIGINT))".to_string());
+        params.push(until.to_string());
+    }
+    if !filter.ids.is_empty() {
+        let mut alternatives = Vec::new();
+        for id in &filter.ids {
+            alternatives.push("(starts_with(dead_letter_id, ?) OR event_id = ?)".to_string());
+            params.push(id.clone());
+            params.push(id.clone());
+        }
+        conditions.push(format!("({})", alternatives.join(" OR ")));
+    }
+    let mut sql = "SELECT dead_letter_id, event_id, table_name, reason, detail, source, message_bytes, \
+                   CAST(attributes AS VARCHAR), delivery_attempts, epoch_us(first_failed_at), epoch_us(last_failed_at), \
+                   bqsync_version FROM dead_letters"
+        .to_string();
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(" ORDER BY last_failed_at DESC, dead_letter_id");
+    if let Some(limit) = filter.limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    (sql, params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,5 +324,22 @@ mod tests {
         assert!(sql.contains("WHEN MATCHED AND s._v > t.\"_bqsync_version\" THEN UPDATE SET"), "{sql}");
         assert!(sql.contains("PARTITION BY \"contact_id\" ORDER BY _v DESC, _d DESC, _e DESC"), "{sql}");
         assert!(!sql.contains("\"contact_id\" = s.\"contact_id\","), "keys are never updated: {sql}");
+    }
+
+    #[test]
+    fn dead_letter_filters_become_parameters_never_sql_text() {
+        let filter = crate::warehouse::DeadLetterFilter {
+            table: Some("atoms'; DROP TABLE x; --".into()),
+            reason: Some("schema".into()),
+            since_micros: Some(5),
+            ids: vec!["abc12345".into()],
+            limit: Some(10),
+            ..Default::default()
+        };
+        let (sql, params) = select_dead_letters(&filter);
+        assert!(!sql.contains("DROP"), "{sql}");
+        assert_eq!(sql.matches('?').count(), params.len());
+        assert_eq!(params[0], "atoms'; DROP TABLE x; --");
+        assert!(sql.ends_with("ORDER BY last_failed_at DESC, dead_letter_id LIMIT 10"), "{sql}");
     }
 }

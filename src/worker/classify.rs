@@ -220,7 +220,12 @@ impl Classifier<'_> {
     pub fn dead_letter_row(&self, delivery: &Delivery, dead: &DeadLetter) -> StagedRow {
         let (reason, detail) = (dead.reason, dead.detail.as_str());
         let (table, event_id) = (dead.table.as_deref(), dead.event_id.as_deref());
-        let dead_letter_id = derive_event_id(&[&delivery.data, reason.as_str().as_bytes()]);
+        // A replayed dead letter that fails again is a new dead letter (its lineage differs), but
+        // the same replay failing twice is one.
+        let dead_letter_id = match delivery.attributes.get(attr::REPLAY_OF) {
+            Some(original) => derive_event_id(&[&delivery.data, reason.as_str().as_bytes(), original.as_bytes()]),
+            None => derive_event_id(&[&delivery.data, reason.as_str().as_bytes()]),
+        };
         let now = chrono::Utc::now().timestamp_micros();
         let first_failed = first_failed_micros(delivery);
         let attempts = attempts_of(delivery);
