@@ -211,6 +211,24 @@ pub fn render_stats(stats: &[DeadLetterStat]) -> String {
     out
 }
 
+/// Counts in Prometheus text format, for alerting until the metrics endpoint exists: write it to
+/// node_exporter's textfile directory from cron (`bqsync dlq stats --prometheus > dir/bqsync.prom`).
+pub fn render_prometheus(stats: &[DeadLetterStat]) -> String {
+    let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let mut out = String::from(
+        "# HELP bqsync_dead_letters Dead letters in the warehouse's dead_letters table.\n# TYPE bqsync_dead_letters gauge\n",
+    );
+    for s in stats {
+        out.push_str(&format!(
+            "bqsync_dead_letters{{table=\"{}\",reason=\"{}\"}} {}\n",
+            label(&s.table),
+            label(&s.reason),
+            s.count
+        ));
+    }
+    out
+}
+
 /// What a replay did (or, with `--dry-run`, would do).
 #[derive(Debug, Default, Serialize)]
 pub struct ReplaySummary {
@@ -451,6 +469,20 @@ mod tests {
             serde_json::json!({"score": 2.5, "note": "hello", "tags": ["a"], "color": "red"})
         );
         assert!(Edits::parse(&["novalue".into()], &[], &[]).unwrap_err().to_string().contains("NAME=VALUE"));
+    }
+
+    #[test]
+    fn prometheus_lines_escape_label_values() {
+        let stats = vec![DeadLetterStat {
+            table: "a\"b".into(),
+            reason: "schema".into(),
+            count: 3,
+            first_failed_at: String::new(),
+            last_failed_at: String::new(),
+        }];
+        let text = render_prometheus(&stats);
+        assert!(text.contains("# TYPE bqsync_dead_letters gauge"), "{text}");
+        assert!(text.ends_with("bqsync_dead_letters{table=\"a\\\"b\",reason=\"schema\"} 3\n"), "{text}");
     }
 
     #[test]

@@ -107,6 +107,9 @@ enum DlqCommand {
         filter: FilterArgs,
         #[arg(long)]
         json: bool,
+        /// Prometheus text format (for node_exporter's textfile collector and alerts).
+        #[arg(long, conflicts_with = "json")]
+        prometheus: bool,
     },
 }
 
@@ -272,10 +275,12 @@ async fn dlq(config: Config, command: DlqCommand) -> anyhow::Result<()> {
                 print!("{}", bqsync::dlq::render_show(&records[0]));
             }
         }
-        DlqCommand::Stats { filter, json } => {
+        DlqCommand::Stats { filter, json, prometheus } => {
             let records = warehouse.dead_letters(&filter.into_filter()?).await?;
             let stats = bqsync::dlq::stats(&records);
-            if json {
+            if prometheus {
+                print!("{}", bqsync::dlq::render_prometheus(&stats));
+            } else if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 print!("{}", bqsync::dlq::render_stats(&stats));

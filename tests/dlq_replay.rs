@@ -78,6 +78,8 @@ fn schema_fix_then_dry_run_then_replay_lands_once_and_set_fixes_a_field() {
     let id = by_event[0]["dead_letter_id"].as_str().unwrap();
     let shown = stdout_of(&project, &["dlq", "show", &id[..10]]);
     assert!(shown.contains("\"colour\":\"red\"") && shown.contains("reason             schema"), "{shown}");
+    let prometheus = stdout_of(&project, &["dlq", "stats", "--prometheus"]);
+    assert!(prometheus.contains("bqsync_dead_letters{table=\"atoms\",reason=\"schema\"} 70"), "{prometheus}");
     let table = stdout_of(&project, &["dlq", "list"]);
     assert!(table.contains("70 dead letter(s)") && table.contains("is not a column"), "{table}");
 
