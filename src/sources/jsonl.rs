@@ -496,7 +496,7 @@ impl JsonlSource {
         if text.is_empty() {
             return None;
         }
-        match self.build_event(table, file_fingerprint, offset, text, source_label, produced_at) {
+        match record_to_message(&self.catalog, table, file_fingerprint, offset, text, source_label, produced_at) {
             Ok(message) => Some(message),
             Err((reason, detail)) => Some(poison(
                 table,
@@ -506,18 +506,6 @@ impl JsonlSource {
                 source_label,
             )),
         }
-    }
-
-    fn build_event(
-        &self,
-        table: &str,
-        file_fingerprint: u64,
-        offset: u64,
-        text: &str,
-        source: &str,
-        produced_at: &str,
-    ) -> Result<OutboundMessage, (&'static str, String)> {
-        record_to_message(&self.catalog, table, file_fingerprint, offset, text, source, produced_at)
     }
 }
 
