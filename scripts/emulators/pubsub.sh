@@ -4,7 +4,7 @@
 #   scripts/emulators/pubsub.sh start DIR [PORT]   start it, wait until it answers, print HOST:PORT
 #   scripts/emulators/pubsub.sh stop DIR           stop the one started with DIR
 #
-# DIR holds pid, host and log. The Java heap is capped (PUBSUB_EMULATOR_HEAP, default 512m): without a
+# DIR holds pid, host and log. The Java heap is capped (PUBSUB_EMULATOR_HEAP, default 1g): without a
 # cap the emulator's memory grows to gigabytes under load. A missing emulator or Java is an error,
 # never a skip. Install elsewhere: the Debian/Ubuntu package `google-cloud-cli-pubsub-emulator` from
 # Google's apt repository, or `gcloud components install pubsub-emulator`; or point
@@ -79,7 +79,7 @@ start() {
         classpath="$dir/shim:$jar"
     fi
     # The jar directly (the start script does the same, minus the classpath shim).
-    nohup java "-Xmx${PUBSUB_EMULATOR_HEAP:-512m}" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+    nohup java "-Xmx${PUBSUB_EMULATOR_HEAP:-1g}" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
         -cp "$classpath" com.google.cloud.pubsub.testing.v1.Main --host=127.0.0.1 --port="$port" >"$dir/log" 2>&1 &
     local pid=$!
     echo "$pid" >"$dir/pid"

@@ -16,7 +16,7 @@
 //! - The emulator and production differ only in endpoint and credentials (see [`PubSubConfig`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownT
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::{AckHandle, AckInner, Attributes, BusError, DeadLetterOut, Delivery, OutboundMessage, Publisher};
+use super::{AckHandle, AckInner, BusError, DeadLetterOut, Delivery, OutboundMessage, Publisher};
 use super::{QueueStats, Subscription};
 
 /// The variable the Google SDKs read for the emulator address (`HOST:PORT`).
@@ -376,7 +376,6 @@ pub struct PubSubSubscription {
     drain_quiet: Duration,
     window: (usize, usize),
     dead_letter_publisher: Option<PubSubPublisher>,
-    received: Arc<AtomicU64>,
 }
 
 impl PubSubSubscription {
@@ -404,7 +403,6 @@ impl PubSubSubscription {
             .await
             .map_err(|e| pubsub_error(format!("subscriber for {name}"), e))?;
         let (sender, receiver) = mpsc::channel(config.max_outstanding_messages.max(1));
-        let received = Arc::new(AtomicU64::new(0));
         let last_delivery = Arc::new(Mutex::new(Instant::now()));
         let shutdowns = Arc::new(Mutex::new(Vec::new()));
         let mut streams = Vec::new();
@@ -416,7 +414,6 @@ impl PubSubSubscription {
                 config: config.clone(),
                 name: name.to_string(),
                 sender: sender.clone(),
-                received: received.clone(),
                 last_delivery: last_delivery.clone(),
                 shutdowns: shutdowns.clone(),
                 slot,
@@ -433,13 +430,7 @@ impl PubSubSubscription {
             drain_quiet: Duration::from_millis(config.drain_quiet_ms),
             window: config.flow_window(),
             dead_letter_publisher,
-            received,
         })
-    }
-
-    /// Messages received from the service since open.
-    pub fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
     }
 
     fn to_delivery(&self, (message, handler): Held) -> Delivery {
@@ -491,7 +482,6 @@ struct Forward {
     config: PubSubConfig,
     name: String,
     sender: mpsc::Sender<Held>,
-    received: Arc<AtomicU64>,
     last_delivery: Arc<Mutex<Instant>>,
     shutdowns: Arc<Mutex<Vec<ShutdownToken>>>,
     slot: usize,
@@ -504,7 +494,6 @@ impl Forward {
             match stream.next().await {
                 Some(Ok(held)) => {
                     pause = Duration::from_millis(250);
-                    self.received.fetch_add(1, Ordering::Relaxed);
                     *self.last_delivery.lock().expect("clock lock") = Instant::now();
                     if self.sender.send(held).await.is_err() {
                         return; // The subscription is closing; the handler drops and nacks.
@@ -771,15 +760,6 @@ pub fn differences(wanted: &SubscriptionModel, live: &SubscriptionModel) -> Vec<
     };
     compare("retry_policy", retry(wanted), retry(live));
     out
-}
-
-/// Attributes of a dead letter the worker publishes: the original attributes plus the reason.
-pub fn dead_letter_attributes(original: &Attributes, extra: &[(&str, String)]) -> Attributes {
-    let mut attributes = original.clone();
-    for (name, value) in extra {
-        attributes.insert((*name).to_string(), value.clone());
-    }
-    attributes
 }
 
 #[cfg(test)]
