@@ -393,3 +393,53 @@ fn run_measured(project: &Project, args: &[&str]) -> (String, i64) {
     assert!(ok, "bqsync {args:?} failed ({status}); log:\n{}", project.log_tail());
     (std::fs::read_to_string(stdout_path).unwrap(), usage.ru_maxrss)
 }
+
+/// With `ordering = true`, the subscription is created with message ordering and upserts of one key
+/// are published with the key as ordering key: each key's versions arrive in publish order. (The
+/// emulator with one publisher also delivers in order without ordering keys, so the order check
+/// alone would not tell; the subscription setting is checked through `setup`'s drift report.)
+#[test]
+fn ordering_keys_deliver_each_keys_versions_in_order() {
+    let project = pubsub_project("ordered", "ordering = true\nconsume_dead_letters = false");
+    let setup_output = run_ok(&project, &["setup"], &[]);
+    assert!(setup_output.contains("subscription  created"), "{setup_output}");
+    let drift = run_ok(&project, &["setup"], &[("BQSYNC__BUS__PUBSUB__ORDERING", "false")]);
+    assert!(drift.contains("differs: enable_message_ordering: config false, live true"), "{drift}");
+    // 5 keys, versions 1..=100 each, interleaved, in version order per key.
+    let mut text = String::new();
+    for version in 1..=100 {
+        for key in 0..5 {
+            text.push_str(&format!(
+                "{{\"contact_id\":\"k{key}\",\"name\":\"n\",\"email\":\"v{version}@x\",\"version\":{version}}}\n"
+            ));
+        }
+    }
+    project.append("inbox/contacts_master/c.jsonl", text.as_bytes());
+    let produced = report(&run_ok(&project, &["produce", "--until-drained"], &[]));
+    assert_eq!(produced["events_published"], 500);
+
+    let config = pubsub_config(&project);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let versions_by_key = runtime.block_on(async {
+        let subscription = PubSubSubscription::open(&config).await.unwrap();
+        let mut by_key: HashMap<String, Vec<i64>> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut received = 0;
+        while received < 500 && Instant::now() < deadline {
+            let deliveries = subscription.pull(500, Duration::from_millis(500)).await.unwrap();
+            received += deliveries.len();
+            for delivery in &deliveries {
+                let event: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+                let key = event["key"]["contact_id"].as_str().unwrap().to_string();
+                by_key.entry(key).or_default().push(event["version"].as_i64().unwrap());
+            }
+            subscription.ack(deliveries.into_iter().map(|d| d.handle).collect()).await.unwrap();
+        }
+        subscription.close().await;
+        by_key
+    });
+    assert_eq!(versions_by_key.len(), 5);
+    for (key, versions) in &versions_by_key {
+        assert_eq!(versions, &(1..=100).collect::<Vec<i64>>(), "key {key} out of order");
+    }
+}
