@@ -443,3 +443,30 @@ fn ordering_keys_deliver_each_keys_versions_in_order() {
         assert_eq!(versions, &(1..=100).collect::<Vec<i64>>(), "key {key} out of order");
     }
 }
+
+/// A producer killed with SIGKILL between publishes and checkpoints re-publishes from its last
+/// checkpoint on restart; the duplicates on the topic are absorbed by event id when landing.
+#[test]
+fn producer_killed_midway_republishes_and_duplicates_are_absorbed() {
+    let project = pubsub_project("producer-kill", "");
+    run_ok(&project, &["setup"], &[]);
+    let atoms: i64 = 60_000;
+    project.append("inbox/atoms/a.jsonl", atoms_text("pk", 0..atoms as u64).as_bytes());
+    // Small publish batches: many publish/checkpoint boundaries to be killed between.
+    let env = [("BQSYNC__SOURCES__JSONL__0__PUBLISH_BATCH", "500")];
+    let mut published_before_kill = false;
+    for delay_ms in [300, 700] {
+        let mut child = project.spawn(&["produce"], &env);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        signal(&child, "KILL");
+        let _ = wait_exit(&mut child, Duration::from_secs(10));
+        published_before_kill |= project.checkpoint_count().unwrap_or(0) > 0;
+    }
+    assert!(published_before_kill, "the producer must have checkpointed something before a kill");
+    let rest = report(&run_ok(&project, &["produce", "--until-drained"], &env));
+    assert!(rest["events_published"].as_i64().unwrap() < atoms, "the restart resumes from the checkpoint: {rest}");
+    let worked = report(&run_ok(&project, &["work", "--until-drained"], &[]));
+    assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), atoms, "log:\n{}", project.log_tail());
+    assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), atoms);
+    eprintln!("delivered {} messages for {atoms} atoms", worked["worker"]["delivered"]);
+}
