@@ -92,6 +92,13 @@ fn atoms_text(prefix: &str, range: std::ops::Range<u64>) -> String {
 #[test]
 fn setup_is_idempotent_and_events_land_exactly_once_through_produce_and_work() {
     let project = pubsub_project("flow", "");
+    // Before `setup`, workers and producers refuse to start and say what to do.
+    for command in ["work", "produce"] {
+        let output = project.command(&[command, "--until-drained"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{command} must fail before setup");
+        assert!(stderr.contains("does not exist: run `bqsync setup`"), "{command}: {stderr}");
+    }
     let first = run_ok(&project, &["setup"], &[]);
     assert_eq!(first.matches("topic         created").count(), 2, "{first}");
     assert_eq!(first.matches("subscription  created").count(), 2, "{first}");

@@ -312,6 +312,7 @@ impl PubSubPublisher {
     /// A publisher on the configured topic.
     pub async fn connect(config: &PubSubConfig) -> Result<PubSubPublisher, BusError> {
         let names = ResourceNames::of(config)?;
+        check_exists(config, "topic", &names.topic).await?;
         PubSubPublisher::connect_to(config, &names.topic, config.ordering).await
     }
 
@@ -382,6 +383,8 @@ impl PubSubSubscription {
     /// Opens the configured worker subscription; poison events are published to the dead-letter topic.
     pub async fn open(config: &PubSubConfig) -> Result<PubSubSubscription, BusError> {
         let names = ResourceNames::of(config)?;
+        check_exists(config, "subscription", &names.subscription).await?;
+        check_exists(config, "topic", &names.dead_letter_topic).await?;
         let dead_letters = PubSubPublisher::connect_to(config, &names.dead_letter_topic, false).await?;
         PubSubSubscription::open_named(config, &names.subscription, Some(dead_letters)).await
     }
@@ -389,6 +392,7 @@ impl PubSubSubscription {
     /// Opens the dead-letter subscription.
     pub async fn open_dead_letters(config: &PubSubConfig) -> Result<PubSubSubscription, BusError> {
         let names = ResourceNames::of(config)?;
+        check_exists(config, "subscription", &names.dead_letter_subscription).await?;
         PubSubSubscription::open_named(config, &names.dead_letter_subscription, None).await
     }
 
@@ -700,6 +704,34 @@ fn code_to_http(code: google_cloud_gax::error::rpc::Code) -> u16 {
         Code::AlreadyExists => 409,
         Code::NotFound => 404,
         _ => 0,
+    }
+}
+
+/// Fails with a clear message when a topic or subscription does not exist: without this, publishing
+/// and streaming pull would only retry and log. Any other answer (no permission to read the resource
+/// is normal for a least-privilege service account) lets start-up go on.
+async fn check_exists(config: &PubSubConfig, kind: &str, name: &str) -> Result<(), BusError> {
+    use google_cloud_gax::error::rpc::Code;
+    let result = if kind == "topic" {
+        let admin =
+            connect!(TopicAdmin::builder(), config).build().await.map_err(|e| pubsub_error("topic admin", e))?;
+        admin.get_topic().set_topic(name.to_string()).send().await.map(|_| ())
+    } else {
+        let admin = connect!(SubscriptionAdmin::builder(), config)
+            .build()
+            .await
+            .map_err(|e| pubsub_error("subscription admin", e))?;
+        admin.get_subscription().set_subscription(name.to_string()).send().await.map(|_| ())
+    };
+    match result {
+        Err(e) if is_code(&e, Code::NotFound) => Err(BusError::Config(format!(
+            "Pub/Sub {kind} {name} does not exist: run `bqsync setup` (or create it with Terraform)"
+        ))),
+        Err(e) => {
+            tracing::debug!(kind, name, error = %e, "could not check that the Pub/Sub resource exists; going on");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
     }
 }
 
