@@ -330,9 +330,9 @@ async fn setup(config: Config) -> anyhow::Result<()> {
         }
     }
     let catalog = pipeline::load_catalog(&config)?;
-    let warehouse = bqsync::warehouse::duckdb::DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone())
-        .context("opening the DuckDB warehouse")?;
-    bqsync::warehouse::Warehouse::ensure_tables(&warehouse).await.context("creating tables from schemas/")?;
+    let warehouse =
+        DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone()).context("opening the DuckDB warehouse")?;
+    warehouse.ensure_tables().await.context("creating tables from schemas/")?;
     println!(
         "{:<13} {:<8} {} ({} tables)",
         "warehouse",

@@ -71,6 +71,7 @@ impl Role {
 }
 
 /// The bus ends a role needs, opened from the config.
+#[derive(Default)]
 struct BusEnds {
     publisher: Option<Arc<dyn Publisher>>,
     subscription: Option<Arc<dyn Subscription>>,
@@ -83,7 +84,7 @@ async fn open_bus(config: &Config, role: Role) -> anyhow::Result<BusEnds> {
     match config.bus.kind {
         BusKind::Embedded => {
             let bus = EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
-            let mut ends = BusEnds { publisher: None, subscription: None, dead_letters: None, _consumer_lock: None };
+            let mut ends = BusEnds::default();
             if role.works() {
                 ends._consumer_lock = Some(bus.claim_consumer().context("claiming the embedded bus")?);
                 ends.subscription = Some(Arc::new(bus.subscription()));
@@ -96,7 +97,7 @@ async fn open_bus(config: &Config, role: Role) -> anyhow::Result<BusEnds> {
         }
         BusKind::Pubsub => {
             let pubsub = &config.bus.pubsub;
-            let mut ends = BusEnds { publisher: None, subscription: None, dead_letters: None, _consumer_lock: None };
+            let mut ends = BusEnds::default();
             if role.produces() {
                 let publisher = PubSubPublisher::connect(pubsub).await.context("connecting the Pub/Sub publisher")?;
                 ends.publisher = Some(Arc::new(publisher));
