@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::bus::embedded::EmbeddedBusConfig;
 use crate::bus::pubsub::PubSubConfig;
 use crate::sources::jsonl::JsonlSourceConfig;
+use crate::warehouse::bigquery::BigQueryConfig;
 use crate::warehouse::duckdb::DuckDbConfig;
 use crate::worker::WorkerConfig;
 
@@ -74,11 +75,14 @@ pub enum BusKind {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WarehouseConfig {
-    /// `duckdb` (default): an embedded DuckDB file.
+    /// `duckdb` (default): an embedded DuckDB file. `bigquery`: Google BigQuery
+    /// (`[warehouse.bigquery]`).
     #[serde(default)]
     pub kind: WarehouseKind,
     #[serde(default)]
     pub duckdb: DuckDbConfig,
+    #[serde(default)]
+    pub bigquery: BigQueryConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -86,6 +90,7 @@ pub struct WarehouseConfig {
 pub enum WarehouseKind {
     #[default]
     Duckdb,
+    Bigquery,
 }
 
 /// `[sources]`: producers. Default: one JSONL source on `./inbox` (files under `inbox/TABLE/` land

@@ -202,10 +202,11 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let warehouse = if dry_run {
                 read_only_warehouse(&config, catalog.clone())?
             } else {
-                let warehouse = DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone())
-                    .context("opening the DuckDB warehouse (a running bqsync holds it: stop it to replay)")?;
+                let warehouse = bqsync::warehouse::open(&config.warehouse, catalog.clone())
+                    .await
+                    .context("opening the warehouse (DuckDB: a running bqsync holds it: stop it to replay)")?;
                 warehouse.ensure_tables().await.context("creating tables from schemas/")?;
-                Arc::new(warehouse) as Arc<dyn Warehouse>
+                warehouse
             };
             let records = warehouse.dead_letters(&filter.into_filter()?).await?;
             let summary = bqsync::dlq::replay(records, &edits, catalog, warehouse, dry_run, json).await?;
@@ -238,6 +239,11 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
 
 /// The warehouse opened read-only: `dlq` and `replay --dry-run` change nothing.
 fn read_only_warehouse(config: &Config, catalog: Arc<bqsync::schema::Catalog>) -> anyhow::Result<Arc<dyn Warehouse>> {
+    anyhow::ensure!(
+        config.warehouse.kind == bqsync::config::WarehouseKind::Duckdb,
+        "dead-letter inspection and replay read the DuckDB warehouse; on BigQuery query the `dead_letters` table \
+         (bqsync dlq for BigQuery is not built yet)"
+    );
     let path = &config.warehouse.duckdb.path;
     anyhow::ensure!(path.exists(), "no warehouse at {} yet", path.display());
     let warehouse = DuckDbWarehouse::open_read_only(path, catalog).with_context(|| {
@@ -330,15 +336,11 @@ async fn setup(config: Config) -> anyhow::Result<()> {
         }
     }
     let catalog = pipeline::load_catalog(&config)?;
-    let warehouse =
-        DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone()).context("opening the DuckDB warehouse")?;
+    let name = bqsync::warehouse::describe(&config.warehouse);
+    let warehouse = bqsync::warehouse::open(&config.warehouse, catalog.clone())
+        .await
+        .with_context(|| format!("opening the warehouse ({name})"))?;
     warehouse.ensure_tables().await.context("creating tables from schemas/")?;
-    println!(
-        "{:<13} {:<8} {} ({} tables)",
-        "warehouse",
-        "ensured",
-        config.warehouse.duckdb.path.display(),
-        catalog.tables().count()
-    );
+    println!("{:<13} {:<8} {} ({} tables)", "warehouse", "ensured", name, catalog.tables().count());
     Ok(())
 }

@@ -19,7 +19,6 @@ use crate::schema::Catalog;
 use crate::sources::checkpoint::CheckpointStore;
 use crate::sources::jsonl::JsonlSource;
 use crate::sources::Source;
-use crate::warehouse::duckdb::DuckDbWarehouse;
 use crate::warehouse::Warehouse;
 use crate::worker::{StopMode, Worker, WorkerStats};
 
@@ -127,10 +126,10 @@ pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<Ru
 
     let worker_task = match (&bus.subscription, role.works()) {
         (Some(subscription), true) => {
-            let warehouse: Arc<dyn Warehouse> = Arc::new(
-                DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone())
-                    .context("opening the DuckDB warehouse")?,
-            );
+            let warehouse: Arc<dyn Warehouse> =
+                crate::warehouse::open(&config.warehouse, catalog.clone()).await.with_context(|| {
+                    format!("opening the warehouse ({})", crate::warehouse::describe(&config.warehouse))
+                })?;
             warehouse.ensure_tables().await.context("creating tables from schemas/")?;
             let mut worker = Worker::new(
                 config.worker.clone(),

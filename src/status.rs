@@ -43,7 +43,11 @@ pub async fn collect(config: &Config, catalog: Arc<Catalog>) -> anyhow::Result<S
         status.queue = Some(bus.subscription().stats().await?);
     }
     let path = &config.warehouse.duckdb.path;
-    if path.exists() {
+    if config.warehouse.kind == crate::config::WarehouseKind::Bigquery {
+        let warehouse = crate::warehouse::open(&config.warehouse, catalog).await?;
+        status.rows_per_table = warehouse.row_counts().await?;
+        status.dead_letters = warehouse.dead_letter_counts().await?;
+    } else if path.exists() {
         match DuckDbWarehouse::open_read_only(path, catalog) {
             Ok(warehouse) => {
                 status.rows_per_table = warehouse.row_counts().await?;

@@ -7,6 +7,9 @@
 //!   tombstones), so re-delivered and out-of-order events leave the same final state.
 //! - The [`Committed`] proof it returns is the only way for the worker to ack the batch's deliveries.
 
+pub mod bigquery;
+pub mod bigquery_sql;
+pub mod cost_guard;
 pub mod duckdb;
 pub mod sql;
 
@@ -66,12 +69,52 @@ pub enum WarehouseError {
     SchemaChange { table: String, problem: String },
     #[error("warehouse task failed: {0}")]
     Task(String),
+    #[error("bigquery: {context}: {message}")]
+    BigQuery { context: String, message: String, transient: bool },
+    #[error("bigquery cost guard: {0}")]
+    CostGuard(String),
+    #[error("warehouse config: {0}")]
+    Config(String),
 }
 
 impl WarehouseError {
     /// True when retrying the same batch can succeed (I/O, locks, a restarting service).
     pub fn is_transient(&self) -> bool {
-        !matches!(self, WarehouseError::UnknownTable(_) | WarehouseError::SchemaChange { .. })
+        match self {
+            WarehouseError::UnknownTable(_)
+            | WarehouseError::SchemaChange { .. }
+            | WarehouseError::CostGuard(_)
+            | WarehouseError::Config(_) => false,
+            WarehouseError::BigQuery { transient, .. } => *transient,
+            WarehouseError::DuckDb { .. } | WarehouseError::Task(_) => true,
+        }
+    }
+}
+
+/// Opens the configured warehouse (tables are not touched: call [`Warehouse::ensure_tables`]).
+pub async fn open(
+    config: &crate::config::WarehouseConfig,
+    catalog: std::sync::Arc<crate::schema::Catalog>,
+) -> Result<std::sync::Arc<dyn Warehouse>, WarehouseError> {
+    Ok(match config.kind {
+        crate::config::WarehouseKind::Duckdb => {
+            std::sync::Arc::new(duckdb::DuckDbWarehouse::open(&config.duckdb, catalog)?)
+        }
+        crate::config::WarehouseKind::Bigquery => {
+            std::sync::Arc::new(bigquery::BigQueryWarehouse::connect(&config.bigquery, catalog).await?)
+        }
+    })
+}
+
+/// One line naming the configured warehouse, for people.
+pub fn describe(config: &crate::config::WarehouseConfig) -> String {
+    match config.kind {
+        crate::config::WarehouseKind::Duckdb => format!("duckdb {}", config.duckdb.path.display()),
+        crate::config::WarehouseKind::Bigquery => format!(
+            "bigquery {}.{}",
+            config.bigquery.resolved_project().unwrap_or_else(|_| "?".into()),
+            config.bigquery.dataset
+        ),
     }
 }
 
