@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/setup_python_client.sh
+bash scripts/emulators/bigquery.sh install
 export CARGO_INCREMENTAL=0
 cargo fmt --check
 cargo clippy --release --all-targets --locked -- -D warnings
@@ -17,12 +18,16 @@ state=$(mktemp -d)
 log=$state/test.log
 cleanup() {
   bash scripts/emulators/pubsub.sh stop "$state/pubsub" || true
+  bash scripts/emulators/bigquery.sh stop "$state/bigquery" || true
   rm -rf "$state"
 }
 trap cleanup EXIT
 PUBSUB_EMULATOR_HOST=$(bash scripts/emulators/pubsub.sh start "$state/pubsub")
 export PUBSUB_EMULATOR_HOST
 echo "pubsub emulator on $PUBSUB_EMULATOR_HOST" >&2
+BIGQUERY_EMULATOR_HOST=$(bash scripts/emulators/bigquery.sh start "$state/bigquery")
+export BIGQUERY_EMULATOR_HOST
+echo "bigquery emulator on $BIGQUERY_EMULATOR_HOST" >&2
 
 set +e
 cargo test --release --locked 2>&1 | tee "$log"

@@ -429,7 +429,7 @@ impl BigQueryWarehouse {
     async fn land_table(&self, batch: &TableBatch) -> Result<(LandStats, Vec<(usize, String)>), WarehouseError> {
         let schema = self.catalog.get(&batch.table).ok_or_else(|| WarehouseError::UnknownTable(batch.table.clone()))?;
         self.guard.check_writable(&schema.table).map_err(|r| WarehouseError::CostGuard(r.to_string()))?;
-        let batch_id = batch_id(batch);
+        let batch_id = batch_id(&self.config.dataset, batch);
         let stage_name = bsql::staging_table(&schema.table, &batch_id);
         self.create_staging(&stage_name, &self.live_fields(&schema.table)?).await?;
         let rejected = self.stage_rows(&stage_name, schema, &batch.rows).await?;
@@ -761,9 +761,10 @@ fn plan_evolution(schema: &TableSchema, live: &[TableFieldSchema], dataset: &str
     Ok(Evolution { added })
 }
 
-/// A deterministic id for a table's batch: the same rows give the same id (job and staging names).
-pub fn batch_id(batch: &TableBatch) -> String {
-    let mut parts: Vec<Vec<u8>> = vec![batch.table.as_bytes().to_vec()];
+/// A deterministic id for a table's batch in a dataset: the same rows give the same id (job and
+/// staging names). The dataset is part of it because job ids are unique per project, not per dataset.
+pub fn batch_id(dataset: &str, batch: &TableBatch) -> String {
+    let mut parts: Vec<Vec<u8>> = vec![dataset.as_bytes().to_vec(), batch.table.as_bytes().to_vec()];
     for row in &batch.rows {
         let op = match row.op {
             Op::Insert => 0u8,
@@ -901,7 +902,9 @@ fn rebuilt_envelope(schema: &TableSchema, row: &StagedRow) -> Vec<u8> {
     }
     envelope.insert("payload".into(), Value::Object(payload));
     envelope.insert("source".into(), Value::String("bigquery:rejected".into()));
-    envelope.insert("produced_at".into(), Value::String(format_timestamp(chrono::Utc::now().timestamp_micros())));
+    // The original time is not carried this far; a fixed one keeps the bytes, and so the dead-letter
+    // id, the same when the batch is landed again.
+    envelope.insert("produced_at".into(), Value::String(format_timestamp(0)));
     serde_json::to_vec(&Value::Object(envelope)).unwrap_or_default()
 }
 
@@ -1008,10 +1011,15 @@ mod tests {
     #[test]
     fn batch_ids_are_deterministic_and_name_safe() {
         let batch = |rows| TableBatch { table: "contacts_master".into(), rows };
-        let a = batch_id(&batch(vec![row("e1", Some(1)), row("e2", Some(2))]));
-        assert_eq!(a, batch_id(&batch(vec![row("e1", Some(1)), row("e2", Some(2))])));
-        assert_ne!(a, batch_id(&batch(vec![row("e1", Some(1)), row("e2", Some(3))])));
-        assert_ne!(a, batch_id(&batch(vec![row("e1", Some(1))])));
+        let a = batch_id("d", &batch(vec![row("e1", Some(1)), row("e2", Some(2))]));
+        assert_eq!(a, batch_id("d", &batch(vec![row("e1", Some(1)), row("e2", Some(2))])));
+        assert_ne!(a, batch_id("d", &batch(vec![row("e1", Some(1)), row("e2", Some(3))])));
+        assert_ne!(a, batch_id("d", &batch(vec![row("e1", Some(1))])));
+        assert_ne!(
+            a,
+            batch_id("other", &batch(vec![row("e1", Some(1)), row("e2", Some(2))])),
+            "job ids are per project"
+        );
         assert!(!a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric()), "{a}");
     }
 

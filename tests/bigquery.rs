@@ -1,0 +1,415 @@
+//! The BigQuery warehouse against the BigQuery emulator (`local-bigquery`, started by
+//! `scripts/test.sh`, which exports BIGQUERY_EMULATOR_HOST). Each test uses a dataset of its own.
+//! Without an emulator these tests fail; they never skip.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bqsync::envelope::Op;
+use bqsync::schema::{Catalog, CellValue, ColumnType, TableSchema};
+use bqsync::warehouse::bigquery::{batch_id, BigQueryConfig, BigQueryWarehouse};
+use bqsync::warehouse::{StagedRow, TableBatch, Warehouse};
+use common::{signal, wait_exit, Project};
+use gcp_bigquery_client::model::query_request::QueryRequest;
+use serde_json::Value;
+
+const PROJECT: &str = "bqsync-test";
+
+fn endpoint() -> String {
+    let host = std::env::var("BIGQUERY_EMULATOR_HOST")
+        .expect("BIGQUERY_EMULATOR_HOST is not set: run the tests with scripts/test.sh, which starts the emulator");
+    if host.contains("://") {
+        host
+    } else {
+        format!("http://{host}")
+    }
+}
+
+fn unique_dataset(test: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("t_{test}_{}_{nanos}", std::process::id())
+}
+
+fn catalog() -> Catalog {
+    Catalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))).unwrap()
+}
+
+fn config(dataset: &str) -> BigQueryConfig {
+    BigQueryConfig {
+        project: Some(PROJECT.into()),
+        dataset: dataset.into(),
+        endpoint: Some(endpoint()),
+        ..Default::default()
+    }
+}
+
+async fn warehouse(config: &BigQueryConfig, catalog: Catalog) -> BigQueryWarehouse {
+    let warehouse = BigQueryWarehouse::connect(config, Arc::new(catalog)).await.unwrap();
+    warehouse.ensure_tables().await.unwrap();
+    warehouse
+}
+
+/// A plain client on the emulator, to look at what bqsync did.
+#[derive(Clone)]
+struct AnyToken;
+
+#[async_trait::async_trait]
+impl gcp_bigquery_client::auth::Authenticator for AnyToken {
+    async fn access_token(&self) -> Result<String, gcp_bigquery_client::error::BQError> {
+        Ok("test".into())
+    }
+}
+
+async fn client() -> gcp_bigquery_client::Client {
+    gcp_bigquery_client::client_builder::ClientBuilder::new()
+        .with_v2_base_url(format!("{}/bigquery/v2", endpoint()))
+        .build_from_authenticator(Arc::new(AnyToken))
+        .await
+        .unwrap()
+}
+
+async fn query(sql: &str) -> Vec<Vec<Value>> {
+    let mut request = QueryRequest::new(sql);
+    request.max_results = Some(1_000_000);
+    let response = client().await.job().query(PROJECT, request).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows: Vec<Vec<Value>> = response
+        .rows
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.columns.unwrap_or_default().into_iter().map(|c| c.value.unwrap_or(Value::Null)).collect())
+        .collect();
+    let total: usize = response.total_rows.as_deref().unwrap_or("0").parse().unwrap();
+    assert_eq!(rows.len(), total, "all rows in one response for {sql}");
+    rows
+}
+
+async fn query_i64(sql: &str) -> i64 {
+    match &query(sql).await[0][0] {
+        Value::String(s) => s.parse().unwrap(),
+        other => panic!("{sql}: not a number: {other}"),
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    value.as_str().map(str::to_string)
+}
+
+fn atom(schema: &TableSchema, id: &str, day: i64) -> StagedRow {
+    let cells = schema
+        .columns
+        .iter()
+        .map(|c| match c.name.as_str() {
+            "event_id" => CellValue::String(id.into()),
+            "entity_id" => CellValue::String(format!("ent-{id}")),
+            "kind" => CellValue::String("click".into()),
+            "score" => CellValue::Float64(0.5),
+            "tags" => CellValue::JsonText("[\"a\"]".into()),
+            "created_at" => CellValue::Timestamp(1_704_067_200_000_000 + day * 86_400_000_000),
+            _ => CellValue::Null,
+        })
+        .collect();
+    StagedRow { event_id: id.into(), op: Op::Insert, version: None, cells }
+}
+
+fn contact(schema: &TableSchema, key: &str, version: i64, email: Option<&str>, deleted: bool) -> StagedRow {
+    let cells = schema
+        .columns
+        .iter()
+        .map(|c| match c.name.as_str() {
+            "contact_id" => CellValue::String(key.into()),
+            "version" => CellValue::Int64(version),
+            "email" if !deleted => email.map_or(CellValue::Null, |e| CellValue::String(e.into())),
+            "name" if !deleted => CellValue::String(format!("N {version}")),
+            _ => CellValue::Null,
+        })
+        .collect();
+    StagedRow {
+        event_id: format!("{key}@{version}"),
+        op: if deleted { Op::Delete } else { Op::Upsert },
+        version: Some(version),
+        cells,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// The same batch landed twice changes nothing the second time; and a job id that already ran is
+/// recognised rather than run again: after rows are removed behind bqsync's back, landing the very
+/// same batch does not bring them back (its job id is taken), while a new batch with the same rows
+/// does (the SQL alone is idempotent too).
+#[test]
+fn a_batch_delivered_twice_lands_once_and_a_reused_job_id_is_not_applied_twice() {
+    runtime().block_on(async {
+        let dataset = unique_dataset("twice");
+        let catalog = catalog();
+        let atoms_schema = catalog.get("atoms").unwrap().clone();
+        let contacts_schema = catalog.get("contacts_master").unwrap().clone();
+        let warehouse = warehouse(&config(&dataset), catalog).await;
+        let atoms: Vec<StagedRow> = (0..300).map(|i| atom(&atoms_schema, &format!("a{i}"), i % 3)).collect();
+        let contacts: Vec<StagedRow> =
+            (0..200).map(|i| contact(&contacts_schema, &format!("k{}", i % 50), i, Some("e@x"), false)).collect();
+        let batches = Arc::new(vec![
+            TableBatch { table: "atoms".into(), rows: atoms.clone() },
+            TableBatch { table: "contacts_master".into(), rows: contacts },
+        ]);
+        let (_, first) = warehouse.land(batches.clone()).await.unwrap();
+        assert_eq!(first[0].1.rows_changed, 300, "{first:?}");
+        assert_eq!(first[1].1.rows_changed, 50, "{first:?}");
+        let (_, second) = warehouse.land(batches.clone()).await.unwrap();
+        assert!(second.iter().all(|(_, s)| s.rows_changed == 0), "{second:?}");
+        let atoms_path = format!("`{PROJECT}.{dataset}.atoms`");
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {atoms_path}")).await, 300);
+        assert_eq!(query_i64(&format!("SELECT COUNT(DISTINCT _bqsync_event_id) FROM {atoms_path}")).await, 300);
+        let contacts_path = format!("`{PROJECT}.{dataset}.contacts_master`");
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {contacts_path}")).await, 50);
+        assert_eq!(query_i64(&format!("SELECT MIN(version) FROM {contacts_path}")).await, 150);
+
+        // Remove 10 rows behind bqsync's back, then deliver the identical batch a third time.
+        query(&format!(
+            "DELETE FROM {atoms_path} WHERE _bqsync_event_id IN ('a0','a1','a2','a3','a4','a5','a6','a7','a8','a9')"
+        ))
+        .await;
+        let only_atoms = Arc::new(vec![TableBatch { table: "atoms".into(), rows: atoms.clone() }]);
+        let (_, third) = warehouse.land(only_atoms).await.unwrap();
+        assert_eq!(third[0].1.rows_changed, 0, "the job id was taken: recognised, not run again");
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {atoms_path}")).await, 290);
+        // A different batch (one row more) has another job id: the SQL fills the gap, once.
+        let mut more = atoms;
+        more.push(atom(&atoms_schema, "a-new", 1));
+        let (_, fourth) =
+            warehouse.land(Arc::new(vec![TableBatch { table: "atoms".into(), rows: more }])).await.unwrap();
+        assert_eq!(fourth[0].1.rows_changed, 11);
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {atoms_path}")).await, 301);
+
+        // Every landing job carried maximumBytesBilled (the emulator does not enforce it).
+        let job_id = format!(
+            "bqsync_atoms_{}",
+            batch_id(&dataset, &TableBatch { table: "atoms".into(), rows: batches[0].rows.clone() })
+        );
+        let job = client().await.job().get_job(PROJECT, &job_id, Some("US")).await.unwrap();
+        let query_config = job.configuration.unwrap().query.unwrap();
+        assert_eq!(query_config.maximum_bytes_billed.as_deref(), Some("10737418240"));
+        assert!(query_config.query.contains("TIMESTAMP_MICROS("), "the event-id check is partition-bounded");
+        // Staging tables are dropped after landing.
+        let tables = client().await.table().list(PROJECT, &dataset, Default::default()).await.unwrap();
+        let names: Vec<String> =
+            tables.tables.unwrap_or_default().into_iter().map(|t| t.table_reference.table_id).collect();
+        assert!(names.iter().all(|n| !n.starts_with("_bqsync_stage_")), "{names:?}");
+    });
+}
+
+/// 200,000 upserts and deletes over 50,000 keys, shuffled and landed in 20 batches (each key's
+/// versions spread over many batches, older after newer): the table ends at the highest version per
+/// key, tombstones for keys whose highest version is a delete.
+#[test]
+fn shuffled_upserts_converge_to_the_highest_version_per_key() {
+    runtime().block_on(async {
+        let dataset = unique_dataset("shuffled");
+        let catalog = catalog();
+        let schema = catalog.get("contacts_master").unwrap().clone();
+        let mut config = config(&dataset);
+        config.insert_chunk_rows = 5000;
+        config.cost.dry_run = false;
+        let warehouse = warehouse(&config, catalog).await;
+        let mut rng = fastrand::Rng::with_seed(42);
+        let (events, keys) = (200_000usize, 50_000usize);
+        let mut rows = Vec::with_capacity(events);
+        let mut best: std::collections::HashMap<String, (i64, bool, String)> = Default::default();
+        for i in 0..events {
+            let key = format!("c{:05}", if i < keys { i } else { rng.usize(0..keys) });
+            let version = rng.i64(1..1_000_000);
+            let deleted = rng.u8(0..100) < 3;
+            let email = format!("u{version}@x");
+            // Equal versions: a delete wins, then the larger event id (same rule as the SQL).
+            let candidate = (version, deleted, format!("{key}@{version}"));
+            let entry = best.entry(key.clone()).or_insert((i64::MIN, false, String::new()));
+            if (candidate.0, candidate.1, &candidate.2) > (entry.0, entry.1, &entry.2) {
+                *entry = candidate;
+            }
+            rows.push(contact(&schema, &key, version, Some(&email), deleted));
+        }
+        rng.shuffle(&mut rows);
+        for chunk in rows.chunks(10_000) {
+            let batch = Arc::new(vec![TableBatch { table: "contacts_master".into(), rows: chunk.to_vec() }]);
+            warehouse.land(batch).await.unwrap();
+        }
+        let path = format!("`{PROJECT}.{dataset}.contacts_master`");
+        let landed = query(&format!("SELECT contact_id, version, _bqsync_deleted, email FROM {path}")).await;
+        assert_eq!(landed.len(), keys, "one row per key");
+        let mut wrong = 0;
+        for row in &landed {
+            let key = text(&row[0]).unwrap();
+            let version: i64 = text(&row[1]).unwrap().parse().unwrap();
+            let deleted = text(&row[2]).unwrap() == "true";
+            let (want_version, want_deleted, _) = &best[&key];
+            let email_ok = if deleted { row[3].is_null() } else { text(&row[3]) == Some(format!("u{version}@x")) };
+            if version != *want_version || deleted != *want_deleted || !email_ok {
+                wrong += 1;
+            }
+        }
+        assert_eq!(wrong, 0, "rows not at their highest version");
+    });
+}
+
+/// A new NULLABLE column in a schema file is added to the live table and events that use it land;
+/// a type change, a dropped column and a new REQUIRED column are refused, naming what and where.
+#[test]
+fn a_new_nullable_column_is_added_and_used_and_breaking_changes_are_refused() {
+    runtime().block_on(async {
+        let dataset = unique_dataset("evolve");
+        let config = config(&dataset);
+        let atoms = catalog().get("atoms").unwrap().clone();
+        warehouse(&config, Catalog::from_tables([atoms.clone()])).await;
+
+        let mut grown = atoms.clone();
+        let mut language = grown.columns.iter().find(|c| c.name == "text").unwrap().clone();
+        language.name = "language".into();
+        grown.columns.push(language);
+        let evolved = warehouse(&config, Catalog::from_tables([grown.clone()])).await;
+        let mut row = atom(&grown, "with-language", 0);
+        *row.cells.last_mut().unwrap() = CellValue::String("de".into());
+        evolved.land(Arc::new(vec![TableBatch { table: "atoms".into(), rows: vec![row] }])).await.unwrap();
+        let landed = query(&format!("SELECT language FROM `{PROJECT}.{dataset}.atoms`")).await;
+        assert_eq!(landed, vec![vec![Value::String("de".into())]]);
+
+        let refused = |schema: TableSchema| {
+            let config = config.clone();
+            async move {
+                let warehouse =
+                    BigQueryWarehouse::connect(&config, Arc::new(Catalog::from_tables([schema]))).await.unwrap();
+                warehouse.ensure_tables().await.unwrap_err().to_string()
+            }
+        };
+        let mut retyped = grown.clone();
+        retyped.columns.iter_mut().find(|c| c.name == "score").unwrap().column_type = ColumnType::String;
+        let error = refused(retyped).await;
+        assert!(
+            error.contains("column `score` is FLOAT") && error.contains("type changes need a migration"),
+            "{error}"
+        );
+        let mut dropped = grown.clone();
+        dropped.columns.retain(|c| c.name != "language");
+        let error = refused(dropped).await;
+        assert!(error.contains("column `language` is in") && error.contains("not in schemas/atoms.json"), "{error}");
+        let mut required = grown.clone();
+        let mut strict = required.columns[1].clone();
+        strict.name = "strict".into();
+        strict.mode = bqsync::schema::ColumnMode::Required;
+        required.columns.push(strict);
+        let error = refused(required).await;
+        assert!(error.contains("new column `strict` is REQUIRED"), "{error}");
+    });
+}
+
+/// Rows the live table rejects (here: a column made REQUIRED by hand in BigQuery, which bqsync's own
+/// validation does not know) are dead-lettered with BigQuery's message; the rest of the batch lands.
+#[test]
+fn rows_bigquery_rejects_are_dead_lettered_and_the_rest_lands() {
+    runtime().block_on(async {
+        let dataset = unique_dataset("rejects");
+        let config = config(&dataset);
+        let catalog = catalog();
+        let schema = catalog.get("contacts_master").unwrap().clone();
+        // The table exists before bqsync with `email` REQUIRED.
+        let bq = BigQueryWarehouse::connect(&config, Arc::new(Catalog::from_tables([]))).await.unwrap();
+        bq.ensure_tables().await.unwrap();
+        let mut fields = bqsync::warehouse::bigquery_sql::table_fields(&schema);
+        fields.iter_mut().find(|f| f.name == "email").unwrap().mode = Some("REQUIRED".into());
+        let table = gcp_bigquery_client::model::table::Table::new(
+            PROJECT,
+            &dataset,
+            "contacts_master",
+            gcp_bigquery_client::model::table_schema::TableSchema::new(fields),
+        );
+        client().await.table().create(table).await.unwrap();
+        let warehouse = warehouse(&config, catalog).await;
+
+        let rows: Vec<StagedRow> =
+            (0..20).map(|i| contact(&schema, &format!("k{i}"), 1, (i % 5 != 0).then_some("e@x"), false)).collect();
+        let (_, stats) =
+            warehouse.land(Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }])).await.unwrap();
+        assert_eq!(stats[0].1.rows_changed, 16, "{stats:?}");
+        let path = format!("`{PROJECT}.{dataset}`");
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.contacts_master")).await, 16);
+        let dead =
+            query(&format!("SELECT event_id, reason, detail, table_name FROM {path}.dead_letters ORDER BY event_id"))
+                .await;
+        let ids: Vec<String> = dead.iter().map(|r| text(&r[0]).unwrap()).collect();
+        assert_eq!(ids, ["k0@1", "k10@1", "k15@1", "k5@1"]);
+        for row in &dead {
+            assert_eq!(text(&row[1]).as_deref(), Some("warehouse_rejected"));
+            assert_eq!(text(&row[3]).as_deref(), Some("contacts_master"));
+            let detail = text(&row[2]).unwrap();
+            assert!(detail.contains("email") && detail.contains("Missing required field"), "{detail}");
+        }
+        // Landing the same batch again adds no second dead letter (deterministic ids).
+        let rows: Vec<StagedRow> =
+            (0..20).map(|i| contact(&schema, &format!("k{i}"), 1, (i % 5 != 0).then_some("e@x"), false)).collect();
+        warehouse.land(Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }])).await.unwrap();
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.dead_letters")).await, 4);
+    });
+}
+
+/// A protected table in `schemas/` stops start-up with a clear error, before anything is written.
+#[test]
+fn protected_tables_are_refused_at_start_up() {
+    runtime().block_on(async {
+        let mut config = config(&unique_dataset("protected"));
+        config.cost.protected_tables = vec!["contacts_master".into()];
+        let warehouse = BigQueryWarehouse::connect(&config, Arc::new(catalog())).await.unwrap();
+        let error = warehouse.ensure_tables().await.unwrap_err().to_string();
+        assert!(error.contains("table `contacts_master` is protected"), "{error}");
+    });
+}
+
+/// The real binary on the embedded bus, landing in BigQuery, SIGKILLed three times mid-run, then run
+/// to the end: every atom once, every contact at its final version, no dead letters.
+#[test]
+fn worker_killed_mid_batch_lands_exactly_once_in_bigquery() {
+    let dataset = unique_dataset("kill");
+    let project = Project::new(&format!(
+        "[warehouse]\nkind = \"bigquery\"\n\n[warehouse.bigquery]\nproject = \"{PROJECT}\"\ndataset = \"{dataset}\"\nendpoint = \"{}\"\n",
+        endpoint()
+    ));
+    let atoms = 12_000u64;
+    let lines: String = (0..atoms).map(|i| common::atom_line(&format!("k-{i}"), i)).collect();
+    project.append("inbox/atoms/a.jsonl", lines.as_bytes());
+    let (contacts_text, expected) = common::contacts(4_000, 1_000, 5);
+    project.append("inbox/contacts_master/c.jsonl", contacts_text.as_bytes());
+    let env = [("BQSYNC__WORKER__MAX_BATCH_ROWS", "1000")];
+    let mut rng = fastrand::Rng::with_seed(3);
+    for round in 0..3 {
+        let mut child = project.spawn_run(&[], &env);
+        std::thread::sleep(Duration::from_millis(1500 + rng.u64(0..1500)));
+        assert!(child.try_wait().unwrap().is_none(), "bqsync must still be running; log:\n{}", project.log_tail());
+        signal(&child, "KILL");
+        let _ = wait_exit(&mut child, Duration::from_secs(10));
+        eprintln!("killed in round {round}");
+    }
+    project.run_until_drained(&env);
+
+    runtime().block_on(async {
+        let path = format!("`{PROJECT}.{dataset}`");
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.atoms")).await, atoms as i64);
+        assert_eq!(query_i64(&format!("SELECT COUNT(DISTINCT event_id) FROM {path}.atoms")).await, atoms as i64);
+        let rows =
+            query(&format!("SELECT contact_id, version, email, _bqsync_deleted FROM {path}.contacts_master")).await;
+        assert_eq!(rows.len(), expected.len(), "one row per key");
+        for row in rows {
+            let key = text(&row[0]).unwrap();
+            let version: i64 = text(&row[1]).unwrap().parse().unwrap();
+            let deleted = text(&row[3]).unwrap() == "true";
+            match &expected[&key] {
+                Some((v, email)) => {
+                    assert!(!deleted && version == *v && text(&row[2]).as_deref() == Some(email), "{key}")
+                }
+                None => assert!(deleted, "{key} must be a tombstone"),
+            }
+        }
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.dead_letters")).await, 0, "{}", project.log_tail());
+    });
+}
