@@ -235,7 +235,7 @@ fn shuffled_upserts_converge_to_the_highest_version_per_key() {
         rng.shuffle(&mut rows);
         for chunk in rows.chunks(10_000) {
             let batch = Arc::new(vec![TableBatch { table: "contacts_master".into(), rows: chunk.to_vec() }]);
-            warehouse.land(batch).await.unwrap();
+            let _ = warehouse.land(batch).await.unwrap();
         }
         let path = format!("`{PROJECT}.{dataset}.contacts_master`");
         let landed = query(&format!("SELECT contact_id, version, _bqsync_deleted, email FROM {path}")).await;
@@ -272,7 +272,7 @@ fn a_new_nullable_column_is_added_and_used_and_breaking_changes_are_refused() {
         let evolved = warehouse(&config, Catalog::from_tables([grown.clone()])).await;
         let mut row = atom(&grown, "with-language", 0);
         *row.cells.last_mut().unwrap() = CellValue::String("de".into());
-        evolved.land(Arc::new(vec![TableBatch { table: "atoms".into(), rows: vec![row] }])).await.unwrap();
+        let _ = evolved.land(Arc::new(vec![TableBatch { table: "atoms".into(), rows: vec![row] }])).await.unwrap();
         let landed = query(&format!("SELECT language FROM `{PROJECT}.{dataset}.atoms`")).await;
         assert_eq!(landed, vec![vec![Value::String("de".into())]]);
 
@@ -331,7 +331,7 @@ fn rows_bigquery_rejects_are_dead_lettered_and_the_rest_lands() {
         let rows: Vec<StagedRow> =
             (0..20).map(|i| contact(&schema, &format!("k{i}"), 1, (i % 5 != 0).then_some("e@x"), false)).collect();
         let (_, stats) =
-            warehouse.land(Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }])).await.unwrap();
+            let _ = warehouse.land(Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }])).await.unwrap();
         assert_eq!(stats[0].1.rows_changed, 16, "{stats:?}");
         let path = format!("`{PROJECT}.{dataset}`");
         assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.contacts_master")).await, 16);
@@ -349,7 +349,7 @@ fn rows_bigquery_rejects_are_dead_lettered_and_the_rest_lands() {
         // Landing the same batch again adds no second dead letter (deterministic ids).
         let rows: Vec<StagedRow> =
             (0..20).map(|i| contact(&schema, &format!("k{i}"), 1, (i % 5 != 0).then_some("e@x"), false)).collect();
-        warehouse.land(Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }])).await.unwrap();
+        let _ = warehouse.land(Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }])).await.unwrap();
         assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.dead_letters")).await, 4);
     });
 }
