@@ -331,7 +331,7 @@ fn rows_bigquery_rejects_are_dead_lettered_and_the_rest_lands() {
         let rows: Vec<StagedRow> =
             (0..20).map(|i| contact(&schema, &format!("k{i}"), 1, (i % 5 != 0).then_some("e@x"), false)).collect();
         let (_, stats) =
-            let _ = warehouse.land(Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }])).await.unwrap();
+            warehouse.land(Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }])).await.unwrap();
         assert_eq!(stats[0].1.rows_changed, 16, "{stats:?}");
         let path = format!("`{PROJECT}.{dataset}`");
         assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.contacts_master")).await, 16);
