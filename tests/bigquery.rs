@@ -413,3 +413,121 @@ fn worker_killed_mid_batch_lands_exactly_once_in_bigquery() {
         assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.dead_letters")).await, 0, "{}", project.log_tail());
     });
 }
+
+/// An emulator of this test's own, to be cut and restored.
+struct OwnEmulator {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnEmulator {
+    const SCRIPT: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/emulators/bigquery.sh");
+
+    fn start() -> OwnEmulator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let emulator = OwnEmulator { dir: tempfile::tempdir().unwrap(), port };
+        emulator.run("start", false);
+        emulator
+    }
+
+    fn run(&self, action: &str, keep_data: bool) {
+        let status = std::process::Command::new("bash")
+            .args([Self::SCRIPT, action, &self.dir.path().display().to_string(), &self.port.to_string()])
+            .env("BIGQUERY_EMULATOR_KEEP_DATA", if keep_data { "1" } else { "0" })
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "bigquery.sh {action} failed");
+    }
+
+    fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid")).unwrap();
+        std::process::Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnEmulator {
+    fn drop(&mut self) {
+        self.run("stop", false);
+    }
+}
+
+/// BigQuery goes away under load (the emulator is SIGKILLed) for 20 s and comes back with its data:
+/// the worker backs off with its circuit open, then resumes on its own; every atom lands once.
+#[test]
+fn a_bigquery_outage_under_load_pauses_the_worker_and_loses_nothing() {
+    let emulator = OwnEmulator::start();
+    let dataset = unique_dataset("outage");
+    let project = Project::new(&format!(
+        "[warehouse]\nkind = \"bigquery\"\n\n[warehouse.bigquery]\nproject = \"{PROJECT}\"\n\
+         dataset = \"{dataset}\"\nendpoint = \"{}\"\nrequest_attempts = 2\nrequest_timeout_secs = 5\n",
+        emulator.endpoint()
+    ));
+    let atoms = 15_000u64;
+    let lines: String = (0..atoms).map(|i| common::atom_line(&format!("o-{i}"), i)).collect();
+    project.append("inbox/atoms/a.jsonl", lines.as_bytes());
+    let env = [
+        ("BQSYNC__WORKER__MAX_BATCH_ROWS", "1000"),
+        ("BQSYNC__WORKER__RETRY_MAX_MS", "2000"),
+        ("BQSYNC_LOG", "info"),
+    ];
+    let mut child = project.spawn(&["run", "--until-drained"], &env);
+    let landed = || -> i64 {
+        let rt = runtime();
+        rt.block_on(async {
+            let mut request = QueryRequest::new(format!("SELECT COUNT(*) FROM `{PROJECT}.{dataset}.atoms`"));
+            request.max_results = Some(10);
+            let client = gcp_bigquery_client::client_builder::ClientBuilder::new()
+                .with_v2_base_url(format!("{}/bigquery/v2", emulator.endpoint()))
+                .build_from_authenticator(Arc::new(AnyToken))
+                .await
+                .unwrap();
+            match client.job().query(PROJECT, request).await {
+                Ok(r) => r
+                    .rows
+                    .and_then(|rows| rows[0].columns.clone())
+                    .and_then(|c| c[0].value.clone())
+                    .map_or(0, |v| v.as_str().unwrap().parse().unwrap()),
+                Err(e) => {
+                    eprintln!("count query failed: {e}");
+                    0
+                }
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    while landed() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "nothing landed in 60 s; log:\n{}", project.log_tail());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    emulator.kill();
+    eprintln!("emulator killed");
+    std::thread::sleep(Duration::from_secs(20));
+    assert!(child.try_wait().unwrap().is_none(), "bqsync must wait out the outage; log:\n{}", project.log_tail());
+    emulator.run("start", true);
+    eprintln!("emulator back");
+    let status = wait_exit(&mut child, Duration::from_secs(240));
+    assert!(status.success(), "log:\n{}", project.log_tail());
+    assert_eq!(landed(), atoms as i64, "log:\n{}", project.log_tail());
+    runtime().block_on(async {
+        let path = format!("`{PROJECT}.{dataset}.atoms`");
+        let client = gcp_bigquery_client::client_builder::ClientBuilder::new()
+            .with_v2_base_url(format!("{}/bigquery/v2", emulator.endpoint()))
+            .build_from_authenticator(Arc::new(AnyToken))
+            .await
+            .unwrap();
+        let response = client
+            .job()
+            .query(PROJECT, QueryRequest::new(format!("SELECT COUNT(DISTINCT event_id) FROM {path}")))
+            .await
+            .unwrap();
+        let distinct = response.rows.unwrap()[0].columns.clone().unwrap()[0].value.clone().unwrap();
+        assert_eq!(distinct, Value::String(atoms.to_string()));
+    });
+    let log = std::fs::read_to_string(project.path("bqsync.log")).unwrap();
+    assert!(log.contains("circuit open"), "the worker noticed the outage");
+}

@@ -21,6 +21,8 @@ struct FailingWarehouse {
     bus: EmbeddedBus,
     events: u64,
     messages_present_during_failures: AtomicU32,
+    /// Most messages leased (pulled, unacked) seen during a failure.
+    most_leased_during_failures: AtomicU32,
 }
 
 #[async_trait]
@@ -36,6 +38,7 @@ impl Warehouse for FailingWarehouse {
         if self.failures.load(Ordering::SeqCst) > 0 {
             self.failures.fetch_sub(1, Ordering::SeqCst);
             let stats = self.bus.subscription().stats().await.unwrap();
+            self.most_leased_during_failures.fetch_max(stats.leased as u32, Ordering::SeqCst);
             if stats.pending + stats.leased == self.events {
                 self.messages_present_during_failures.fetch_add(1, Ordering::SeqCst);
             }
@@ -60,7 +63,14 @@ fn event(i: u64) -> OutboundMessage {
     OutboundMessage::new(body.into_bytes(), Default::default())
 }
 
-async fn run_with_failures(failures: u32, retry_budget_secs: u64) -> (u64, u32, bqsync::worker::WorkerStats) {
+struct Outcome {
+    rows: u64,
+    witnessed: u32,
+    most_leased: u32,
+    stats: bqsync::worker::WorkerStats,
+}
+
+async fn run_with_failures(failures: u32, retry_budget_secs: u64) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let catalog =
         Arc::new(Catalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))).unwrap());
@@ -75,6 +85,7 @@ async fn run_with_failures(failures: u32, retry_budget_secs: u64) -> (u64, u32, 
         bus: bus.clone(),
         events,
         messages_present_during_failures: AtomicU32::new(0),
+        most_leased_during_failures: AtomicU32::new(0),
     });
     warehouse.ensure_tables().await.unwrap();
     let config = WorkerConfig {
@@ -82,6 +93,8 @@ async fn run_with_failures(failures: u32, retry_budget_secs: u64) -> (u64, u32, 
         retry_max_ms: 200,
         retry_budget_secs,
         max_batch_age_ms: 50,
+        max_batch_rows: BATCH,
+        pull_max_messages: BATCH,
         ..Default::default()
     };
     let subscription: Arc<dyn Subscription> = Arc::new(bus.subscription());
@@ -91,21 +104,27 @@ async fn run_with_failures(failures: u32, retry_budget_secs: u64) -> (u64, u32, 
     tokio::time::timeout(Duration::from_secs(60), worker.run(stop_rx)).await.expect("worker drains").unwrap();
     let rows = warehouse.row_counts().await.unwrap().into_iter().find(|(t, _)| t == "atoms").unwrap().1;
     let witnessed = warehouse.messages_present_during_failures.load(Ordering::SeqCst);
-    (rows, witnessed, worker.stats)
+    let most_leased = warehouse.most_leased_during_failures.load(Ordering::SeqCst);
+    Outcome { rows, witnessed, most_leased, stats: worker.stats }
 }
+
+const BATCH: usize = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_landings_are_retried_and_nothing_is_acked_meanwhile() {
-    let (rows, witnessed, stats) = run_with_failures(3, 10).await;
+    let Outcome { rows, witnessed, most_leased, stats } = run_with_failures(3, 10).await;
     assert_eq!(rows, 3000, "every event lands exactly once");
     assert_eq!(witnessed, 3, "during each failure all messages were still on the bus (none acked)");
     assert_eq!(stats.failed_flushes, 3);
+    // Back-pressure and the circuit breaker: while landing failed, at most the failing batch and the
+    // one filling behind it were pulled, not the 3,000 waiting on the bus.
+    assert!(most_leased as usize <= 2 * BATCH, "{most_leased} leased during failures; batch {BATCH}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_exhausts_its_retry_budget_is_redelivered_and_lands_once() {
     // 1 s budget with 20–200 ms backoff: the first batch gives up, is nacked and comes back.
-    let (rows, witnessed, stats) = run_with_failures(12, 1).await;
+    let Outcome { rows, witnessed, stats, .. } = run_with_failures(12, 1).await;
     assert_eq!(rows, 3000, "every event lands exactly once after redelivery");
     assert_eq!(witnessed, 12, "nothing was acked while landing failed");
     assert!(stats.delivered > 3000, "the released batch was delivered again: {stats:?}");

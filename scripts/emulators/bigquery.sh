@@ -10,6 +10,7 @@
 # under `pyenv root`. DuckDB inside it would download extensions at start-up (no internet here): the
 # script pins DuckDB and installs those extensions from their PyPI wheels instead. The gRPC port
 # (Storage Write API) is PORT+10. A missing Python or a failed start is an error, never a skip.
+# BIGQUERY_EMULATOR_KEEP_DATA=1 keeps DIR's data from the last start (to restart after an outage).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 venv="$root/.deps/bigquery-emulator"
@@ -75,7 +76,9 @@ start() {
     local dir=$1 port=${2:-}
     install
     mkdir -p "$dir/home" "$dir/gcs"
-    rm -rf "$dir/data" && mkdir -p "$dir/data"
+    # A fresh data dir unless BIGQUERY_EMULATOR_KEEP_DATA=1 (a restart after an outage test).
+    [[ ${BIGQUERY_EMULATOR_KEEP_DATA:-0} == 1 ]] || rm -rf "$dir/data"
+    mkdir -p "$dir/data"
     install_extensions "$dir/home"
     [[ -n $port ]] || port=$(free_port)
     local grpc_port=$((port + 10))

@@ -96,6 +96,10 @@ pub struct BigQueryConfig {
     /// First retry delay of a request, in milliseconds (doubles, ±25 % jitter, at most 10 s). Default 200.
     #[serde(default = "default_retry_initial_ms")]
     pub retry_initial_ms: u64,
+    /// Timeout of one HTTP request (connecting: at most 10 s of it). A request that times out is
+    /// retried like a 5xx. Default 60 s.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
     /// How long to wait for one query job to finish. Default 600 s.
     #[serde(default = "default_job_timeout_secs")]
     pub job_timeout_secs: u64,
@@ -125,6 +129,9 @@ const fn default_request_attempts() -> u32 {
 const fn default_retry_initial_ms() -> u64 {
     200
 }
+const fn default_request_timeout_secs() -> u64 {
+    60
+}
 const fn default_job_timeout_secs() -> u64 {
     600
 }
@@ -142,6 +149,7 @@ impl Default for BigQueryConfig {
             append_dedup_window_days: 0,
             request_attempts: default_request_attempts(),
             retry_initial_ms: default_retry_initial_ms(),
+            request_timeout_secs: default_request_timeout_secs(),
             job_timeout_secs: default_job_timeout_secs(),
             cost: CostConfig::default(),
         }
@@ -263,7 +271,14 @@ impl BigQueryWarehouse {
         let project = config.resolved_project()?;
         let guard = CostGuard::new(config.cost.clone()).map_err(config_error)?;
         let endpoint = config.resolved_endpoint();
+        let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| config_error(format!("building the HTTP client: {e}")))?;
         let mut builder = gcp_bigquery_client::client_builder::ClientBuilder::new();
+        builder.with_client(http);
         if let Some(endpoint) = &endpoint {
             builder.with_v2_base_url(format!("{endpoint}/bigquery/v2"));
         }

@@ -17,10 +17,14 @@
 //! - **Failures are retried, not acked.** A failing landing is retried with exponential backoff and
 //!   jitter; if it keeps failing, its deliveries are nacked (the bus redelivers them and, past the
 //!   maximum attempts, dead-letters them).
+//! - **A failing warehouse stops the pulling (circuit breaker).** While a landing is being retried
+//!   the worker pulls nothing, so a warehouse outage does not pile leased messages up; the first
+//!   commit (or the landing giving up) closes the circuit.
 
 pub mod classify;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -156,6 +160,8 @@ pub struct Worker {
     dead_letter_subscription: Option<Arc<dyn Subscription>>,
     pending: BTreeMap<String, PendingBatch>,
     in_flight: Option<InFlight>,
+    /// Open while a landing is failing and being retried (the circuit breaker).
+    circuit_open: Arc<AtomicBool>,
     pub stats: WorkerStats,
 }
 
@@ -179,6 +185,7 @@ impl Worker {
             dead_letter_subscription,
             pending: BTreeMap::new(),
             in_flight: None,
+            circuit_open: Arc::new(AtomicBool::new(false)),
             stats: WorkerStats::default(),
         }
     }
@@ -192,6 +199,15 @@ impl Worker {
                 break;
             }
             let wait = self.time_to_next_flush(max_age).min(Duration::from_millis(200));
+            if self.circuit_is_open() {
+                // The warehouse is failing: pull nothing more (it would only sit leased) until the
+                // landing being retried commits or gives up.
+                tokio::time::sleep(wait).await;
+                if self.in_flight.as_ref().is_some_and(|f| f.landing.is_finished()) {
+                    self.finish_in_flight().await;
+                }
+                continue;
+            }
             // Never cancel a pull midway: deliveries it leased would sit out their lease unprocessed.
             // Its wait is short, so a stop request is seen within it.
             let deliveries = match self.subscription.pull(self.config.pull_max_messages, wait).await {
@@ -231,6 +247,10 @@ impl Worker {
             dead.close().await;
         }
         Ok(())
+    }
+
+    fn circuit_is_open(&self) -> bool {
+        self.circuit_open.load(Ordering::Relaxed)
     }
 
     async fn bus_is_empty(&self) -> bool {
@@ -333,7 +353,7 @@ impl Worker {
         self.finish_in_flight().await;
         let warehouse = self.warehouse.clone();
         let retry = self.config.clone();
-        let landing = tokio::spawn(land_with_retry(warehouse, batches, retry));
+        let landing = tokio::spawn(land_with_retry(warehouse, batches, retry, self.circuit_open.clone()));
         self.in_flight = Some(InFlight { landing, handles });
     }
 
@@ -436,7 +456,28 @@ struct LandOutcome {
 }
 
 /// Lands with exponential backoff and jitter until it commits or the retry budget runs out.
-async fn land_with_retry(warehouse: Arc<dyn Warehouse>, batches: Vec<TableBatch>, config: WorkerConfig) -> LandOutcome {
+///
+/// While it retries, the circuit is open and the worker pulls nothing; it closes when the landing
+/// commits or gives up (the next landing then probes the warehouse again).
+async fn land_with_retry(
+    warehouse: Arc<dyn Warehouse>,
+    batches: Vec<TableBatch>,
+    config: WorkerConfig,
+    circuit_open: Arc<AtomicBool>,
+) -> LandOutcome {
+    let outcome = land_until_done(warehouse, batches, config, &circuit_open).await;
+    if circuit_open.swap(false, Ordering::Relaxed) {
+        tracing::info!(committed = outcome.committed.is_some(), "circuit closed: pulling again");
+    }
+    outcome
+}
+
+async fn land_until_done(
+    warehouse: Arc<dyn Warehouse>,
+    batches: Vec<TableBatch>,
+    config: WorkerConfig,
+    circuit_open: &AtomicBool,
+) -> LandOutcome {
     let started = Instant::now();
     let budget = Duration::from_secs(config.retry_budget_secs);
     let mut delay = Duration::from_millis(config.retry_initial_ms);
@@ -456,6 +497,9 @@ async fn land_with_retry(warehouse: Arc<dyn Warehouse>, batches: Vec<TableBatch>
                     return LandOutcome { committed: None, rows, failures };
                 }
                 tracing::warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "landing failed; retrying");
+                if !circuit_open.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("circuit open: the warehouse is failing; pulling paused until it lands again");
+                }
                 let jitter = 0.75 + fastrand::f64() * 0.5;
                 tokio::time::sleep(delay.mul_f64(jitter)).await;
                 delay = (delay * 2).min(Duration::from_millis(config.retry_max_ms));
