@@ -470,11 +470,8 @@ fn a_bigquery_outage_under_load_pauses_the_worker_and_loses_nothing() {
     let atoms = 15_000u64;
     let lines: String = (0..atoms).map(|i| common::atom_line(&format!("o-{i}"), i)).collect();
     project.append("inbox/atoms/a.jsonl", lines.as_bytes());
-    let env = [
-        ("BQSYNC__WORKER__MAX_BATCH_ROWS", "1000"),
-        ("BQSYNC__WORKER__RETRY_MAX_MS", "2000"),
-        ("BQSYNC_LOG", "info"),
-    ];
+    let env =
+        [("BQSYNC__WORKER__MAX_BATCH_ROWS", "1000"), ("BQSYNC__WORKER__RETRY_MAX_MS", "2000"), ("BQSYNC_LOG", "info")];
     let mut child = project.spawn(&["run", "--until-drained"], &env);
     let landed = || -> i64 {
         let rt = runtime();

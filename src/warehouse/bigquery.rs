@@ -253,8 +253,39 @@ fn is_retryable_message(message: &str) -> bool {
     m.contains("concurrent update") || m.contains("could not serialize access") || m.contains("retry")
 }
 
+/// What a BigQuery warehouse has sent so far (for benchmarks, status and metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BigQueryCounters {
+    /// Query jobs started (landing jobs; a retried job counts again).
+    pub query_jobs: u64,
+    /// Landing jobs found already done under their id (recognised, not run again).
+    pub jobs_recognised: u64,
+    /// Dry runs (no job is created).
+    pub dry_runs: u64,
+    /// `tabledata.insertAll` requests.
+    pub insert_all_requests: u64,
+    /// Rows BigQuery rejected (dead-lettered).
+    pub rows_rejected: u64,
+    /// Bytes billed by the jobs (0 on emulators).
+    pub bytes_billed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    query_jobs: std::sync::atomic::AtomicU64,
+    jobs_recognised: std::sync::atomic::AtomicU64,
+    dry_runs: std::sync::atomic::AtomicU64,
+    insert_all_requests: std::sync::atomic::AtomicU64,
+    rows_rejected: std::sync::atomic::AtomicU64,
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64, by: u64) {
+    counter.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The BigQuery warehouse.
 pub struct BigQueryWarehouse {
+    counters: Counters,
     client: Client,
     config: BigQueryConfig,
     project: String,
@@ -305,12 +336,21 @@ impl BigQueryWarehouse {
             catalog,
             guard,
             live: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
         })
     }
 
-    /// Bytes billed by this process's jobs so far.
-    pub fn bytes_billed(&self) -> u64 {
-        self.guard.billed()
+    /// What this warehouse has sent so far.
+    pub fn counters(&self) -> BigQueryCounters {
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        BigQueryCounters {
+            query_jobs: read(&self.counters.query_jobs),
+            jobs_recognised: read(&self.counters.jobs_recognised),
+            dry_runs: read(&self.counters.dry_runs),
+            insert_all_requests: read(&self.counters.insert_all_requests),
+            rows_rejected: read(&self.counters.rows_rejected),
+            bytes_billed: self.guard.billed(),
+        }
     }
 
     fn path(&self, table: &str) -> String {
@@ -507,6 +547,7 @@ impl BigQueryWarehouse {
                 })
                 .collect();
             request.add_rows(encoded).map_err(|e| WarehouseError::Task(e.to_string()))?;
+            bump(&self.counters.insert_all_requests, 1);
             let response = self
                 .retrying("insertAll", || self.client.tabledata().insert_all(project, dataset, stage, request.clone()))
                 .await
@@ -534,6 +575,7 @@ impl BigQueryWarehouse {
                     });
                 }
                 rejected.push((offset + index as usize, messages.join("; ")));
+                bump(&self.counters.rows_rejected, 1);
             }
         }
         Ok(rejected)
@@ -569,10 +611,12 @@ impl BigQueryWarehouse {
             // A failed job keeps its id: a new attempt needs a new one (still derived from the batch).
             let id = if attempt == 0 { job_id.to_string() } else { format!("{job_id}_r{attempt}") };
             let job = self.guard.query_job(&self.project, Some(&self.config.location), Some(&id), sql);
+            bump(&self.counters.query_jobs, 1);
             let (job, recognised) =
                 match self.retrying("insert job", || self.client.job().insert(&self.project, job.clone())).await {
                     Ok(job) => (job, false),
                     Err(f) if f.code == Some(409) => {
+                        bump(&self.counters.jobs_recognised, 1);
                         let existing = self
                             .retrying("get job", || {
                                 self.client.job().get_job(&self.project, &id, Some(&self.config.location))
@@ -623,6 +667,7 @@ impl BigQueryWarehouse {
 
     async fn dry_run(&self, sql: &str) -> Result<u64, WarehouseError> {
         let job = self.guard.query_job(&self.project, Some(&self.config.location), None, sql);
+        bump(&self.counters.dry_runs, 1);
         let done = self
             .retrying("dry run", || self.client.job().insert(&self.project, job.clone()))
             .await
