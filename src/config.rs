@@ -40,6 +40,9 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[serde(default)]
     pub sources: SourcesConfig,
+    /// `[gcs]`: archive of landed batches and claim checks for large events (off without a bucket).
+    #[serde(default)]
+    pub gcs: crate::gcs::GcsConfig,
 }
 
 fn default_schemas_dir() -> PathBuf {

@@ -16,6 +16,7 @@ pub mod bus;
 pub mod config;
 pub mod dlq;
 pub mod envelope;
+pub mod gcs;
 pub mod pipeline;
 pub mod schema;
 pub mod sources;

@@ -202,7 +202,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let warehouse = if dry_run {
                 read_only_warehouse(&config, catalog.clone())?
             } else {
-                let warehouse = bqsync::warehouse::open(&config.warehouse, catalog.clone())
+                let warehouse = bqsync::warehouse::open(&config, catalog.clone())
                     .await
                     .context("opening the warehouse (DuckDB: a running bqsync holds it: stop it to replay)")?;
                 warehouse.ensure_tables().await.context("creating tables from schemas/")?;
@@ -337,7 +337,7 @@ async fn setup(config: Config) -> anyhow::Result<()> {
     }
     let catalog = pipeline::load_catalog(&config)?;
     let name = bqsync::warehouse::describe(&config.warehouse);
-    let warehouse = bqsync::warehouse::open(&config.warehouse, catalog.clone())
+    let warehouse = bqsync::warehouse::open(&config, catalog.clone())
         .await
         .with_context(|| format!("opening the warehouse ({name})"))?;
     warehouse.ensure_tables().await.context("creating tables from schemas/")?;

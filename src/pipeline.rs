@@ -127,7 +127,7 @@ pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<Ru
     let worker_task = match (&bus.subscription, role.works()) {
         (Some(subscription), true) => {
             let warehouse: Arc<dyn Warehouse> =
-                crate::warehouse::open(&config.warehouse, catalog.clone()).await.with_context(|| {
+                crate::warehouse::open(&config, catalog.clone()).await.with_context(|| {
                     format!("opening the warehouse ({})", crate::warehouse::describe(&config.warehouse))
                 })?;
             warehouse.ensure_tables().await.context("creating tables from schemas/")?;

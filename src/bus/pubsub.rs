@@ -275,7 +275,7 @@ impl ResourceNames {
 
 /// Installs the TLS crypto provider once: the Google crates are built without their default
 /// (aws-lc) provider, which keeps the build small; `ring` serves instead.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 

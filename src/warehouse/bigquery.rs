@@ -48,9 +48,10 @@ use serde_json::{Map, Value};
 use super::bigquery_sql::{self as bsql, PartitionRange};
 use super::cost_guard::{CostConfig, CostGuard};
 use super::sql::{DELETED, EVENT_ID, LANDED_AT, VERSION};
+pub use super::batch_id;
 use super::{Committed, LandStats, StagedRow, TableBatch, Warehouse, WarehouseError};
 use crate::bus::{AckHandle, Delivery};
-use crate::envelope::{derive_event_id, Op};
+use crate::envelope::Op;
 use crate::schema::{Catalog, CellValue, Column, ColumnMode, ColumnType, TableSchema, WriteMode};
 use crate::worker::classify::{Classifier, DeadLetter, DeadLetterReason, DEAD_LETTER_TABLE};
 
@@ -821,25 +822,6 @@ fn plan_evolution(schema: &TableSchema, live: &[TableFieldSchema], dataset: &str
     Ok(Evolution { added })
 }
 
-/// A deterministic id for a table's batch in a dataset: the same rows give the same id (job and
-/// staging names). The dataset is part of it because job ids are unique per project, not per dataset.
-pub fn batch_id(dataset: &str, batch: &TableBatch) -> String {
-    let mut parts: Vec<Vec<u8>> = vec![dataset.as_bytes().to_vec(), batch.table.as_bytes().to_vec()];
-    for row in &batch.rows {
-        let op = match row.op {
-            Op::Insert => 0u8,
-            Op::Upsert => 1,
-            Op::Delete => 2,
-        };
-        let mut part = row.event_id.as_bytes().to_vec();
-        part.push(op);
-        part.extend_from_slice(&row.version.unwrap_or(i64::MIN).to_le_bytes());
-        parts.push(part);
-    }
-    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    derive_event_id(&refs).chars().filter(char::is_ascii_alphanumeric).take(24).collect()
-}
-
 fn affected_rows(job: &Job) -> u64 {
     job.statistics
         .as_ref()
@@ -873,7 +855,7 @@ fn staging_row(schema: &TableSchema, row: &StagedRow, sequence: usize) -> Map<St
 /// The row's cells as JSON values BigQuery's JSON API reads: INT64 and NUMERIC as strings (no
 /// precision loss), TIMESTAMP as RFC 3339 UTC, DATE as `YYYY-MM-DD`, BYTES as base64, RECORD and
 /// REPEATED as JSON structures; a JSON column as its text when `json_as_text` (insertAll wants that).
-fn payload_json(schema: &TableSchema, row: &StagedRow, json_as_text: bool) -> Map<String, Value> {
+pub(crate) fn payload_json(schema: &TableSchema, row: &StagedRow, json_as_text: bool) -> Map<String, Value> {
     let mut json = Map::with_capacity(schema.columns.len() + 4);
     for (column, cell) in schema.columns.iter().zip(&row.cells) {
         if let Some(value) = cell_json(column, cell, json_as_text) {
@@ -914,7 +896,7 @@ fn cell_json(column: &Column, cell: &CellValue, json_as_text: bool) -> Option<Va
     })
 }
 
-fn format_timestamp(micros: i64) -> String {
+pub(crate) fn format_timestamp(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
         .unwrap_or_else(|| micros.to_string())

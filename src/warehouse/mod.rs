@@ -7,6 +7,7 @@
 //!   tombstones), so re-delivered and out-of-order events leave the same final state.
 //! - The [`Committed`] proof it returns is the only way for the worker to ack the batch's deliveries.
 
+pub mod archive;
 pub mod bigquery;
 pub mod bigquery_sql;
 pub mod cost_guard;
@@ -75,6 +76,8 @@ pub enum WarehouseError {
     CostGuard(String),
     #[error("warehouse config: {0}")]
     Config(String),
+    #[error("archive: {0}")]
+    Archive(String),
 }
 
 impl WarehouseError {
@@ -86,24 +89,52 @@ impl WarehouseError {
             | WarehouseError::CostGuard(_)
             | WarehouseError::Config(_) => false,
             WarehouseError::BigQuery { transient, .. } => *transient,
-            WarehouseError::DuckDb { .. } | WarehouseError::Task(_) => true,
+            WarehouseError::DuckDb { .. } | WarehouseError::Task(_) | WarehouseError::Archive(_) => true,
         }
     }
 }
 
-/// Opens the configured warehouse (tables are not touched: call [`Warehouse::ensure_tables`]).
+/// A deterministic id for a table's batch within `scope` (a BigQuery dataset, an archive): the same
+/// rows give the same id. Names derived from it (BigQuery jobs and staging tables, archive objects)
+/// are therefore the same when a batch is landed again.
+pub fn batch_id(scope: &str, batch: &TableBatch) -> String {
+    let mut parts: Vec<Vec<u8>> = vec![scope.as_bytes().to_vec(), batch.table.as_bytes().to_vec()];
+    for row in &batch.rows {
+        let op = match row.op {
+            Op::Insert => 0u8,
+            Op::Upsert => 1,
+            Op::Delete => 2,
+        };
+        let mut part = row.event_id.as_bytes().to_vec();
+        part.push(op);
+        part.extend_from_slice(&row.version.unwrap_or(i64::MIN).to_le_bytes());
+        parts.push(part);
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    crate::envelope::derive_event_id(&refs).chars().filter(char::is_ascii_alphanumeric).take(24).collect()
+}
+
+/// Opens the configured warehouse (tables are not touched: call [`Warehouse::ensure_tables`]),
+/// wrapped in the GCS archive when `[gcs]` has a bucket and `archive` on.
 pub async fn open(
-    config: &crate::config::WarehouseConfig,
+    config: &crate::config::Config,
     catalog: std::sync::Arc<crate::schema::Catalog>,
 ) -> Result<std::sync::Arc<dyn Warehouse>, WarehouseError> {
-    Ok(match config.kind {
+    let warehouse: std::sync::Arc<dyn Warehouse> = match config.warehouse.kind {
         crate::config::WarehouseKind::Duckdb => {
-            std::sync::Arc::new(duckdb::DuckDbWarehouse::open(&config.duckdb, catalog)?)
+            std::sync::Arc::new(duckdb::DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone())?)
         }
         crate::config::WarehouseKind::Bigquery => {
-            std::sync::Arc::new(bigquery::BigQueryWarehouse::connect(&config.bigquery, catalog).await?)
+            std::sync::Arc::new(bigquery::BigQueryWarehouse::connect(&config.warehouse.bigquery, catalog.clone()).await?)
         }
-    })
+    };
+    if !config.gcs.archive {
+        return Ok(warehouse);
+    }
+    match crate::gcs::Gcs::connect(&config.gcs).await.map_err(|e| WarehouseError::Archive(e.to_string()))? {
+        Some(gcs) => Ok(std::sync::Arc::new(archive::ArchivingWarehouse::new(warehouse, gcs, catalog))),
+        None => Ok(warehouse),
+    }
 }
 
 /// One line naming the configured warehouse, for people.
