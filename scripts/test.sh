@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/setup_python_client.sh
 bash scripts/emulators/bigquery.sh install
+bash scripts/emulators/gcs.sh install
 export CARGO_INCREMENTAL=0
 cargo fmt --check
 cargo clippy --release --all-targets --locked -- -D warnings
@@ -19,6 +20,7 @@ log=$state/test.log
 cleanup() {
   bash scripts/emulators/pubsub.sh stop "$state/pubsub" || true
   bash scripts/emulators/bigquery.sh stop "$state/bigquery" || true
+  bash scripts/emulators/gcs.sh stop "$state/gcs" || true
   rm -rf "$state"
 }
 trap cleanup EXIT
@@ -28,6 +30,9 @@ echo "pubsub emulator on $PUBSUB_EMULATOR_HOST" >&2
 BIGQUERY_EMULATOR_HOST=$(bash scripts/emulators/bigquery.sh start "$state/bigquery")
 export BIGQUERY_EMULATOR_HOST
 echo "bigquery emulator on $BIGQUERY_EMULATOR_HOST" >&2
+STORAGE_EMULATOR_HOST=$(bash scripts/emulators/gcs.sh start "$state/gcs")
+export STORAGE_EMULATOR_HOST
+echo "gcs emulator on $STORAGE_EMULATOR_HOST" >&2
 
 set +e
 cargo test --release --locked 2>&1 | tee "$log"

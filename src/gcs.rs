@@ -199,10 +199,8 @@ impl Gcs {
         let mut names = Vec::new();
         let mut page: Option<String> = None;
         loop {
-            let mut request = self
-                .http
-                .get(format!("{}/storage/v1/b/{}/o", self.endpoint, self.bucket))
-                .query(&[("prefix", prefix)]);
+            let mut request =
+                self.http.get(format!("{}/storage/v1/b/{}/o", self.endpoint, self.bucket)).query(&[("prefix", prefix)]);
             if let Some(token) = &page {
                 request = request.query(&[("pageToken", token)]);
             }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::bus::claim_check::ClaimCheckPublisher;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::pubsub::{PubSubPublisher, PubSubSubscription};
 use crate::bus::{Publisher, Subscription};
@@ -120,7 +121,14 @@ async fn open_bus(config: &Config, role: Role) -> anyhow::Result<BusEnds> {
 /// Runs the parts of the pipeline `role` names in this process.
 pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<RunReport> {
     let catalog = load_catalog(&config)?;
-    let bus = open_bus(&config, role).await?;
+    let mut bus = open_bus(&config, role).await?;
+    let gcs = crate::gcs::Gcs::connect(&config.gcs).await.context("connecting to GCS ([gcs])")?;
+    if let (Some(gcs), true) = (&gcs, config.gcs.claim_check_bytes > 0) {
+        if let Some(publisher) = bus.publisher.take() {
+            let claims = ClaimCheckPublisher::new(publisher, gcs.clone(), config.gcs.claim_check_bytes);
+            bus.publisher = Some(Arc::new(claims));
+        }
+    }
     let stop_reading = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(StopMode::Run);
 
@@ -138,6 +146,7 @@ pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<Ru
                 subscription.clone(),
                 bus.dead_letters.clone(),
             );
+            worker.set_claim_store(gcs.clone());
             Some(tokio::spawn(async move {
                 let result = worker.run(stop_rx).await;
                 result.map(|_| worker.stats)

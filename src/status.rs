@@ -44,7 +44,7 @@ pub async fn collect(config: &Config, catalog: Arc<Catalog>) -> anyhow::Result<S
     }
     let path = &config.warehouse.duckdb.path;
     if config.warehouse.kind == crate::config::WarehouseKind::Bigquery {
-        let warehouse = crate::warehouse::open(&config, catalog).await?;
+        let warehouse = crate::warehouse::open(config, catalog).await?;
         status.rows_per_table = warehouse.row_counts().await?;
         status.dead_letters = warehouse.dead_letter_counts().await?;
     } else if path.exists() {

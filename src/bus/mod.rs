@@ -9,6 +9,7 @@
 //! - Only the worker's commit path acks: [`AckHandle`]s have no public constructor and are acked through
 //!   [`Subscription::ack`] after the warehouse committed.
 
+pub mod claim_check;
 pub mod embedded;
 pub mod pubsub;
 

@@ -45,10 +45,10 @@ use gcp_bigquery_client::Client;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+pub use super::batch_id;
 use super::bigquery_sql::{self as bsql, PartitionRange};
 use super::cost_guard::{CostConfig, CostGuard};
 use super::sql::{DELETED, EVENT_ID, LANDED_AT, VERSION};
-pub use super::batch_id;
 use super::{Committed, LandStats, StagedRow, TableBatch, Warehouse, WarehouseError};
 use crate::bus::{AckHandle, Delivery};
 use crate::envelope::Op;

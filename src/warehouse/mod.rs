@@ -124,9 +124,9 @@ pub async fn open(
         crate::config::WarehouseKind::Duckdb => {
             std::sync::Arc::new(duckdb::DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone())?)
         }
-        crate::config::WarehouseKind::Bigquery => {
-            std::sync::Arc::new(bigquery::BigQueryWarehouse::connect(&config.warehouse.bigquery, catalog.clone()).await?)
-        }
+        crate::config::WarehouseKind::Bigquery => std::sync::Arc::new(
+            bigquery::BigQueryWarehouse::connect(&config.warehouse.bigquery, catalog.clone()).await?,
+        ),
     };
     if !config.gcs.archive {
         return Ok(warehouse);

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::bus::claim_check::{self, Resolved, CLAIM_CHECK};
 use crate::bus::{AckHandle, DeadLetterOut, Delivery, Subscription};
 use crate::schema::Catalog;
 use crate::warehouse::{Committed, TableBatch, Warehouse, WarehouseError};
@@ -162,6 +163,8 @@ pub struct Worker {
     in_flight: Option<InFlight>,
     /// Open while a landing is failing and being retried (the circuit breaker).
     circuit_open: Arc<AtomicBool>,
+    /// Where claim-checked events are fetched from.
+    claims: Option<crate::gcs::Gcs>,
     pub stats: WorkerStats,
 }
 
@@ -186,6 +189,7 @@ impl Worker {
             pending: BTreeMap::new(),
             in_flight: None,
             circuit_open: Arc::new(AtomicBool::new(false)),
+            claims: None,
             stats: WorkerStats::default(),
         }
     }
@@ -219,6 +223,7 @@ impl Worker {
                 }
             };
             let got_any = !deliveries.is_empty();
+            let deliveries = self.resolve_claims(deliveries).await;
             let poison = self.accept(deliveries, Origin::Main);
             self.dead_letter_on_bus(poison).await;
             if let Some(dead) = self.dead_letter_subscription.clone() {
@@ -247,6 +252,30 @@ impl Worker {
             dead.close().await;
         }
         Ok(())
+    }
+
+    /// The GCS bucket claim-checked events are read from.
+    pub fn set_claim_store(&mut self, gcs: Option<crate::gcs::Gcs>) {
+        self.claims = gcs;
+    }
+
+    /// Fetches the bytes of claim-checked deliveries; those GCS cannot serve now are nacked.
+    async fn resolve_claims(&self, deliveries: Vec<Delivery>) -> Vec<Delivery> {
+        if !deliveries.iter().any(|d| d.attributes.contains_key(CLAIM_CHECK)) {
+            return deliveries;
+        }
+        let mut ready = Vec::with_capacity(deliveries.len());
+        let mut retry = Vec::new();
+        for delivery in deliveries {
+            match claim_check::resolve(self.claims.as_ref(), delivery).await {
+                Resolved::Ready(d) => ready.push(d),
+                Resolved::Retry(d) => retry.push(d.handle),
+            }
+        }
+        if !retry.is_empty() {
+            let _ = self.subscription.nack(retry).await;
+        }
+        ready
     }
 
     fn circuit_is_open(&self) -> bool {
