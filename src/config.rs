@@ -43,6 +43,9 @@ pub struct Config {
     /// `[gcs]`: archive of landed batches and claim checks for large events (off without a bucket).
     #[serde(default)]
     pub gcs: crate::gcs::GcsConfig,
+    /// `[admin]`: the admin HTTP server (health, metrics, status, triggers) and the SIGTERM drain.
+    #[serde(default)]
+    pub admin: crate::admin::AdminConfig,
 }
 
 fn default_schemas_dir() -> PathBuf {

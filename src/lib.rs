@@ -12,11 +12,15 @@
 //! warehouse deduplicates on event id (append) or keeps the highest version per key (upsert). Every
 //! failure point therefore leads to redelivery, and every redelivery to a no-op.
 
+pub mod admin;
 pub mod bus;
 pub mod config;
 pub mod dlq;
 pub mod envelope;
 pub mod gcs;
+pub mod infra;
+pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod schema;
 pub mod sources;

@@ -28,6 +28,12 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum InfraCommand {
+    /// Terraform JSON for the BigQuery tables (write it to infra/terraform/tables.tf.json).
+    TerraformTables,
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run sources and worker in this process.
     Run {
@@ -58,6 +64,11 @@ enum Command {
     },
     /// Print the effective configuration (defaults, file and environment overrides merged).
     Config,
+    /// Generate infrastructure files from `schemas/`.
+    Infra {
+        #[command(subcommand)]
+        command: InfraCommand,
+    },
     /// Inspect dead letters (the warehouse's `dead_letters` table).
     Dlq {
         #[command(subcommand)]
@@ -173,9 +184,7 @@ fn describe_error(error: &anyhow::Error) -> String {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BQSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    bqsync::logging::init();
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
@@ -195,6 +204,9 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Config => println!("{config:#?}"),
+        Command::Infra { command: InfraCommand::TerraformTables } => {
+            print!("{}", bqsync::infra::terraform_tables_text(pipeline::load_catalog(&config)?.as_ref()));
+        }
         Command::Dlq { command } => dlq(config, command).await?,
         Command::Replay { filter, dry_run, set, drop, rename, json } => {
             let edits = bqsync::dlq::Edits::parse(&set, &drop, &rename)?;

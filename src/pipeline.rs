@@ -132,6 +132,8 @@ pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<Ru
     let stop_reading = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(StopMode::Run);
 
+    let sync_now = Arc::new(tokio::sync::Notify::new());
+    let mut opened_warehouse = None;
     let worker_task = match (&bus.subscription, role.works()) {
         (Some(subscription), true) => {
             let warehouse: Arc<dyn Warehouse> =
@@ -139,6 +141,7 @@ pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<Ru
                     format!("opening the warehouse ({})", crate::warehouse::describe(&config.warehouse))
                 })?;
             warehouse.ensure_tables().await.context("creating tables from schemas/")?;
+            opened_warehouse = Some(warehouse.clone());
             let mut worker = Worker::new(
                 config.worker.clone(),
                 catalog.clone(),
@@ -167,18 +170,32 @@ pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<Ru
                 std::fs::create_dir_all(&source_config.root)
                     .with_context(|| format!("creating {}", source_config.root.display()))?;
             }
-            source_tasks.spawn(drive_source(Box::new(source), publisher.clone(), stop_reading.clone(), mode));
+            source_tasks.spawn(drive_source(
+                Box::new(source),
+                publisher.clone(),
+                stop_reading.clone(),
+                mode,
+                sync_now.clone(),
+            ));
         }
     }
+    start_admin(&config, &catalog, role, opened_warehouse, sync_now.clone()).await?;
 
     let signal_stop = {
         let stop_reading = stop_reading.clone();
         let stop_tx = stop_tx.clone();
+        let deadline = Duration::from_secs(config.admin.drain_timeout_secs);
         tokio::spawn(async move {
             shutdown_signal().await;
-            tracing::info!("shutdown requested: stop reading, flush, ack, exit");
+            tracing::info!(deadline_secs = deadline.as_secs(), "shutdown requested: stop reading, flush, ack, exit");
             stop_reading.store(true, Ordering::SeqCst);
             let _ = stop_tx.send(StopMode::Now);
+            tokio::time::sleep(deadline).await;
+            // Whatever is still unacked is redelivered to another worker and lands there once.
+            tracing::error!(
+                "drain deadline passed before everything committed; exiting, unacked messages will be redelivered"
+            );
+            std::process::exit(3);
         })
     };
 
@@ -197,12 +214,58 @@ pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<Ru
     Ok(RunReport { events_published, worker })
 }
 
+/// Starts the admin server with readiness probes for the bus and the warehouse this process uses.
+async fn start_admin(
+    config: &Config,
+    catalog: &Arc<Catalog>,
+    role: Role,
+    warehouse: Option<Arc<dyn Warehouse>>,
+    sync_now: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
+    let mut probes: Vec<(&'static str, crate::admin::Probe)> = Vec::new();
+    if config.bus.kind == crate::config::BusKind::Pubsub {
+        let pubsub = config.bus.pubsub.clone();
+        let worker = role.works();
+        probes.push((
+            "bus",
+            Box::new(move || {
+                let pubsub = pubsub.clone();
+                Box::pin(async move { crate::bus::pubsub::ping(&pubsub, worker).await })
+            }),
+        ));
+    }
+    if let Some(warehouse) = &warehouse {
+        let warehouse = warehouse.clone();
+        probes.push((
+            "warehouse",
+            Box::new(move || {
+                let warehouse = warehouse.clone();
+                Box::pin(async move { warehouse.ping().await.map_err(|e| e.to_string()) })
+            }),
+        ));
+    }
+    let sources =
+        if role.produces() { config.sources.jsonl.iter().map(|s| s.name.clone()).collect() } else { Vec::new() };
+    let state = crate::admin::AdminState {
+        config: config.clone(),
+        catalog: catalog.clone(),
+        warehouse,
+        probes,
+        sync_now,
+        sources,
+        token: config.admin.token()?,
+    };
+    crate::admin::serve(state).await?;
+    Ok(())
+}
+
 /// Runs one source: passes until drained (one-shot) or until told to stop.
 async fn drive_source(
     mut source: Box<dyn Source>,
     publisher: Arc<dyn Publisher>,
     stop: Arc<AtomicBool>,
     mode: RunMode,
+    sync_now: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<u64> {
     let mut published = 0;
     let mut delay = Duration::from_millis(200);
@@ -210,13 +273,19 @@ async fn drive_source(
         match source.emit(publisher.as_ref()).await {
             Ok(outcome) => {
                 published += outcome.published;
+                if outcome.published > 0 {
+                    crate::metrics::global().published(source.name(), outcome.published);
+                }
                 delay = Duration::from_millis(200);
                 if mode == RunMode::UntilDrained && outcome.consumed == 0 {
                     tracing::info!(source = source.name(), published, "source drained");
                     break;
                 }
                 if mode == RunMode::Forever && outcome.consumed == 0 {
-                    source.wait_for_input(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        _ = source.wait_for_input(Duration::from_secs(1)) => {}
+                        _ = sync_now.notified() => tracing::info!(source = source.name(), "sync requested"),
+                    }
                 }
             }
             Err(e) => {

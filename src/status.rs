@@ -60,23 +60,7 @@ pub async fn collect(config: &Config, catalog: Arc<Catalog>) -> anyhow::Result<S
     } else {
         status.warehouse_note = Some(format!("no warehouse file yet at {}", path.display()));
     }
-    if config.state_path.exists() {
-        let store = CheckpointStore::open(&config.state_path)?;
-        for (source, checkpoint) in store.all_files()? {
-            // Only the same file counts: a rotated or replaced path holds another file now.
-            let size = std::fs::metadata(Path::new(&checkpoint.path))
-                .ok()
-                .filter(|m| (m.dev(), m.ino()) == (checkpoint.device, checkpoint.inode))
-                .map(|m| m.len());
-            status.checkpoints.push(CheckpointLag {
-                source,
-                lag_bytes: size.map(|s| s.saturating_sub(checkpoint.offset)),
-                path: checkpoint.path,
-                offset: checkpoint.offset,
-                size,
-            });
-        }
-    }
+    status.checkpoints = checkpoint_lags(config)?;
     Ok(status)
 }
 
@@ -119,4 +103,27 @@ pub fn render(status: &Status) -> String {
         out.push_str(&format!("  {:<10} {:<48} offset {:>12}  {}\n", c.source, c.path, c.offset, lag));
     }
     out
+}
+
+/// How far each source's files are ahead of their checkpoints.
+pub fn checkpoint_lags(config: &Config) -> anyhow::Result<Vec<CheckpointLag>> {
+    let mut lags = Vec::new();
+    if config.state_path.exists() {
+        let store = CheckpointStore::open(&config.state_path)?;
+        for (source, checkpoint) in store.all_files()? {
+            // Only the same file counts: a rotated or replaced path holds another file now.
+            let size = std::fs::metadata(Path::new(&checkpoint.path))
+                .ok()
+                .filter(|m| (m.dev(), m.ino()) == (checkpoint.device, checkpoint.inode))
+                .map(|m| m.len());
+            lags.push(CheckpointLag {
+                source,
+                lag_bytes: size.map(|s| s.saturating_sub(checkpoint.offset)),
+                path: checkpoint.path,
+                offset: checkpoint.offset,
+                size,
+            });
+        }
+    }
+    Ok(lags)
 }

@@ -710,6 +710,25 @@ fn code_to_http(code: google_cloud_gax::error::rpc::Code) -> u16 {
 /// Fails with a clear message when a topic or subscription does not exist: without this, publishing
 /// and streaming pull would only retry and log. Any other answer (no permission to read the resource
 /// is normal for a least-privilege service account) lets start-up go on.
+/// Readiness: the subscription (or, for a producer, the topic) answers. Any error counts, within 5 s.
+pub async fn ping(config: &PubSubConfig, worker: bool) -> Result<(), String> {
+    let names = ResourceNames::of(config).map_err(|e| e.to_string())?;
+    let call = async {
+        if worker {
+            let admin = connect!(SubscriptionAdmin::builder(), config).build().await.map_err(|e| e.to_string())?;
+            admin.get_subscription().set_subscription(names.subscription.clone()).send().await.map(|_| ())
+        } else {
+            let admin = connect!(TopicAdmin::builder(), config).build().await.map_err(|e| e.to_string())?;
+            admin.get_topic().set_topic(names.topic.clone()).send().await.map(|_| ())
+        }
+        .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), call).await {
+        Ok(result) => result,
+        Err(_) => Err("Pub/Sub did not answer within 5 s".into()),
+    }
+}
+
 async fn check_exists(config: &PubSubConfig, kind: &str, name: &str) -> Result<(), BusError> {
     use google_cloud_gax::error::rpc::Code;
     let result = if kind == "topic" {

@@ -86,6 +86,10 @@ impl Warehouse for ArchivingWarehouse {
         Ok((committed, stats))
     }
 
+    async fn ping(&self) -> Result<(), WarehouseError> {
+        self.inner.ping().await
+    }
+
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError> {
         self.inner.row_counts().await
     }

@@ -635,6 +635,7 @@ impl BigQueryWarehouse {
                     let billed = billed_bytes(&job);
                     if !recognised {
                         self.guard.record_billed(billed);
+                        crate::metrics::global().set_bytes_billed(self.guard.billed());
                     }
                     let changed = if recognised { 0 } else { affected_rows(&job) };
                     if recognised {
@@ -994,6 +995,20 @@ impl Warehouse for BigQueryWarehouse {
             stats.push((DEAD_LETTER_TABLE.into(), table_stats));
         }
         Ok((Committed::new(), stats))
+    }
+
+    /// One request, no retries, within 5 s: readiness must answer fast.
+    async fn ping(&self) -> Result<(), WarehouseError> {
+        let call = self.client.dataset().get(&self.project, &self.config.dataset);
+        match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Failure::from_error(&e).into_error("ping")),
+            Err(_) => Err(WarehouseError::BigQuery {
+                context: "ping".into(),
+                message: "no answer within 5 s".into(),
+                transient: true,
+            }),
+        }
     }
 
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError> {

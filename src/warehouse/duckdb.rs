@@ -338,6 +338,14 @@ impl Warehouse for DuckDbWarehouse {
         .await
     }
 
+    async fn ping(&self) -> Result<(), WarehouseError> {
+        self.blocking(|this, connection| {
+            connection.execute_batch("SELECT 1").map_err(this.error("ping"))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError> {
         self.blocking(|this, connection| {
             let mut counts = Vec::new();

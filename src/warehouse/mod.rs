@@ -163,6 +163,10 @@ pub trait Warehouse: Send + Sync {
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError>;
     /// Dead letters by (table, reason), for status.
     async fn dead_letter_counts(&self) -> Result<Vec<(String, String, u64)>, WarehouseError>;
+    /// Readiness: the warehouse answers now.
+    async fn ping(&self) -> Result<(), WarehouseError> {
+        Ok(())
+    }
     /// Dead letters matching `filter`, newest first (for `bqsync dlq` and `bqsync replay`).
     async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterRecord>, WarehouseError> {
         let _ = filter;

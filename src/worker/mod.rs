@@ -118,6 +118,8 @@ enum Origin {
 /// Rows for one table waiting for their flush, with the handles they will ack.
 struct PendingBatch {
     rows: Vec<crate::warehouse::StagedRow>,
+    /// When each row's event was produced (µs), where the producer said so.
+    produced: Vec<i64>,
     handles: Vec<(Origin, AckHandle)>,
     bytes: usize,
     oldest: Instant,
@@ -125,7 +127,7 @@ struct PendingBatch {
 
 impl PendingBatch {
     fn new() -> PendingBatch {
-        PendingBatch { rows: Vec::new(), handles: Vec::new(), bytes: 0, oldest: Instant::now() }
+        PendingBatch { rows: Vec::new(), produced: Vec::new(), handles: Vec::new(), bytes: 0, oldest: Instant::now() }
     }
 }
 
@@ -295,6 +297,7 @@ impl Worker {
         let held = self.pending.values().map(|b| b.handles.len()).sum::<usize>()
             + self.in_flight.as_ref().map_or(0, |f| f.handles.len());
         self.stats.peak_unacked = self.stats.peak_unacked.max(held as u64);
+        crate::metrics::global().set_outstanding(held as i64);
     }
 
     /// Hands poison deliveries to the bus's dead-letter topic. If that fails they were nacked and
@@ -322,13 +325,18 @@ impl Worker {
         let mut poison = Vec::new();
         for delivery in deliveries {
             self.stats.delivered += 1;
+            let produced = delivery.attributes.get(crate::bus::attr::PRODUCED_AT).and_then(|t| parse_produced_at(t));
             let classified = match origin {
                 Origin::Main => classifier.classify(&delivery),
                 Origin::DeadLetterQueue => Classified::DeadLetter(classifier.classify_exhausted(&delivery)),
             };
             let (table, row) = match classified {
-                Classified::Row { table, row } => (table, row),
+                Classified::Row { table, row } => {
+                    crate::metrics::global().event_in(&table, delivery.delivery_attempt > 1);
+                    (table, row)
+                }
                 Classified::DeadLetter(dead) if poison_to_bus => {
+                    crate::metrics::global().dead_letter(dead.table.as_deref().unwrap_or("?"), dead.reason.as_str());
                     let attributes = classifier.dead_letter_attributes(&delivery, &dead);
                     log_dead_letter(&dead);
                     poison.push(DeadLetterOut { data: delivery.data, attributes, handle: delivery.handle });
@@ -336,6 +344,7 @@ impl Worker {
                 }
                 Classified::DeadLetter(dead) => {
                     self.stats.dead_lettered += 1;
+                    crate::metrics::global().dead_letter(dead.table.as_deref().unwrap_or("?"), dead.reason.as_str());
                     log_dead_letter(&dead);
                     (DEAD_LETTER_TABLE.to_string(), classifier.dead_letter_row(&delivery, &dead))
                 }
@@ -344,6 +353,9 @@ impl Worker {
             let batch = self.pending.entry(table).or_insert_with(PendingBatch::new);
             batch.bytes += delivery.data.len();
             batch.rows.push(row);
+            if let Some(micros) = produced {
+                batch.produced.push(micros);
+            }
             batch.handles.push((origin, delivery.handle));
         }
         poison
@@ -372,9 +384,11 @@ impl Worker {
         }
         let mut batches = Vec::with_capacity(tables.len());
         let mut handles = Vec::new();
+        let mut produced = Vec::new();
         for table in tables {
             let pending = self.pending.remove(&table).expect("due table is pending");
             handles.extend(pending.handles);
+            produced.push((table.clone(), pending.produced));
             batches.push(TableBatch { table, rows: pending.rows });
         }
         // One landing at a time, overlapped with pulling and classifying the next batch: wait for
@@ -383,7 +397,7 @@ impl Worker {
         let warehouse = self.warehouse.clone();
         let retry = self.config.clone();
         let landing = tokio::spawn(land_with_retry(warehouse, batches, retry, self.circuit_open.clone()));
-        self.in_flight = Some(InFlight { landing, handles });
+        self.in_flight = Some(InFlight { landing, handles, produced, started: Instant::now() });
     }
 
     /// Waits for the landing in flight, then acks its deliveries (or nacks them if it gave up).
@@ -395,14 +409,28 @@ impl Worker {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::error!(error = %e, "landing task failed");
-                LandOutcome { committed: None, rows: 0, failures: 1 }
+                LandOutcome { committed: None, rows: 0, failures: 1, stats: Vec::new() }
             }
         };
         self.stats.failed_flushes += outcome.failures;
+        let metrics = crate::metrics::global();
+        for _ in 0..outcome.failures {
+            metrics.flush(0.0, false);
+        }
         match outcome.committed {
             Some(committed) => {
                 self.stats.flushes += 1;
                 self.stats.landed_rows += outcome.rows;
+                metrics.flush(in_flight.started.elapsed().as_secs_f64(), true);
+                for (table, stats) in &outcome.stats {
+                    metrics.landed(table, stats.rows_offered, stats.rows_changed);
+                }
+                let now = chrono::Utc::now().timestamp_micros();
+                for (table, produced) in &in_flight.produced {
+                    for micros in produced {
+                        metrics.lag(table, (now - micros) as f64 / 1e6);
+                    }
+                }
                 self.ack(committed, in_flight.handles).await
             }
             None => self.nack(in_flight.handles).await,
@@ -430,6 +458,11 @@ impl Worker {
             let _ = sub.nack(dead).await;
         }
     }
+}
+
+/// `produced_at` (RFC 3339) as µs since the epoch.
+fn parse_produced_at(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
 }
 
 fn log_dead_letter(dead: &DeadLetter) {
@@ -475,6 +508,9 @@ fn split_by_origin(handles: Vec<(Origin, AckHandle)>) -> (Vec<AckHandle>, Vec<Ac
 struct InFlight {
     landing: tokio::task::JoinHandle<LandOutcome>,
     handles: Vec<(Origin, AckHandle)>,
+    /// Per table, when each row's event was produced (µs since the epoch), for the lag metric.
+    produced: Vec<(String, Vec<i64>)>,
+    started: Instant,
 }
 
 struct LandOutcome {
@@ -482,6 +518,7 @@ struct LandOutcome {
     committed: Option<Committed>,
     rows: u64,
     failures: u64,
+    stats: Vec<(String, crate::warehouse::LandStats)>,
 }
 
 /// Lands with exponential backoff and jitter until it commits or the retry budget runs out.
@@ -495,6 +532,7 @@ async fn land_with_retry(
     circuit_open: Arc<AtomicBool>,
 ) -> LandOutcome {
     let outcome = land_until_done(warehouse, batches, config, &circuit_open).await;
+    crate::metrics::global().set_circuit_open(false);
     if circuit_open.swap(false, Ordering::Relaxed) {
         tracing::info!(committed = outcome.committed.is_some(), "circuit closed: pulling again");
     }
@@ -517,15 +555,16 @@ async fn land_until_done(
         match warehouse.land(batches.clone()).await {
             Ok((committed, stats)) => {
                 tracing::debug!(?stats, "batch committed");
-                return LandOutcome { committed: Some(committed), rows, failures };
+                return LandOutcome { committed: Some(committed), rows, failures, stats };
             }
             Err(e) => {
                 failures += 1;
                 if !e.is_transient() || started.elapsed() + delay > budget {
                     tracing::error!(error = %e, rows, "landing keeps failing; releasing the batch for redelivery");
-                    return LandOutcome { committed: None, rows, failures };
+                    return LandOutcome { committed: None, rows, failures, stats: Vec::new() };
                 }
                 tracing::warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "landing failed; retrying");
+                crate::metrics::global().set_circuit_open(true);
                 if !circuit_open.swap(true, Ordering::Relaxed) {
                     tracing::warn!("circuit open: the warehouse is failing; pulling paused until it lands again");
                 }

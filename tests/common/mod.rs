@@ -23,7 +23,7 @@ impl Project {
             std::fs::copy(entry.path(), schemas.join(entry.file_name())).unwrap();
         }
         let config = format!(
-            "[worker]\nmax_batch_age_ms = 100\n\n[bus.embedded]\nsynchronous = \"normal\"\n\n[warehouse.duckdb]\nthreads = 1\n\n{extra_config}\n"
+            "[worker]\nmax_batch_age_ms = 100\n\n[bus.embedded]\nsynchronous = \"normal\"\n\n[warehouse.duckdb]\nthreads = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{extra_config}\n"
         );
         std::fs::write(dir.path().join("bqsync.toml"), config).unwrap();
         Project { dir }
