@@ -385,7 +385,9 @@ fn worker_killed_mid_batch_lands_exactly_once_in_bigquery() {
     for round in 0..3 {
         let mut child = project.spawn_run(&[], &env);
         std::thread::sleep(Duration::from_millis(1500 + rng.u64(0..1500)));
-        assert!(child.try_wait().unwrap().is_none(), "bqsync must still be running; log:\n{}", project.log_tail());
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("bqsync must still be running in round {round}, but exited: {status}; log:\n{}", project.log_tail());
+        }
         signal(&child, "KILL");
         let _ = wait_exit(&mut child, Duration::from_secs(10));
         eprintln!("killed in round {round}");
@@ -527,4 +529,34 @@ fn a_bigquery_outage_under_load_pauses_the_worker_and_loses_nothing() {
     });
     let log = std::fs::read_to_string(project.path("bqsync.log")).unwrap();
     assert!(log.contains("circuit open"), "the worker noticed the outage");
+}
+
+/// `/readyz` answers 503 naming the warehouse while BigQuery is down, and 200 again once it is back.
+#[test]
+fn readyz_follows_bigquery_going_away_and_coming_back() {
+    let emulator = OwnEmulator::start();
+    let dataset = unique_dataset("ready");
+    let project = Project::new(&format!(
+        "[warehouse]\nkind = \"bigquery\"\n\n[warehouse.bigquery]\nproject = \"{PROJECT}\"\ndataset = \"{dataset}\"\nendpoint = \"{}\"\n",
+        emulator.endpoint()
+    ));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = project.spawn_run(&[], &[("BQSYNC__ADMIN__LISTEN", listen.as_str())]);
+    let readyz = || -> Option<u16> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.split(' ').nth(1)?.parse().ok()
+    };
+    common::wait_until(Duration::from_secs(60), "ready with BigQuery up", || readyz() == Some(200));
+    emulator.kill();
+    common::wait_until(Duration::from_secs(30), "unready with BigQuery down", || readyz() == Some(503));
+    emulator.run("start", true);
+    common::wait_until(Duration::from_secs(60), "ready again", || readyz() == Some(200));
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success(), "{}", project.log_tail());
 }

@@ -116,7 +116,10 @@ stop() {
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.25
         done
-        kill -9 "$pid" 2>/dev/null || true
+        # Only if it is still there: a PID that exited may already belong to another process.
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
     fi
     rm -f "$dir/pid"
 }
