@@ -2,7 +2,11 @@
 //! reads (`severity`, `message`, `time`, `logging.googleapis.com/spanId`, the event's fields).
 //!
 //! `BQSYNC_LOG` sets the level filter (default `info`); `BQSYNC_LOG_FORMAT` is `text`, `json`, or
-//! `auto` (default: JSON inside Kubernetes, text elsewhere). The JSON layer is hand-written because
+//! `auto` (default: JSON inside Kubernetes, text elsewhere).
+//!
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans (one per landed batch, among others) and the
+//! metrics of [`crate::metrics`] are also exported over OTLP/HTTP (protobuf); the standard `OTEL_*`
+//! variables apply (`OTEL_SERVICE_NAME`, `OTEL_METRIC_EXPORT_INTERVAL`, headers, …). The JSON layer is hand-written because
 //! `tracing-subscriber`'s JSON format nests the message under `fields`, where Cloud Logging does not
 //! look for it.
 
@@ -24,11 +28,97 @@ pub fn init() {
         Ok("text") => false,
         _ => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
     };
-    let registry = tracing_subscriber::registry().with(filter);
+    let otel = otlp_layer();
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     if json {
         registry.with(JsonLayer).init();
     } else {
         registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+    }
+}
+
+/// The OTLP providers, kept to flush them at exit.
+static PROVIDERS: std::sync::OnceLock<(
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    opentelemetry_sdk::metrics::SdkMeterProvider,
+)> = std::sync::OnceLock::new();
+
+/// Spans and metrics over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+fn otlp_layer<S: Subscriber + for<'a> LookupSpan<'a>>() -> Option<impl Layer<S>> {
+    use opentelemetry::trace::TracerProvider as _;
+    std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT")?;
+    // The exporter's HTTP client (reqwest, rustls without a built-in provider) needs one installed.
+    crate::bus::pubsub::install_crypto_provider();
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "bqsync".into());
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+    let spans = match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("bqsync: OTLP span exporter not started: {e}");
+            return None;
+        }
+    };
+    let metrics = match opentelemetry_otlp::MetricExporter::builder().with_http().build() {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("bqsync: OTLP metric exporter not started: {e}");
+            return None;
+        }
+    };
+    let tracer_provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(spans)
+        .with_resource(resource.clone())
+        .build();
+    let meter_provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_periodic_exporter(metrics)
+        .with_resource(resource)
+        .build();
+    register_metrics(&meter_provider);
+    let tracer = tracer_provider.tracer("bqsync");
+    let _ = PROVIDERS.set((tracer_provider, meter_provider));
+    Some(tracing_opentelemetry::layer().with_tracer(tracer))
+}
+
+/// One observable gauge per registry metric, read at each export.
+fn register_metrics(provider: &opentelemetry_sdk::metrics::SdkMeterProvider) {
+    use opentelemetry::metrics::MeterProvider as _;
+    let meter = provider.meter("bqsync");
+    let names = [
+        "bqsync.events_in",
+        "bqsync.rows_landed",
+        "bqsync.rows_offered",
+        "bqsync.dead_letters",
+        "bqsync.events_published",
+        "bqsync.redeliveries",
+        "bqsync.flushes",
+        "bqsync.outstanding_messages",
+        "bqsync.bigquery_bytes_billed",
+    ];
+    for name in names {
+        let gauge = meter
+            .f64_observable_gauge(name)
+            .with_callback(move |observer| {
+                for (sample, labels, value) in crate::metrics::global().samples() {
+                    if sample == name {
+                        let attributes: Vec<opentelemetry::KeyValue> =
+                            labels.into_iter().map(|(k, v)| opentelemetry::KeyValue::new(k, v)).collect();
+                        observer.observe(value, &attributes);
+                    }
+                }
+            })
+            .build();
+        // Instruments live as long as the provider; the handle itself is not needed.
+        drop(gauge);
+    }
+}
+
+/// Flushes spans and metrics still buffered for OTLP (call before exit).
+pub fn shutdown() {
+    if let Some((tracer, meter)) = PROVIDERS.get() {
+        let _ = tracer.force_flush();
+        let _ = meter.force_flush();
+        let _ = tracer.shutdown();
+        let _ = meter.shutdown();
     }
 }
 

@@ -157,7 +157,9 @@ fn main() -> std::process::ExitCode {
     init_logging();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(execute(cli)) {
+    let result = runtime.block_on(execute(cli));
+    bqsync::logging::shutdown();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bqsync: error: {}", describe_error(&e));

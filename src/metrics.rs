@@ -172,6 +172,29 @@ impl Metrics {
         map.get(&vec![table.to_string()]).copied().unwrap_or(0)
     }
 
+    /// Counter and gauge values with their labels, for the OTLP exporter: (name, labels, value).
+    pub fn samples(&self) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
+        let mut out = Vec::new();
+        let labelled: [(&'static str, &[&'static str], &Series<u64>); 5] = [
+            ("bqsync.events_in", &["table"], &self.events_in),
+            ("bqsync.rows_landed", &["table"], &self.rows_landed),
+            ("bqsync.rows_offered", &["table"], &self.rows_offered),
+            ("bqsync.dead_letters", &["table", "reason"], &self.dead_letters),
+            ("bqsync.events_published", &["source"], &self.events_published),
+        ];
+        for (name, names, series) in labelled {
+            for (values, value) in series.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let labels = names.iter().copied().zip(values.iter().cloned()).collect();
+                out.push((name, labels, *value as f64));
+            }
+        }
+        out.push(("bqsync.redeliveries", Vec::new(), self.redeliveries.load(Ordering::Relaxed) as f64));
+        out.push(("bqsync.flushes", Vec::new(), self.flushes.load(Ordering::Relaxed) as f64));
+        out.push(("bqsync.outstanding_messages", Vec::new(), self.outstanding.load(Ordering::Relaxed) as f64));
+        out.push(("bqsync.bigquery_bytes_billed", Vec::new(), self.bytes_billed.load(Ordering::Relaxed) as f64));
+        out
+    }
+
     /// The registry in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();

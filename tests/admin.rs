@@ -124,3 +124,77 @@ fn sigterm_under_load_drains_without_loss_or_duplicates() {
     assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), atoms as i64, "{}", project.log_tail());
     assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), atoms as i64);
 }
+
+/// A stand-in OTLP/HTTP collector: records (path, body) of every request and answers 200.
+fn collector() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+                    let mut length = 0;
+                    loop {
+                        let mut header = String::new();
+                        reader.read_line(&mut header).unwrap();
+                        if header == "\r\n" || header.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    sink.lock().unwrap().push((path, body));
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n",
+                    );
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+/// With OTEL_EXPORTER_OTLP_ENDPOINT set, spans (one `land_batch` per flush) and metrics reach the
+/// collector over OTLP/HTTP; logs stay JSON lines with Cloud Logging's fields when asked for.
+#[test]
+fn traces_and_metrics_are_exported_over_otlp_and_logs_are_cloud_logging_json() {
+    let (port, received) = collector();
+    let project = Project::new("");
+    let lines: String = (0..2000u64).map(|i| common::atom_line(&format!("o-{i}"), i)).collect();
+    project.append("inbox/atoms/a.jsonl", lines.as_bytes());
+    let endpoint = format!("http://127.0.0.1:{port}");
+    project.run_until_drained(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("BQSYNC_LOG", "info"),
+        ("BQSYNC_LOG_FORMAT", "json"),
+    ]);
+    let received = received.lock().unwrap().clone();
+    let paths: Vec<&str> = received.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(paths.contains(&"/v1/traces"), "{paths:?}");
+    assert!(paths.contains(&"/v1/metrics"), "{paths:?}");
+    let contains = |path: &str, needle: &[u8]| {
+        received.iter().filter(|(p, _)| p == path).any(|(_, body)| body.windows(needle.len()).any(|w| w == needle))
+    };
+    assert!(contains("/v1/traces", b"land_batch"), "a span per landed batch");
+    assert!(contains("/v1/metrics", b"bqsync.rows_landed"), "the registry's metrics");
+    let log = std::fs::read_to_string(project.path("bqsync.log")).unwrap();
+    let line = log.lines().find(|l| l.contains("run finished")).expect("the closing log line");
+    let json: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(json["severity"], "INFO");
+    assert_eq!(json["message"], "run finished");
+    assert_eq!(json["landed_rows"], 2000);
+}

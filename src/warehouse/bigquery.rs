@@ -602,6 +602,11 @@ impl BigQueryWarehouse {
     /// Runs the landing query under a job id derived from the batch; returns the rows it changed (0
     /// when the job had already run: recognised, not applied again).
     async fn apply(&self, table: &str, job_id: &str, sql: &str) -> Result<u64, WarehouseError> {
+        let span = tracing::info_span!("bigquery_job", table, job_id);
+        tracing::Instrument::instrument(self.apply_in_span(table, job_id, sql), span).await
+    }
+
+    async fn apply_in_span(&self, table: &str, job_id: &str, sql: &str) -> Result<u64, WarehouseError> {
         if self.guard.config().dry_run {
             let estimate = self.dry_run(sql).await?;
             tracing::info!(table, estimate_bytes = estimate, "dry run");

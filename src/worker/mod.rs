@@ -120,6 +120,9 @@ struct PendingBatch {
     rows: Vec<crate::warehouse::StagedRow>,
     /// When each row's event was produced (µs), where the producer said so.
     produced: Vec<i64>,
+    /// Bus message ids of the first and the last delivery, to link a batch to its messages.
+    first_message: Option<String>,
+    last_message: Option<String>,
     handles: Vec<(Origin, AckHandle)>,
     bytes: usize,
     oldest: Instant,
@@ -127,7 +130,15 @@ struct PendingBatch {
 
 impl PendingBatch {
     fn new() -> PendingBatch {
-        PendingBatch { rows: Vec::new(), produced: Vec::new(), handles: Vec::new(), bytes: 0, oldest: Instant::now() }
+        PendingBatch {
+            rows: Vec::new(),
+            produced: Vec::new(),
+            first_message: None,
+            last_message: None,
+            handles: Vec::new(),
+            bytes: 0,
+            oldest: Instant::now(),
+        }
     }
 }
 
@@ -353,6 +364,10 @@ impl Worker {
             let batch = self.pending.entry(table).or_insert_with(PendingBatch::new);
             batch.bytes += delivery.data.len();
             batch.rows.push(row);
+            if batch.first_message.is_none() {
+                batch.first_message = Some(delivery.message_id.clone());
+            }
+            batch.last_message = Some(delivery.message_id);
             if let Some(micros) = produced {
                 batch.produced.push(micros);
             }
@@ -385,8 +400,14 @@ impl Worker {
         let mut batches = Vec::with_capacity(tables.len());
         let mut handles = Vec::new();
         let mut produced = Vec::new();
+        let mut messages = Vec::new();
         for table in tables {
             let pending = self.pending.remove(&table).expect("due table is pending");
+            messages.push(format!(
+                "{table}: {}..{}",
+                pending.first_message.as_deref().unwrap_or("?"),
+                pending.last_message.as_deref().unwrap_or("?")
+            ));
             handles.extend(pending.handles);
             produced.push((table.clone(), pending.produced));
             batches.push(TableBatch { table, rows: pending.rows });
@@ -396,7 +417,14 @@ impl Worker {
         self.finish_in_flight().await;
         let warehouse = self.warehouse.clone();
         let retry = self.config.clone();
-        let landing = tokio::spawn(land_with_retry(warehouse, batches, retry, self.circuit_open.clone()));
+        // One span per flush: its fields name the bus messages (first..last per table); the
+        // warehouse's job spans are its children.
+        let rows: usize = batches.iter().map(|b| b.rows.len()).sum();
+        let span = tracing::info_span!("land_batch", rows, deliveries = handles.len(), messages = %messages.join(", "));
+        let landing = tokio::spawn(tracing::Instrument::instrument(
+            land_with_retry(warehouse, batches, retry, self.circuit_open.clone()),
+            span,
+        ));
         self.in_flight = Some(InFlight { landing, handles, produced, started: Instant::now() });
     }
 
