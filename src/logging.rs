@@ -95,7 +95,8 @@ fn register_metrics(provider: &opentelemetry_sdk::metrics::SdkMeterProvider) {
         "bqsync.bigquery_bytes_billed",
     ];
     for name in names {
-        let gauge = meter
+        // Instruments live as long as the provider; the handle itself is not needed.
+        let _gauge = meter
             .f64_observable_gauge(name)
             .with_callback(move |observer| {
                 for (sample, labels, value) in crate::metrics::global().samples() {
@@ -107,8 +108,6 @@ fn register_metrics(provider: &opentelemetry_sdk::metrics::SdkMeterProvider) {
                 }
             })
             .build();
-        // Instruments live as long as the provider; the handle itself is not needed.
-        drop(gauge);
     }
 }
 

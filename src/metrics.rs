@@ -43,6 +43,9 @@ impl Histogram {
 /// Labelled series: label values → value.
 type Series<T> = Mutex<BTreeMap<Vec<String>, T>>;
 
+/// One counter or gauge value: (name, labels, value).
+pub type Sample = (&'static str, Vec<(&'static str, String)>, f64);
+
 /// The registry.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -173,7 +176,7 @@ impl Metrics {
     }
 
     /// Counter and gauge values with their labels, for the OTLP exporter: (name, labels, value).
-    pub fn samples(&self) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
+    pub fn samples(&self) -> Vec<Sample> {
         let mut out = Vec::new();
         let labelled: [(&'static str, &[&'static str], &Series<u64>); 5] = [
             ("bqsync.events_in", &["table"], &self.events_in),
