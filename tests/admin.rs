@@ -125,8 +125,11 @@ fn sigterm_under_load_drains_without_loss_or_duplicates() {
     assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), atoms as i64);
 }
 
+/// Requests a collector received: (path, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A stand-in OTLP/HTTP collector: records (path, body) of every request and answers 200.
-fn collector() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>) {
+fn collector() -> (u16, Received) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
