@@ -111,6 +111,16 @@ fn register_metrics(provider: &opentelemetry_sdk::metrics::SdkMeterProvider) {
     }
 }
 
+/// The OpenTelemetry trace and span ids of a tracing span, when spans are exported.
+fn otel_ids(id: &tracing::span::Id) -> Option<(String, String)> {
+    use opentelemetry::trace::TraceContextExt as _;
+    PROVIDERS.get()?;
+    let context = tracing::dispatcher::get_default(|dispatch| tracing_opentelemetry::get_otel_context(id, dispatch))?;
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+}
+
 /// Flushes spans and metrics still buffered for OTLP (call before exit).
 pub fn shutdown() {
     if let Some((tracer, meter)) = PROVIDERS.get() {
@@ -167,8 +177,24 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLayer {
         line.insert("time".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
         line.insert("target".into(), event.metadata().target().into());
         if let Some(span) = context.event_span(event) {
-            line.insert("logging.googleapis.com/spanId".into(), format!("{:016x}", span.id().into_u64()).into());
             line.insert("span".into(), span.name().into());
+            match otel_ids(&span.id()) {
+                // Exported to OTLP: the ids Cloud Trace knows, so the log entry links to the trace.
+                Some((trace_id, span_id)) => {
+                    let trace = match std::env::var("GOOGLE_CLOUD_PROJECT") {
+                        Ok(project) => format!("projects/{project}/traces/{trace_id}"),
+                        Err(_) => trace_id,
+                    };
+                    line.insert("logging.googleapis.com/trace".into(), trace.into());
+                    line.insert("logging.googleapis.com/spanId".into(), span_id.into());
+                }
+                None => {
+                    line.insert(
+                        "logging.googleapis.com/spanId".into(),
+                        format!("{:016x}", span.id().into_u64()).into(),
+                    );
+                }
+            }
         }
         line.extend(fields.0);
         let mut text = serde_json::to_vec(&serde_json::Value::Object(line)).unwrap_or_default();

@@ -182,7 +182,7 @@ fn traces_and_metrics_are_exported_over_otlp_and_logs_are_cloud_logging_json() {
     let endpoint = format!("http://127.0.0.1:{port}");
     project.run_until_drained(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("BQSYNC_LOG", "info"),
+        ("BQSYNC_LOG", "debug"),
         ("BQSYNC_LOG_FORMAT", "json"),
     ]);
     let received = received.lock().unwrap().clone();
@@ -200,4 +200,13 @@ fn traces_and_metrics_are_exported_over_otlp_and_logs_are_cloud_logging_json() {
     assert_eq!(json["severity"], "INFO");
     assert_eq!(json["message"], "run finished");
     assert_eq!(json["landed_rows"], 2000);
+    // Inside a batch's span, log entries carry the exported trace and span ids.
+    let in_span = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["span"] == "land_batch")
+        .expect("a log entry inside land_batch");
+    let trace = in_span["logging.googleapis.com/trace"].as_str().unwrap_or_default();
+    assert!(trace.len() == 32 && trace.chars().all(|c| c.is_ascii_hexdigit()), "{in_span}");
+    assert_eq!(in_span["logging.googleapis.com/spanId"].as_str().map(str::len), Some(16));
 }

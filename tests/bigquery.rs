@@ -18,18 +18,11 @@ use serde_json::Value;
 const PROJECT: &str = "bqsync-test";
 
 fn endpoint() -> String {
-    let host = std::env::var("BIGQUERY_EMULATOR_HOST")
-        .expect("BIGQUERY_EMULATOR_HOST is not set: run the tests with scripts/test.sh, which starts the emulator");
-    if host.contains("://") {
-        host
-    } else {
-        format!("http://{host}")
-    }
+    common::emulator_url("BIGQUERY_EMULATOR_HOST")
 }
 
 fn unique_dataset(test: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("t_{test}_{}_{nanos}", std::process::id())
+    common::unique_name("t", test, '_')
 }
 
 fn catalog() -> Catalog {

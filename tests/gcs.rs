@@ -13,18 +13,11 @@ use bqsync::gcs::{Gcs, GcsConfig};
 use common::Project;
 
 fn endpoint() -> String {
-    let host = std::env::var("STORAGE_EMULATOR_HOST")
-        .expect("STORAGE_EMULATOR_HOST is not set: run the tests with scripts/test.sh, which starts the emulator");
-    if host.contains("://") {
-        host
-    } else {
-        format!("http://{host}")
-    }
+    common::emulator_url("STORAGE_EMULATOR_HOST")
 }
 
 fn unique_bucket(test: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("bqsync-{test}-{}-{nanos}", std::process::id())
+    common::unique_name("bqsync", test, '-')
 }
 
 fn gcs_section(bucket: &str, extra: &str) -> String {

@@ -12,6 +12,8 @@
 # (Storage Write API) is PORT+10. A missing Python or a failed start is an error, never a skip.
 # BIGQUERY_EMULATOR_KEEP_DATA=1 keeps DIR's data from the last start (to restart after an outage).
 set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 root=$(cd "$(dirname "$0")/../.." && pwd)
 venv="$root/.deps/bigquery-emulator"
 version=0.4.0
@@ -89,44 +91,14 @@ start() {
     echo "$pid" >"$dir/pid"
     local url="http://127.0.0.1:$port"
     echo "$url" >"$dir/url"
-    for _ in $(seq 1 240); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "bigquery emulator: exited while starting; its log ($dir/log) ends with:" >&2
-            tail -20 "$dir/log" >&2
-            exit 1
-        fi
-        if curl -sf --max-time 1 "$url/bigquery/v2/projects/$project/datasets" >/dev/null 2>&1; then
-            echo "$url"
-            return 0
-        fi
-        sleep 0.25
-    done
-    echo "bigquery emulator: no answer on $url after 60 s; log: $dir/log" >&2
-    kill "$pid" 2>/dev/null || true
-    exit 1
+    wait_ready "bigquery emulator" "$pid" "$dir" 60 curl -sf --max-time 1 "$url/bigquery/v2/projects/$project/datasets"
+    echo "$url"
 }
 
-stop() {
-    local dir=$1
-    [[ -f $dir/pid ]] || return 0
-    local pid
-    pid=$(cat "$dir/pid")
-    if kill "$pid" 2>/dev/null; then
-        for _ in $(seq 1 40); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.25
-        done
-        # Only if it is still there: a PID that exited may already belong to another process.
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-    fi
-    rm -f "$dir/pid"
-}
 
 case ${1:-} in
     install) install ;;
     start) start "${2:?usage: $0 start DIR [PORT]}" "${3:-}" ;;
-    stop) stop "${2:?usage: $0 stop DIR}" ;;
+    stop) stop_pid "${2:?usage: $0 stop DIR}" ;;
     *) echo "usage: $0 install | start DIR [PORT] | stop DIR" >&2; exit 2 ;;
 esac

@@ -11,6 +11,8 @@
 # breaks resumable uploads. Port 80 needs root or CAP_NET_BIND_SERVICE. Data is kept in memory.
 # A missing Python or a failed start is an error, never a skip.
 set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 root=$(cd "$(dirname "$0")/../.." && pwd)
 venv="$root/.deps/gcs-emulator"
 version=0.1.1
@@ -44,44 +46,15 @@ start() {
     echo "$pid" >"$dir/pid"
     local url="http://$host"
     echo "$url" >"$dir/url"
-    for _ in $(seq 1 120); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "gcs emulator: exited while starting (port 80 on $host needs root; in use?); log ($dir/log):" >&2
-            tail -20 "$dir/log" >&2
-            exit 1
-        fi
-        if curl -sf --max-time 1 "$url/storage/v1/b?project=bqsync-test" >/dev/null 2>&1; then
-            echo "$url"
-            return 0
-        fi
-        sleep 0.25
-    done
-    echo "gcs emulator: no answer on $url after 30 s; log: $dir/log" >&2
-    kill "$pid" 2>/dev/null || true
-    exit 1
+    wait_ready "gcs emulator (port 80 on $host needs root; in use?)" "$pid" "$dir" 30 \
+        curl -sf --max-time 1 "$url/storage/v1/b?project=bqsync-test"
+    echo "$url"
 }
 
-stop() {
-    local dir=$1
-    [[ -f $dir/pid ]] || return 0
-    local pid
-    pid=$(cat "$dir/pid")
-    if kill "$pid" 2>/dev/null; then
-        for _ in $(seq 1 40); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.25
-        done
-        # Only if it is still there: a PID that exited may already belong to another process.
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-    fi
-    rm -f "$dir/pid"
-}
 
 case ${1:-} in
     install) install ;;
     start) start "${2:?usage: $0 start DIR [HOST]}" "${3:-}" ;;
-    stop) stop "${2:?usage: $0 stop DIR}" ;;
+    stop) stop_pid "${2:?usage: $0 stop DIR}" ;;
     *) echo "usage: $0 install | start DIR [HOST] | stop DIR" >&2; exit 2 ;;
 esac

@@ -10,6 +10,8 @@
 # Google's apt repository, or `gcloud components install pubsub-emulator`; or point
 # PUBSUB_EMULATOR_BIN at its `cloud-pubsub-emulator` script.
 set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 find_emulator() {
     local candidates=(
@@ -49,6 +51,11 @@ shim() {
     javac -nowarn -d "$out" -cp "$jar" "$(dirname "$0")/pubsub-shim/io/grpc/InternalStatus.java"
 }
 
+# The emulator answers `Ok` on / when ready.
+answers_ok() {
+    [[ $(curl -s --max-time 1 "$1" 2>/dev/null) == Ok* ]]
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -84,43 +91,13 @@ start() {
     local pid=$!
     echo "$pid" >"$dir/pid"
     echo "127.0.0.1:$port" >"$dir/host"
-    for _ in $(seq 1 240); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "pubsub emulator: exited while starting; its log ($dir/log) ends with:" >&2
-            tail -20 "$dir/log" >&2
-            exit 1
-        fi
-        if [[ $(curl -s --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null) == Ok* ]]; then
-            echo "127.0.0.1:$port"
-            return 0
-        fi
-        sleep 0.25
-    done
-    echo "pubsub emulator: no answer on 127.0.0.1:$port after 60 s; log: $dir/log" >&2
-    kill "$pid" 2>/dev/null || true
-    exit 1
+    wait_ready "pubsub emulator" "$pid" "$dir" 60 answers_ok "http://127.0.0.1:$port/"
+    echo "127.0.0.1:$port"
 }
 
-stop() {
-    local dir=$1
-    [[ -f $dir/pid ]] || return 0
-    local pid
-    pid=$(cat "$dir/pid")
-    if kill "$pid" 2>/dev/null; then
-        for _ in $(seq 1 40); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.25
-        done
-        # Only if it is still there: a PID that exited may already belong to another process.
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-    fi
-    rm -f "$dir/pid"
-}
 
 case ${1:-} in
     start) start "${2:?usage: $0 start DIR [PORT]}" "${3:-}" ;;
-    stop) stop "${2:?usage: $0 stop DIR}" ;;
+    stop) stop_pid "${2:?usage: $0 stop DIR}" ;;
     *) echo "usage: $0 start DIR [PORT] | stop DIR" >&2; exit 2 ;;
 esac

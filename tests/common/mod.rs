@@ -248,3 +248,22 @@ pub fn assert_contacts_match(project: &Project, expected: &ContactState) {
     let live = expected.values().filter(|v| v.is_some()).count() as i64;
     assert_eq!(project.query_i64("SELECT count(*) FROM contacts_master WHERE NOT _bqsync_deleted"), live);
 }
+
+/// The URL of an emulator the test command started, from its variable (a URL or HOST:PORT). Panics
+/// without it: emulator tests fail, never skip.
+pub fn emulator_url(variable: &str) -> String {
+    let host = std::env::var(variable).unwrap_or_else(|_| {
+        panic!("{variable} is not set: run the tests with scripts/test.sh, which starts the emulators")
+    });
+    if host.contains("://") {
+        host
+    } else {
+        format!("http://{host}")
+    }
+}
+
+/// A name no other test run uses: PREFIX_TEST_PID_NANOS.
+pub fn unique_name(prefix: &str, test: &str, separator: char) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}{separator}{test}{separator}{}{separator}{nanos}", std::process::id())
+}
