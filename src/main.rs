@@ -214,7 +214,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let edits = bqsync::dlq::Edits::parse(&set, &drop, &rename)?;
             let catalog = pipeline::load_catalog(&config)?;
             let warehouse = if dry_run {
-                read_only_warehouse(&config, catalog.clone())?
+                read_only_warehouse(&config, catalog.clone()).await?
             } else {
                 let warehouse = bqsync::warehouse::open(&config, catalog.clone())
                     .await
@@ -251,13 +251,17 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The warehouse opened read-only: `dlq` and `replay --dry-run` change nothing.
-fn read_only_warehouse(config: &Config, catalog: Arc<bqsync::schema::Catalog>) -> anyhow::Result<Arc<dyn Warehouse>> {
-    anyhow::ensure!(
-        config.warehouse.kind == bqsync::config::WarehouseKind::Duckdb,
-        "dead-letter inspection and replay read the DuckDB warehouse; on BigQuery query the `dead_letters` table \
-         (bqsync dlq for BigQuery is not built yet)"
-    );
+/// The warehouse for reading: `dlq` and `replay --dry-run` change nothing (DuckDB: opened read-only).
+async fn read_only_warehouse(
+    config: &Config,
+    catalog: Arc<bqsync::schema::Catalog>,
+) -> anyhow::Result<Arc<dyn Warehouse>> {
+    if config.warehouse.kind == bqsync::config::WarehouseKind::Bigquery {
+        let warehouse = bqsync::warehouse::bigquery::BigQueryWarehouse::connect(&config.warehouse.bigquery, catalog)
+            .await
+            .context("connecting to BigQuery")?;
+        return Ok(Arc::new(warehouse));
+    }
     let path = &config.warehouse.duckdb.path;
     anyhow::ensure!(path.exists(), "no warehouse at {} yet", path.display());
     let warehouse = DuckDbWarehouse::open_read_only(path, catalog).with_context(|| {
@@ -269,7 +273,7 @@ fn read_only_warehouse(config: &Config, catalog: Arc<bqsync::schema::Catalog>) -
 /// `bqsync dlq list | show | stats`.
 async fn dlq(config: Config, command: DlqCommand) -> anyhow::Result<()> {
     let catalog = pipeline::load_catalog(&config)?;
-    let warehouse = read_only_warehouse(&config, catalog)?;
+    let warehouse = read_only_warehouse(&config, catalog).await?;
     match command {
         DlqCommand::List { filter, json } => {
             let records = warehouse.dead_letters(&filter.into_filter()?).await?;

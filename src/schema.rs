@@ -401,7 +401,7 @@ fn is_numeric_38_9(text: &str) -> bool {
 }
 
 /// Standard base64 (with or without padding). Hand-written because it is the only use and it is small.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let (mut buffer, mut bits) = (0u32, 0u32);
     for byte in text.bytes().filter(|b| *b != b'=') {

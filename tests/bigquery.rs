@@ -344,6 +344,20 @@ fn rows_bigquery_rejects_are_dead_lettered_and_the_rest_lands() {
             (0..20).map(|i| contact(&schema, &format!("k{i}"), 1, (i % 5 != 0).then_some("e@x"), false)).collect();
         let _ = warehouse.land(Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }])).await.unwrap();
         assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.dead_letters")).await, 4);
+
+        // `bqsync dlq` reads them back from BigQuery: filters as query parameters, exact bytes.
+        let filter =
+            bqsync::warehouse::DeadLetterFilter { reason: Some("warehouse_rejected".into()), ..Default::default() };
+        let records = warehouse.dead_letters(&filter).await.unwrap();
+        assert_eq!(records.len(), 4);
+        let envelope: Value = serde_json::from_slice(&records[0].message_bytes).unwrap();
+        assert_eq!(envelope["table"], "contacts_master");
+        assert_eq!(envelope["event_id"].as_str(), records[0].event_id.as_deref());
+        let prefix = records[0].dead_letter_id[..10].to_string();
+        let by_id = bqsync::warehouse::DeadLetterFilter { ids: vec![prefix], ..Default::default() };
+        assert_eq!(warehouse.dead_letters(&by_id).await.unwrap().len(), 1);
+        let other = bqsync::warehouse::DeadLetterFilter { table: Some("atoms".into()), ..Default::default() };
+        assert!(warehouse.dead_letters(&other).await.unwrap().is_empty());
     });
 }
 

@@ -49,7 +49,9 @@ pub use super::batch_id;
 use super::bigquery_sql::{self as bsql, PartitionRange};
 use super::cost_guard::{CostConfig, CostGuard};
 use super::sql::{DELETED, EVENT_ID, LANDED_AT, VERSION};
-use super::{Committed, LandStats, StagedRow, TableBatch, Warehouse, WarehouseError};
+use super::{
+    Committed, DeadLetterFilter, DeadLetterRecord, LandStats, StagedRow, TableBatch, Warehouse, WarehouseError,
+};
 use crate::bus::{AckHandle, Delivery};
 use crate::envelope::Op;
 use crate::schema::{Catalog, CellValue, Column, ColumnMode, ColumnType, TableSchema, WriteMode};
@@ -712,7 +714,41 @@ impl BigQueryWarehouse {
 
     /// A query whose result is small (counts), read in one response.
     async fn query_rows(&self, sql: &str) -> Result<Vec<Vec<Value>>, WarehouseError> {
+        self.query_rows_with(sql, Vec::new()).await
+    }
+
+    /// A small query with named parameters (name, type, value).
+    async fn query_rows_with(
+        &self,
+        sql: &str,
+        params: Vec<(String, &'static str, String)>,
+    ) -> Result<Vec<Vec<Value>>, WarehouseError> {
+        use gcp_bigquery_client::model::query_parameter::QueryParameter;
+        use gcp_bigquery_client::model::query_parameter_type::QueryParameterType;
+        use gcp_bigquery_client::model::query_parameter_value::QueryParameterValue;
         let mut request = QueryRequest::new(sql);
+        if !params.is_empty() {
+            request.parameter_mode = Some("NAMED".into());
+            request.query_parameters = Some(
+                params
+                    .into_iter()
+                    .map(|(name, kind, value)| QueryParameter {
+                        name: Some(name),
+                        parameter_type: Some(QueryParameterType {
+                            array_type: None,
+                            struct_types: None,
+                            r#type: kind.into(),
+                        }),
+                        parameter_value: Some(QueryParameterValue {
+                            array_values: None,
+                            struct_values: None,
+                            value: Some(value),
+                        }),
+                    })
+                    .collect(),
+            );
+        }
+        request.max_results = Some(100_000);
         request.maximum_bytes_billed = Some(self.guard.config().maximum_bytes_billed.to_string());
         request.location = Some(self.config.location.clone());
         let response = self
@@ -1028,6 +1064,34 @@ impl Warehouse for BigQueryWarehouse {
             counts.push((table.table.clone(), first_number(&rows, 0)));
         }
         Ok(counts)
+    }
+
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterRecord>, WarehouseError> {
+        let (sql, params) = bsql::select_dead_letters(&self.path(DEAD_LETTER_TABLE), filter);
+        let rows = self.query_rows_with(&sql, params).await?;
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+        let int = |v: Option<&Value>| text(v).and_then(|t| t.parse::<i64>().ok());
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let bytes = text(r.get(6)).and_then(|b| crate::schema::decode_base64(&b)).unwrap_or_default();
+                DeadLetterRecord {
+                    dead_letter_id: text(r.first()).unwrap_or_default(),
+                    event_id: text(r.get(1)),
+                    table_name: text(r.get(2)),
+                    reason: text(r.get(3)).unwrap_or_default(),
+                    detail: text(r.get(4)),
+                    source: text(r.get(5)),
+                    message: String::from_utf8_lossy(&bytes).into_owned(),
+                    message_bytes: bytes,
+                    attributes: text(r.get(7)).and_then(|a| serde_json::from_str(&a).ok()).unwrap_or(Value::Null),
+                    delivery_attempts: int(r.get(8)),
+                    first_failed_micros: int(r.get(9)),
+                    last_failed_micros: int(r.get(10)).unwrap_or(0),
+                    bqsync_version: text(r.get(11)),
+                }
+            })
+            .collect())
     }
 
     async fn dead_letter_counts(&self) -> Result<Vec<(String, String, u64)>, WarehouseError> {

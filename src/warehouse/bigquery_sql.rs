@@ -280,6 +280,54 @@ pub fn count_dead_letters(target: &str) -> String {
     )
 }
 
+/// The `dead_letters` query for a filter, with its named STRING/INT64 parameters: (SQL, [(name,
+/// type, value)]). Values never enter the SQL text.
+pub fn select_dead_letters(
+    target: &str,
+    filter: &super::DeadLetterFilter,
+) -> (String, Vec<(String, &'static str, String)>) {
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    if let Some(table) = &filter.table {
+        conditions.push("table_name = @table".to_string());
+        params.push(("table".to_string(), "STRING", table.clone()));
+    }
+    if let Some(reason) = &filter.reason {
+        conditions.push("reason = @reason".to_string());
+        params.push(("reason".to_string(), "STRING", reason.clone()));
+    }
+    if let Some(since) = filter.since_micros {
+        conditions.push("last_failed_at >= TIMESTAMP_MICROS(@since)".to_string());
+        params.push(("since".to_string(), "INT64", since.to_string()));
+    }
+    if let Some(until) = filter.until_micros {
+        conditions.push("last_failed_at < TIMESTAMP_MICROS(@until)".to_string());
+        params.push(("until".to_string(), "INT64", until.to_string()));
+    }
+    if !filter.ids.is_empty() {
+        let mut alternatives = Vec::new();
+        for (i, id) in filter.ids.iter().enumerate() {
+            alternatives.push(format!("(STARTS_WITH(dead_letter_id, @id{i}) OR event_id = @id{i})"));
+            params.push((format!("id{i}"), "STRING", id.clone()));
+        }
+        conditions.push(format!("({})", alternatives.join(" OR ")));
+    }
+    let mut sql = format!(
+        "SELECT dead_letter_id, event_id, table_name, reason, detail, source, message_bytes, \
+         TO_JSON_STRING(attributes), delivery_attempts, UNIX_MICROS(first_failed_at), UNIX_MICROS(last_failed_at), \
+         bqsync_version FROM {target}"
+    );
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(" ORDER BY last_failed_at DESC, dead_letter_id");
+    if let Some(limit) = filter.limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    (sql, params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +406,24 @@ mod tests {
         assert!(sql.contains("PARTITION BY `contact_id` ORDER BY _v DESC, _d DESC, _e DESC"), "{sql}");
         assert!(!sql.contains("`contact_id` = s.`contact_id`,"), "keys are never updated: {sql}");
         assert!(sql.contains("`_bqsync_deleted` = s._d"), "tombstones are versioned rows: {sql}");
+    }
+
+    #[test]
+    fn dead_letter_filters_are_named_parameters_never_sql_text() {
+        let filter = crate::warehouse::DeadLetterFilter {
+            table: Some("atoms'; DROP TABLE x; --".into()),
+            since_micros: Some(5),
+            ids: vec!["abc12345".into(), "e-1".into()],
+            limit: Some(10),
+            ..Default::default()
+        };
+        let (sql, params) = select_dead_letters("`p.d.dead_letters`", &filter);
+        assert!(!sql.contains("DROP"), "{sql}");
+        assert!(sql.contains("table_name = @table AND last_failed_at >= TIMESTAMP_MICROS(@since)"), "{sql}");
+        assert!(sql.contains("(STARTS_WITH(dead_letter_id, @id1) OR event_id = @id1)"), "{sql}");
+        assert!(sql.ends_with("ORDER BY last_failed_at DESC, dead_letter_id LIMIT 10"), "{sql}");
+        assert_eq!(params.len(), 4);
+        assert_eq!(params[1], ("since".to_string(), "INT64", "5".to_string()));
     }
 
     #[test]
