@@ -275,7 +275,7 @@ pub async fn replay(
         for record in chunk {
             let delivery = rebuild(record, edits, &catalog);
             let (outcome, detail, table, event_id, row) = match classifier.classify(&delivery) {
-                Classified::Row { table, row } => {
+                Classified::Row { table, row, .. } => {
                     summary.valid += 1;
                     let id = row.event_id.clone();
                     ("valid".to_string(), String::new(), table, Some(id), row)

@@ -82,6 +82,9 @@ pub struct DecodedEvent<'a> {
     pub source: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     pub produced_at: std::borrow::Cow<'a, str>,
+    /// `produced_at` as µs since the epoch (set by [`decode`], which checks it anyway).
+    #[serde(skip)]
+    pub produced_micros: i64,
 }
 
 /// Why a message is not a valid change event.
@@ -98,7 +101,7 @@ pub enum DecodeError {
 /// Decodes and checks a message body. Errors say which field is wrong and why.
 pub fn decode(bytes: &[u8]) -> Result<DecodedEvent<'_>, DecodeError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
-    let event: DecodedEvent = serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let mut event: DecodedEvent = serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
     let field = |field, problem: &str| Err(DecodeError::Field { field, problem: problem.to_string() });
     if event.event_id.is_empty() || event.event_id.len() > 256 {
         return field("event_id", "must be 1 to 256 characters");
@@ -114,8 +117,9 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEvent<'_>, DecodeError> {
             return field("version", "is required for upsert and delete");
         }
     }
-    if chrono::DateTime::parse_from_rfc3339(&event.produced_at).is_err() {
-        return field("produced_at", "must be an RFC 3339 timestamp");
+    match chrono::DateTime::parse_from_rfc3339(&event.produced_at) {
+        Ok(time) => event.produced_micros = time.timestamp_micros(),
+        Err(_) => return field("produced_at", "must be an RFC 3339 timestamp"),
     }
     Ok(event)
 }

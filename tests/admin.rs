@@ -102,17 +102,27 @@ fn metrics_match_the_warehouse_and_mutating_endpoints_need_the_token() {
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 }
 
-/// SIGTERM while events are still landing: bqsync stops reading, commits and acks what it holds and
+/// SIGTERM while events are still landing (right after the first batch): bqsync stops reading, commits and acks what it holds and
 /// exits 0 within the drain deadline; a restart lands the rest; nothing is lost or doubled.
 #[test]
 fn sigterm_under_load_drains_without_loss_or_duplicates() {
     let project = Project::new("");
-    let atoms = 60_000u64;
+    let atoms = 200_000u64;
     let lines: String = (0..atoms).map(|i| common::atom_line(&format!("d-{i}"), i)).collect();
     project.append("inbox/atoms/a.jsonl", lines.as_bytes());
-    let env = [("BQSYNC__WORKER__MAX_BATCH_ROWS", "2000"), ("BQSYNC__ADMIN__DRAIN_TIMEOUT_SECS", "20")];
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [
+        ("BQSYNC__WORKER__MAX_BATCH_ROWS", "2000"),
+        ("BQSYNC__ADMIN__DRAIN_TIMEOUT_SECS", "20"),
+        ("BQSYNC__ADMIN__LISTEN", listen.as_str()),
+    ];
     let mut child = project.spawn_run(&[], &env);
-    std::thread::sleep(Duration::from_millis(700));
+    // SIGTERM right after the first batch landed: mid-run, whatever the machine's speed.
+    wait_until(Duration::from_secs(60), "the first landed batch", || {
+        http(port, "GET", "/metrics", None)
+            .is_some_and(|(_, m)| sample(&m, "bqsync_rows_landed_total{table=\"atoms\"}") > 0.0)
+    });
     signal(&child, "TERM");
     let started = std::time::Instant::now();
     let status = wait_exit(&mut child, Duration::from_secs(30));

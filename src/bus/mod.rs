@@ -33,8 +33,6 @@ pub mod attr {
     pub const POISON_DETAIL: &str = "bqsync_poison_detail";
     /// The producer (source name and location of the record).
     pub const SOURCE: &str = "bqsync_source";
-    /// When the producer made the event (RFC 3339), for the end-to-end lag metric.
-    pub const PRODUCED_AT: &str = "bqsync_produced_at";
     /// On a dead letter: the reason class (`decode`, `schema`, …, `max_attempts`).
     pub const DEAD_LETTER_REASON: &str = "bqsync_dead_letter_reason";
     /// On a dead letter: what was wrong and where.

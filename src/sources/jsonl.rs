@@ -567,7 +567,6 @@ pub fn record_to_message(
     let mut attributes = Attributes::new();
     attributes.insert(attr::TABLE.into(), table.into());
     attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
-    attributes.insert(attr::PRODUCED_AT.into(), produced_at.into());
     Ok(OutboundMessage { data: event.to_bytes(), attributes, ordering_key })
 }
 

@@ -54,7 +54,12 @@ impl DeadLetterReason {
 /// What a delivery becomes.
 #[derive(Debug)]
 pub enum Classified {
-    Row { table: String, row: StagedRow },
+    /// `produced_micros`: the event's `produced_at`, µs since the epoch (for the lag metric).
+    Row {
+        table: String,
+        row: StagedRow,
+        produced_micros: i64,
+    },
     DeadLetter(DeadLetter),
 }
 
@@ -80,7 +85,7 @@ impl Classifier<'_> {
     /// A delivery from the main subscription.
     pub fn classify(&self, delivery: &Delivery) -> Classified {
         match self.try_row(delivery) {
-            Ok((table, row)) => Classified::Row { table, row },
+            Ok((table, row, produced_micros)) => Classified::Row { table, row, produced_micros },
             Err((reason, detail, table, event_id)) => {
                 Classified::DeadLetter(DeadLetter { reason, detail, table, event_id })
             }
@@ -135,7 +140,7 @@ impl Classifier<'_> {
     fn try_row(
         &self,
         delivery: &Delivery,
-    ) -> Result<(String, StagedRow), (DeadLetterReason, String, Option<String>, Option<String>)> {
+    ) -> Result<(String, StagedRow, i64), (DeadLetterReason, String, Option<String>, Option<String>)> {
         let table_attr = delivery.attributes.get(attr::TABLE).cloned();
         if let Some(reason) = delivery.attributes.get(attr::POISON_REASON) {
             let detail = delivery.attributes.get(attr::POISON_DETAIL).cloned().unwrap_or_default();
@@ -212,7 +217,7 @@ impl Classifier<'_> {
             }
         }
         let row = StagedRow { event_id: event.event_id, op: event.op, version: event.version, cells };
-        Ok((table_name, row))
+        Ok((table_name, row, event.produced_micros))
     }
 
     /// The `dead_letters` row for a delivery; its id is derived from the bytes and the reason, so a

@@ -118,7 +118,7 @@ enum Origin {
 /// Rows for one table waiting for their flush, with the handles they will ack.
 struct PendingBatch {
     rows: Vec<crate::warehouse::StagedRow>,
-    /// When each row's event was produced (µs), where the producer said so.
+    /// When each row's event was produced (µs); dead letters have none.
     produced: Vec<i64>,
     /// Bus message ids of the first and the last delivery, to link a batch to its messages.
     first_message: Option<String>,
@@ -336,15 +336,14 @@ impl Worker {
         let mut poison = Vec::new();
         for delivery in deliveries {
             self.stats.delivered += 1;
-            let produced = delivery.attributes.get(crate::bus::attr::PRODUCED_AT).and_then(|t| parse_produced_at(t));
             let classified = match origin {
                 Origin::Main => classifier.classify(&delivery),
                 Origin::DeadLetterQueue => Classified::DeadLetter(classifier.classify_exhausted(&delivery)),
             };
-            let (table, row) = match classified {
-                Classified::Row { table, row } => {
+            let (table, row, produced) = match classified {
+                Classified::Row { table, row, produced_micros } => {
                     crate::metrics::global().event_in(&table, delivery.delivery_attempt > 1);
-                    (table, row)
+                    (table, row, Some(produced_micros))
                 }
                 Classified::DeadLetter(dead) if poison_to_bus => {
                     crate::metrics::global().dead_letter(dead.table.as_deref().unwrap_or("?"), dead.reason.as_str());
@@ -357,7 +356,7 @@ impl Worker {
                     self.stats.dead_lettered += 1;
                     crate::metrics::global().dead_letter(dead.table.as_deref().unwrap_or("?"), dead.reason.as_str());
                     log_dead_letter(&dead);
-                    (DEAD_LETTER_TABLE.to_string(), classifier.dead_letter_row(&delivery, &dead))
+                    (DEAD_LETTER_TABLE.to_string(), classifier.dead_letter_row(&delivery, &dead), None)
                 }
             };
             // A flush removes its batch whole, so a batch's age starts when it is created here.
@@ -486,11 +485,6 @@ impl Worker {
             let _ = sub.nack(dead).await;
         }
     }
-}
-
-/// `produced_at` (RFC 3339) as µs since the epoch.
-fn parse_produced_at(text: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
 }
 
 fn log_dead_letter(dead: &DeadLetter) {
