@@ -7,7 +7,7 @@
 //! | `GET /metrics` | Prometheus text ([`crate::metrics`]) |
 //! | `GET /status` | per table and source: counts, last landing, checkpoint lag, dead letters |
 //! | `GET /tables` | the tables of `schemas/` with their write mode and live rows |
-//! | `POST /sync`, `POST /sync/tables` | run every polling source now (bearer token) |
+//! | `POST /sync`, `POST /sync/tables` | run sources now: all, those named in `{"sources": [...]}`, or those feeding `{"tables": [...]}` (bearer token) |
 //!
 //! Invariants: mutating endpoints need `Authorization: Bearer TOKEN`, the token read from an
 //! environment variable or a secret file, never the config file; without a token configured they
@@ -99,9 +99,8 @@ pub struct AdminState {
     pub catalog: Arc<Catalog>,
     pub warehouse: Option<Arc<dyn Warehouse>>,
     pub probes: Vec<(&'static str, Probe)>,
-    /// Wakes every polling source for a pass now.
-    pub sync_now: Arc<tokio::sync::Notify>,
-    pub sources: Vec<String>,
+    /// Wakes sources for a pass now.
+    pub triggers: crate::sources::Triggers,
     pub token: Option<String>,
 }
 
@@ -170,7 +169,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
     };
     let body = serde_json::json!({
         "tables": crate::metrics::global().table_status(),
-        "sources": state.sources,
+        "sources": state.triggers.names(),
         "checkpoints": checkpoints,
         "dead_letters": dead_letters.as_ref().map(|d| d.iter().map(|(t, r, n)| serde_json::json!({"table": t, "reason": r, "count": n})).collect::<Vec<_>>()).ok(),
         "errors": dead_letters.err(),
@@ -221,13 +220,36 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn sync(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SyncSources {
+    #[serde(default)]
+    sources: Vec<String>,
+}
+
+/// `POST /sync`: every source, or those named in `{"sources": [...]}`.
+async fn sync(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: String) -> Response {
     if let Err(refused) = authorize(&state, &headers) {
         return refused.into_response();
     }
-    state.sync_now.notify_waiters();
-    tracing::info!("sync triggered through the admin API");
-    (StatusCode::ACCEPTED, Json(serde_json::json!({ "triggered": state.sources }))).into_response()
+    let request: SyncSources = if body.trim().is_empty() {
+        SyncSources::default()
+    } else {
+        match serde_json::from_str(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("expected no body or {{\"sources\": [...]}}: {e}\n"))
+                    .into_response()
+            }
+        }
+    };
+    match state.triggers.trigger(&request.sources) {
+        Ok(triggered) => {
+            tracing::info!(?triggered, "sync triggered through the admin API");
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "triggered": triggered }))).into_response()
+        }
+        Err(unknown) => (StatusCode::NOT_FOUND, format!("{unknown}\n")).into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -235,6 +257,7 @@ struct SyncTables {
     tables: Vec<String>,
 }
 
+/// `POST /sync/tables`: the sources that feed the tables in `{"tables": [...]}`.
 async fn sync_tables(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: String) -> Response {
     if let Err(refused) = authorize(&state, &headers) {
         return refused.into_response();
@@ -247,9 +270,8 @@ async fn sync_tables(State(state): State<Arc<AdminState>>, headers: HeaderMap, b
     if !unknown.is_empty() {
         return (StatusCode::BAD_REQUEST, format!("no schema for {unknown:?}\n")).into_response();
     }
-    // JSONL sources route files to tables by path and scan their whole root: a pass covers them all.
-    state.sync_now.notify_waiters();
-    (StatusCode::ACCEPTED, Json(serde_json::json!({ "triggered": state.sources, "tables": request.tables })))
+    let triggered = state.triggers.trigger_tables(&request.tables);
+    (StatusCode::ACCEPTED, Json(serde_json::json!({ "triggered": triggered, "tables": request.tables })))
         .into_response()
 }
 

@@ -104,9 +104,20 @@ pub enum WarehouseKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourcesConfig {
-    /// `[[sources.jsonl]]` entries.
+    /// `[[sources.jsonl]]` entries: growing JSONL files (atoms, ID registry).
     #[serde(default = "default_jsonl_sources")]
     pub jsonl: Vec<JsonlSourceConfig>,
+    /// `[[sources.sqlite]]` entries: SQLite tables synced by watermark.
+    #[serde(default)]
+    pub sqlite: Vec<crate::sources::sqlite::SqliteSourceConfig>,
+}
+
+impl SourcesConfig {
+    /// Every source's name, in config order.
+    pub fn names(&self) -> Vec<String> {
+        let jsonl = self.jsonl.iter().map(|s| s.name.clone());
+        jsonl.chain(self.sqlite.iter().map(|s| s.name.clone())).collect()
+    }
 }
 
 fn default_jsonl_sources() -> Vec<JsonlSourceConfig> {
@@ -115,7 +126,7 @@ fn default_jsonl_sources() -> Vec<JsonlSourceConfig> {
 
 impl Default for SourcesConfig {
     fn default() -> Self {
-        SourcesConfig { jsonl: default_jsonl_sources() }
+        SourcesConfig { jsonl: default_jsonl_sources(), sqlite: Vec::new() }
     }
 }
 
@@ -185,11 +196,10 @@ impl Config {
             self.bus.pubsub.check().map_err(ConfigError::Invalid)?;
         }
         let mut names = std::collections::HashSet::new();
-        for source in &self.sources.jsonl {
-            if !names.insert(source.name.as_str()) {
+        for name in self.sources.names() {
+            if !names.insert(name.clone()) {
                 return Err(ConfigError::Invalid(format!(
-                    "two sources are named `{}`; names key the checkpoints and must differ",
-                    source.name
+                    "two sources are named `{name}`; names key the checkpoints and must differ"
                 )));
             }
         }

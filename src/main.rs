@@ -53,6 +53,19 @@ enum Command {
         #[arg(long)]
         until_drained: bool,
     },
+    /// Run sources once now: publish what is new, then exit (all sources, or those named).
+    /// A running service is triggered with `POST /sync` on its admin API instead.
+    Sync {
+        /// Source names (`name` in the config). Default: every source.
+        sources: Vec<String>,
+        /// Forget the sources' watermarks, cursors and file checkpoints first, so everything is
+        /// published again (it lands once: event ids are deterministic).
+        #[arg(long)]
+        full: bool,
+        /// Also run the worker until the bus is drained (the embedded default with no service running).
+        #[arg(long)]
+        land: bool,
+    },
     /// Create the bus resources from the config (Pub/Sub topics and subscriptions with their
     /// dead-letter and retry policies) and the warehouse tables; idempotent.
     Setup,
@@ -195,6 +208,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Run { until_drained } => run(config, until_drained, Role::All).await?,
         Command::Produce { until_drained } => run(config, until_drained, Role::Produce).await?,
         Command::Work { until_drained } => run(config, until_drained, Role::Work).await?,
+        Command::Sync { sources, full, land } => sync(config, sources, full, land).await?,
         Command::Setup => setup(config).await?,
         Command::Status { json } => {
             let catalog = pipeline::load_catalog(&config)?;
@@ -314,11 +328,33 @@ async fn dlq(config: Config, command: DlqCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bqsync sync`: one pass of the named sources (after a reset with `--full`).
+async fn sync(config: Config, sources: Vec<String>, full: bool, land: bool) -> anyhow::Result<()> {
+    let names = config.sources.names();
+    if let Some(unknown) = sources.iter().find(|n| !names.contains(n)) {
+        anyhow::bail!("no source named `{unknown}` in the config; sources: {}", names.join(", "));
+    }
+    if full {
+        let store = bqsync::sources::checkpoint::CheckpointStore::open(&config.state_path)
+            .context("opening the checkpoint store")?;
+        for name in if sources.is_empty() { &names } else { &sources } {
+            store.reset_source(name)?;
+            tracing::info!(source = %name, "full resync: checkpoints forgotten");
+        }
+    }
+    let role = if land { Role::All } else { Role::Produce };
+    run_sources(config, true, role, &sources).await
+}
+
 /// `run`, `produce` and `work`: prints a JSON report when done.
 async fn run(config: Config, until_drained: bool, role: Role) -> anyhow::Result<()> {
+    run_sources(config, until_drained, role, &[]).await
+}
+
+async fn run_sources(config: Config, until_drained: bool, role: Role, sources: &[String]) -> anyhow::Result<()> {
     let mode = if until_drained { RunMode::UntilDrained } else { RunMode::Forever };
     let started = std::time::Instant::now();
-    let report = pipeline::run(config, mode, role).await?;
+    let report = pipeline::run_with(config, mode, role, sources).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let w = &report.worker;
     tracing::info!(

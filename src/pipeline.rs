@@ -19,6 +19,7 @@ use crate::config::{BusKind, Config};
 use crate::schema::Catalog;
 use crate::sources::checkpoint::CheckpointStore;
 use crate::sources::jsonl::JsonlSource;
+use crate::sources::sqlite::SqliteSource;
 use crate::sources::Source;
 use crate::warehouse::Warehouse;
 use crate::worker::{StopMode, Worker, WorkerStats};
@@ -120,6 +121,11 @@ async fn open_bus(config: &Config, role: Role) -> anyhow::Result<BusEnds> {
 
 /// Runs the parts of the pipeline `role` names in this process.
 pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<RunReport> {
+    run_with(config, mode, role, &[]).await
+}
+
+/// [`run`], with only the sources named in `only_sources` (all when empty).
+pub async fn run_with(config: Config, mode: RunMode, role: Role, only_sources: &[String]) -> anyhow::Result<RunReport> {
     let catalog = load_catalog(&config)?;
     let mut bus = open_bus(&config, role).await?;
     let gcs = crate::gcs::Gcs::connect(&config.gcs).await.context("connecting to GCS ([gcs])")?;
@@ -132,7 +138,6 @@ pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<Ru
     let stop_reading = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(StopMode::Run);
 
-    let sync_now = Arc::new(tokio::sync::Notify::new());
     let mut opened_warehouse = None;
     let worker_task = match (&bus.subscription, role.works()) {
         (Some(subscription), true) => {
@@ -159,27 +164,17 @@ pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<Ru
     };
 
     let mut source_tasks = tokio::task::JoinSet::new();
+    let mut triggers = crate::sources::Triggers::default();
     if let Some(publisher) = &bus.publisher {
         let checkpoints = Arc::new(CheckpointStore::open(&config.state_path).context("opening the checkpoint store")?);
-        for source_config in &config.sources.jsonl {
-            let mut source = JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
+        let claim_checks = gcs.is_some() && config.gcs.claim_check_bytes > 0;
+        for mut source in build_sources(&config, &catalog, &checkpoints, mode, only_sources, claim_checks)? {
             source.set_stop_flag(stop_reading.clone());
-            if mode == RunMode::Forever {
-                source.watch()?;
-            } else {
-                std::fs::create_dir_all(&source_config.root)
-                    .with_context(|| format!("creating {}", source_config.root.display()))?;
-            }
-            source_tasks.spawn(drive_source(
-                Box::new(source),
-                publisher.clone(),
-                stop_reading.clone(),
-                mode,
-                sync_now.clone(),
-            ));
+            let trigger = triggers.add(source.name(), source.tables());
+            source_tasks.spawn(drive_source(source, publisher.clone(), stop_reading.clone(), mode, trigger));
         }
     }
-    start_admin(&config, &catalog, role, opened_warehouse, sync_now.clone()).await?;
+    start_admin(&config, &catalog, role, opened_warehouse, triggers).await?;
 
     let signal_stop = {
         let stop_reading = stop_reading.clone();
@@ -214,13 +209,44 @@ pub async fn run(config: Config, mode: RunMode, role: Role) -> anyhow::Result<Ru
     Ok(RunReport { events_published, worker })
 }
 
+/// The configured sources (only those in `only` when it is not empty), ready to drive.
+fn build_sources(
+    config: &Config,
+    catalog: &Arc<Catalog>,
+    checkpoints: &Arc<CheckpointStore>,
+    mode: RunMode,
+    only: &[String],
+    _claim_checks: bool,
+) -> anyhow::Result<Vec<Box<dyn Source>>> {
+    let names = config.sources.names();
+    if let Some(unknown) = only.iter().find(|n| !names.contains(n)) {
+        anyhow::bail!("no source named `{unknown}` in the config; sources: {}", names.join(", "));
+    }
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|n| n == name);
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    for source_config in config.sources.jsonl.iter().filter(|s| wanted(&s.name)) {
+        let mut source = JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
+        if mode == RunMode::Forever {
+            source.watch()?;
+        } else {
+            std::fs::create_dir_all(&source_config.root)
+                .with_context(|| format!("creating {}", source_config.root.display()))?;
+        }
+        sources.push(Box::new(source));
+    }
+    for source_config in config.sources.sqlite.iter().filter(|s| wanted(&s.name)) {
+        sources.push(Box::new(SqliteSource::new(source_config.clone(), catalog, checkpoints.clone())?));
+    }
+    Ok(sources)
+}
+
 /// Starts the admin server with readiness probes for the bus and the warehouse this process uses.
 async fn start_admin(
     config: &Config,
     catalog: &Arc<Catalog>,
     role: Role,
     warehouse: Option<Arc<dyn Warehouse>>,
-    sync_now: Arc<tokio::sync::Notify>,
+    triggers: crate::sources::Triggers,
 ) -> anyhow::Result<()> {
     let mut probes: Vec<(&'static str, crate::admin::Probe)> = Vec::new();
     if config.bus.kind == crate::config::BusKind::Pubsub {
@@ -244,15 +270,12 @@ async fn start_admin(
             }),
         ));
     }
-    let sources =
-        if role.produces() { config.sources.jsonl.iter().map(|s| s.name.clone()).collect() } else { Vec::new() };
     let state = crate::admin::AdminState {
         config: config.clone(),
         catalog: catalog.clone(),
         warehouse,
         probes,
-        sync_now,
-        sources,
+        triggers,
         token: config.admin.token()?,
     };
     crate::admin::serve(state).await?;
@@ -267,6 +290,8 @@ async fn drive_source(
     mode: RunMode,
     sync_now: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<u64> {
+    // A one-shot run waits this long between passes for input still being written (pending).
+    const PENDING_RECHECK: Duration = Duration::from_millis(250);
     let mut published = 0;
     let mut delay = Duration::from_millis(200);
     while !stop.load(Ordering::SeqCst) {
@@ -278,8 +303,11 @@ async fn drive_source(
                 }
                 delay = Duration::from_millis(200);
                 if mode == RunMode::UntilDrained && outcome.consumed == 0 {
-                    tracing::info!(source = source.name(), published, "source drained");
-                    break;
+                    if outcome.pending == 0 {
+                        tracing::info!(source = source.name(), published, "source drained");
+                        break;
+                    }
+                    source.wait_for_input(PENDING_RECHECK).await;
                 }
                 if mode == RunMode::Forever && outcome.consumed == 0 {
                     tokio::select! {

@@ -56,7 +56,13 @@ impl CheckpointStore {
                    source TEXT NOT NULL, device INTEGER NOT NULL, inode INTEGER NOT NULL,
                    fingerprint INTEGER NOT NULL, fingerprint_len INTEGER NOT NULL, offset INTEGER NOT NULL,
                    path TEXT NOT NULL, size_seen INTEGER NOT NULL, updated_micros INTEGER NOT NULL,
-                   PRIMARY KEY (source, device, inode));",
+                   PRIMARY KEY (source, device, inode));
+                 CREATE TABLE IF NOT EXISTS source_state (
+                   source TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, updated_micros INTEGER NOT NULL,
+                   PRIMARY KEY (source, key));
+                 CREATE TABLE IF NOT EXISTS synced_keys (
+                   source TEXT NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL,
+                   PRIMARY KEY (source, tbl, key));",
             )
             .map_err(err)?;
         Ok(CheckpointStore { path: path.to_path_buf(), connection: Mutex::new(connection) })
@@ -115,6 +121,101 @@ impl CheckpointStore {
             .map_err(|e| self.err(e))
     }
 
+    /// A polling source's saved value under `key` (watermark, cursor, fingerprint).
+    pub fn state(&self, source: &str, key: &str) -> Result<Option<String>, CheckpointError> {
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        connection
+            .query_row("SELECT value FROM source_state WHERE source = ?1 AND key = ?2", params![source, key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every saved value of a source whose key starts with `prefix`.
+    pub fn states_with_prefix(&self, source: &str, prefix: &str) -> Result<Vec<(String, String)>, CheckpointError> {
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let mut statement = connection
+            .prepare("SELECT key, value FROM source_state WHERE source = ?1 AND substr(key, 1, length(?2)) = ?2")
+            .map_err(|e| self.err(e))?;
+        let rows =
+            statement.query_map(params![source, prefix], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Writes, in one transaction, saved values (`None` removes one) and synced-key versions of
+    /// `table` (`None` removes the key): what a polling source records after a publish resolved.
+    pub fn save_progress(
+        &self,
+        source: &str,
+        states: &[(String, Option<String>)],
+        table: &str,
+        keys: &[(String, Option<i64>)],
+    ) -> Result<(), CheckpointError> {
+        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let now = chrono::Utc::now().timestamp_micros();
+        let write = |tx: &rusqlite::Transaction| -> rusqlite::Result<()> {
+            for (key, value) in states {
+                match value {
+                    Some(value) => tx
+                        .prepare_cached(
+                            "INSERT INTO source_state (source, key, value, updated_micros) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (source, key) DO UPDATE SET value = excluded.value, updated_micros = excluded.updated_micros",
+                        )?
+                        .execute(params![source, key, value, now])?,
+                    None => tx
+                        .prepare_cached("DELETE FROM source_state WHERE source = ?1 AND key = ?2")?
+                        .execute(params![source, key])?,
+                };
+            }
+            for (key, version) in keys {
+                match version {
+                    Some(version) => tx
+                        .prepare_cached(
+                            "INSERT INTO synced_keys (source, tbl, key, version) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (source, tbl, key) DO UPDATE SET version = excluded.version",
+                        )?
+                        .execute(params![source, table, key, version])?,
+                    None => tx
+                        .prepare_cached("DELETE FROM synced_keys WHERE source = ?1 AND tbl = ?2 AND key = ?3")?
+                        .execute(params![source, table, key])?,
+                };
+            }
+            Ok(())
+        };
+        let tx = connection.transaction().map_err(|e| self.err(e))?;
+        write(&tx).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The keys of `table` a source published last, with their versions (for skipping unchanged rows
+    /// and finding deleted ones).
+    pub fn synced_keys(&self, source: &str, table: &str) -> Result<Vec<(String, i64)>, CheckpointError> {
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let mut statement = connection
+            .prepare("SELECT key, version FROM synced_keys WHERE source = ?1 AND tbl = ?2")
+            .map_err(|e| self.err(e))?;
+        let rows =
+            statement.query_map(params![source, table], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Forgets everything a source saved (`bqsync sync --full`): its next pass starts from the beginning.
+    pub fn reset_source(&self, source: &str) -> Result<(), CheckpointError> {
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        connection
+            .execute_batch("BEGIN")
+            .and_then(|_| connection.execute("DELETE FROM source_state WHERE source = ?1", params![source]))
+            .and_then(|_| connection.execute("DELETE FROM synced_keys WHERE source = ?1", params![source]))
+            .and_then(|_| connection.execute("DELETE FROM file_checkpoints WHERE source = ?1", params![source]))
+            .and_then(|_| connection.execute_batch("COMMIT"))
+            .map(|_| ())
+            .map_err(|e| {
+                let _ = connection.execute_batch("ROLLBACK");
+                self.err(e)
+            })
+    }
+
     /// All file checkpoints, for `bqsync status`.
     pub fn all_files(&self) -> Result<Vec<(String, FileCheckpoint)>, CheckpointError> {
         let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
@@ -164,5 +265,21 @@ mod tests {
         assert_eq!(store.file("s", 1, 2).unwrap(), Some(checkpoint));
         assert_eq!(store.file("other", 1, 2).unwrap(), None);
         assert_eq!(store.all_files().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn source_state_and_synced_keys_round_trip_and_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(&dir.path().join("state.db")).unwrap();
+        let states = [("wm:t".to_string(), Some("5".to_string())), ("cursor".to_string(), Some("c".to_string()))];
+        store.save_progress("s", &states, "t", &[("k1".into(), Some(1)), ("k2".into(), Some(2))]).unwrap();
+        store.save_progress("s", &[("cursor".into(), None)], "t", &[("k1".into(), None)]).unwrap();
+        assert_eq!(store.state("s", "wm:t").unwrap().as_deref(), Some("5"));
+        assert_eq!(store.state("s", "cursor").unwrap(), None);
+        assert_eq!(store.states_with_prefix("s", "wm:").unwrap(), vec![("wm:t".to_string(), "5".to_string())]);
+        assert_eq!(store.synced_keys("s", "t").unwrap(), vec![("k2".to_string(), 2)]);
+        store.reset_source("s").unwrap();
+        assert_eq!(store.state("s", "wm:t").unwrap(), None);
+        assert!(store.synced_keys("s", "t").unwrap().is_empty());
     }
 }

@@ -203,11 +203,6 @@ impl JsonlSource {
         })
     }
 
-    /// A flag that, once set, ends the current pass at the next publish boundary.
-    pub fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
-        self.stop = stop;
-    }
-
     fn stopping(&self) -> bool {
         self.stop.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -613,6 +608,10 @@ fn poison(table: &str, bytes: &[u8], reason: &str, detail: String, source_label:
 impl Source for JsonlSource {
     fn name(&self) -> &str {
         &self.config.name
+    }
+
+    fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = stop;
     }
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {

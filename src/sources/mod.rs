@@ -7,7 +7,10 @@
 
 pub mod checkpoint;
 pub mod jsonl;
+pub mod rows;
+pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +24,9 @@ pub struct EmitOutcome {
     pub consumed: u64,
     /// Events published (including poison records published for dead-lettering).
     pub published: u64,
+    /// Input seen but not publishable yet (a session still being written): a one-shot run waits
+    /// for it instead of ending.
+    pub pending: u64,
 }
 
 /// Errors that stop a source pass. Bad input never does: it is published as poison and dead-lettered.
@@ -46,4 +52,56 @@ pub trait Source: Send {
     async fn wait_for_input(&mut self, max_wait: Duration);
     /// State for status output and tests.
     fn observable_state(&self) -> serde_json::Value;
+    /// Gives the source a flag that, once set, ends its pass at the next publish boundary.
+    fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>);
+    /// The tables this source feeds; empty when files route to any table (JSONL).
+    fn tables(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// "Sync now" triggers, one per source (CLI, admin API), with the tables each source feeds.
+#[derive(Default, Clone)]
+pub struct Triggers {
+    sources: Vec<(String, Vec<String>, Arc<tokio::sync::Notify>)>,
+}
+
+impl Triggers {
+    /// Registers a source; the returned trigger wakes its driver.
+    pub fn add(&mut self, name: &str, tables: Vec<String>) -> Arc<tokio::sync::Notify> {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        self.sources.push((name.to_string(), tables, notify.clone()));
+        notify
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.sources.iter().map(|(name, _, _)| name.clone()).collect()
+    }
+
+    /// Triggers the named sources (all when `names` is empty). Unknown names are an error, and
+    /// then nothing is triggered.
+    pub fn trigger(&self, names: &[String]) -> Result<Vec<String>, String> {
+        let unknown: Vec<&String> = names.iter().filter(|n| !self.sources.iter().any(|(s, _, _)| s == *n)).collect();
+        if !unknown.is_empty() {
+            return Err(format!("no source named {unknown:?}; sources: {:?}", self.names()));
+        }
+        Ok(self.fire(|name, _| names.is_empty() || names.iter().any(|n| n == name)))
+    }
+
+    /// Triggers the sources that feed any of `tables` (and those that route files to any table).
+    pub fn trigger_tables(&self, tables: &[String]) -> Vec<String> {
+        self.fire(|_, feeds| feeds.is_empty() || feeds.iter().any(|t| tables.contains(t)))
+    }
+
+    fn fire(&self, select: impl Fn(&str, &[String]) -> bool) -> Vec<String> {
+        let mut fired = Vec::new();
+        for (name, tables, notify) in &self.sources {
+            if select(name, tables) {
+                // A stored permit: a source busy with a pass runs one more right after it.
+                notify.notify_one();
+                fired.push(name.clone());
+            }
+        }
+        fired
+    }
 }

@@ -54,6 +54,7 @@ use super::{
 };
 use crate::bus::{AckHandle, Delivery};
 use crate::envelope::Op;
+use crate::schema::encode_base64;
 use crate::schema::{Catalog, CellValue, Column, ColumnMode, ColumnType, TableSchema, WriteMode};
 use crate::worker::classify::{Classifier, DeadLetter, DeadLetterReason, DEAD_LETTER_TABLE};
 
@@ -948,25 +949,6 @@ fn format_date(days: i32) -> String {
     chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
         .map(|d| d.format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| days.to_string())
-}
-
-/// Standard base64 with padding. Hand-written: the decoder in `schema.rs` is too, and this is the
-/// only encoder bqsync needs.
-fn encode_base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// An envelope for a row BigQuery rejected, so the dead letter can be inspected and replayed.

@@ -1,0 +1,302 @@
+//! Shared by the table sources (outbox, SQLite watermark, HTTP API): database values mapped to a
+//! table's column types, and rows turned into change events.
+//!
+//! Invariant: the event id of a row of an upsert table is a hash of (table, key, version), whatever
+//! source or pass published it, so a row published twice (a crash before the checkpoint, an overlap
+//! window, a full resync) lands once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::bus::{attr, Attributes, OutboundMessage};
+use crate::envelope::{derive_event_id, identify, ordering_key, ChangeEvent, Op};
+use crate::schema::{Catalog, ColumnMode, ColumnType, TableSchema, WriteMode};
+
+/// A value read from SQLite or DuckDB.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+    /// Microseconds since the epoch (DuckDB TIMESTAMP columns).
+    Timestamp(i64),
+}
+
+impl SqlValue {
+    /// The JSON value for a column of `column_type` (and `mode`): what the worker will coerce.
+    /// Integers in TIMESTAMP columns are epoch seconds; TEXT in JSON, RECORD and REPEATED columns is
+    /// parsed as JSON (left as text if it does not parse, so the worker dead-letters it with a reason).
+    pub fn to_json(&self, column_type: ColumnType, mode: ColumnMode) -> Value {
+        let structured = mode == ColumnMode::Repeated || matches!(column_type, ColumnType::Json | ColumnType::Record);
+        match self {
+            SqlValue::Null => Value::Null,
+            SqlValue::Integer(i) => match column_type {
+                ColumnType::Bool => Value::Bool(*i != 0),
+                ColumnType::String => Value::String(i.to_string()),
+                _ => Value::from(*i),
+            },
+            SqlValue::Real(f) => match column_type {
+                ColumnType::String => Value::String(f.to_string()),
+                _ => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+            },
+            SqlValue::Text(s) if structured => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
+            SqlValue::Text(s) if column_type == ColumnType::Bool => match s.as_str() {
+                "1" => Value::Bool(true),
+                "0" => Value::Bool(false),
+                _ => Value::String(s.clone()),
+            },
+            SqlValue::Text(s) => Value::String(s.clone()),
+            SqlValue::Blob(bytes) => match column_type {
+                ColumnType::String => Value::String(String::from_utf8_lossy(bytes).into_owned()),
+                _ => Value::String(crate::schema::encode_base64(bytes)),
+            },
+            SqlValue::Timestamp(micros) => Value::String(micros_to_rfc3339(*micros)),
+        }
+    }
+
+    /// True for the values a dirty or soft-delete flag column holds when set.
+    pub fn is_truthy(&self) -> bool {
+        match self {
+            SqlValue::Null => false,
+            SqlValue::Integer(i) => *i != 0,
+            SqlValue::Real(f) => *f != 0.0,
+            SqlValue::Text(s) => !matches!(s.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "f" | "no"),
+            SqlValue::Blob(b) => !b.is_empty(),
+            SqlValue::Timestamp(_) => true,
+        }
+    }
+}
+
+/// `2024-01-01T00:00:00.000000Z`.
+pub fn micros_to_rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_else(|| micros.to_string())
+}
+
+/// Now, as `produced_at` is written.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// How the rows of one source table map to a destination table.
+#[derive(Debug, Clone)]
+pub struct RowMapping {
+    pub table: String,
+    schema: Arc<TableSchema>,
+    /// Source column name → destination column name, for the columns that differ.
+    rename: HashMap<String, String>,
+    /// Source column names of the destination's primary key, in key order.
+    pub key_columns: Vec<String>,
+    /// Source column name of the destination's version column (upsert tables).
+    pub version_column: Option<String>,
+}
+
+impl RowMapping {
+    /// Checks that `table` exists and builds the mapping. `rename` maps source names to column names.
+    pub fn new(catalog: &Catalog, table: &str, rename: &BTreeMap<String, String>) -> Result<RowMapping, String> {
+        let schema = catalog
+            .get(table)
+            .ok_or_else(|| format!("table `{table}` has no schema file in schemas/ (expected schemas/{table}.json)"))?;
+        for column in rename.values() {
+            if schema.column(column).is_none() {
+                return Err(format!("`columns` maps to `{column}`, which table `{table}` does not have"));
+            }
+        }
+        let source_name = |column: &str| {
+            rename.iter().find(|(_, to)| to.as_str() == column).map_or(column.to_string(), |(from, _)| from.clone())
+        };
+        Ok(RowMapping {
+            table: table.to_string(),
+            key_columns: schema.primary_key.iter().map(|c| source_name(c)).collect(),
+            version_column: schema.version_column.as_deref().map(source_name),
+            rename: rename.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            schema: Arc::new(schema.clone()),
+        })
+    }
+
+    pub fn is_upsert(&self) -> bool {
+        self.schema.write_mode == WriteMode::Upsert
+    }
+
+    /// The key text [`row_event`] gives a payload (destination names), in primary-key order.
+    pub fn key_text(&self, payload: &Map<String, Value>) -> String {
+        let key: Map<String, Value> = self
+            .schema
+            .primary_key
+            .iter()
+            .map(|column| (column.clone(), payload.get(column).cloned().unwrap_or(Value::Null)))
+            .collect();
+        serde_json::to_string(&key).expect("map serializes")
+    }
+
+    /// The destination payload of a row: columns the table has, typed for it. Returns the names of
+    /// source columns the table does not have (ignored).
+    pub fn payload<'a>(
+        &self,
+        columns: impl IntoIterator<Item = (&'a str, &'a SqlValue)>,
+    ) -> (Map<String, Value>, Vec<String>) {
+        let mut payload = Map::new();
+        let mut ignored = Vec::new();
+        for (name, value) in columns {
+            let destination = self.rename.get(name).map_or(name, String::as_str);
+            match self.schema.column(destination) {
+                Some(column) => {
+                    payload.insert(destination.to_string(), value.to_json(column.column_type, column.mode));
+                }
+                None => ignored.push(name.to_string()),
+            }
+        }
+        (payload, ignored)
+    }
+}
+
+/// A row made into an event, with what a source needs to remember about it.
+#[derive(Debug)]
+pub struct RowEvent {
+    pub message: OutboundMessage,
+    /// Primary key as JSON text (upsert tables).
+    pub key_text: Option<String>,
+    pub version: Option<i64>,
+}
+
+/// Builds the change event for a row payload. `fallback_id` identifies the record when the table has
+/// neither an id field nor a primary key (append tables): e.g. source, table and row id.
+/// Errors are (reason, detail) for a poison message.
+pub fn row_event(
+    mapping: &RowMapping,
+    payload: Map<String, Value>,
+    deleted: bool,
+    fallback_id: &[&[u8]],
+    source_label: &str,
+    produced_at: &str,
+) -> Result<RowEvent, (&'static str, String)> {
+    let table = mapping.table.as_str();
+    let identity = identify(&mapping.schema, |name| payload.get(name).cloned(), deleted)
+        .map_err(|detail| ("schema", format!("{detail} ({source_label})")))?;
+    let key_text = identity.key.as_ref().map(|k| serde_json::to_string(k).expect("map serializes"));
+    let event_id = identity.event_id.unwrap_or_else(|| match (&key_text, identity.version) {
+        (Some(key), Some(version)) => derive_event_id(&[table.as_bytes(), key.as_bytes(), &version.to_le_bytes()]),
+        _ => derive_event_id(fallback_id),
+    });
+    let payload_text = serde_json::to_string(&payload).expect("map serializes");
+    let ordering = identity.key.as_ref().map(|key| ordering_key(table, key));
+    let event = ChangeEvent {
+        event_id,
+        table,
+        op: identity.op,
+        key: identity.key,
+        version: identity.version,
+        payload: &payload_text,
+        source: source_label,
+        produced_at,
+    };
+    let mut attributes = Attributes::new();
+    attributes.insert(attr::TABLE.into(), table.into());
+    attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
+    Ok(RowEvent {
+        message: OutboundMessage { data: event.to_bytes(), attributes, ordering_key: ordering },
+        key_text,
+        version: identity.version,
+    })
+}
+
+/// A tombstone for a key that disappeared from the source (a hard delete), one version above the
+/// last one published so it wins over it and loses to a later re-insert.
+pub fn tombstone_event(
+    mapping: &RowMapping,
+    key_text: &str,
+    last_version: i64,
+    source_label: &str,
+    produced_at: &str,
+) -> Result<OutboundMessage, String> {
+    let key: Map<String, Value> = serde_json::from_str(key_text).map_err(|e| format!("saved key {key_text}: {e}"))?;
+    let version = last_version.saturating_add(1);
+    let table = mapping.table.as_str();
+    // The version column is REQUIRED on upsert tables, tombstones included.
+    let mut payload = key.clone();
+    if let Some(column) = mapping.schema.version_column.as_deref() {
+        let value = match mapping.schema.column(column).map(|c| c.column_type) {
+            Some(ColumnType::Timestamp) => Value::String(micros_to_rfc3339(version)),
+            _ => Value::from(version),
+        };
+        payload.insert(column.to_string(), value);
+    }
+    let payload_text = serde_json::to_string(&payload).expect("map serializes");
+    let event = ChangeEvent {
+        event_id: derive_event_id(&[table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes(), b"deleted"]),
+        table,
+        op: Op::Delete,
+        version: Some(version),
+        payload: &payload_text,
+        source: source_label,
+        produced_at,
+        key: Some(key.clone()),
+    };
+    let mut attributes = Attributes::new();
+    attributes.insert(attr::TABLE.into(), table.into());
+    attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
+    Ok(OutboundMessage { data: event.to_bytes(), attributes, ordering_key: Some(ordering_key(table, &key)) })
+}
+
+/// A message carrying a record that could not become an event, and why; the worker dead-letters it.
+pub fn poison(table: &str, bytes: &[u8], reason: &str, detail: String, source_label: &str) -> OutboundMessage {
+    let mut attributes = Attributes::new();
+    attributes.insert(attr::TABLE.into(), table.into());
+    attributes.insert(attr::POISON_REASON.into(), reason.into());
+    attributes.insert(attr::POISON_DETAIL.into(), detail);
+    attributes.insert(attr::SOURCE.into(), source_label.into());
+    OutboundMessage::new(bytes.to_vec(), attributes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))).unwrap()
+    }
+
+    #[test]
+    fn values_map_to_column_types() {
+        use ColumnMode::Nullable;
+        assert_eq!(SqlValue::Integer(1).to_json(ColumnType::Bool, Nullable), Value::Bool(true));
+        assert_eq!(SqlValue::Integer(7).to_json(ColumnType::String, Nullable), Value::String("7".into()));
+        assert_eq!(
+            SqlValue::Text("[1,2]".into()).to_json(ColumnType::Int64, ColumnMode::Repeated),
+            serde_json::json!([1, 2])
+        );
+        assert_eq!(SqlValue::Text("{\"a\":1}".into()).to_json(ColumnType::Json, Nullable), serde_json::json!({"a": 1}));
+        assert_eq!(SqlValue::Blob(b"hi".to_vec()).to_json(ColumnType::Bytes, Nullable), Value::String("aGk=".into()));
+        assert_eq!(
+            SqlValue::Timestamp(0).to_json(ColumnType::Timestamp, Nullable),
+            Value::String("1970-01-01T00:00:00.000000Z".into())
+        );
+        assert_eq!(SqlValue::Real(f64::NAN).to_json(ColumnType::Float64, Nullable), Value::Null);
+        assert!(SqlValue::Text("yes".into()).is_truthy() && !SqlValue::Text("0".into()).is_truthy());
+    }
+
+    #[test]
+    fn same_key_and_version_give_the_same_event_id_and_renames_apply() {
+        let rename = BTreeMap::from([("id".to_string(), "contact_id".to_string())]);
+        let mapping = RowMapping::new(&catalog(), "contacts_master", &rename).unwrap();
+        assert_eq!(mapping.key_columns, vec!["id".to_string()]);
+        let row =
+            [("id", SqlValue::Text("c1".into())), ("version", SqlValue::Integer(3)), ("extra", SqlValue::Integer(1))];
+        let (payload, ignored) = mapping.payload(row.iter().map(|(n, v)| (*n, v)));
+        assert_eq!(ignored, vec!["extra".to_string()]);
+        let a = row_event(&mapping, payload.clone(), false, &[], "s", "2024-01-01T00:00:00Z").unwrap();
+        let b = row_event(&mapping, payload, false, &[], "other", "2025-01-01T00:00:00Z").unwrap();
+        assert_eq!(a.message.attributes[attr::EVENT_ID], b.message.attributes[attr::EVENT_ID]);
+        assert_eq!((a.key_text.as_deref(), a.version), (Some("{\"contact_id\":\"c1\"}"), Some(3)));
+        let tombstone =
+            tombstone_event(&mapping, a.key_text.as_deref().unwrap(), 3, "s", "2024-01-01T00:00:00Z").unwrap();
+        let decoded = crate::envelope::decode(&tombstone.data).unwrap();
+        assert_eq!((decoded.op, decoded.version), (Op::Delete, Some(4)));
+        assert!(RowMapping::new(&catalog(), "nope", &BTreeMap::new()).unwrap_err().contains("schemas/nope.json"));
+    }
+}

@@ -1,0 +1,570 @@
+//! SQLite tables synced by watermark (the seeds' 15-minute syncer, made incremental and idempotent).
+//!
+//! Per table, one of two modes:
+//! - `rowid` (insert-only tables): rows past the last published row id (or another increasing integer
+//!   column), in order. Exact: nothing is read twice.
+//! - `updated_at` (updatable tables): rows whose change column is at or after the watermark minus
+//!   `overlap_secs`, in (column, rowid) order. The overlap catches rows committed late or stamped by
+//!   a clock behind ours; rows re-read in it are skipped when their key was already published at the
+//!   same version (the synced keys in the state file), and would be deduplicated by event id anyway.
+//!   Equal timestamps are safe: pages continue from (value, rowid), never from the value alone.
+//!   Hard deletes are found by comparing the table's keys with the synced keys (`detect_deletes`) and
+//!   published as tombstones; soft deletes through `deleted_column`.
+//!
+//! Invariant: the watermark and the synced keys are written in one state transaction, after the
+//! publish of the page they cover resolved. `bqsync sync --full SOURCE` forgets them: everything is
+//! published again, and lands once (event ids are table + key + version).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The open database; locked only while a query runs, never across a publish.
+type Db = std::sync::Mutex<Connection>;
+
+use super::checkpoint::CheckpointStore;
+use super::rows::{now_rfc3339, poison, row_event, tombstone_event, RowMapping, SqlValue};
+use super::{EmitOutcome, Source, SourceError};
+use crate::bus::{OutboundMessage, Publisher};
+use crate::schema::Catalog;
+
+/// One `[[sources.sqlite]]` entry: a SQLite file and the tables synced from it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSourceConfig {
+    /// Name of the source (keys its watermarks; `bqsync sync NAME`).
+    pub name: String,
+    /// The SQLite database file. Opened read-only; writers are never blocked for longer than one page
+    /// read.
+    pub path: PathBuf,
+    /// Seconds between passes. Default 60.
+    #[serde(default = "default_poll_interval_secs")]
+    pub poll_interval_secs: u64,
+    /// Rows per page (one publish and one state write per page). Default 5000.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// `[[sources.sqlite.tables]]`: the tables to sync.
+    pub tables: Vec<SqliteTableConfig>,
+}
+
+/// One table of a SQLite source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteTableConfig {
+    /// Table (or view) name in the SQLite file.
+    pub source_table: String,
+    /// Destination table (a file in `schemas/`). Default: `source_table`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// `rowid` (insert-only) or `updated_at` (rows change). Default: `updated_at` for upsert tables,
+    /// `rowid` for append tables.
+    #[serde(default)]
+    pub mode: Option<WatermarkMode>,
+    /// The increasing column. Default `rowid` in `rowid` mode, `updated_at` in `updated_at` mode.
+    /// TEXT timestamps must use one ISO-8601 format per table (as SQLite's `datetime()` writes them);
+    /// INTEGER ones are epoch seconds, milliseconds or microseconds (told apart by magnitude).
+    #[serde(default)]
+    pub watermark_column: Option<String>,
+    /// `updated_at` mode: how far behind the watermark each pass starts again. Default 300.
+    #[serde(default = "default_overlap_secs")]
+    pub overlap_secs: u64,
+    /// A column that, when true (non-zero), makes the row a delete (tombstone).
+    #[serde(default)]
+    pub deleted_column: Option<String>,
+    /// `updated_at` mode: find rows deleted from the source by comparing keys each pass and publish
+    /// tombstones. Costs one key scan a pass. Default true.
+    #[serde(default = "default_true")]
+    pub detect_deletes: bool,
+    /// Source column → destination column, for names that differ.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+/// How a table's new rows are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatermarkMode {
+    Rowid,
+    UpdatedAt,
+}
+
+const fn default_poll_interval_secs() -> u64 {
+    60
+}
+const fn default_batch_rows() -> usize {
+    5000
+}
+const fn default_overlap_secs() -> u64 {
+    300
+}
+const fn default_true() -> bool {
+    true
+}
+
+/// A SQLite identifier, quoted.
+pub(crate) fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub(crate) fn sqlite_value(value: ValueRef<'_>) -> SqlValue {
+    match value {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(i) => SqlValue::Integer(i),
+        ValueRef::Real(f) => SqlValue::Real(f),
+        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+    }
+}
+
+impl rusqlite::ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value as V};
+        Ok(ToSqlOutput::Owned(match self {
+            SqlValue::Null => V::Null,
+            SqlValue::Integer(i) | SqlValue::Timestamp(i) => V::Integer(*i),
+            SqlValue::Real(f) => V::Real(*f),
+            SqlValue::Text(s) => V::Text(s.clone()),
+            SqlValue::Blob(b) => V::Blob(b.clone()),
+        }))
+    }
+}
+
+/// Rows of a query: column names once, then values. The first `hidden` columns are bqsync's own
+/// (watermark, rowid) and are returned apart.
+pub(crate) struct ReadRows {
+    pub names: Vec<String>,
+    pub rows: Vec<Vec<SqlValue>>,
+}
+
+pub(crate) fn read_rows(
+    connection: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<ReadRows> {
+    let mut statement = connection.prepare_cached(sql)?;
+    let names: Vec<String> = statement.column_names().into_iter().map(String::from).collect();
+    let width = names.len();
+    let mut rows = Vec::new();
+    let mut cursor = statement.query(params)?;
+    while let Some(row) = cursor.next()? {
+        rows.push((0..width).map(|i| row.get_ref(i).map(sqlite_value)).collect::<rusqlite::Result<Vec<_>>>()?);
+    }
+    Ok(ReadRows { names, rows })
+}
+
+/// A table being synced.
+struct SyncedTable {
+    config: SqliteTableConfig,
+    mapping: RowMapping,
+    mode: WatermarkMode,
+    /// SQL expression of the watermark column.
+    watermark: String,
+    /// Synced key → version (updated_at mode), loaded from the state file on the first pass.
+    synced: Option<HashMap<String, i64>>,
+    warned_ignored: bool,
+}
+
+impl SyncedTable {
+    fn state_key(&self) -> String {
+        format!("wm:{}", self.config.source_table)
+    }
+}
+
+/// The SQLite watermark source.
+pub struct SqliteSource {
+    config: SqliteSourceConfig,
+    tables: Vec<SyncedTable>,
+    checkpoints: Arc<CheckpointStore>,
+    published: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SqliteSource {
+    pub fn new(
+        config: SqliteSourceConfig,
+        catalog: &Catalog,
+        checkpoints: Arc<CheckpointStore>,
+    ) -> Result<SqliteSource, SourceError> {
+        let problem = |problem: String| SourceError::Config { source_name: config.name.clone(), problem };
+        if config.batch_rows == 0 || config.tables.is_empty() {
+            return Err(problem("needs batch_rows ≥ 1 and at least one [[sources.sqlite.tables]] entry".into()));
+        }
+        let mut tables = Vec::new();
+        for table in &config.tables {
+            let destination = table.table.clone().unwrap_or_else(|| table.source_table.clone());
+            let mapping = RowMapping::new(catalog, &destination, &table.columns)
+                .map_err(|e| problem(format!("table `{}`: {e}", table.source_table)))?;
+            let mode =
+                table.mode.unwrap_or(if mapping.is_upsert() { WatermarkMode::UpdatedAt } else { WatermarkMode::Rowid });
+            let watermark = match (&table.watermark_column, mode) {
+                (Some(column), _) => quote(column),
+                (None, WatermarkMode::Rowid) => "rowid".to_string(),
+                (None, WatermarkMode::UpdatedAt) => quote("updated_at"),
+            };
+            tables.push(SyncedTable {
+                config: table.clone(),
+                mapping,
+                mode,
+                watermark,
+                synced: None,
+                warned_ignored: false,
+            });
+        }
+        Ok(SqliteSource {
+            config,
+            tables,
+            checkpoints,
+            published: 0,
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        })
+    }
+
+    fn open(&self) -> Result<Connection, SourceError> {
+        let io = |e: rusqlite::Error| SourceError::Io {
+            source_name: self.config.name.clone(),
+            path: self.config.path.display().to_string(),
+            error: std::io::Error::other(e.to_string()),
+        };
+        if !self.config.path.exists() {
+            return Err(SourceError::Io {
+                source_name: self.config.name.clone(),
+                path: self.config.path.display().to_string(),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "database file not found"),
+            });
+        }
+        let connection = Connection::open_with_flags(
+            &self.config.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(io)?;
+        connection.busy_timeout(Duration::from_secs(5)).map_err(io)?;
+        Ok(connection)
+    }
+
+    fn query_error(&self, table: &str, e: rusqlite::Error) -> SourceError {
+        SourceError::Io {
+            source_name: self.config.name.clone(),
+            path: format!("{} (table `{table}`)", self.config.path.display()),
+            error: std::io::Error::other(e.to_string()),
+        }
+    }
+
+    fn checkpoint_error(&self, error: super::checkpoint::CheckpointError) -> SourceError {
+        SourceError::Checkpoint { source_name: self.config.name.clone(), error }
+    }
+
+    async fn sync_table(
+        &mut self,
+        index: usize,
+        connection: &Db,
+        publisher: &dyn Publisher,
+    ) -> Result<u64, SourceError> {
+        let name = self.config.name.clone();
+        let state_key = self.tables[index].state_key();
+        let saved = self.checkpoints.state(&name, &state_key).map_err(|e| self.checkpoint_error(e))?;
+        let saved: Option<SqlValue> = saved.as_deref().and_then(decode_watermark);
+        if self.tables[index].mode == WatermarkMode::UpdatedAt && self.tables[index].synced.is_none() {
+            let keys = self
+                .checkpoints
+                .synced_keys(&name, &self.tables[index].mapping.table)
+                .map_err(|e| self.checkpoint_error(e))?;
+            self.tables[index].synced = Some(keys.into_iter().collect());
+        }
+        let table = &self.tables[index];
+        let (mode, watermark) = (table.mode, table.watermark.clone());
+        let from = quote(&table.config.source_table);
+        let mut lower = match (&saved, mode) {
+            (Some(value), WatermarkMode::UpdatedAt) => Some(overlap_bound(value, table.config.overlap_secs)),
+            (value, _) => value.clone(),
+        };
+        let mut last_rowid = i64::MIN;
+        let batch = self.config.batch_rows as i64;
+        let mut published = 0;
+        loop {
+            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let sql = match (mode, &lower) {
+                (_, None) => format!(
+                    "SELECT {watermark} AS __bqsync_wm, rowid AS __bqsync_rowid, * FROM {from} WHERE {watermark} IS NOT NULL ORDER BY {watermark}, rowid LIMIT ?1"
+                ),
+                (WatermarkMode::Rowid, Some(_)) => format!(
+                    "SELECT {watermark} AS __bqsync_wm, rowid AS __bqsync_rowid, * FROM {from} WHERE {watermark} > ?2 ORDER BY {watermark} LIMIT ?1"
+                ),
+                (WatermarkMode::UpdatedAt, Some(_)) => format!(
+                    "SELECT {watermark} AS __bqsync_wm, rowid AS __bqsync_rowid, * FROM {from} WHERE {watermark} > ?2 OR ({watermark} = ?2 AND rowid > ?3) ORDER BY {watermark}, rowid LIMIT ?1"
+                ),
+            };
+            let page = {
+                let connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+                match &lower {
+                    None => read_rows(&connection, &sql, &[&batch]),
+                    Some(value) if mode == WatermarkMode::Rowid => read_rows(&connection, &sql, &[&batch, value]),
+                    Some(value) => read_rows(&connection, &sql, &[&batch, value, &last_rowid]),
+                }
+            }
+            .map_err(|e| self.query_error(&self.tables[index].config.source_table, e))?;
+            let Some(last) = page.rows.last() else { break };
+            let next_lower = last[0].clone();
+            last_rowid = match last[1] {
+                SqlValue::Integer(i) => i,
+                _ => i64::MIN,
+            };
+            let full_page = page.rows.len() as i64 == batch;
+            published += self.publish_page(index, &page, publisher).await?;
+            lower = Some(next_lower);
+            if !full_page {
+                break;
+            }
+        }
+        if mode == WatermarkMode::UpdatedAt
+            && self.tables[index].config.detect_deletes
+            && self.tables[index].mapping.is_upsert()
+            && !self.stop.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            published += self.publish_deletes(index, connection, publisher).await?;
+        }
+        Ok(published)
+    }
+
+    /// Publishes one page, then records its watermark and keys. Returns events published.
+    async fn publish_page(
+        &mut self,
+        index: usize,
+        page: &ReadRows,
+        publisher: &dyn Publisher,
+    ) -> Result<u64, SourceError> {
+        let produced_at = now_rfc3339();
+        let table = &mut self.tables[index];
+        let source_label = format!("sqlite:{}/{}", self.config.name, table.config.source_table);
+        let deleted_index = table.config.deleted_column.as_ref().and_then(|c| page.names.iter().position(|n| n == c));
+        let mut messages: Vec<OutboundMessage> = Vec::new();
+        let mut keys = Vec::new();
+        for row in &page.rows {
+            let columns = page.names.iter().skip(2).map(String::as_str).zip(row.iter().skip(2));
+            let (payload, mut ignored) = table.mapping.payload(columns);
+            ignored.retain(|c| Some(c) != table.config.deleted_column.as_ref());
+            if !ignored.is_empty() && !table.warned_ignored {
+                tracing::warn!(source = %self.config.name, table = %table.config.source_table, ?ignored, "columns not in the destination schema are not synced");
+                table.warned_ignored = true;
+            }
+            let deleted = deleted_index.is_some_and(|i| row[i].is_truthy());
+            let rowid = match row[1] {
+                SqlValue::Integer(i) => i,
+                _ => 0,
+            };
+            let fallback: [&[u8]; 4] = [
+                table.mapping.table.as_bytes(),
+                self.config.name.as_bytes(),
+                table.config.source_table.as_bytes(),
+                &rowid.to_le_bytes(),
+            ];
+            match row_event(&table.mapping, payload.clone(), deleted, &fallback, &source_label, &produced_at) {
+                Ok(event) => {
+                    if let (Some(key), Some(version), Some(synced)) = (&event.key_text, event.version, &table.synced) {
+                        if synced.get(key) == Some(&version) {
+                            continue; // re-read in the overlap window, already published
+                        }
+                        keys.push((key.clone(), Some(version)));
+                    }
+                    messages.push(event.message);
+                }
+                Err((reason, detail)) => {
+                    let text = Value::Object(payload).to_string();
+                    messages.push(poison(&table.mapping.table, text.as_bytes(), reason, detail, &source_label));
+                }
+            }
+        }
+        let count = messages.len() as u64;
+        if count > 0 {
+            publisher
+                .publish(messages)
+                .await
+                .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+        }
+        // Only now, with the page durable on the bus, may the watermark move past it.
+        let last = page.rows.last().expect("non-empty page");
+        let table = &mut self.tables[index];
+        let states = [(table.state_key(), Some(encode_watermark(&last[0])))];
+        self.checkpoints
+            .save_progress(&self.config.name, &states, &table.mapping.table, &keys)
+            .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })?;
+        if let Some(synced) = &mut table.synced {
+            for (key, version) in keys {
+                synced.insert(key, version.expect("set above"));
+            }
+        }
+        self.published += count;
+        Ok(count)
+    }
+
+    /// Tombstones for synced keys no longer in the source table.
+    async fn publish_deletes(
+        &mut self,
+        index: usize,
+        connection: &Db,
+        publisher: &dyn Publisher,
+    ) -> Result<u64, SourceError> {
+        let table = &self.tables[index];
+        let columns: Vec<String> = table.mapping.key_columns.iter().map(|c| quote(c)).collect();
+        let sql = format!("SELECT {} FROM {}", columns.join(", "), quote(&table.config.source_table));
+        let rows = read_rows(&connection.lock().unwrap_or_else(|p| p.into_inner()), &sql, &[])
+            .map_err(|e| self.query_error(&table.config.source_table, e))?;
+        let present: HashSet<String> = rows
+            .rows
+            .iter()
+            .map(|row| {
+                let (payload, _) = table.mapping.payload(rows.names.iter().map(String::as_str).zip(row.iter()));
+                table.mapping.key_text(&payload)
+            })
+            .collect();
+        let synced = table.synced.as_ref().expect("loaded in updated_at mode");
+        let gone: Vec<(String, i64)> =
+            synced.iter().filter(|(key, _)| !present.contains(*key)).map(|(k, v)| (k.clone(), *v)).collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let produced_at = now_rfc3339();
+        let source_label = format!("sqlite:{}/{}", self.config.name, table.config.source_table);
+        let mut messages = Vec::with_capacity(gone.len());
+        for (key, version) in &gone {
+            match tombstone_event(&table.mapping, key, *version, &source_label, &produced_at) {
+                Ok(message) => messages.push(message),
+                Err(e) => tracing::warn!(source = %self.config.name, error = %e, "skipping an unreadable saved key"),
+            }
+        }
+        let count = messages.len() as u64;
+        publisher
+            .publish(messages)
+            .await
+            .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+        let keys: Vec<(String, Option<i64>)> = gone.iter().map(|(k, _)| (k.clone(), None)).collect();
+        let destination = table.mapping.table.clone();
+        self.checkpoints
+            .save_progress(&self.config.name, &[], &destination, &keys)
+            .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })?;
+        let synced = self.tables[index].synced.as_mut().expect("loaded");
+        for (key, _) in &gone {
+            synced.remove(key);
+        }
+        tracing::info!(source = %self.config.name, table = %destination, deleted = count, "rows deleted at the source: tombstones published");
+        self.published += count;
+        Ok(count)
+    }
+}
+
+/// Watermarks are saved as JSON `[type, value]`.
+fn encode_watermark(value: &SqlValue) -> String {
+    match value {
+        SqlValue::Integer(i) => serde_json::json!(["i", i]),
+        SqlValue::Real(f) => serde_json::json!(["r", f]),
+        SqlValue::Text(s) => serde_json::json!(["t", s]),
+        SqlValue::Timestamp(t) => serde_json::json!(["ts", t]),
+        SqlValue::Null | SqlValue::Blob(_) => serde_json::json!(["null"]),
+    }
+    .to_string()
+}
+
+fn decode_watermark(text: &str) -> Option<SqlValue> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    match (value.get(0)?.as_str()?, value.get(1)) {
+        ("i", Some(v)) => v.as_i64().map(SqlValue::Integer),
+        ("r", Some(v)) => v.as_f64().map(SqlValue::Real),
+        ("t", Some(v)) => v.as_str().map(|s| SqlValue::Text(s.to_string())),
+        ("ts", Some(v)) => v.as_i64().map(SqlValue::Timestamp),
+        _ => None,
+    }
+}
+
+/// The watermark minus the overlap, in the watermark's own representation (so the comparison in
+/// SQL stays a plain, indexable one).
+fn overlap_bound(watermark: &SqlValue, overlap_secs: u64) -> SqlValue {
+    let overlap = overlap_secs as i64;
+    match watermark {
+        SqlValue::Integer(i) => {
+            let unit = match i.unsigned_abs() {
+                n if n > 100_000_000_000_000 => 1_000_000, // microseconds
+                n if n > 100_000_000_000 => 1_000,         // milliseconds
+                _ => 1,
+            };
+            SqlValue::Integer(i.saturating_sub(overlap.saturating_mul(unit)))
+        }
+        SqlValue::Real(f) => SqlValue::Real(f - overlap as f64),
+        SqlValue::Timestamp(t) => SqlValue::Timestamp(t.saturating_sub(overlap.saturating_mul(1_000_000))),
+        SqlValue::Text(s) => {
+            let Some(micros) = crate::schema::parse_timestamp_micros(&Value::String(s.clone())) else {
+                return watermark.clone();
+            };
+            let separator = if s.as_bytes().get(10) == Some(&b' ') { ' ' } else { 'T' };
+            let bound = chrono::DateTime::from_timestamp_micros(micros - overlap * 1_000_000)
+                .expect("in range")
+                .format(&format!("%Y-%m-%d{separator}%H:%M:%S"))
+                .to_string();
+            SqlValue::Text(bound)
+        }
+        other => other.clone(),
+    }
+}
+
+#[async_trait]
+impl Source for SqliteSource {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = stop;
+    }
+
+    async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
+        let connection = std::sync::Mutex::new(self.open()?);
+        let mut outcome = EmitOutcome::default();
+        for index in 0..self.tables.len() {
+            let published = self.sync_table(index, &connection, publisher).await?;
+            outcome.consumed += published;
+            outcome.published += published;
+        }
+        Ok(outcome)
+    }
+
+    async fn wait_for_input(&mut self, max_wait: Duration) {
+        tokio::time::sleep(max_wait.min(Duration::from_secs(self.config.poll_interval_secs))).await;
+    }
+
+    fn tables(&self) -> Vec<String> {
+        self.tables.iter().map(|t| t.mapping.table.clone()).collect()
+    }
+
+    fn observable_state(&self) -> Value {
+        serde_json::json!({ "source": self.config.name, "published": self.published })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_bounds_keep_the_watermark_format() {
+        assert_eq!(
+            overlap_bound(&SqlValue::Text("2024-01-01 10:00:00.5".into()), 60),
+            SqlValue::Text("2024-01-01 09:59:00".into())
+        );
+        assert_eq!(
+            overlap_bound(&SqlValue::Text("2024-01-01T10:00:00Z".into()), 60),
+            SqlValue::Text("2024-01-01T09:59:00".into())
+        );
+        assert_eq!(overlap_bound(&SqlValue::Integer(1_700_000_000), 60), SqlValue::Integer(1_699_999_940));
+        assert_eq!(overlap_bound(&SqlValue::Integer(1_700_000_000_000), 1), SqlValue::Integer(1_699_999_999_000));
+        for value in [SqlValue::Integer(-3), SqlValue::Text("x".into()), SqlValue::Real(1.5), SqlValue::Timestamp(9)] {
+            assert_eq!(decode_watermark(&encode_watermark(&value)), Some(value));
+        }
+    }
+}
