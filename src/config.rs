@@ -110,13 +110,17 @@ pub struct SourcesConfig {
     /// `[[sources.sqlite]]` entries: SQLite tables synced by watermark.
     #[serde(default)]
     pub sqlite: Vec<crate::sources::sqlite::SqliteSourceConfig>,
+    /// `[[sources.outbox]]` entries: dirty-row outboxes in SQLite or DuckDB files (contacts).
+    #[serde(default)]
+    pub outbox: Vec<crate::sources::outbox::OutboxSourceConfig>,
 }
 
 impl SourcesConfig {
     /// Every source's name, in config order.
     pub fn names(&self) -> Vec<String> {
         let jsonl = self.jsonl.iter().map(|s| s.name.clone());
-        jsonl.chain(self.sqlite.iter().map(|s| s.name.clone())).collect()
+        let sqlite = self.sqlite.iter().map(|s| s.name.clone());
+        jsonl.chain(sqlite).chain(self.outbox.iter().map(|s| s.name.clone())).collect()
     }
 }
 
@@ -126,7 +130,7 @@ fn default_jsonl_sources() -> Vec<JsonlSourceConfig> {
 
 impl Default for SourcesConfig {
     fn default() -> Self {
-        SourcesConfig { jsonl: default_jsonl_sources(), sqlite: Vec::new() }
+        SourcesConfig { jsonl: default_jsonl_sources(), sqlite: Vec::new(), outbox: Vec::new() }
     }
 }
 

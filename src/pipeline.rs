@@ -19,6 +19,7 @@ use crate::config::{BusKind, Config};
 use crate::schema::Catalog;
 use crate::sources::checkpoint::CheckpointStore;
 use crate::sources::jsonl::JsonlSource;
+use crate::sources::outbox::OutboxSource;
 use crate::sources::sqlite::SqliteSource;
 use crate::sources::Source;
 use crate::warehouse::Warehouse;
@@ -236,6 +237,13 @@ fn build_sources(
     }
     for source_config in config.sources.sqlite.iter().filter(|s| wanted(&s.name)) {
         sources.push(Box::new(SqliteSource::new(source_config.clone(), catalog, checkpoints.clone())?));
+    }
+    for source_config in config.sources.outbox.iter().filter(|s| wanted(&s.name)) {
+        let mut source = OutboxSource::new(source_config.clone(), catalog)?;
+        if mode == RunMode::Forever {
+            source.watch()?;
+        }
+        sources.push(Box::new(source));
     }
     Ok(sources)
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
 
@@ -127,4 +128,161 @@ mode = "rowid"
     let output = project.command(&["sync", "nope"]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no source named `nope`"));
+}
+
+/// The application side of an outbox: writes contacts with a dirty flag, each change bumping the
+/// row's version.
+trait OutboxApp {
+    fn execute(&mut self, sql: &str, params: &[&dyn std::fmt::Display]);
+    fn final_state(&mut self) -> (ContactState, i64);
+}
+
+struct SqliteApp(rusqlite::Connection);
+struct DuckDbApp(std::path::PathBuf);
+
+/// Binds nothing: the test's values are plain identifiers and numbers, inlined into the SQL.
+fn inline(sql: &str, params: &[&dyn std::fmt::Display]) -> String {
+    params
+        .iter()
+        .enumerate()
+        .rev()
+        .fold(sql.to_string(), |sql, (i, p)| sql.replace(&format!("?{}", i + 1), &p.to_string()))
+}
+
+const OUTBOX_TABLE: &str = "CREATE TABLE contacts (contact_id VARCHAR PRIMARY KEY, name VARCHAR, email VARCHAR,
+    phone VARCHAR, version BIGINT NOT NULL, dirty BOOLEAN NOT NULL DEFAULT true, deleted BOOLEAN NOT NULL DEFAULT false)";
+const STATE_QUERY: &str =
+    "SELECT contact_id, version, email, deleted, (SELECT count(*) FROM contacts WHERE dirty) FROM contacts";
+
+impl OutboxApp for SqliteApp {
+    fn execute(&mut self, sql: &str, params: &[&dyn std::fmt::Display]) {
+        self.0.execute_batch(&inline(sql, params)).unwrap();
+    }
+    fn final_state(&mut self) -> (ContactState, i64) {
+        let mut dirty = 0;
+        let mut statement = self.0.prepare(STATE_QUERY).unwrap();
+        let rows: Vec<(String, i64, Option<String>, bool, i64)> = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut state = ContactState::new();
+        for (id, version, email, deleted, d) in rows {
+            dirty = d;
+            state.insert(id, (!deleted).then(|| (version, email.unwrap())));
+        }
+        (state, dirty)
+    }
+}
+
+impl DuckDbApp {
+    /// Opens the file, retrying while bqsync holds it (DuckDB allows one process at a time).
+    fn open(&self) -> duckdb::Connection {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match duckdb::Connection::open(&self.0) {
+                Ok(connection) => return connection,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("lock"), "{e}");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("the outbox stayed locked for 30 s: {e}"),
+            }
+        }
+    }
+}
+
+impl OutboxApp for DuckDbApp {
+    fn execute(&mut self, sql: &str, params: &[&dyn std::fmt::Display]) {
+        self.open().execute_batch(&inline(sql, params)).unwrap();
+    }
+    fn final_state(&mut self) -> (ContactState, i64) {
+        let connection = self.open();
+        let mut statement = connection.prepare(STATE_QUERY).unwrap();
+        let rows: Vec<(String, i64, Option<String>, bool, i64)> = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut dirty = 0;
+        let mut state = ContactState::new();
+        for (id, version, email, deleted, d) in rows {
+            dirty = d;
+            state.insert(id, (!deleted).then(|| (version, email.unwrap())));
+        }
+        (state, dirty)
+    }
+}
+
+/// bqsync runs on the outbox while the application inserts, updates and soft-deletes rows; then
+/// the warehouse must hold exactly the source's final state with every flag cleared. A flag
+/// cleared for a row changed after it was read would leave the warehouse on an older version.
+fn outbox_under_concurrent_writes(engine: &str, file: &str, mut app: Box<dyn OutboxApp>, writes: usize) {
+    let project = Project::new(&format!(
+        r#"
+[[sources.outbox]]
+name = "contacts"
+engine = "{engine}"
+path = "{file}"
+source_table = "contacts"
+table = "contacts_master"
+deleted_column = "deleted"
+batch_rows = 40
+poll_interval_ms = 50
+"#
+    ));
+    app.execute(OUTBOX_TABLE, &[]);
+    let mut child = project.spawn_run(&[], &[]);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut versions = std::collections::HashMap::new();
+    for n in 0..writes {
+        let key = rng.usize(0..150);
+        let id = format!("'c-{key:04}'");
+        match versions.get(&key).copied() {
+            None => {
+                app.execute(
+                    "INSERT INTO contacts (contact_id, name, email, phone, version) VALUES (?1, 'N', 'e?2@x.test', '+1', 1)",
+                    &[&id, &n],
+                );
+                versions.insert(key, 1);
+            }
+            Some(version) => {
+                let deleted = rng.u8(0..100) < 5;
+                app.execute(
+                    "UPDATE contacts SET email = 'e?1@x.test', version = ?2, dirty = true, deleted = ?3 WHERE contact_id = ?4",
+                    &[&n, &(version + 1), &deleted, &id],
+                );
+                versions.insert(key, version + 1);
+            }
+        }
+        if n % 25 == 0 {
+            std::thread::sleep(Duration::from_millis(rng.u64(1..20)));
+        }
+    }
+    wait_until(Duration::from_secs(60), "every dirty flag cleared", || app.final_state().1 == 0);
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success(), "{}", project.log_tail());
+    // Whatever was published but not yet landed when it stopped lands now.
+    project.run_until_drained(&[]);
+    let (expected, dirty) = app.final_state();
+    assert_eq!(dirty, 0);
+    assert!(expected.len() > 100, "the writer made {} keys", expected.len());
+    assert_contacts_match(&project, &expected);
+    assert_eq!(project.query_i64("SELECT count(*) FROM dead_letters"), 0);
+}
+
+#[test]
+fn sqlite_outbox_under_concurrent_writes_lands_every_change_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection.busy_timeout(Duration::from_secs(10)).unwrap();
+    outbox_under_concurrent_writes("sqlite", path.to_str().unwrap(), Box::new(SqliteApp(connection)), 3000);
+}
+
+#[test]
+fn duckdb_outbox_under_concurrent_writes_lands_every_change_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.duckdb");
+    outbox_under_concurrent_writes("duckdb", path.to_str().unwrap(), Box::new(DuckDbApp(path.clone())), 600);
 }

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod jsonl;
+pub mod outbox;
 pub mod rows;
 pub mod sqlite;
 

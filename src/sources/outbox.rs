@@ -1,0 +1,490 @@
+//! Dirty-row outbox (contacts): a table in a local SQLite or DuckDB file whose application sets a
+//! dirty flag on every row it changes. The source publishes the dirty rows as upserts (tombstones
+//! when a soft-delete column is set) and then clears the flag.
+//!
+//! Invariants:
+//! - The flag is cleared only after the publish of the row resolved, and only if the row has not
+//!   changed since it was read: compare-and-clear on (primary key, version column, still dirty) in one
+//!   transaction. A row the application changed meanwhile carries a new version, keeps its flag and is
+//!   published again on the next pass; an application that changes a row without bumping its version
+//!   is told apart by nothing, but then the warehouse's version guard would ignore the change too.
+//! - The application is never blocked for long. SQLite: reads are pages in autocommit, the clear is
+//!   one short write transaction per page, and both wait up to `busy_timeout_ms` for the application's
+//!   own transactions. DuckDB allows one process per file: the source opens the file for a page read
+//!   or a clear and closes it right after (never across a publish), retrying while the application
+//!   holds it; the application should likewise retry on a lock error (or keep its outbox in SQLite).
+//! - Hard deletes leave no dirty row behind: use `deleted_column` (soft deletes) for deletes to reach
+//!   the warehouse.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::rows::{now_rfc3339, poison, row_event, RowMapping, SqlValue};
+use super::sqlite::{quote, read_rows, ReadRows};
+use super::{EmitOutcome, Source, SourceError};
+use crate::bus::{OutboundMessage, Publisher};
+use crate::schema::Catalog;
+
+/// One `[[sources.outbox]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSourceConfig {
+    /// Name of the source (`bqsync sync NAME`).
+    pub name: String,
+    /// `sqlite` or `duckdb`. Default: `duckdb` for a path ending in `.duckdb`, else `sqlite`.
+    #[serde(default)]
+    pub engine: Option<OutboxEngine>,
+    /// The database file the application writes.
+    pub path: PathBuf,
+    /// The table with the dirty flag.
+    pub source_table: String,
+    /// Destination table, an upsert table in `schemas/`. Default: `source_table`. Its primary key and
+    /// version column name the source columns (after `columns` renames).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The dirty flag (BOOLEAN or INTEGER; non-zero means changed since published). Default `dirty`.
+    #[serde(default = "default_dirty_column")]
+    pub dirty_column: String,
+    /// A column that, when true, makes the row a delete (tombstone). Default: none.
+    #[serde(default)]
+    pub deleted_column: Option<String>,
+    /// Source column → destination column, for names that differ.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Milliseconds between passes; a change to the file also starts one. Default 1000.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Rows per page (one publish and one clear transaction a page). Default 5000.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// How long to wait for the application's locks (SQLite busy timeout; DuckDB: retrying the
+    /// open) before the pass fails and is retried. Default 10000.
+    #[serde(default = "default_busy_timeout_ms")]
+    pub busy_timeout_ms: u64,
+}
+
+/// The database engine of an outbox file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboxEngine {
+    Sqlite,
+    Duckdb,
+}
+
+fn default_dirty_column() -> String {
+    "dirty".into()
+}
+const fn default_poll_interval_ms() -> u64 {
+    1000
+}
+const fn default_batch_rows() -> usize {
+    5000
+}
+const fn default_busy_timeout_ms() -> u64 {
+    10_000
+}
+
+/// What identifies a published row for its compare-and-clear.
+struct ClearKey {
+    key: Vec<SqlValue>,
+    version: SqlValue,
+}
+
+/// The SQL of one outbox, for both engines (both understand it).
+struct Statements {
+    select_page: String,
+    clear_row: String,
+}
+
+impl Statements {
+    fn new(config: &OutboxSourceConfig, mapping: &RowMapping, version: &str) -> Statements {
+        let table = quote(&config.source_table);
+        let dirty = quote(&config.dirty_column);
+        let is_dirty = format!("COALESCE(CAST({dirty} AS INTEGER), 0) <> 0");
+        let mut conditions: Vec<String> = mapping
+            .key_columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} IS NOT DISTINCT FROM ?{}", quote(c), i + 1))
+            .collect();
+        conditions.push(format!("{} IS NOT DISTINCT FROM ?{}", quote(version), mapping.key_columns.len() + 1));
+        conditions.push(is_dirty.clone());
+        Statements {
+            select_page: format!(
+                "SELECT rowid AS __bqsync_rowid, * FROM {table} WHERE {is_dirty} AND rowid > ?1 ORDER BY rowid LIMIT ?2"
+            ),
+            clear_row: format!("UPDATE {table} SET {dirty} = false WHERE {}", conditions.join(" AND ")),
+        }
+    }
+}
+
+/// The outbox source.
+pub struct OutboxSource {
+    config: OutboxSourceConfig,
+    engine: OutboxEngine,
+    mapping: RowMapping,
+    statements: Statements,
+    /// Kept open between passes (SQLite only; DuckDB files are opened per operation).
+    sqlite: Option<rusqlite::Connection>,
+    wakeup: Arc<tokio::sync::Notify>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    published: u64,
+    cleared: u64,
+    kept_dirty: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OutboxSource {
+    pub fn new(config: OutboxSourceConfig, catalog: &Catalog) -> Result<OutboxSource, SourceError> {
+        let problem = |problem: String| SourceError::Config { source_name: config.name.clone(), problem };
+        let destination = config.table.clone().unwrap_or_else(|| config.source_table.clone());
+        let mapping = RowMapping::new(catalog, &destination, &config.columns).map_err(problem)?;
+        let Some(version) = mapping.version_column.clone().filter(|_| mapping.is_upsert()) else {
+            return Err(problem(format!(
+                "table `{destination}` must be an upsert table (primary_key and version_column): the outbox publishes upserts"
+            )));
+        };
+        if config.batch_rows == 0 {
+            return Err(problem("batch_rows must be ≥ 1".into()));
+        }
+        let engine = config.engine.unwrap_or(if config.path.extension().is_some_and(|e| e == "duckdb") {
+            OutboxEngine::Duckdb
+        } else {
+            OutboxEngine::Sqlite
+        });
+        let statements = Statements::new(&config, &mapping, &version);
+        Ok(OutboxSource {
+            config,
+            engine,
+            mapping,
+            statements,
+            sqlite: None,
+            wakeup: Arc::new(tokio::sync::Notify::new()),
+            _watcher: None,
+            published: 0,
+            cleared: 0,
+            kept_dirty: 0,
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        })
+    }
+
+    /// Starts a pass whenever the database file (or its journal) changes.
+    pub fn watch(&mut self) -> Result<(), SourceError> {
+        let (watcher, wakeup) = watch_file(&self.config.path)
+            .map_err(|problem| SourceError::Config { source_name: self.config.name.clone(), problem })?;
+        self._watcher = Some(watcher);
+        self.wakeup = wakeup;
+        Ok(())
+    }
+
+    fn db_error(&self, error: impl std::fmt::Display) -> SourceError {
+        SourceError::Io {
+            source_name: self.config.name.clone(),
+            path: format!("{} (table `{}`)", self.config.path.display(), self.config.source_table),
+            error: std::io::Error::other(error.to_string()),
+        }
+    }
+
+    fn sqlite(&mut self) -> Result<&rusqlite::Connection, SourceError> {
+        if self.sqlite.is_none() {
+            if !self.config.path.exists() {
+                return Err(self.db_error("database file not found"));
+            }
+            let connection = rusqlite::Connection::open(&self.config.path).map_err(|e| self.db_error(e))?;
+            connection
+                .busy_timeout(Duration::from_millis(self.config.busy_timeout_ms))
+                .map_err(|e| self.db_error(e))?;
+            self.sqlite = Some(connection);
+        }
+        Ok(self.sqlite.as_ref().expect("opened"))
+    }
+
+    /// Opens the DuckDB file, waiting while another process holds it.
+    async fn duckdb(&mut self) -> Result<duckdb::Connection, SourceError> {
+        let (path, busy) = (self.config.path.clone(), self.config.busy_timeout_ms);
+        open_duckdb_waiting(path, Duration::from_millis(busy)).await.map_err(|e| self.db_error(e))
+    }
+
+    async fn read_page(&mut self, after_rowid: i64) -> Result<ReadRows, SourceError> {
+        let limit = self.config.batch_rows as i64;
+        match self.engine {
+            OutboxEngine::Sqlite => {
+                let sql = self.statements.select_page.clone();
+                let result = read_rows(self.sqlite()?, &sql, &[&after_rowid, &limit]);
+                result.map_err(|e| {
+                    self.sqlite = None; // reopen on the next pass (the file may have been replaced)
+                    self.db_error(e)
+                })
+            }
+            OutboxEngine::Duckdb => {
+                let connection = self.duckdb().await?;
+                read_duckdb_rows(&connection, &self.statements.select_page, after_rowid, limit)
+                    .map_err(|e| self.db_error(e))
+            }
+        }
+    }
+
+    /// Compare-and-clear in one transaction; returns how many flags were cleared.
+    async fn clear(&mut self, keys: &[ClearKey]) -> Result<u64, SourceError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let sql = self.statements.clear_row.clone();
+        match self.engine {
+            OutboxEngine::Sqlite => {
+                let connection = self.sqlite()?;
+                let result = (|| -> rusqlite::Result<u64> {
+                    connection.execute_batch("BEGIN IMMEDIATE")?;
+                    let mut cleared = 0;
+                    let outcome = (|| -> rusqlite::Result<()> {
+                        let mut statement = connection.prepare_cached(&sql)?;
+                        for key in keys {
+                            let params: Vec<&dyn rusqlite::ToSql> =
+                                key.key.iter().chain([&key.version]).map(|v| v as &dyn rusqlite::ToSql).collect();
+                            cleared += statement.execute(params.as_slice())? as u64;
+                        }
+                        Ok(())
+                    })();
+                    match outcome {
+                        Ok(()) => connection.execute_batch("COMMIT").map(|_| cleared),
+                        Err(e) => {
+                            let _ = connection.execute_batch("ROLLBACK");
+                            Err(e)
+                        }
+                    }
+                })();
+                result.map_err(|e| self.db_error(e))
+            }
+            OutboxEngine::Duckdb => {
+                let mut connection = self.duckdb().await?;
+                clear_duckdb(&mut connection, &sql, keys).map_err(|e| self.db_error(e))
+            }
+        }
+    }
+
+    /// Builds the events of a page and the keys to clear after they are published.
+    fn page_events(&self, page: &ReadRows) -> (Vec<OutboundMessage>, Vec<ClearKey>) {
+        let produced_at = now_rfc3339();
+        let source_label = format!("outbox:{}/{}", self.config.name, self.config.source_table);
+        let position = |name: &str| page.names.iter().position(|n| n == name);
+        let key_positions: Vec<Option<usize>> = self.mapping.key_columns.iter().map(|c| position(c)).collect();
+        let version_position = self.mapping.version_column.as_deref().and_then(position);
+        let deleted_position = self.config.deleted_column.as_deref().and_then(position);
+        let mut messages = Vec::with_capacity(page.rows.len());
+        let mut keys = Vec::with_capacity(page.rows.len());
+        for row in &page.rows {
+            let columns = page.names.iter().skip(1).map(String::as_str).zip(row.iter().skip(1));
+            let (payload, _ignored) = self.mapping.payload(columns);
+            let deleted = deleted_position.is_some_and(|i| row[i].is_truthy());
+            let rowid = match row[0] {
+                SqlValue::Integer(i) => i,
+                _ => 0,
+            };
+            let fallback: [&[u8]; 2] = [self.config.name.as_bytes(), &rowid.to_le_bytes()];
+            match row_event(&self.mapping, payload.clone(), deleted, &fallback, &source_label, &produced_at) {
+                Ok(event) => messages.push(event.message),
+                Err((reason, detail)) => {
+                    // Dead-lettered with the reason; its flag is cleared like any published row's.
+                    let text = Value::Object(payload).to_string();
+                    messages.push(poison(&self.mapping.table, text.as_bytes(), reason, detail, &source_label));
+                }
+            }
+            let value = |p: Option<usize>| p.map_or(SqlValue::Null, |i| row[i].clone());
+            keys.push(ClearKey {
+                key: key_positions.iter().map(|p| value(*p)).collect(),
+                version: value(version_position),
+            });
+        }
+        (messages, keys)
+    }
+}
+
+/// Opens a DuckDB file, retrying while another process holds its lock (free of `self` so the
+/// future stays `Send`: the source holds a SQLite connection, which is not `Sync`).
+async fn open_duckdb_waiting(path: PathBuf, busy: Duration) -> Result<duckdb::Connection, String> {
+    if !path.exists() {
+        return Err("database file not found".into());
+    }
+    let deadline = Instant::now() + busy;
+    loop {
+        match duckdb::Connection::open(&path) {
+            Ok(connection) => return Ok(connection),
+            Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20 + fastrand::u64(..30))).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn duckdb_value(value: duckdb::types::Value) -> SqlValue {
+    use duckdb::types::Value as V;
+    match value {
+        V::Null => SqlValue::Null,
+        V::Boolean(b) => SqlValue::Integer(b as i64),
+        V::TinyInt(i) => SqlValue::Integer(i.into()),
+        V::SmallInt(i) => SqlValue::Integer(i.into()),
+        V::Int(i) => SqlValue::Integer(i.into()),
+        V::BigInt(i) => SqlValue::Integer(i),
+        V::UTinyInt(i) => SqlValue::Integer(i.into()),
+        V::USmallInt(i) => SqlValue::Integer(i.into()),
+        V::UInt(i) => SqlValue::Integer(i.into()),
+        V::UBigInt(i) => i64::try_from(i).map_or(SqlValue::Text(i.to_string()), SqlValue::Integer),
+        V::HugeInt(i) => i64::try_from(i).map_or(SqlValue::Text(i.to_string()), SqlValue::Integer),
+        V::Float(f) => SqlValue::Real(f.into()),
+        V::Double(f) => SqlValue::Real(f),
+        V::Decimal(d) => SqlValue::Text(d.to_string()),
+        V::Timestamp(unit, v) => SqlValue::Timestamp(unit.to_micros(v)),
+        V::Date32(days) => SqlValue::Text(
+            (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid") + chrono::Duration::days(days.into()))
+                .format("%Y-%m-%d")
+                .to_string(),
+        ),
+        V::Text(s) | V::Enum(s) => SqlValue::Text(s),
+        V::Blob(b) => SqlValue::Blob(b),
+        V::List(items) | V::Array(items) => SqlValue::Text(
+            Value::Array(
+                items
+                    .into_iter()
+                    .map(|v| duckdb_value(v).to_json(crate::schema::ColumnType::Json, Default::default()))
+                    .collect(),
+            )
+            .to_string(),
+        ),
+        other => SqlValue::Text(format!("{other:?}")),
+    }
+}
+
+fn duckdb_param(value: &SqlValue) -> duckdb::types::Value {
+    use duckdb::types::{TimeUnit, Value as V};
+    match value {
+        SqlValue::Null => V::Null,
+        SqlValue::Integer(i) => V::BigInt(*i),
+        SqlValue::Real(f) => V::Double(*f),
+        SqlValue::Text(s) => V::Text(s.clone()),
+        SqlValue::Blob(b) => V::Blob(b.clone()),
+        SqlValue::Timestamp(t) => V::Timestamp(TimeUnit::Microsecond, *t),
+    }
+}
+
+fn read_duckdb_rows(connection: &duckdb::Connection, sql: &str, after: i64, limit: i64) -> duckdb::Result<ReadRows> {
+    let mut statement = connection.prepare(sql)?;
+    let mut rows = statement.query(duckdb::params![after, limit])?;
+    let names = rows.as_ref().map(|s| s.column_names()).unwrap_or_default();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut values = Vec::with_capacity(names.len());
+        for i in 0..names.len() {
+            values.push(duckdb_value(row.get::<_, duckdb::types::Value>(i)?));
+        }
+        out.push(values);
+    }
+    Ok(ReadRows { names, rows: out })
+}
+
+fn clear_duckdb(connection: &mut duckdb::Connection, sql: &str, keys: &[ClearKey]) -> duckdb::Result<u64> {
+    let transaction = connection.transaction()?;
+    let mut cleared = 0;
+    {
+        let mut statement = transaction.prepare(sql)?;
+        for key in keys {
+            let params: Vec<duckdb::types::Value> = key.key.iter().chain([&key.version]).map(duckdb_param).collect();
+            cleared += statement.execute(duckdb::params_from_iter(params.iter()))? as u64;
+        }
+    }
+    transaction.commit()?;
+    Ok(cleared)
+}
+
+/// A watcher on a database file's directory that wakes on changes to the file or its journals.
+pub(crate) fn watch_file(path: &Path) -> Result<(notify::RecommendedWatcher, Arc<tokio::sync::Notify>), String> {
+    use notify::Watcher;
+    let wakeup = Arc::new(tokio::sync::Notify::new());
+    let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let notify = wakeup.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let ours = event
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(file_name.as_str())));
+            if ours {
+                notify.notify_one();
+            }
+        }
+    })
+    .map_err(|e| format!("cannot watch: {e}"))?;
+    watcher
+        .watch(&directory, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| format!("cannot watch {}: {e}", directory.display()))?;
+    Ok((watcher, wakeup))
+}
+
+#[async_trait]
+impl Source for OutboxSource {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = stop;
+    }
+
+    async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
+        let mut outcome = EmitOutcome::default();
+        let mut after = i64::MIN;
+        while !self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let page = self.read_page(after).await?;
+            let Some(last) = page.rows.last() else { break };
+            after = match last[0] {
+                SqlValue::Integer(i) => i,
+                _ => i64::MAX,
+            };
+            let (messages, keys) = self.page_events(&page);
+            let count = messages.len() as u64;
+            publisher
+                .publish(messages)
+                .await
+                .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+            // Only now, with the rows durable on the bus, may their flags be cleared.
+            let cleared = self.clear(&keys).await?;
+            self.published += count;
+            self.cleared += cleared;
+            self.kept_dirty += keys.len() as u64 - cleared;
+            if cleared < keys.len() as u64 {
+                tracing::debug!(source = %self.config.name, changed = keys.len() as u64 - cleared, "rows changed while published keep their dirty flag");
+            }
+            outcome.consumed += count;
+            outcome.published += count;
+            if page.rows.len() < self.config.batch_rows {
+                break;
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn wait_for_input(&mut self, max_wait: Duration) {
+        let wait = max_wait.min(Duration::from_millis(self.config.poll_interval_ms));
+        let _ = tokio::time::timeout(wait, self.wakeup.notified()).await;
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec![self.mapping.table.clone()]
+    }
+
+    fn observable_state(&self) -> Value {
+        serde_json::json!({
+            "source": self.config.name,
+            "published": self.published,
+            "cleared": self.cleared,
+            "kept_dirty": self.kept_dirty,
+        })
+    }
+}
