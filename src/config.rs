@@ -113,6 +113,12 @@ pub struct SourcesConfig {
     /// `[[sources.outbox]]` entries: dirty-row outboxes in SQLite or DuckDB files (contacts).
     #[serde(default)]
     pub outbox: Vec<crate::sources::outbox::OutboxSourceConfig>,
+    /// `[[sources.sessions]]` entries: folders of captured meeting sessions (Zoom).
+    #[serde(default)]
+    pub sessions: Vec<crate::sources::sessions::SessionsSourceConfig>,
+    /// `[[sources.http]]` entries: JSON APIs polled incrementally (identity-provider users).
+    #[serde(default)]
+    pub http: Vec<crate::sources::http::HttpSourceConfig>,
 }
 
 impl SourcesConfig {
@@ -120,7 +126,9 @@ impl SourcesConfig {
     pub fn names(&self) -> Vec<String> {
         let jsonl = self.jsonl.iter().map(|s| s.name.clone());
         let sqlite = self.sqlite.iter().map(|s| s.name.clone());
-        jsonl.chain(sqlite).chain(self.outbox.iter().map(|s| s.name.clone())).collect()
+        let outbox = self.outbox.iter().map(|s| s.name.clone());
+        let sessions = self.sessions.iter().map(|s| s.name.clone());
+        jsonl.chain(sqlite).chain(outbox).chain(sessions).chain(self.http.iter().map(|s| s.name.clone())).collect()
     }
 }
 
@@ -130,7 +138,13 @@ fn default_jsonl_sources() -> Vec<JsonlSourceConfig> {
 
 impl Default for SourcesConfig {
     fn default() -> Self {
-        SourcesConfig { jsonl: default_jsonl_sources(), sqlite: Vec::new(), outbox: Vec::new() }
+        SourcesConfig {
+            jsonl: default_jsonl_sources(),
+            sqlite: Vec::new(),
+            outbox: Vec::new(),
+            sessions: Vec::new(),
+            http: Vec::new(),
+        }
     }
 }
 

@@ -18,8 +18,10 @@ use crate::bus::{Publisher, Subscription};
 use crate::config::{BusKind, Config};
 use crate::schema::Catalog;
 use crate::sources::checkpoint::CheckpointStore;
+use crate::sources::http::HttpSource;
 use crate::sources::jsonl::JsonlSource;
 use crate::sources::outbox::OutboxSource;
+use crate::sources::sessions::SessionsSource;
 use crate::sources::sqlite::SqliteSource;
 use crate::sources::Source;
 use crate::warehouse::Warehouse;
@@ -217,7 +219,7 @@ fn build_sources(
     checkpoints: &Arc<CheckpointStore>,
     mode: RunMode,
     only: &[String],
-    _claim_checks: bool,
+    claim_checks: bool,
 ) -> anyhow::Result<Vec<Box<dyn Source>>> {
     let names = config.sources.names();
     if let Some(unknown) = only.iter().find(|n| !names.contains(n)) {
@@ -244,6 +246,16 @@ fn build_sources(
             source.watch()?;
         }
         sources.push(Box::new(source));
+    }
+    for source_config in config.sources.sessions.iter().filter(|s| wanted(&s.name)) {
+        let mut source = SessionsSource::new(source_config.clone(), catalog, checkpoints.clone(), claim_checks)?;
+        if mode == RunMode::Forever {
+            source.watch()?;
+        }
+        sources.push(Box::new(source));
+    }
+    for source_config in config.sources.http.iter().filter(|s| wanted(&s.name)) {
+        sources.push(Box::new(HttpSource::new(source_config.clone(), catalog, checkpoints.clone())?));
     }
     Ok(sources)
 }
@@ -320,7 +332,10 @@ async fn drive_source(
                 if mode == RunMode::Forever && outcome.consumed == 0 {
                     tokio::select! {
                         _ = source.wait_for_input(Duration::from_secs(1)) => {}
-                        _ = sync_now.notified() => tracing::info!(source = source.name(), "sync requested"),
+                        _ = sync_now.notified() => {
+                            tracing::info!(source = source.name(), "sync requested");
+                            source.trigger();
+                        }
                     }
                 }
             }

@@ -286,3 +286,110 @@ fn duckdb_outbox_under_concurrent_writes_lands_every_change_once() {
     let path = dir.path().join("app.duckdb");
     outbox_under_concurrent_writes("duckdb", path.to_str().unwrap(), Box::new(DuckDbApp(path.clone())), 600);
 }
+
+/// Runs `bqsync run --until-drained` and returns how many events its sources published.
+fn run_until_drained_published(project: &Project, env: &[(&str, &str)]) -> u64 {
+    let output = project.command(&["run", "--until-drained"]).envs(env.iter().copied()).output().unwrap();
+    assert!(output.status.success(), "bqsync run failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    report["report"]["events_published"].as_u64().unwrap()
+}
+
+fn session_json(id: &str, captured_at: &str) -> String {
+    format!(
+        r#"{{"session_id":"{id}","topic":"Weekly sync","host_email":"h@x.test","start_time":"2026-11-20T10:00:00Z",
+"end_time":"2026-11-20T10:45:00Z","duration_minutes":45,
+"participants":[{{"name":"Ada","email":"ada@x.test","join_time":"2026-11-20T10:00:00Z","leave_time":"2026-11-20T10:45:00Z"}},
+{{"name":"Alan","email":"alan@x.test","join_time":"2026-11-20T10:02:00Z","leave_time":"2026-11-20T10:40:00Z"}}],
+"captured_at":"{captured_at}"}}"#
+    )
+}
+
+#[test]
+fn a_session_written_in_three_parts_is_published_once_and_complete() {
+    let project = Project::new(
+        r#"
+[[sources.sessions]]
+name = "zoom"
+root = "captures"
+settle_ms = 1500
+poll_interval_ms = 100
+max_event_bytes = 100000
+"#,
+    );
+    let json = session_json("s-1", "2026-11-20T11:00:00Z");
+    let (first, rest) = json.split_at(json.len() / 3);
+    let (second, third) = rest.split_at(rest.len() / 2);
+    project.append("captures/s-1.json", first.as_bytes());
+    let writer = {
+        let (json_path, transcript_path) =
+            (project.path("captures/s-1.json"), project.path("captures/s-1.transcript.txt"));
+        let (second, third) = (second.to_string(), third.to_string());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new().append(true).open(&json_path).unwrap();
+            std::thread::sleep(Duration::from_millis(700));
+            file.write_all(second.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(700));
+            file.write_all(third.as_bytes()).unwrap();
+            std::fs::write(transcript_path, "Ada: hello\nAlan: hi\n").unwrap();
+        })
+    };
+    // The one-shot run waits for the pending session to settle, then publishes it once.
+    assert_eq!(run_until_drained_published(&project, &[]), 1);
+    writer.join().unwrap();
+    assert_eq!(project.query_i64("SELECT count(*) FROM dead_letters"), 0);
+    assert_eq!(
+        project.query_i64(
+            "SELECT count(*) FROM zoom_sessions WHERE session_id = 's-1' AND json_array_length(participants) = 2
+               AND transcript = 'Ada: hello\nAlan: hi\n' AND duration_minutes = 45"
+        ),
+        1
+    );
+    // Unchanged files are not published again; a re-capture (later captured_at) replaces the row;
+    // a session over max_event_bytes without a claim check is dead-lettered as oversize.
+    assert_eq!(run_until_drained_published(&project, &[]), 0);
+    std::fs::write(project.path("captures/s-1.json"), session_json("s-1", "2026-11-20T12:00:00Z")).unwrap();
+    project.append("captures/big.json", session_json("s-big", "2026-11-20T11:00:00Z").as_bytes());
+    project.append("captures/big.vtt", "x".repeat(200_000).as_bytes());
+    project.append("captures/broken.json", b"{\"session_id\": ");
+    assert_eq!(run_until_drained_published(&project, &[]), 3);
+    assert_eq!(project.query_i64("SELECT count(*) FROM zoom_sessions"), 1);
+    assert_eq!(
+        project.query_i64("SELECT count(*) FROM zoom_sessions WHERE captured_at = TIMESTAMP '2026-11-20 12:00:00'"),
+        1
+    );
+    let reasons = dead_letter_reasons(&project);
+    assert_eq!((reasons.get("oversize"), reasons.get("decode")), (Some(&1), Some(&1)), "{reasons:?}");
+    assert_eq!(
+        project.query_i64(
+            "SELECT count(*) FROM dead_letters WHERE reason = 'oversize' AND detail LIKE '%exceeds max_event_bytes = 100000%claim_check_bytes%'"
+        ),
+        1
+    );
+}
+
+#[test]
+fn a_session_with_a_marker_waits_for_it() {
+    let project = Project::new(
+        r#"
+[[sources.sessions]]
+name = "zoom"
+root = "captures"
+settle_ms = 0
+marker_suffix = ".done"
+poll_interval_ms = 100
+"#,
+    );
+    project.append("captures/m-1.json", session_json("m-1", "2026-11-20T11:00:00Z").as_bytes());
+    let marker = project.path("captures/m-1.done");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        std::fs::write(marker, "").unwrap();
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(run_until_drained_published(&project, &[]), 1);
+    assert!(started.elapsed() >= Duration::from_millis(1400), "published before its marker existed");
+    writer.join().unwrap();
+    assert_eq!(project.query_i64("SELECT count(*) FROM zoom_sessions WHERE session_id = 'm-1'"), 1);
+}

@@ -6,9 +6,11 @@
 //! event before it.
 
 pub mod checkpoint;
+pub mod http;
 pub mod jsonl;
 pub mod outbox;
 pub mod rows;
+pub mod sessions;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -55,6 +57,8 @@ pub trait Source: Send {
     fn observable_state(&self) -> serde_json::Value;
     /// Gives the source a flag that, once set, ends its pass at the next publish boundary.
     fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>);
+    /// A pass was requested (CLI, admin API): a scheduled source runs its next pass now.
+    fn trigger(&mut self) {}
     /// The tables this source feeds; empty when files route to any table (JSONL).
     fn tables(&self) -> Vec<String> {
         Vec::new()

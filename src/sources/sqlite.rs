@@ -183,6 +183,8 @@ pub struct SqliteSource {
     tables: Vec<SyncedTable>,
     checkpoints: Arc<CheckpointStore>,
     published: u64,
+    /// When the next scheduled pass is due.
+    next_due: std::time::Instant,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -222,6 +224,7 @@ impl SqliteSource {
             tables,
             checkpoints,
             published: 0,
+            next_due: std::time::Instant::now(),
             stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
@@ -524,6 +527,9 @@ impl Source for SqliteSource {
     }
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
+        if std::time::Instant::now() < self.next_due {
+            return Ok(EmitOutcome::default());
+        }
         let connection = std::sync::Mutex::new(self.open()?);
         let mut outcome = EmitOutcome::default();
         for index in 0..self.tables.len() {
@@ -531,11 +537,18 @@ impl Source for SqliteSource {
             outcome.consumed += published;
             outcome.published += published;
         }
+        // A failed pass returned above and is retried by the driver; a finished one waits its turn.
+        self.next_due = std::time::Instant::now() + Duration::from_secs(self.config.poll_interval_secs);
         Ok(outcome)
     }
 
     async fn wait_for_input(&mut self, max_wait: Duration) {
-        tokio::time::sleep(max_wait.min(Duration::from_secs(self.config.poll_interval_secs))).await;
+        let until_due = self.next_due.saturating_duration_since(std::time::Instant::now());
+        tokio::time::sleep(max_wait.min(until_due).max(Duration::from_millis(10))).await;
+    }
+
+    fn trigger(&mut self) {
+        self.next_due = std::time::Instant::now();
     }
 
     fn tables(&self) -> Vec<String> {

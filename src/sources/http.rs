@@ -1,0 +1,479 @@
+//! Incremental HTTP API (the identity-provider users sync): a generic JSON API poller.
+//!
+//! Each pass asks for the records modified at or after the cursor (`cursor_param=CURSOR`), follows
+//! the next-page token until there is none, and publishes every record as an upsert of `table` (its
+//! primary key and version columns come from the table's schema, after `columns` renames).
+//!
+//! - The cursor is inclusive: records at the cursor value come again; those already published there
+//!   (their event ids are saved with the cursor) are skipped, the rest are ties that arrived later.
+//! - Invariant: the cursor is saved only after every record before it was published. By default at
+//!   the end of a pass, since pages need not be in cursor order; with `sorted = true` (the API returns
+//!   records in cursor order) after every page, so a restart resumes mid-way. A crash re-publishes at
+//!   most what came after the saved cursor, and that lands once (event ids are table + key + version).
+//! - 429 and 5xx responses and connection errors are retried with exponential backoff and jitter,
+//!   honouring `Retry-After` (seconds or an HTTP date); other statuses fail the pass with the status
+//!   and the start of the body.
+//! - The credential comes from an environment variable or a secret file, never from the config file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::checkpoint::CheckpointStore;
+use super::rows::{now_rfc3339, poison, row_event, RowMapping};
+use super::{EmitOutcome, Source, SourceError};
+use crate::bus::{attr, Publisher};
+use crate::schema::Catalog;
+
+/// One `[[sources.http]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// Name of the source (keys its cursor; `bqsync sync NAME`).
+    pub name: String,
+    /// The endpoint, e.g. `https://idp.example.com/api/v1/users`.
+    pub url: String,
+    /// Destination table (an upsert table in `schemas/`).
+    pub table: String,
+    /// Fixed query parameters added to every request.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Header that carries the credential. Default `Authorization`.
+    #[serde(default = "default_auth_header")]
+    pub auth_header: String,
+    /// Environment variable holding the header's value (e.g. `Bearer …`).
+    #[serde(default)]
+    pub auth_env: Option<String>,
+    /// File holding the header's value (a mounted secret; surrounding whitespace is trimmed). Read at
+    /// every pass, so a rotated secret is picked up.
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+    /// Query parameter carrying the cursor, e.g. `fromModifiedTime`.
+    pub cursor_param: String,
+    /// Record field (dot path) whose largest value becomes the next cursor, e.g. `modifiedTime`.
+    pub cursor_field: String,
+    /// Cursor of the very first pass. Default: none (the parameter is left out: everything).
+    #[serde(default)]
+    pub initial_cursor: Option<String>,
+    /// Dot path of the records array in the response, e.g. `users` or `data.items`. Default: the
+    /// body itself is the array.
+    #[serde(default)]
+    pub records_path: Option<String>,
+    /// Dot path of the next-page token in the response, e.g. `nextPageToken`. Default: no paging.
+    #[serde(default)]
+    pub next_page_path: Option<String>,
+    /// Query parameter carrying the page token. Default `pageToken`.
+    #[serde(default = "default_page_param")]
+    pub page_param: String,
+    /// The API returns records in cursor order: save the cursor after every page. Default false.
+    #[serde(default)]
+    pub sorted: bool,
+    /// Seconds between passes. Default 300.
+    #[serde(default = "default_interval_secs")]
+    pub interval_secs: u64,
+    /// Record field → destination column, for names that differ (e.g. `modifiedTime = "modified_at"`).
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Attempts per request on 429, 5xx and connection errors before the pass fails. Default 8.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Longest wait between attempts, in seconds (a longer `Retry-After` is capped too). Default 60.
+    #[serde(default = "default_max_backoff_secs")]
+    pub max_backoff_secs: u64,
+    /// Timeout of one request, in seconds. Default 30.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_auth_header() -> String {
+    "Authorization".into()
+}
+fn default_page_param() -> String {
+    "pageToken".into()
+}
+const fn default_interval_secs() -> u64 {
+    300
+}
+const fn default_max_attempts() -> u32 {
+    8
+}
+const fn default_max_backoff_secs() -> u64 {
+    60
+}
+const fn default_timeout_secs() -> u64 {
+    30
+}
+
+const CURSOR_KEY: &str = "cursor";
+const CURSOR_IDS_KEY: &str = "cursor_ids";
+
+/// The HTTP API source.
+pub struct HttpSource {
+    config: HttpSourceConfig,
+    mapping: RowMapping,
+    checkpoints: Arc<CheckpointStore>,
+    client: reqwest::Client,
+    next_due: Instant,
+    requests: u64,
+    retries: u64,
+    published: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Where a pass stands: the largest cursor value seen and the event ids published at it.
+struct CursorState {
+    value: Option<String>,
+    ids: HashSet<String>,
+}
+
+impl HttpSource {
+    pub fn new(
+        config: HttpSourceConfig,
+        catalog: &Catalog,
+        checkpoints: Arc<CheckpointStore>,
+    ) -> Result<HttpSource, SourceError> {
+        let problem = |problem: String| SourceError::Config { source_name: config.name.clone(), problem };
+        let mapping = RowMapping::new(catalog, &config.table, &config.columns).map_err(problem)?;
+        if config.auth_env.is_some() && config.auth_file.is_some() {
+            return Err(problem("set auth_env or auth_file, not both".into()));
+        }
+        reqwest::Url::parse(&config.url).map_err(|e| problem(format!("url `{}`: {e}", config.url)))?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.timeout_secs))
+            .connect_timeout(Duration::from_secs(config.timeout_secs.min(10)))
+            .user_agent(concat!("bqsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| problem(format!("HTTP client: {e}")))?;
+        Ok(HttpSource {
+            config,
+            mapping,
+            checkpoints,
+            client,
+            next_due: Instant::now(),
+            requests: 0,
+            retries: 0,
+            published: 0,
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        })
+    }
+
+    fn error(&self, problem: String) -> SourceError {
+        SourceError::Io {
+            source_name: self.config.name.clone(),
+            path: self.config.url.clone(),
+            error: std::io::Error::other(problem),
+        }
+    }
+
+    /// The credential header's value, read now from the environment or the secret file.
+    fn credential(&self) -> Result<Option<String>, SourceError> {
+        let config_error = |problem: String| SourceError::Config { source_name: self.config.name.clone(), problem };
+        if let Some(variable) = &self.config.auth_env {
+            return std::env::var(variable)
+                .map(Some)
+                .map_err(|_| config_error(format!("auth_env: environment variable {variable} is not set")));
+        }
+        if let Some(path) = &self.config.auth_file {
+            return std::fs::read_to_string(path)
+                .map(|text| Some(text.trim().to_string()))
+                .map_err(|e| config_error(format!("auth_file {}: {e}", path.display())));
+        }
+        Ok(None)
+    }
+
+    fn load_cursor(&self) -> Result<CursorState, SourceError> {
+        let state = |key| {
+            self.checkpoints
+                .state(&self.config.name, key)
+                .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })
+        };
+        let value = state(CURSOR_KEY)?.or_else(|| self.config.initial_cursor.clone());
+        let ids = state(CURSOR_IDS_KEY)?.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default();
+        Ok(CursorState { value, ids })
+    }
+
+    fn save_cursor(&self, cursor: &CursorState) -> Result<(), SourceError> {
+        let Some(value) = &cursor.value else { return Ok(()) };
+        let ids = serde_json::to_string(&cursor.ids).expect("a set of strings serializes");
+        let states = [(CURSOR_KEY.to_string(), Some(value.clone())), (CURSOR_IDS_KEY.to_string(), Some(ids))];
+        self.checkpoints
+            .save_progress(&self.config.name, &states, &self.mapping.table, &[])
+            .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })
+    }
+
+    /// GET with retries on 429, 5xx and connection errors; returns the parsed JSON body.
+    async fn get(&mut self, query: &[(String, String)]) -> Result<Value, SourceError> {
+        let credential = self.credential()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.requests += 1;
+            let mut request = self.client.get(&self.config.url).query(query);
+            if let Some(value) = &credential {
+                request = request.header(self.config.auth_header.as_str(), value.as_str());
+            }
+            let (retry_after, problem) = match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    let status = response.status();
+                    let body = response.bytes().await.map_err(|e| self.error(format!("reading the body: {e}")))?;
+                    return serde_json::from_slice(&body)
+                        .map_err(|e| self.error(format!("{status}: the body is not JSON: {e}")));
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(parse_retry_after);
+                    let body = response.text().await.unwrap_or_default();
+                    let problem = format!("{status}: {}", body.chars().take(300).collect::<String>());
+                    if !(status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error()) {
+                        return Err(self.error(problem));
+                    }
+                    (retry_after, problem)
+                }
+                Err(e) => (None, format!("request failed: {e}")),
+            };
+            if attempt >= self.config.max_attempts {
+                return Err(self.error(format!("{problem} (gave up after {attempt} attempts)")));
+            }
+            let cap = Duration::from_secs(self.config.max_backoff_secs);
+            let backoff = Duration::from_millis(250 << attempt.min(16)).min(cap);
+            let wait = retry_after.unwrap_or_else(|| backoff.mul_f64(0.5 + fastrand::f64() / 2.0)).min(cap);
+            tracing::warn!(source = %self.config.name, attempt, wait_ms = wait.as_millis() as u64, %problem, "API request failed; retrying");
+            self.retries += 1;
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One page's records made into events; updates `cursor` with the records seen.
+    fn page_messages(
+        &self,
+        records: &[Value],
+        skip: &HashSet<String>,
+        cursor: &mut CursorState,
+    ) -> Vec<crate::bus::OutboundMessage> {
+        let produced_at = now_rfc3339();
+        let source_label = format!("http:{}", self.config.name);
+        let mut messages = Vec::with_capacity(records.len());
+        for record in records {
+            let Value::Object(fields) = record else {
+                let detail = format!("record is not a JSON object ({source_label})");
+                messages.push(poison(
+                    &self.mapping.table,
+                    record.to_string().as_bytes(),
+                    "decode",
+                    detail,
+                    &source_label,
+                ));
+                continue;
+            };
+            let record_cursor = lookup(record, &self.config.cursor_field).and_then(cursor_text);
+            let mut payload = Map::new();
+            for (name, value) in fields {
+                payload.insert(self.config.columns.get(name).cloned().unwrap_or_else(|| name.clone()), value.clone());
+            }
+            let record_text = record.to_string();
+            let fallback: [&[u8]; 2] = [self.config.name.as_bytes(), record_text.as_bytes()];
+            let message = match row_event(&self.mapping, payload, false, &fallback, &source_label, &produced_at) {
+                Ok(event) => event.message,
+                Err((reason, detail)) => {
+                    poison(&self.mapping.table, record_text.as_bytes(), reason, detail, &source_label)
+                }
+            };
+            let event_id = message.attributes.get(attr::EVENT_ID).cloned();
+            if let (Some(value), Some(id)) = (record_cursor, &event_id) {
+                match cursor.value.as_deref().map(|current| compare_cursors(&value, current)) {
+                    None | Some(std::cmp::Ordering::Greater) => {
+                        cursor.value = Some(value);
+                        cursor.ids = HashSet::from([id.clone()]);
+                    }
+                    Some(std::cmp::Ordering::Equal) => {
+                        cursor.ids.insert(id.clone());
+                    }
+                    Some(std::cmp::Ordering::Less) => {}
+                }
+            }
+            if event_id.is_some_and(|id| skip.contains(&id)) {
+                continue; // published at the cursor by an earlier pass
+            }
+            messages.push(message);
+        }
+        messages
+    }
+
+    async fn pass(&mut self, publisher: &dyn Publisher) -> Result<u64, SourceError> {
+        let start = self.load_cursor()?;
+        let skip = start.ids.clone();
+        let mut cursor = CursorState { value: start.value.clone(), ids: start.ids };
+        let mut page_token: Option<String> = None;
+        let mut published = 0;
+        let mut pages = 0u64;
+        loop {
+            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(published); // the cursor of a pass cut short is not saved (unless sorted)
+            }
+            let mut query: Vec<(String, String)> =
+                self.config.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            if let Some(value) = &start.value {
+                query.push((self.config.cursor_param.clone(), value.clone()));
+            }
+            if let Some(token) = &page_token {
+                query.push((self.config.page_param.clone(), token.clone()));
+            }
+            let body = self.get(&query).await?;
+            pages += 1;
+            let records = match &self.config.records_path {
+                Some(path) => lookup(&body, path),
+                None => Some(&body),
+            };
+            let records = match records {
+                Some(Value::Array(items)) => items.clone(),
+                Some(Value::Null) | None => Vec::new(),
+                Some(other) => {
+                    return Err(self.error(format!(
+                        "records_path `{}` is not an array (found {})",
+                        self.config.records_path.as_deref().unwrap_or(""),
+                        other.to_string().chars().take(80).collect::<String>()
+                    )))
+                }
+            };
+            let messages = self.page_messages(&records, &skip, &mut cursor);
+            let count = messages.len() as u64;
+            if count > 0 {
+                publisher
+                    .publish(messages)
+                    .await
+                    .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+                published += count;
+                self.published += count;
+            }
+            if self.config.sorted {
+                self.save_cursor(&cursor)?;
+            }
+            page_token = self
+                .config
+                .next_page_path
+                .as_deref()
+                .and_then(|path| lookup(&body, path))
+                .and_then(|v| v.as_str().map(String::from))
+                .filter(|token| !token.is_empty());
+            if page_token.is_none() {
+                break;
+            }
+        }
+        // Every page is published: the cursor may move to the largest value seen.
+        self.save_cursor(&cursor)?;
+        tracing::info!(source = %self.config.name, pages, published, cursor = cursor.value.as_deref().unwrap_or(""), "API pass done");
+        Ok(published)
+    }
+}
+
+/// A field by dot path (`data.items`).
+fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').filter(|s| !s.is_empty()).try_fold(value, |node, segment| node.get(segment))
+}
+
+fn cursor_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Orders cursor values as timestamps when both are, else as numbers, else as text.
+fn compare_cursors(a: &str, b: &str) -> std::cmp::Ordering {
+    let time = |s: &str| crate::schema::parse_timestamp_micros(&Value::String(s.to_string()));
+    if let (Some(x), Some(y)) = (time(a), time(b)) {
+        return x.cmp(&y);
+    }
+    if let (Ok(x), Ok(y)) = (a.parse::<f64>(), b.parse::<f64>()) {
+        return x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal);
+    }
+    a.cmp(b)
+}
+
+/// `Retry-After`: delay seconds or an HTTP date.
+fn parse_retry_after(value: &reqwest::header::HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(text).ok()?;
+    let wait = date.signed_duration_since(chrono::Utc::now()).num_milliseconds().max(0);
+    Some(Duration::from_millis(wait as u64))
+}
+
+#[async_trait]
+impl Source for HttpSource {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = stop;
+    }
+
+    async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
+        if Instant::now() < self.next_due {
+            return Ok(EmitOutcome::default());
+        }
+        let result = self.pass(publisher).await;
+        // A failed pass is retried by the driver's backoff; a finished one waits for its schedule.
+        if result.is_ok() {
+            self.next_due = Instant::now() + Duration::from_secs(self.config.interval_secs);
+        }
+        let published = result?;
+        Ok(EmitOutcome { consumed: published, published, pending: 0 })
+    }
+
+    async fn wait_for_input(&mut self, max_wait: Duration) {
+        let until_due = self.next_due.saturating_duration_since(Instant::now());
+        tokio::time::sleep(max_wait.min(until_due).max(Duration::from_millis(10))).await;
+    }
+
+    fn trigger(&mut self) {
+        self.next_due = Instant::now();
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec![self.mapping.table.clone()]
+    }
+
+    fn observable_state(&self) -> Value {
+        serde_json::json!({
+            "source": self.config.name,
+            "requests": self.requests,
+            "retries": self.retries,
+            "published": self.published,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_compare_as_times_numbers_or_text() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_cursors("2024-01-02T00:00:00Z", "2024-01-01T23:00:00-02:00"), Less);
+        assert_eq!(compare_cursors("10", "9"), Greater);
+        assert_eq!(compare_cursors("b", "a"), Greater);
+        let body = serde_json::json!({"data": {"items": [1]}, "next": "t"});
+        assert_eq!(lookup(&body, "data.items"), Some(&serde_json::json!([1])));
+        assert_eq!(lookup(&body, "nope.x"), None);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let header = reqwest::header::HeaderValue::from_static("7");
+        assert_eq!(parse_retry_after(&header), Some(Duration::from_secs(7)));
+        let past = reqwest::header::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT");
+        assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after(&reqwest::header::HeaderValue::from_static("soon")), None);
+    }
+}
