@@ -23,7 +23,7 @@ use crate::sources::jsonl::JsonlSource;
 use crate::sources::outbox::OutboxSource;
 use crate::sources::sessions::SessionsSource;
 use crate::sources::sqlite::SqliteSource;
-use crate::sources::Source;
+use crate::sources::{Source, SourceError};
 use crate::warehouse::Warehouse;
 use crate::worker::{StopMode, Worker, WorkerStats};
 
@@ -312,11 +312,14 @@ async fn drive_source(
 ) -> anyhow::Result<u64> {
     // A one-shot run waits this long between passes for input still being written (pending).
     const PENDING_RECHECK: Duration = Duration::from_millis(250);
+    const ONE_SHOT_ATTEMPTS: u32 = 5;
+    let mut failures = 0;
     let mut published = 0;
     let mut delay = Duration::from_millis(200);
     while !stop.load(Ordering::SeqCst) {
         match source.emit(publisher.as_ref()).await {
             Ok(outcome) => {
+                failures = 0;
                 published += outcome.published;
                 if outcome.published > 0 {
                     crate::metrics::global().published(source.name(), outcome.published);
@@ -340,6 +343,15 @@ async fn drive_source(
                 }
             }
             Err(e) => {
+                failures += 1;
+                // A one-shot run reports a source that keeps failing instead of retrying forever.
+                if mode == RunMode::UntilDrained
+                    && (failures >= ONE_SHOT_ATTEMPTS || matches!(e, SourceError::Config { .. }))
+                {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("source `{}` failed {failures} time(s)", source.name()))
+                    );
+                }
                 // Nothing was checkpointed past the failure: the next pass retries from there.
                 tracing::error!(source = source.name(), error = %e, retry_in_ms = delay.as_millis() as u64, "source pass failed");
                 tokio::time::sleep(delay).await;

@@ -393,3 +393,156 @@ poll_interval_ms = 100
     writer.join().unwrap();
     assert_eq!(project.query_i64("SELECT count(*) FROM zoom_sessions WHERE session_id = 'm-1'"), 1);
 }
+
+/// A users API like an identity provider's: records sorted by `modifiedTime` (three users share
+/// each second), `fromModifiedTime` inclusive, 100 a page with a `nextPageToken`, a bearer token
+/// required; the 5th request gets a 429 with `Retry-After: 1` and the 12th a 500.
+struct UsersApi {
+    users: std::sync::Mutex<Vec<serde_json::Value>>,
+    requests: std::sync::atomic::AtomicU64,
+    /// The cursor of every request (None without one).
+    cursors: std::sync::Mutex<Vec<Option<String>>>,
+    /// When each request arrived.
+    times: std::sync::Mutex<Vec<std::time::Instant>>,
+}
+
+fn user(i: usize, second: usize, status: &str) -> serde_json::Value {
+    let modified = chrono::DateTime::from_timestamp(1_750_000_000 + second as i64, 0).unwrap();
+    serde_json::json!({
+        "id": format!("u-{i:05}"), "email": format!("u{i}@x.test"), "displayName": format!("User {i}"),
+        "status": status, "groups": ["staff"], "created": "2025-01-01T00:00:00Z",
+        "modifiedTime": modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "unused": {"a": 1}
+    })
+}
+
+fn query_pairs(query: &str) -> std::collections::HashMap<String, String> {
+    let decode = |s: &str| {
+        let bytes = s.replace('+', " ").into_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                out.push(u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap(), 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    query.split('&').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
+}
+
+async fn users_page(
+    axum::extract::State(api): axum::extract::State<std::sync::Arc<UsersApi>>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let n = api.requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    api.times.lock().unwrap().push(std::time::Instant::now());
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer s3cret") {
+        return (axum::http::StatusCode::UNAUTHORIZED, "bad token").into_response();
+    }
+    if n == 5 {
+        return (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down").into_response();
+    }
+    if n == 12 {
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response();
+    }
+    tokio::time::sleep(Duration::from_millis(25)).await;
+    let query = query_pairs(uri.query().unwrap_or(""));
+    let from = query.get("fromModifiedTime").cloned();
+    api.cursors.lock().unwrap().push(from.clone());
+    let offset: usize = query.get("pageToken").map_or(0, |t| t.parse().unwrap());
+    let users = api.users.lock().unwrap();
+    let mut matching: Vec<&serde_json::Value> =
+        users.iter().filter(|u| from.as_deref().is_none_or(|f| u["modifiedTime"].as_str().unwrap() >= f)).collect();
+    matching.sort_by(|a, b| {
+        a["modifiedTime"].as_str().cmp(&b["modifiedTime"].as_str()).then(a["id"].as_str().cmp(&b["id"].as_str()))
+    });
+    let page: Vec<&serde_json::Value> = matching.iter().skip(offset).take(100).copied().collect();
+    let next = (offset + 100 < matching.len()).then(|| (offset + 100).to_string());
+    axum::Json(serde_json::json!({ "users": page, "nextPageToken": next })).into_response()
+}
+
+#[test]
+fn http_source_pages_through_errors_and_resumes_after_sigkill() {
+    let api = std::sync::Arc::new(UsersApi {
+        users: std::sync::Mutex::new((0..10_000).map(|i| user(i, i / 3, "active")).collect()),
+        requests: Default::default(),
+        cursors: Default::default(),
+        times: Default::default(),
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route("/v1/users", axum::routing::get(users_page)).with_state(api.clone());
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let project = Project::new(&format!(
+        r#"
+[[sources.http]]
+name = "idp"
+url = "http://127.0.0.1:{port}/v1/users"
+table = "idp_users"
+auth_env = "IDP_TOKEN"
+cursor_param = "fromModifiedTime"
+cursor_field = "modifiedTime"
+records_path = "users"
+next_page_path = "nextPageToken"
+sorted = true
+interval_secs = 3600
+max_backoff_secs = 2
+columns = {{ id = "user_id", displayName = "display_name", created = "created_at", modifiedTime = "modified_at" }}
+"#
+    ));
+    let env = [("IDP_TOKEN", "Bearer s3cret")];
+    let mut child = project.spawn(&["run", "--until-drained"], &env);
+    wait_until(Duration::from_secs(60), "40 pages served", || {
+        api.requests.load(std::sync::atomic::Ordering::SeqCst) >= 42
+    });
+    signal(&child, "KILL");
+    let _ = wait_exit(&mut child, Duration::from_secs(10));
+    let served_before_kill = api.cursors.lock().unwrap().len();
+    let times = api.times.lock().unwrap().clone();
+    assert!(times[5] - times[4] >= Duration::from_millis(950), "the 429's Retry-After: 1 was honoured");
+    assert!(times[12] - times[11] < Duration::from_secs(3), "the 500 was retried with a short backoff");
+    assert!(served_before_kill < 100, "the kill must land mid-run ({served_before_kill} pages served)");
+
+    project.run_until_drained(&env);
+    let cursors = api.cursors.lock().unwrap().clone();
+    let resumed_from = cursors[served_before_kill].clone();
+    assert!(resumed_from.is_some(), "the restart resumed from the saved cursor, not from the start");
+    let expected_users = 10_000;
+    assert_eq!(project.query_i64("SELECT count(*) FROM idp_users"), expected_users);
+    assert_eq!(
+        project.query_i64(
+            "SELECT count(*) FROM idp_users WHERE status = 'active' AND display_name LIKE 'User %' AND len(groups) = 1
+               AND modified_at = to_timestamp(1750000000 + CAST(substr(user_id, 3) AS INTEGER) // 3)"
+        ),
+        expected_users
+    );
+    assert_eq!(project.query_i64("SELECT count(*) FROM dead_letters"), 0);
+
+    // Later: 30 users change and 15 are added; the next pass publishes exactly those 45 (users at the
+    // old cursor are not published again).
+    {
+        let mut users = api.users.lock().unwrap();
+        for i in 0..30 {
+            users[i * 7] = user(i * 7, 4000, "suspended");
+        }
+        for i in 10_000..10_015 {
+            users.push(user(i, 4000, "active"));
+        }
+    }
+    assert_eq!(run_until_drained_published(&project, &env), 45);
+    assert_eq!(project.query_i64("SELECT count(*) FROM idp_users"), 10_015);
+    assert_eq!(project.query_i64("SELECT count(*) FROM idp_users WHERE status = 'suspended'"), 30);
+
+    // Without the credential the pass fails with a clear error, and publishes nothing.
+    let output = project.command(&["sync", "idp"]).env_remove("IDP_TOKEN").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("environment variable IDP_TOKEN is not set"), "{stderr}");
+}

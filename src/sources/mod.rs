@@ -110,3 +110,23 @@ impl Triggers {
         fired
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn triggers_fire_by_name_or_table_and_refuse_unknown_names() {
+        let mut triggers = Triggers::default();
+        let inbox = triggers.add("inbox", vec![]);
+        let crm = triggers.add("crm", vec!["contacts_master".into()]);
+        triggers.add("idp", vec!["idp_users".into()]);
+        assert!(triggers.trigger(&["nope".into()]).unwrap_err().contains("nope"));
+        assert_eq!(triggers.trigger(&["crm".into()]).unwrap(), vec!["crm".to_string()]);
+        // The permit is stored: a source busy with a pass runs again right after it.
+        tokio::time::timeout(Duration::from_millis(100), crm.notified()).await.unwrap();
+        assert_eq!(triggers.trigger_tables(&["idp_users".into()]), vec!["inbox".to_string(), "idp".to_string()]);
+        tokio::time::timeout(Duration::from_millis(100), inbox.notified()).await.unwrap();
+        assert_eq!(triggers.trigger(&[]).unwrap().len(), 3);
+    }
+}
