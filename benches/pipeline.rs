@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::wait_with_usage;
+
 struct Measurement {
     name: &'static str,
     events: u64,
@@ -77,18 +81,6 @@ fn run_case(name: &'static str, file: &Path, table: &str, events: u64) -> (Measu
     assert_eq!(exit, 0, "{name}: bqsync failed");
     eprintln!("{name}: {wall_seconds:.2} s wall, {cpu_seconds:.2} CPU-s, peak RSS {peak_rss_mb:.0} MB");
     (Measurement { name, events, wall_seconds, cpu_seconds, peak_rss_mb }, project)
-}
-
-/// Waits for one child: (exit code, user + system CPU seconds, peak RSS MB) of that process alone.
-fn wait_with_usage(pid: libc::pid_t) -> (i32, f64, f64) {
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 writes into the status and struct we own; the pid is our own child.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4 failed");
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let exit = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
-    (exit, seconds(usage.ru_utime) + seconds(usage.ru_stime), usage.ru_maxrss as f64 / 1024.0)
 }
 
 fn warehouse(project: &tempfile::TempDir) -> duckdb::Connection {
