@@ -30,8 +30,11 @@ fn project(config: &str) -> tempfile::TempDir {
     let project = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"), project.path().join("schemas"))
         .unwrap();
-    std::fs::write(project.path().join("bqsync.toml"), format!("sources.jsonl = []\n[admin]\nlisten = \"off\"\n{config}"))
-        .unwrap();
+    std::fs::write(
+        project.path().join("bqsync.toml"),
+        format!("sources.jsonl = []\n[admin]\nlisten = \"off\"\n{config}"),
+    )
+    .unwrap();
     project
 }
 

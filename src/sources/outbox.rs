@@ -99,7 +99,13 @@ struct ClearKey {
 /// The SQL of one outbox, for both engines (both understand it).
 struct Statements {
     select_page: String,
+    /// SQLite: one indexed UPDATE a row (the primary key is an index).
     clear_row: String,
+    /// DuckDB (no index on the key): the page's keys go into a temporary table, then one UPDATE
+    /// joins it; row by row would scan the table once a row.
+    clear_staging: String,
+    stage_row: String,
+    clear_joined: String,
 }
 
 impl Statements {
@@ -107,6 +113,8 @@ impl Statements {
         let table = quote(&config.source_table);
         let dirty = quote(&config.dirty_column);
         let is_dirty = format!("COALESCE(CAST({dirty} AS INTEGER), 0) <> 0");
+        let staged: Vec<&str> =
+            mapping.key_columns.iter().map(String::as_str).chain(std::iter::once(version)).collect();
         let mut conditions: Vec<String> = mapping
             .key_columns
             .iter()
@@ -120,6 +128,22 @@ impl Statements {
                 "SELECT rowid AS __bqsync_rowid, * FROM {table} WHERE {is_dirty} AND rowid > ?1 ORDER BY rowid LIMIT ?2"
             ),
             clear_row: format!("UPDATE {table} SET {dirty} = false WHERE {}", conditions.join(" AND ")),
+            clear_staging: format!(
+                "CREATE OR REPLACE TEMP TABLE __bqsync_clear AS SELECT {columns} FROM {table} LIMIT 0",
+                columns = staged.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+            ),
+            stage_row: format!(
+                "INSERT INTO __bqsync_clear VALUES ({})",
+                (1..=staged.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+            ),
+            clear_joined: format!(
+                "UPDATE {table} SET {dirty} = false FROM __bqsync_clear c WHERE {} AND COALESCE(CAST({table}.{dirty} AS INTEGER), 0) <> 0",
+                staged
+                    .iter()
+                    .map(|c| format!("{table}.{q} IS NOT DISTINCT FROM c.{q}", q = quote(c)))
+                    .collect::<Vec<_>>()
+                    .join(" AND "),
+            ),
         }
     }
 }
@@ -263,7 +287,7 @@ impl OutboxSource {
             }
             OutboxEngine::Duckdb => {
                 let mut connection = self.duckdb().await?;
-                clear_duckdb(&mut connection, &sql, keys).map_err(|e| self.db_error(e))
+                clear_duckdb(&mut connection, &self.statements, keys).map_err(|e| self.db_error(e))
             }
         }
     }
@@ -388,16 +412,22 @@ fn read_duckdb_rows(connection: &duckdb::Connection, sql: &str, after: i64, limi
     Ok(ReadRows { names, rows: out })
 }
 
-fn clear_duckdb(connection: &mut duckdb::Connection, sql: &str, keys: &[ClearKey]) -> duckdb::Result<u64> {
+fn clear_duckdb(
+    connection: &mut duckdb::Connection,
+    statements: &Statements,
+    keys: &[ClearKey],
+) -> duckdb::Result<u64> {
     let transaction = connection.transaction()?;
-    let mut cleared = 0;
+    transaction.execute_batch(&statements.clear_staging)?;
     {
-        let mut statement = transaction.prepare(sql)?;
+        let mut stage = transaction.prepare(&statements.stage_row)?;
         for key in keys {
             let params: Vec<duckdb::types::Value> = key.key.iter().chain([&key.version]).map(duckdb_param).collect();
-            cleared += statement.execute(duckdb::params_from_iter(params.iter()))? as u64;
+            stage.execute(duckdb::params_from_iter(params.iter()))?;
         }
     }
+    let cleared = transaction.execute(&statements.clear_joined, [])? as u64;
+    transaction.execute_batch("DROP TABLE __bqsync_clear")?;
     transaction.commit()?;
     Ok(cleared)
 }
