@@ -334,8 +334,8 @@ fn pubsub_outage(mode: Mode, rng: &mut fastrand::Rng) -> Outcome {
 
 /// The state folder on a small tmpfs, filled to the last byte under load, then freed.
 fn disk_full(mode: Mode, rng: &mut fastrand::Rng) -> Outcome {
-    let rounds = if mode == Mode::Long { 10 } else { 2 };
-    let workload = Workload::new("df", 8, 1500, 300, 4);
+    let rounds = if mode == Mode::Long { 10 } else { 3 };
+    let workload = Workload::new("df", rounds * 2, 1500, 300, 4);
     let project = Project::new("");
     let state = project.path(".bqsync");
     std::fs::create_dir_all(&state).unwrap();
@@ -357,9 +357,7 @@ fn disk_full(mode: Mode, rng: &mut fastrand::Rng) -> Outcome {
     let filler = state.join("filler");
     let mut last_free = Instant::now();
     for round in 0..rounds {
-        for chunk in (round * 8 / rounds)..((round + 1) * 8 / rounds) {
-            workload.append(&project, chunk);
-        }
+        workload.append(&project, 2 * round);
         std::thread::sleep(Duration::from_millis(rng.u64(100..600)));
         // Fill: write until the file system refuses.
         let mut file = std::fs::File::create(&filler).unwrap();
@@ -367,6 +365,8 @@ fn disk_full(mode: Mode, rng: &mut fastrand::Rng) -> Outcome {
         use std::io::Write;
         while file.write_all(&block).is_ok() {}
         let _ = file.sync_all();
+        // Input keeps arriving while the disk is full.
+        workload.append(&project, 2 * round + 1);
         std::thread::sleep(Duration::from_secs(5));
         std::fs::remove_file(&filler).unwrap();
         last_free = Instant::now();

@@ -108,6 +108,10 @@ pub struct PubSubConfig {
     /// Publisher batching: longest wait to fill a request, in milliseconds. Default 10.
     #[serde(default = "default_publish_delay_ms")]
     pub publish_delay_ms: u64,
+    /// Seconds a publish may take to be confirmed before the source retries it on a new connection
+    /// (the retry re-publishes from the checkpoint; duplicates land once). Default 60.
+    #[serde(default = "default_publish_timeout_secs")]
+    pub publish_timeout_secs: u64,
     /// With `--until-drained`: Pub/Sub has no cheap backlog count, so the subscription counts as
     /// drained after this long without a delivery (and nothing held). Default 3000.
     #[serde(default = "default_drain_quiet_ms")]
@@ -162,6 +166,9 @@ const fn default_publish_batch_messages() -> u32 {
 const fn default_publish_batch_bytes() -> u32 {
     4 << 20
 }
+const fn default_publish_timeout_secs() -> u64 {
+    60
+}
 const fn default_publish_delay_ms() -> u64 {
     10
 }
@@ -193,6 +200,7 @@ impl PubSubConfig {
         in_range("max_outstanding_messages", self.max_outstanding_messages as u64, 2, 1_000_000)?;
         in_range("max_outstanding_bytes", self.max_outstanding_bytes as u64, 1 << 20, 1 << 34)?;
         in_range("publish_batch_messages", self.publish_batch_messages.into(), 1, 1000)?;
+        in_range("publish_timeout_secs", self.publish_timeout_secs, 1, 3600)?;
         in_range("publish_batch_bytes", self.publish_batch_bytes.into(), 1, 10_000_000)?;
         if !matches!(self.credentials.as_str(), "auto" | "anonymous" | "default") {
             return Err(format!(
@@ -302,10 +310,21 @@ fn pubsub_error(what: impl Into<String>, error: impl std::fmt::Display) -> BusEr
     BusError::PubSub { what: what.into(), detail: error.to_string() }
 }
 
+async fn build_publisher(config: &PubSubConfig, topic: &str) -> Result<ClientPublisher, BusError> {
+    let builder = connect!(ClientPublisher::builder(topic.to_string()), config)
+        .set_message_count_threshold(config.publish_batch_messages)
+        .set_byte_threshold(config.publish_batch_bytes)
+        .set_delay_threshold(Duration::from_millis(config.publish_delay_ms));
+    builder.build().await.map_err(|e| pubsub_error(format!("publisher for {topic}"), e))
+}
+
 /// Publishes change events to a topic.
 pub struct PubSubPublisher {
-    client: ClientPublisher,
+    /// Replaced by a fresh client when a publish is not confirmed in time (a wedged connection).
+    client: std::sync::Mutex<ClientPublisher>,
     ordering: bool,
+    config: PubSubConfig,
+    topic: String,
 }
 
 impl PubSubPublisher {
@@ -318,12 +337,27 @@ impl PubSubPublisher {
 
     /// A publisher on any topic (the worker's dead-letter publisher uses it).
     pub async fn connect_to(config: &PubSubConfig, topic: &str, ordering: bool) -> Result<PubSubPublisher, BusError> {
-        let builder = connect!(ClientPublisher::builder(topic.to_string()), config)
-            .set_message_count_threshold(config.publish_batch_messages)
-            .set_byte_threshold(config.publish_batch_bytes)
-            .set_delay_threshold(Duration::from_millis(config.publish_delay_ms));
-        let client = builder.build().await.map_err(|e| pubsub_error(format!("publisher for {topic}"), e))?;
-        Ok(PubSubPublisher { client, ordering })
+        let client = build_publisher(config, topic).await?;
+        Ok(PubSubPublisher {
+            client: std::sync::Mutex::new(client),
+            ordering,
+            config: config.clone(),
+            topic: topic.to_string(),
+        })
+    }
+
+    fn client(&self) -> ClientPublisher {
+        self.client.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Builds a new client on a new connection, for after a publish that was never confirmed.
+    async fn reconnect(&self) {
+        match build_publisher(&self.config, &self.topic).await {
+            Ok(client) => *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client,
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "reconnecting the publisher failed; keeping the old one")
+            }
+        }
     }
 }
 
@@ -331,6 +365,7 @@ impl PubSubPublisher {
 impl Publisher for PubSubPublisher {
     async fn publish(&self, messages: Vec<OutboundMessage>) -> Result<(), BusError> {
         // Enqueue everything first (the client batches), then wait for every result.
+        let client = self.client();
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let key = if self.ordering { message.ordering_key.clone() } else { None };
@@ -338,22 +373,37 @@ impl Publisher for PubSubPublisher {
             if let Some(key) = &key {
                 outgoing = outgoing.set_ordering_key(key.clone());
             }
-            pending.push((key, self.client.publish(outgoing)));
+            pending.push((key, client.publish(outgoing)));
         }
-        let mut first_error = None;
-        for (key, future) in pending {
-            if let Err(e) = future.await {
-                // A failed ordered publish pauses its key; resume it so the retry (the source
-                // re-reads from its checkpoint) can publish again, in order.
-                if let Some(key) = key {
-                    self.client.resume_publish(key);
+        let confirm = async {
+            let mut first_error = None;
+            for (key, future) in pending {
+                if let Err(e) = future.await {
+                    // A failed ordered publish pauses its key; resume it so the retry (the source
+                    // re-reads from its checkpoint) can publish again, in order.
+                    if let Some(key) = key {
+                        client.resume_publish(key);
+                    }
+                    first_error.get_or_insert(e);
                 }
-                first_error.get_or_insert(e);
             }
-        }
-        match first_error {
-            None => Ok(()),
-            Some(e) => Err(pubsub_error("publish", e)),
+            first_error
+        };
+        // Without a deadline a publish on a wedged connection waits forever and the source with it
+        // (seen after hundreds of killed clients on the emulator). On timeout the source retries from
+        // its checkpoint on a new connection; whatever the old one still delivers lands once.
+        let timeout = Duration::from_secs(self.config.publish_timeout_secs);
+        match tokio::time::timeout(timeout, confirm).await {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(pubsub_error("publish", e)),
+            Err(_) => {
+                tracing::warn!(topic = %self.topic, timeout_secs = timeout.as_secs(), "publish not confirmed in time; reconnecting");
+                self.reconnect().await;
+                Err(pubsub_error(
+                    "publish",
+                    format!("not confirmed within publish_timeout_secs = {}", timeout.as_secs()),
+                ))
+            }
         }
     }
 }
