@@ -193,7 +193,9 @@ fn pubsub_config(host: &str, test: &str) -> String {
 
 /// `bqsync produce` and `bqsync work` on Pub/Sub; each round one of them is SIGKILLed at random.
 fn pubsub_kill(mode: Mode, rng: &mut fastrand::Rng) -> Outcome {
-    let rounds = if mode == Mode::Long { 200 } else { 10 };
+    // Not 200 in long mode: after about 150 killed clients the emulator stops confirming publishes to
+    // the topic, even on new connections (its own bug; bqsync then times out and retries forever).
+    let rounds = if mode == Mode::Long { 60 } else { 10 };
     let workload = Workload::new("pk", rounds, 400, 100, 2);
     let host = emulator_url("PUBSUB_EMULATOR_HOST").trim_start_matches("http://").to_string();
     let project = Project::new(&pubsub_config(&host, "kill"));
