@@ -277,7 +277,7 @@ impl HttpSource {
             }
             let record_text = record.to_string();
             let fallback: [&[u8]; 2] = [self.config.name.as_bytes(), record_text.as_bytes()];
-            let message = match row_event(&self.mapping, payload, false, &fallback, &source_label, &produced_at) {
+            let message = match row_event(&self.mapping, &payload, false, &fallback, &source_label, &produced_at) {
                 Ok(event) => event.message,
                 Err((reason, detail)) => {
                     poison(&self.mapping.table, record_text.as_bytes(), reason, detail, &source_label)

@@ -311,7 +311,7 @@ impl OutboxSource {
                 _ => 0,
             };
             let fallback: [&[u8]; 2] = [self.config.name.as_bytes(), &rowid.to_le_bytes()];
-            match row_event(&self.mapping, payload.clone(), deleted, &fallback, &source_label, &produced_at) {
+            match row_event(&self.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {
                 Ok(event) => messages.push(event.message),
                 Err((reason, detail)) => {
                     // Dead-lettered with the reason; its flag is cleared like any published row's.

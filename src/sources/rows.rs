@@ -169,7 +169,7 @@ pub struct RowEvent {
 /// Errors are (reason, detail) for a poison message.
 pub fn row_event(
     mapping: &RowMapping,
-    payload: Map<String, Value>,
+    payload: &Map<String, Value>,
     deleted: bool,
     fallback_id: &[&[u8]],
     source_label: &str,
@@ -183,7 +183,7 @@ pub fn row_event(
         (Some(key), Some(version)) => derive_event_id(&[table.as_bytes(), key.as_bytes(), &version.to_le_bytes()]),
         _ => derive_event_id(fallback_id),
     });
-    let payload_text = serde_json::to_string(&payload).expect("map serializes");
+    let payload_text = serde_json::to_string(payload).expect("map serializes");
     let ordering = identity.key.as_ref().map(|key| ordering_key(table, key));
     let event = ChangeEvent {
         event_id,
@@ -289,8 +289,8 @@ mod tests {
             [("id", SqlValue::Text("c1".into())), ("version", SqlValue::Integer(3)), ("extra", SqlValue::Integer(1))];
         let (payload, ignored) = mapping.payload(row.iter().map(|(n, v)| (*n, v)));
         assert_eq!(ignored, vec!["extra".to_string()]);
-        let a = row_event(&mapping, payload.clone(), false, &[], "s", "2024-01-01T00:00:00Z").unwrap();
-        let b = row_event(&mapping, payload, false, &[], "other", "2025-01-01T00:00:00Z").unwrap();
+        let a = row_event(&mapping, &payload, false, &[], "s", "2024-01-01T00:00:00Z").unwrap();
+        let b = row_event(&mapping, &payload, false, &[], "other", "2025-01-01T00:00:00Z").unwrap();
         assert_eq!(a.message.attributes[attr::EVENT_ID], b.message.attributes[attr::EVENT_ID]);
         assert_eq!((a.key_text.as_deref(), a.version), (Some("{\"contact_id\":\"c1\"}"), Some(3)));
         let tombstone =

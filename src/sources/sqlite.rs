@@ -369,7 +369,7 @@ impl SqliteSource {
                 table.config.source_table.as_bytes(),
                 &rowid.to_le_bytes(),
             ];
-            match row_event(&table.mapping, payload.clone(), deleted, &fallback, &source_label, &produced_at) {
+            match row_event(&table.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {
                 Ok(event) => {
                     if let (Some(key), Some(version), Some(synced)) = (&event.key_text, event.version, &table.synced) {
                         if synced.get(key) == Some(&version) {
