@@ -86,7 +86,7 @@ pub(crate) enum AckInner {
     Embedded { seq: i64, lease_token: i64 },
     /// Pub/Sub: the client's handler (it keeps extending the lease until acked or nacked; dropping it
     /// nacks).
-    PubSub(google_cloud_pubsub::subscriber::handler::Handler),
+    PubSub { handler: google_cloud_pubsub::subscriber::handler::Handler, message_id: String },
     /// A message that did not come from a subscription (a dead letter being replayed): there is
     /// nothing to ack, and every subscription refuses it.
     Detached,

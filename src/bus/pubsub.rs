@@ -28,6 +28,7 @@ use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownT
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::attr::EVENT_ID;
 use super::{AckHandle, AckInner, BusError, DeadLetterOut, Delivery, OutboundMessage, Publisher};
 use super::{QueueStats, Subscription};
 
@@ -367,7 +368,12 @@ impl Publisher for PubSubPublisher {
         // Enqueue everything first (the client batches), then wait for every result.
         let client = self.client();
         let mut pending = Vec::with_capacity(messages.len());
+        let tracing_ids = tracing::enabled!(tracing::Level::TRACE);
+        let mut event_ids = Vec::new();
         for message in messages {
+            if tracing_ids {
+                event_ids.push(message.attributes.get(EVENT_ID).cloned().unwrap_or_default());
+            }
             let key = if self.ordering { message.ordering_key.clone() } else { None };
             let mut outgoing = Message::new().set_data(message.data).set_attributes(message.attributes);
             if let Some(key) = &key {
@@ -377,8 +383,12 @@ impl Publisher for PubSubPublisher {
         }
         let confirm = async {
             let mut first_error = None;
-            for (key, future) in pending {
-                if let Err(e) = future.await {
+            for (n, (key, future)) in pending.into_iter().enumerate() {
+                let result = future.await;
+                if let (Some(event_id), Ok(message_id)) = (event_ids.get(n), &result) {
+                    tracing::trace!(%message_id, %event_id, "published");
+                }
+                if let Err(e) = result {
                     // A failed ordered publish pauses its key; resume it so the retry (the source
                     // re-reads from its checkpoint) can publish again, in order.
                     if let Some(key) = key {
@@ -493,23 +503,28 @@ impl PubSubSubscription {
             .as_ref()
             .map(|t| t.seconds() * 1_000_000 + i64::from(t.nanos()) / 1000)
             .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+        tracing::trace!(message_id = %message.message_id, event_id = message.attributes.get(EVENT_ID).map(String::as_str), "delivered");
         Delivery {
-            message_id: message.message_id,
+            message_id: message.message_id.clone(),
             data: message.data.to_vec(),
             attributes: message.attributes.into_iter().collect::<BTreeMap<_, _>>(),
             // Set only when the subscription has a dead-letter policy.
             delivery_attempt: handler.delivery_attempt().map_or(1, |a| a.max(1) as u32),
             first_attempt_micros,
-            handle: AckHandle { inner: AckInner::PubSub(handler) },
+            handle: AckHandle { inner: AckInner::PubSub { handler, message_id: message.message_id.clone() } },
         }
     }
 
-    fn handlers(&self, handles: Vec<AckHandle>) -> Result<Vec<Handler>, BusError> {
+    /// The client's handlers of deliveries about to be acked or nacked (`action`, for the trace).
+    fn handlers(&self, handles: Vec<AckHandle>, action: &str) -> Result<Vec<Handler>, BusError> {
         let count = handles.len() as i64;
         let handlers = handles
             .into_iter()
             .map(|h| match h.inner {
-                AckInner::PubSub(handler) => Ok(handler),
+                AckInner::PubSub { handler, message_id } => {
+                    tracing::trace!(%message_id, action, "settled");
+                    Ok(handler)
+                }
                 _ => Err(BusError::ForeignHandle),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -600,7 +615,7 @@ impl Subscription for PubSubSubscription {
 
     async fn ack(&self, handles: Vec<AckHandle>) -> Result<(), BusError> {
         let mut confirmations = Vec::new();
-        for handler in self.handlers(handles)? {
+        for handler in self.handlers(handles, "ack")? {
             match handler {
                 // Exactly-once subscriptions confirm the ack; a failed confirmation means a
                 // redelivery, which lands as a no-op.
@@ -616,7 +631,7 @@ impl Subscription for PubSubSubscription {
     }
 
     async fn nack(&self, handles: Vec<AckHandle>) -> Result<(), BusError> {
-        for handler in self.handlers(handles)? {
+        for handler in self.handlers(handles, "nack")? {
             handler.nack();
         }
         Ok(())
