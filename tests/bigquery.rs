@@ -11,8 +11,7 @@ use bqsync::envelope::Op;
 use bqsync::schema::{Catalog, CellValue, ColumnType, TableSchema};
 use bqsync::warehouse::bigquery::{batch_id, BigQueryConfig, BigQueryWarehouse};
 use bqsync::warehouse::{StagedRow, TableBatch, Warehouse};
-use common::{signal, wait_exit, Project};
-use gcp_bigquery_client::model::query_request::QueryRequest;
+use common::{signal, wait_exit, OwnBigQuery, Project};
 use serde_json::Value;
 
 const PROJECT: &str = "bqsync-test";
@@ -44,38 +43,12 @@ async fn warehouse(config: &BigQueryConfig, catalog: Catalog) -> BigQueryWarehou
     warehouse
 }
 
-/// A plain client on the emulator, to look at what bqsync did.
-#[derive(Clone)]
-struct AnyToken;
-
-#[async_trait::async_trait]
-impl gcp_bigquery_client::auth::Authenticator for AnyToken {
-    async fn access_token(&self) -> Result<String, gcp_bigquery_client::error::BQError> {
-        Ok("test".into())
-    }
-}
-
 async fn client() -> gcp_bigquery_client::Client {
-    gcp_bigquery_client::client_builder::ClientBuilder::new()
-        .with_v2_base_url(format!("{}/bigquery/v2", endpoint()))
-        .build_from_authenticator(Arc::new(AnyToken))
-        .await
-        .unwrap()
+    common::bigquery_client(&endpoint()).await
 }
 
 async fn query(sql: &str) -> Vec<Vec<Value>> {
-    let mut request = QueryRequest::new(sql);
-    request.max_results = Some(1_000_000);
-    let response = client().await.job().query(PROJECT, request).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let rows: Vec<Vec<Value>> = response
-        .rows
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.columns.unwrap_or_default().into_iter().map(|c| c.value.unwrap_or(Value::Null)).collect())
-        .collect();
-    let total: usize = response.total_rows.as_deref().unwrap_or("0").parse().unwrap();
-    assert_eq!(rows.len(), total, "all rows in one response for {sql}");
-    rows
+    common::bigquery_rows(&endpoint(), PROJECT, sql).await
 }
 
 async fn query_i64(sql: &str) -> i64 {
@@ -423,125 +396,13 @@ fn worker_killed_mid_batch_lands_exactly_once_in_bigquery() {
     });
 }
 
-/// An emulator of this test's own, to be cut and restored.
-struct OwnEmulator {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl OwnEmulator {
-    const SCRIPT: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/emulators/bigquery.sh");
-
-    fn start() -> OwnEmulator {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let emulator = OwnEmulator { dir: tempfile::tempdir().unwrap(), port };
-        emulator.run("start", false);
-        emulator
-    }
-
-    fn run(&self, action: &str, keep_data: bool) {
-        let status = std::process::Command::new("bash")
-            .args([Self::SCRIPT, action, &self.dir.path().display().to_string(), &self.port.to_string()])
-            .env("BIGQUERY_EMULATOR_KEEP_DATA", if keep_data { "1" } else { "0" })
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "bigquery.sh {action} failed");
-    }
-
-    fn kill(&self) {
-        let pid = std::fs::read_to_string(self.dir.path().join("pid")).unwrap();
-        std::process::Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnEmulator {
-    fn drop(&mut self) {
-        self.run("stop", false);
-    }
-}
-
-/// BigQuery goes away under load (the emulator is SIGKILLed) for 20 s and comes back with its data:
-/// the worker backs off with its circuit open, then resumes on its own; every atom lands once.
-#[test]
-fn a_bigquery_outage_under_load_pauses_the_worker_and_loses_nothing() {
-    let emulator = OwnEmulator::start();
-    let dataset = unique_dataset("outage");
-    let project = Project::new(&format!(
-        "[warehouse]\nkind = \"bigquery\"\n\n[warehouse.bigquery]\nproject = \"{PROJECT}\"\n\
-         dataset = \"{dataset}\"\nendpoint = \"{}\"\nrequest_attempts = 2\nrequest_timeout_secs = 5\n",
-        emulator.endpoint()
-    ));
-    let atoms = 15_000u64;
-    let lines: String = (0..atoms).map(|i| common::atom_line(&format!("o-{i}"), i)).collect();
-    project.append("inbox/atoms/a.jsonl", lines.as_bytes());
-    let env =
-        [("BQSYNC__WORKER__MAX_BATCH_ROWS", "1000"), ("BQSYNC__WORKER__RETRY_MAX_MS", "2000"), ("BQSYNC_LOG", "info")];
-    let mut child = project.spawn(&["run", "--until-drained"], &env);
-    let landed = || -> i64 {
-        let rt = runtime();
-        rt.block_on(async {
-            let mut request = QueryRequest::new(format!("SELECT COUNT(*) FROM `{PROJECT}.{dataset}.atoms`"));
-            request.max_results = Some(10);
-            let client = gcp_bigquery_client::client_builder::ClientBuilder::new()
-                .with_v2_base_url(format!("{}/bigquery/v2", emulator.endpoint()))
-                .build_from_authenticator(Arc::new(AnyToken))
-                .await
-                .unwrap();
-            match client.job().query(PROJECT, request).await {
-                Ok(r) => r
-                    .rows
-                    .and_then(|rows| rows[0].columns.clone())
-                    .and_then(|c| c[0].value.clone())
-                    .map_or(0, |v| v.as_str().unwrap().parse().unwrap()),
-                Err(e) => {
-                    eprintln!("count query failed: {e}");
-                    0
-                }
-            }
-        })
-    };
-    let started = std::time::Instant::now();
-    while landed() == 0 {
-        assert!(started.elapsed() < Duration::from_secs(60), "nothing landed in 60 s; log:\n{}", project.log_tail());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    emulator.kill();
-    eprintln!("emulator killed");
-    std::thread::sleep(Duration::from_secs(20));
-    assert!(child.try_wait().unwrap().is_none(), "bqsync must wait out the outage; log:\n{}", project.log_tail());
-    emulator.run("start", true);
-    eprintln!("emulator back");
-    let status = wait_exit(&mut child, Duration::from_secs(240));
-    assert!(status.success(), "log:\n{}", project.log_tail());
-    assert_eq!(landed(), atoms as i64, "log:\n{}", project.log_tail());
-    runtime().block_on(async {
-        let path = format!("`{PROJECT}.{dataset}.atoms`");
-        let client = gcp_bigquery_client::client_builder::ClientBuilder::new()
-            .with_v2_base_url(format!("{}/bigquery/v2", emulator.endpoint()))
-            .build_from_authenticator(Arc::new(AnyToken))
-            .await
-            .unwrap();
-        let response = client
-            .job()
-            .query(PROJECT, QueryRequest::new(format!("SELECT COUNT(DISTINCT event_id) FROM {path}")))
-            .await
-            .unwrap();
-        let distinct = response.rows.unwrap()[0].columns.clone().unwrap()[0].value.clone().unwrap();
-        assert_eq!(distinct, Value::String(atoms.to_string()));
-    });
-    let log = std::fs::read_to_string(project.path("bqsync.log")).unwrap();
-    assert!(log.contains("circuit open"), "the worker noticed the outage");
-}
+// A BigQuery outage under load (30–60 s, rows counted after) is a scenario of the fault harness,
+// tests/faults.rs (`bigquery-outage`).
 
 /// `/readyz` answers 503 naming the warehouse while BigQuery is down, and 200 again once it is back.
 #[test]
 fn readyz_follows_bigquery_going_away_and_coming_back() {
-    let emulator = OwnEmulator::start();
+    let emulator = OwnBigQuery::start();
     let dataset = unique_dataset("ready");
     let project = Project::new(&format!(
         "[warehouse]\nkind = \"bigquery\"\n\n[warehouse.bigquery]\nproject = \"{PROJECT}\"\ndataset = \"{dataset}\"\nendpoint = \"{}\"\n",
@@ -562,7 +423,7 @@ fn readyz_follows_bigquery_going_away_and_coming_back() {
     common::wait_until(Duration::from_secs(60), "ready with BigQuery up", || readyz() == Some(200));
     emulator.kill();
     common::wait_until(Duration::from_secs(30), "unready with BigQuery down", || readyz() == Some(503));
-    emulator.run("start", true);
+    emulator.restart_keeping_data();
     common::wait_until(Duration::from_secs(60), "ready again", || readyz() == Some(200));
     signal(&child, "TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success(), "{}", project.log_tail());

@@ -15,7 +15,11 @@ pub struct Project {
 impl Project {
     /// A project directory with the repository's schemas and a config file with `extra` appended.
     pub fn new(extra_config: &str) -> Project {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        // BQSYNC_KEEP_PROJECTS=1 leaves every project folder behind, to inspect after a failure.
+        if std::env::var_os("BQSYNC_KEEP_PROJECTS").is_some() {
+            dir.disable_cleanup(true);
+        }
         let schemas = dir.path().join("schemas");
         std::fs::create_dir_all(&schemas).unwrap();
         for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas")).unwrap() {
@@ -35,7 +39,9 @@ impl Project {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_bqsync"));
-        command.args(args).current_dir(self.dir.path()).env("BQSYNC_LOG", "warn").stdin(Stdio::null());
+        // BQSYNC_TEST_LOG raises the children's log level (e.g. `debug`) to trace a failure.
+        let level = std::env::var("BQSYNC_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        command.args(args).current_dir(self.dir.path()).env("BQSYNC_LOG", level).stdin(Stdio::null());
         command
     }
 
@@ -266,4 +272,136 @@ pub fn emulator_url(variable: &str) -> String {
 pub fn unique_name(prefix: &str, test: &str, separator: char) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{prefix}{separator}{test}{separator}{}{separator}{nanos}", std::process::id())
+}
+
+/// A BigQuery emulator of a test's own, to be cut (SIGKILL) and started again with its data.
+pub struct OwnBigQuery {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnBigQuery {
+    const SCRIPT: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/emulators/bigquery.sh");
+
+    pub fn start() -> OwnBigQuery {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let emulator = OwnBigQuery { dir: tempfile::tempdir().unwrap(), port };
+        emulator.run("start", false);
+        emulator
+    }
+
+    /// Starts it again after [`OwnBigQuery::kill`], with the tables it had.
+    pub fn restart_keeping_data(&self) {
+        self.run("start", true);
+    }
+
+    fn run(&self, action: &str, keep_data: bool) {
+        let status = Command::new("bash")
+            .args([Self::SCRIPT, action, &self.dir.path().display().to_string(), &self.port.to_string()])
+            .env("BIGQUERY_EMULATOR_KEEP_DATA", if keep_data { "1" } else { "0" })
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "bigquery.sh {action} failed");
+    }
+
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid")).unwrap();
+        Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnBigQuery {
+    fn drop(&mut self) {
+        self.run("stop", false);
+    }
+}
+
+/// Any token: the emulator checks none.
+#[derive(Clone)]
+struct AnyToken;
+
+#[async_trait::async_trait]
+impl gcp_bigquery_client::auth::Authenticator for AnyToken {
+    async fn access_token(&self) -> Result<String, gcp_bigquery_client::error::BQError> {
+        Ok("test".into())
+    }
+}
+
+/// A plain client on a BigQuery emulator, to look at what bqsync did.
+pub async fn bigquery_client(endpoint: &str) -> gcp_bigquery_client::Client {
+    gcp_bigquery_client::client_builder::ClientBuilder::new()
+        .with_v2_base_url(format!("{endpoint}/bigquery/v2"))
+        .build_from_authenticator(std::sync::Arc::new(AnyToken))
+        .await
+        .unwrap()
+}
+
+/// Every row of a query on a BigQuery emulator, as JSON cells (BigQuery returns numbers as strings).
+pub async fn bigquery_rows(endpoint: &str, project: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
+    let mut request = gcp_bigquery_client::model::query_request::QueryRequest::new(sql);
+    request.max_results = Some(1_000_000);
+    let client = bigquery_client(endpoint).await;
+    let response = client.job().query(project, request).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows: Vec<Vec<serde_json::Value>> = response
+        .rows
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            r.columns.unwrap_or_default().into_iter().map(|c| c.value.unwrap_or(serde_json::Value::Null)).collect()
+        })
+        .collect();
+    let total: usize = response.total_rows.as_deref().unwrap_or("0").parse().unwrap();
+    assert_eq!(rows.len(), total, "all rows in one response for {sql}");
+    rows
+}
+
+/// One HTTP/1.1 request with a JSON body to `host` (HOST:PORT) on loopback: the status and the body.
+/// The Pub/Sub emulator serves its REST API on the gRPC port; the tests use it for what the Rust
+/// client does not offer (seek).
+pub fn http_json(host: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{BufRead, Read};
+    let mut stream = std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // The emulator keeps the connection open despite `Connection: close`: read by Content-Length.
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    (status, body)
+}
+
+/// Seeks a Pub/Sub emulator subscription to a time (RFC 3339): every retained message published
+/// after it that is not acked is delivered again.
+pub fn pubsub_seek(host: &str, project: &str, subscription: &str, time: &str) {
+    let path = format!("/v1/projects/{project}/subscriptions/{subscription}:seek");
+    let (status, body) = http_json(host, "POST", &path, &format!("{{\"time\": \"{time}\"}}"));
+    assert_eq!(status, 200, "seek {subscription}: {body}");
 }
