@@ -111,9 +111,34 @@ impl Triggers {
     }
 }
 
+/// Whether a file-system event can mean new data for a watching source. Opening, reading and closing
+/// a file unwritten are events too (inotify's IN_OPEN, IN_ACCESS, IN_CLOSE_NOWRITE), and the source
+/// causes them itself with every pass: waking on them kept an idle source re-reading its files in a
+/// loop, at a CPU core and more.
+pub(crate) fn is_change(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_a_file_is_not_a_change_and_writing_one_is() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind};
+        let event = |kind| notify::Event::new(kind);
+        assert!(!is_change(&event(EventKind::Access(AccessKind::Open(AccessMode::Any)))));
+        assert!(!is_change(&event(EventKind::Access(AccessKind::Read))));
+        assert!(!is_change(&event(EventKind::Access(AccessKind::Close(AccessMode::Read)))));
+        assert!(is_change(&event(EventKind::Access(AccessKind::Close(AccessMode::Write)))));
+        assert!(is_change(&event(EventKind::Modify(ModifyKind::Data(DataChange::Any)))));
+        assert!(is_change(&event(EventKind::Create(CreateKind::File))));
+    }
 
     #[tokio::test]
     async fn triggers_fire_by_name_or_table_and_refuse_unknown_names() {

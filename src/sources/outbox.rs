@@ -440,7 +440,7 @@ pub(crate) fn watch_file(path: &Path) -> Result<(notify::RecommendedWatcher, Arc
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let notify = wakeup.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
+        if let Some(event) = event.ok().filter(super::is_change) {
             let ours = event
                 .paths
                 .iter()

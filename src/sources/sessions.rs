@@ -132,7 +132,7 @@ impl SessionsSource {
         std::fs::create_dir_all(&self.config.root).map_err(|e| self.io_error(&self.config.root, e))?;
         let wakeup = self.wakeup.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.is_ok_and(|e| super::is_change(&e)) {
                 wakeup.notify_one();
             }
         })
