@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The fault-injection harness (tests/faults.rs) on its own: starts a Pub/Sub emulator, runs the
-# scenarios and prints the results table (also in target/fault-results.md).
+# The fault-injection harness (tests/faults.rs) on its own: runs the scenarios and prints the results
+# table (also in target/fault-results.md). Each Pub/Sub or BigQuery scenario starts emulators of its
+# own (scripts/emulators/*.sh), so nothing needs to run beforehand.
 #
 #   scripts/faults.sh [short|long]    short (default, also run by scripts/test.sh) or long (≥ 200 rounds)
 #
@@ -11,9 +12,5 @@ cd "$(dirname "$0")/.."
 mode=${1:-short}
 bash scripts/setup.sh
 cargo test --release --locked --test faults --no-run
-state=$(mktemp -d)
-trap 'bash scripts/emulators/pubsub.sh stop "$state/pubsub" || true; rm -rf "$state"' EXIT
-PUBSUB_EMULATOR_HOST=$(bash scripts/emulators/pubsub.sh start "$state/pubsub")
-export PUBSUB_EMULATOR_HOST
 BQSYNC_FAULTS=$mode cargo test --release --locked --test faults -- --nocapture --test-threads 1
 cat target/fault-results.md

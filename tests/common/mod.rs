@@ -10,6 +10,21 @@ use std::time::{Duration, Instant};
 
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// Processes started in the background, killed on drop if still running (a failed assertion
+    /// must not leave bqsync processes behind).
+    spawned: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        for pid in self.spawned.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            // Only a process still working in this project's folder: the PID may have been reused.
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
+            if cwd.is_ok_and(|cwd| cwd == self.dir.path()) {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        }
+    }
 }
 
 impl Project {
@@ -30,7 +45,7 @@ impl Project {
             "[worker]\nmax_batch_age_ms = 100\n\n[bus.embedded]\nsynchronous = \"normal\"\n\n[warehouse.duckdb]\nthreads = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{extra_config}\n"
         );
         std::fs::write(dir.path().join("bqsync.toml"), config).unwrap();
-        Project { dir }
+        Project { dir, spawned: std::sync::Mutex::new(Vec::new()) }
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -56,7 +71,9 @@ impl Project {
     pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
         let mut command = self.command(args);
         command.envs(env.iter().copied()).stdout(Stdio::null()).stderr(Stdio::from(self.log_file()));
-        command.spawn().expect("spawn bqsync")
+        let child = command.spawn().expect("spawn bqsync");
+        self.spawned.lock().unwrap().push(child.id());
+        child
     }
 
     fn log_file(&self) -> std::fs::File {
