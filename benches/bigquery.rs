@@ -126,17 +126,9 @@ async fn seeds_way(endpoint: &str, catalog: &Catalog) -> Row {
     };
     let warehouse = BigQueryWarehouse::connect(&config, Arc::new(Catalog::from_tables([schema]))).await.unwrap();
     warehouse.ensure_tables().await.unwrap();
-    #[derive(Clone)]
-    struct AnyToken;
-    #[async_trait::async_trait]
-    impl gcp_bigquery_client::auth::Authenticator for AnyToken {
-        async fn access_token(&self) -> Result<String, gcp_bigquery_client::error::BQError> {
-            Ok("bench".into())
-        }
-    }
     let client = gcp_bigquery_client::client_builder::ClientBuilder::new()
         .with_v2_base_url(format!("{endpoint}/bigquery/v2"))
-        .build_from_authenticator(Arc::new(AnyToken))
+        .build_from_authenticator(Arc::new(bqsync::warehouse::bigquery::EmulatorToken))
         .await
         .unwrap();
     let started = Instant::now();

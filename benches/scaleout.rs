@@ -26,16 +26,6 @@ const CONTACT_EVENTS: usize = 10_000;
 const CONTACT_KEYS: usize = 2_000;
 const QUIET_MS: u64 = 5_000;
 
-#[derive(Clone)]
-struct AnyToken;
-
-#[async_trait::async_trait]
-impl gcp_bigquery_client::auth::Authenticator for AnyToken {
-    async fn access_token(&self) -> Result<String, gcp_bigquery_client::error::BQError> {
-        Ok("bench".into())
-    }
-}
-
 fn url(variable: &str) -> String {
     let host = std::env::var(variable).unwrap_or_else(|_| panic!("{variable}: run scripts/bench_scaleout.sh"));
     if host.contains("://") {
@@ -160,7 +150,7 @@ fn check(endpoint: &str, dataset: &str, expected: &std::collections::HashMap<Str
     runtime.block_on(async {
         let client = gcp_bigquery_client::client_builder::ClientBuilder::new()
             .with_v2_base_url(format!("{endpoint}/bigquery/v2"))
-            .build_from_authenticator(Arc::new(AnyToken))
+            .build_from_authenticator(Arc::new(bqsync::warehouse::bigquery::EmulatorToken))
             .await
             .unwrap();
         let query = |sql: String| {

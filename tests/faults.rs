@@ -170,7 +170,7 @@ impl Workload {
             })
             .count();
         if lost_atoms + lost_contacts > 0 {
-            self.report_lost(project, &distinct, lost_contacts);
+            self.report_lost(project, scenario, &distinct, lost_contacts);
         }
         Outcome {
             scenario,
@@ -270,7 +270,7 @@ impl Landed {
 impl Workload {
     /// Which atoms are missing, by chunk, so a loss can be traced (with BQSYNC_KEEP_PROJECTS=1 the
     /// project folder, its log and its state stay behind).
-    fn report_lost(&self, project: &Project, landed: &HashSet<&String>, lost_contacts: usize) {
+    fn report_lost(&self, project: &Project, scenario: &str, landed: &HashSet<&String>, lost_contacts: usize) {
         let per_chunk = self.atom_ids.len() / self.atom_chunks.len().max(1);
         let mut by_chunk = std::collections::BTreeMap::<usize, Vec<&str>>::new();
         for (n, id) in self.atom_ids.iter().enumerate() {
@@ -278,8 +278,9 @@ impl Workload {
                 by_chunk.entry(n / per_chunk.max(1)).or_default().push(id);
             }
         }
+        let scenario = if scenario.is_empty() { "(a count before releasing the emulator's leases)" } else { scenario };
         let mut report = format!(
-            "project {}\nlost contacts: {lost_contacts}\nunpublished bytes (checkpoint lag): {:?}\n",
+            "{scenario}: rows missing\nproject {}\nlost contacts: {lost_contacts}\nunpublished bytes (checkpoint lag): {:?}\n",
             project.dir.path().display(),
             project.checkpoint_lag()
         );

@@ -204,9 +204,9 @@ fn config_error(problem: impl Into<String>) -> WarehouseError {
     WarehouseError::Config(problem.into())
 }
 
-/// A token for emulators, which accept any.
+/// A token for emulators, which accept any (tests and benchmarks use it for their own clients too).
 #[derive(Clone)]
-struct EmulatorToken;
+pub struct EmulatorToken;
 
 #[async_trait]
 impl gcp_bigquery_client::auth::Authenticator for EmulatorToken {

@@ -338,22 +338,11 @@ impl Drop for OwnBigQuery {
     }
 }
 
-/// Any token: the emulator checks none.
-#[derive(Clone)]
-struct AnyToken;
-
-#[async_trait::async_trait]
-impl gcp_bigquery_client::auth::Authenticator for AnyToken {
-    async fn access_token(&self) -> Result<String, gcp_bigquery_client::error::BQError> {
-        Ok("test".into())
-    }
-}
-
 /// A plain client on a BigQuery emulator, to look at what bqsync did.
 pub async fn bigquery_client(endpoint: &str) -> gcp_bigquery_client::Client {
     gcp_bigquery_client::client_builder::ClientBuilder::new()
         .with_v2_base_url(format!("{endpoint}/bigquery/v2"))
-        .build_from_authenticator(std::sync::Arc::new(AnyToken))
+        .build_from_authenticator(std::sync::Arc::new(bqsync::warehouse::bigquery::EmulatorToken))
         .await
         .unwrap()
 }
