@@ -504,14 +504,15 @@ impl PubSubSubscription {
             .map(|t| t.seconds() * 1_000_000 + i64::from(t.nanos()) / 1000)
             .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
         tracing::trace!(message_id = %message.message_id, event_id = message.attributes.get(EVENT_ID).map(String::as_str), "delivered");
+        let message_id = message.message_id;
         Delivery {
-            message_id: message.message_id.clone(),
+            message_id: message_id.clone(),
             data: message.data.to_vec(),
             attributes: message.attributes.into_iter().collect::<BTreeMap<_, _>>(),
             // Set only when the subscription has a dead-letter policy.
             delivery_attempt: handler.delivery_attempt().map_or(1, |a| a.max(1) as u32),
             first_attempt_micros,
-            handle: AckHandle { inner: AckInner::PubSub { handler, message_id: message.message_id.clone() } },
+            handle: AckHandle { inner: AckInner::PubSub { handler, message_id } },
         }
     }
 
