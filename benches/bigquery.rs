@@ -54,7 +54,7 @@ fn main() {
             let started = Instant::now();
             for chunk in events.chunks(flush) {
                 let batch = Arc::new(vec![TableBatch { table: table.into(), rows: chunk.to_vec() }]);
-                let _proof = warehouse.land(batch).await.unwrap();
+                let _proof = warehouse.land(batch, bqsync::bus::Receipts::default()).await.unwrap();
             }
             let seconds = started.elapsed().as_secs_f64();
             let after = warehouse.counters();

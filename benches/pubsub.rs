@@ -17,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use bqsync::bus::pubsub::{setup, PubSubConfig, PubSubPublisher, PubSubSubscription, ResourceNames};
-use bqsync::bus::{OutboundMessage, Publisher, Subscription};
+use bqsync::bus::{Committed, OutboundMessage, Publisher, Subscription};
 
 const MESSAGES: usize = 100_000;
 const STREAMS: [usize; 3] = [1, 2, 4];
@@ -154,7 +154,7 @@ async fn consume(config: &PubSubConfig) {
         assert!(Instant::now() < deadline, "only {received} of {MESSAGES} messages within 600 s");
         let deliveries = subscription.pull(5000, Duration::from_millis(200)).await.unwrap();
         received += deliveries.len();
-        subscription.ack(deliveries.into_iter().map(|d| d.handle).collect()).await.unwrap();
+        subscription.ack(Committed::nothing_to_land(deliveries.into_iter().map(|d| d.handle).collect())).await.unwrap();
     }
     subscription.close().await;
 }

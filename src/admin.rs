@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -26,52 +25,10 @@ use axum::{Json, Router};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::config::Config;
 use crate::schema::Catalog;
 use crate::warehouse::Warehouse;
 
-/// `[admin]`: the admin HTTP server and shutdown.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// Address to listen on, e.g. `0.0.0.0:9090` in a pod. `off` disables the server. Default
-    /// `127.0.0.1:9090` (loopback only).
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// Environment variable holding the bearer token of the mutating endpoints. Default
-    /// `BQSYNC_ADMIN_TOKEN`.
-    #[serde(default = "default_token_env")]
-    pub token_env: String,
-    /// File holding the token (a mounted secret), used when the variable is unset.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// After SIGTERM: stop pulling and reading, commit and ack what is in flight, and exit within
-    /// this many seconds; what could not commit stays unacked and is redelivered. Keep it below the
-    /// pod's `terminationGracePeriodSeconds`. Default 25.
-    #[serde(default = "default_drain_timeout_secs")]
-    pub drain_timeout_secs: u64,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:9090".into()
-}
-fn default_token_env() -> String {
-    "BQSYNC_ADMIN_TOKEN".into()
-}
-const fn default_drain_timeout_secs() -> u64 {
-    25
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: default_listen(),
-            token_env: default_token_env(),
-            token_file: None,
-            drain_timeout_secs: default_drain_timeout_secs(),
-        }
-    }
-}
+pub use crate::config::admin::AdminConfig;
 
 impl AdminConfig {
     /// The token, from the environment variable or the secret file; None: mutating endpoints off.
@@ -95,7 +52,10 @@ pub type Probe = Box<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send +
 
 /// What the admin server reads and triggers.
 pub struct AdminState {
-    pub config: Config,
+    /// Where the server listens (`admin.listen`), or `off`.
+    pub listen: String,
+    /// The checkpoint file, for checkpoint lag.
+    pub state_path: std::path::PathBuf,
     pub catalog: Arc<Catalog>,
     pub warehouse: Option<Arc<dyn Warehouse>>,
     pub probes: Vec<(&'static str, Probe)>,
@@ -106,7 +66,7 @@ pub struct AdminState {
 
 /// Starts the server (unless `listen = "off"`); returns the address it is bound to.
 pub async fn serve(state: AdminState) -> anyhow::Result<Option<SocketAddr>> {
-    let listen = state.config.admin.listen.clone();
+    let listen = state.listen.clone();
     if listen == "off" {
         return Ok(None);
     }
@@ -149,7 +109,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let metrics = crate::metrics::global();
-    if let Ok(lags) = crate::status::checkpoint_lags(&state.config) {
+    if let Ok(lags) = crate::status::checkpoint_lags(&state.state_path) {
         let mut per_source: BTreeMap<String, i64> = BTreeMap::new();
         for lag in lags {
             *per_source.entry(lag.source).or_default() += lag.lag_bytes.unwrap_or(0) as i64;
@@ -162,7 +122,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
-    let checkpoints = crate::status::checkpoint_lags(&state.config).unwrap_or_default();
+    let checkpoints = crate::status::checkpoint_lags(&state.state_path).unwrap_or_default();
     let dead_letters = match &state.warehouse {
         Some(w) => w.dead_letter_counts().await.map_err(|e| e.to_string()),
         None => Ok(Vec::new()),

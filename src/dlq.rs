@@ -24,11 +24,14 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::bus::{attr, AckHandle, Attributes, Delivery};
+use crate::ack::Receipts;
+use crate::batch::{StagedRow, TableBatch};
+use crate::dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterReason, DeadLetterRecord, DEAD_LETTER_TABLE};
+use crate::message::{attr, Attributes, Message};
 use crate::schema::Catalog;
 use crate::sources::jsonl::record_to_message;
-use crate::warehouse::{DeadLetterFilter, DeadLetterRecord, StagedRow, TableBatch, Warehouse};
-use crate::worker::classify::{Classified, Classifier, DeadLetter, DEAD_LETTER_TABLE};
+use crate::warehouse::Warehouse;
+use crate::worker::classify::{Classified, Classifier};
 
 /// Events per replay transaction.
 const REPLAY_CHUNK: usize = 1000;
@@ -273,8 +276,12 @@ pub async fn replay(
     for (done, chunk) in records.chunks(REPLAY_CHUNK).enumerate() {
         let mut tables: BTreeMap<String, Vec<StagedRow>> = BTreeMap::new();
         for record in chunk {
-            let delivery = rebuild(record, edits, &catalog);
-            let (outcome, detail, table, event_id, row) = match classifier.classify(&delivery) {
+            let (data, attributes) = rebuild(record, edits, &catalog);
+            // A replay is a first delivery of the edited message; it has no bus handle to ack.
+            let now = chrono::Utc::now().timestamp_micros();
+            let message =
+                Message { data: &data, attributes: &attributes, delivery_attempt: 1, first_attempt_micros: now };
+            let (outcome, detail, table, event_id, row) = match classifier.classify(message) {
                 Classified::Row { table, row, .. } => {
                     summary.valid += 1;
                     let id = row.event_id.clone();
@@ -282,7 +289,7 @@ pub async fn replay(
                 }
                 Classified::DeadLetter(dead) => {
                     summary.still_failing += 1;
-                    let row = classifier.dead_letter_row(&delivery, &dead);
+                    let row = dead.row(&catalog, message);
                     let DeadLetter { reason, detail, event_id, .. } = dead;
                     (reason.as_str().to_string(), detail, DEAD_LETTER_TABLE.to_string(), event_id, row)
                 }
@@ -300,7 +307,8 @@ pub async fn replay(
         }
         if !dry_run {
             let batches: Vec<TableBatch> = tables.into_iter().map(|(table, rows)| TableBatch { table, rows }).collect();
-            let (_committed, stats) = warehouse.land(Arc::new(batches)).await.context("landing replayed events")?;
+            let landed = warehouse.land(Arc::new(batches), Receipts::default()).await;
+            let (_nothing_to_ack, stats) = landed.map_err(|f| *f.error).context("landing replayed events")?;
             for (table, stat) in stats {
                 if table != DEAD_LETTER_TABLE {
                     summary.landed_new += stat.rows_changed;
@@ -314,8 +322,9 @@ pub async fn replay(
     Ok(summary)
 }
 
-/// The dead letter as a delivery again: edits applied, the failure attributes replaced by lineage.
-fn rebuild(record: &DeadLetterRecord, edits: &Edits, catalog: &Catalog) -> Delivery {
+/// The dead letter as a message again (bytes and attributes): edits applied, the failure attributes
+/// replaced by lineage.
+fn rebuild(record: &DeadLetterRecord, edits: &Edits, catalog: &Catalog) -> (Vec<u8>, Attributes) {
     let original: Attributes = match &record.attributes {
         Value::Object(map) => {
             map.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()
@@ -345,14 +354,7 @@ fn rebuild(record: &DeadLetterRecord, edits: &Edits, catalog: &Catalog) -> Deliv
     } else {
         rebuild_envelope(record, edits)
     };
-    Delivery {
-        message_id: format!("replay:{}", record.dead_letter_id),
-        data,
-        attributes,
-        delivery_attempt: 1,
-        first_attempt_micros: chrono::Utc::now().timestamp_micros(),
-        handle: AckHandle::detached(),
-    }
+    (data, attributes)
 }
 
 /// A raw record the producer could not make into an event (a JSONL line): edited, then made into an
@@ -433,12 +435,14 @@ pub fn filter(
     ids: Vec<String>,
     limit: Option<usize>,
 ) -> anyhow::Result<DeadLetterFilter> {
-    if let Some(reason) = &reason {
-        anyhow::ensure!(
-            crate::worker::classify::DeadLetterReason::parse(reason).is_some(),
-            "unknown reason {reason:?}: expected decode, schema, unknown_table, oversize, warehouse_rejected or max_attempts"
-        );
-    }
+    let reason = match reason {
+        Some(text) => Some(DeadLetterReason::parse(&text).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown reason {text:?}: expected decode, schema, unknown_table, oversize, warehouse_rejected or max_attempts"
+            )
+        })?),
+        None => None,
+    };
     Ok(DeadLetterFilter {
         table,
         reason,

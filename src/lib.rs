@@ -12,16 +12,21 @@
 //! warehouse deduplicates on event id (append) or keeps the highest version per key (upsert). Every
 //! failure point therefore leads to redelivery, and every redelivery to a no-op.
 
+pub mod ack;
 pub mod admin;
+pub mod batch;
 pub mod bus;
 pub mod config;
+pub mod dead_letter;
 pub mod dlq;
 pub mod envelope;
 pub mod gcs;
 pub mod infra;
 pub mod logging;
+pub mod message;
 pub mod metrics;
 pub mod pipeline;
+pub mod retry;
 pub mod schema;
 pub mod sources;
 pub mod status;

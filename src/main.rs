@@ -212,7 +212,13 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Setup => setup(config).await?,
         Command::Status { json } => {
             let catalog = pipeline::load_catalog(&config)?;
-            let status = bqsync::status::collect(&config, catalog).await?;
+            let inputs = bqsync::status::StatusInputs {
+                bus: &config.bus.embedded,
+                warehouse: &config.warehouse,
+                gcs: &config.gcs,
+                state_path: &config.state_path,
+            };
+            let status = bqsync::status::collect(inputs, catalog).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -230,7 +236,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let warehouse = if dry_run {
                 read_only_warehouse(&config, catalog.clone()).await?
             } else {
-                let warehouse = bqsync::warehouse::open(&config, catalog.clone())
+                let warehouse = bqsync::warehouse::open(&config.warehouse, &config.gcs, catalog.clone())
                     .await
                     .context("opening the warehouse (DuckDB: a running bqsync holds it: stop it to replay)")?;
                 warehouse.ensure_tables().await.context("creating tables from schemas/")?;
@@ -391,7 +397,7 @@ async fn setup(config: Config) -> anyhow::Result<()> {
     }
     let catalog = pipeline::load_catalog(&config)?;
     let name = bqsync::warehouse::describe(&config.warehouse);
-    let warehouse = bqsync::warehouse::open(&config, catalog.clone())
+    let warehouse = bqsync::warehouse::open(&config.warehouse, &config.gcs, catalog.clone())
         .await
         .with_context(|| format!("opening the warehouse ({name})"))?;
     warehouse.ensure_tables().await.context("creating tables from schemas/")?;

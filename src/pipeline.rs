@@ -145,7 +145,7 @@ pub async fn run_with(config: Config, mode: RunMode, role: Role, only_sources: &
     let worker_task = match (&bus.subscription, role.works()) {
         (Some(subscription), true) => {
             let warehouse: Arc<dyn Warehouse> =
-                crate::warehouse::open(&config, catalog.clone()).await.with_context(|| {
+                crate::warehouse::open(&config.warehouse, &config.gcs, catalog.clone()).await.with_context(|| {
                     format!("opening the warehouse ({})", crate::warehouse::describe(&config.warehouse))
                 })?;
             warehouse.ensure_tables().await.context("creating tables from schemas/")?;
@@ -291,7 +291,8 @@ async fn start_admin(
         ));
     }
     let state = crate::admin::AdminState {
-        config: config.clone(),
+        listen: config.admin.listen.clone(),
+        state_path: config.state_path.clone(),
         catalog: catalog.clone(),
         warehouse,
         probes,

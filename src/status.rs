@@ -11,7 +11,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::bus::{embedded, QueueStats, Subscription};
-use crate::config::Config;
+use crate::config::bus::EmbeddedBusConfig;
+use crate::config::warehouse::{WarehouseConfig, WarehouseKind};
+use crate::config::GcsConfig;
 use crate::schema::Catalog;
 use crate::sources::checkpoint::CheckpointStore;
 use crate::warehouse::duckdb::DuckDbWarehouse;
@@ -37,14 +39,22 @@ pub struct CheckpointLag {
     pub lag_bytes: Option<u64>,
 }
 
-pub async fn collect(config: &Config, catalog: Arc<Catalog>) -> anyhow::Result<Status> {
+/// What `bqsync status` reads: the embedded bus file, the warehouse, and the checkpoint file.
+pub struct StatusInputs<'a> {
+    pub bus: &'a EmbeddedBusConfig,
+    pub warehouse: &'a WarehouseConfig,
+    pub gcs: &'a GcsConfig,
+    pub state_path: &'a Path,
+}
+
+pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow::Result<Status> {
     let mut status = Status::default();
-    if let Some(bus) = embedded::open_existing(&config.bus.embedded.path)? {
+    if let Some(bus) = embedded::open_existing(&inputs.bus.path)? {
         status.queue = Some(bus.subscription().stats().await?);
     }
-    let path = &config.warehouse.duckdb.path;
-    if config.warehouse.kind == crate::config::WarehouseKind::Bigquery {
-        let warehouse = crate::warehouse::open(config, catalog).await?;
+    let path = &inputs.warehouse.duckdb.path;
+    if inputs.warehouse.kind == WarehouseKind::Bigquery {
+        let warehouse = crate::warehouse::open(inputs.warehouse, inputs.gcs, catalog).await?;
         status.rows_per_table = warehouse.row_counts().await?;
         status.dead_letters = warehouse.dead_letter_counts().await?;
     } else if path.exists() {
@@ -60,7 +70,7 @@ pub async fn collect(config: &Config, catalog: Arc<Catalog>) -> anyhow::Result<S
     } else {
         status.warehouse_note = Some(format!("no warehouse file yet at {}", path.display()));
     }
-    status.checkpoints = checkpoint_lags(config)?;
+    status.checkpoints = checkpoint_lags(inputs.state_path)?;
     Ok(status)
 }
 
@@ -106,10 +116,10 @@ pub fn render(status: &Status) -> String {
 }
 
 /// How far each source's files are ahead of their checkpoints.
-pub fn checkpoint_lags(config: &Config) -> anyhow::Result<Vec<CheckpointLag>> {
+pub fn checkpoint_lags(state_path: &Path) -> anyhow::Result<Vec<CheckpointLag>> {
     let mut lags = Vec::new();
-    if config.state_path.exists() {
-        let store = CheckpointStore::open(&config.state_path)?;
+    if state_path.exists() {
+        let store = CheckpointStore::open(state_path)?;
         for (source, checkpoint) in store.all_files()? {
             // Only the same file counts: a rotated or replaced path holds another file now.
             let size = std::fs::metadata(Path::new(&checkpoint.path))

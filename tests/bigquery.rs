@@ -122,10 +122,10 @@ fn a_batch_delivered_twice_lands_once_and_a_reused_job_id_is_not_applied_twice()
             TableBatch { table: "atoms".into(), rows: atoms.clone() },
             TableBatch { table: "contacts_master".into(), rows: contacts },
         ]);
-        let (_, first) = warehouse.land(batches.clone()).await.unwrap();
+        let (_, first) = warehouse.land(batches.clone(), bqsync::bus::Receipts::default()).await.unwrap();
         assert_eq!(first[0].1.rows_changed, 300, "{first:?}");
         assert_eq!(first[1].1.rows_changed, 50, "{first:?}");
-        let (_, second) = warehouse.land(batches.clone()).await.unwrap();
+        let (_, second) = warehouse.land(batches.clone(), bqsync::bus::Receipts::default()).await.unwrap();
         assert!(second.iter().all(|(_, s)| s.rows_changed == 0), "{second:?}");
         let atoms_path = format!("`{PROJECT}.{dataset}.atoms`");
         assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {atoms_path}")).await, 300);
@@ -140,14 +140,16 @@ fn a_batch_delivered_twice_lands_once_and_a_reused_job_id_is_not_applied_twice()
         ))
         .await;
         let only_atoms = Arc::new(vec![TableBatch { table: "atoms".into(), rows: atoms.clone() }]);
-        let (_, third) = warehouse.land(only_atoms).await.unwrap();
+        let (_, third) = warehouse.land(only_atoms, bqsync::bus::Receipts::default()).await.unwrap();
         assert_eq!(third[0].1.rows_changed, 0, "the job id was taken: recognised, not run again");
         assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {atoms_path}")).await, 290);
         // A different batch (one row more) has another job id: the SQL fills the gap, once.
         let mut more = atoms;
         more.push(atom(&atoms_schema, "a-new", 1));
-        let (_, fourth) =
-            warehouse.land(Arc::new(vec![TableBatch { table: "atoms".into(), rows: more }])).await.unwrap();
+        let (_, fourth) = warehouse
+            .land(Arc::new(vec![TableBatch { table: "atoms".into(), rows: more }]), bqsync::bus::Receipts::default())
+            .await
+            .unwrap();
         assert_eq!(fourth[0].1.rows_changed, 11);
         assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {atoms_path}")).await, 301);
 
@@ -201,7 +203,7 @@ fn shuffled_upserts_converge_to_the_highest_version_per_key() {
         rng.shuffle(&mut rows);
         for chunk in rows.chunks(10_000) {
             let batch = Arc::new(vec![TableBatch { table: "contacts_master".into(), rows: chunk.to_vec() }]);
-            let _ = warehouse.land(batch).await.unwrap();
+            let _ = warehouse.land(batch, bqsync::bus::Receipts::default()).await.unwrap();
         }
         let path = format!("`{PROJECT}.{dataset}.contacts_master`");
         let landed = query(&format!("SELECT contact_id, version, _bqsync_deleted, email FROM {path}")).await;
@@ -238,7 +240,13 @@ fn a_new_nullable_column_is_added_and_used_and_breaking_changes_are_refused() {
         let evolved = warehouse(&config, Catalog::from_tables([grown.clone()])).await;
         let mut row = atom(&grown, "with-language", 0);
         *row.cells.last_mut().unwrap() = CellValue::String("de".into());
-        let _ = evolved.land(Arc::new(vec![TableBatch { table: "atoms".into(), rows: vec![row] }])).await.unwrap();
+        let _ = evolved
+            .land(
+                Arc::new(vec![TableBatch { table: "atoms".into(), rows: vec![row] }]),
+                bqsync::bus::Receipts::default(),
+            )
+            .await
+            .unwrap();
         let landed = query(&format!("SELECT language FROM `{PROJECT}.{dataset}.atoms`")).await;
         assert_eq!(landed, vec![vec![Value::String("de".into())]]);
 
@@ -296,8 +304,13 @@ fn rows_bigquery_rejects_are_dead_lettered_and_the_rest_lands() {
 
         let rows: Vec<StagedRow> =
             (0..20).map(|i| contact(&schema, &format!("k{i}"), 1, (i % 5 != 0).then_some("e@x"), false)).collect();
-        let (_, stats) =
-            warehouse.land(Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }])).await.unwrap();
+        let (_, stats) = warehouse
+            .land(
+                Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }]),
+                bqsync::bus::Receipts::default(),
+            )
+            .await
+            .unwrap();
         assert_eq!(stats[0].1.rows_changed, 16, "{stats:?}");
         let path = format!("`{PROJECT}.{dataset}`");
         assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.contacts_master")).await, 16);
@@ -315,12 +328,20 @@ fn rows_bigquery_rejects_are_dead_lettered_and_the_rest_lands() {
         // Landing the same batch again adds no second dead letter (deterministic ids).
         let rows: Vec<StagedRow> =
             (0..20).map(|i| contact(&schema, &format!("k{i}"), 1, (i % 5 != 0).then_some("e@x"), false)).collect();
-        let _ = warehouse.land(Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }])).await.unwrap();
+        let _ = warehouse
+            .land(
+                Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }]),
+                bqsync::bus::Receipts::default(),
+            )
+            .await
+            .unwrap();
         assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.dead_letters")).await, 4);
 
         // `bqsync dlq` reads them back from BigQuery: filters as query parameters, exact bytes.
-        let filter =
-            bqsync::warehouse::DeadLetterFilter { reason: Some("warehouse_rejected".into()), ..Default::default() };
+        let filter = bqsync::warehouse::DeadLetterFilter {
+            reason: Some(bqsync::dead_letter::DeadLetterReason::WarehouseRejected),
+            ..Default::default()
+        };
         let records = warehouse.dead_letters(&filter).await.unwrap();
         assert_eq!(records.len(), 4);
         let envelope: Value = serde_json::from_slice(&records[0].message_bytes).unwrap();

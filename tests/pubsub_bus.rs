@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bqsync::bus::pubsub::{PubSubConfig, PubSubPublisher, PubSubSubscription};
-use bqsync::bus::{Delivery, OutboundMessage, Publisher, Subscription};
-use bqsync::warehouse::{Committed, LandStats, TableBatch, Warehouse, WarehouseError};
+use bqsync::bus::{Committed, Delivery, OutboundMessage, Publisher, Receipts, Subscription};
+use bqsync::warehouse::{LandFailure, LandResult, TableBatch, Warehouse, WarehouseError};
 use bqsync::worker::{StopMode, Worker, WorkerConfig};
 use common::{assert_contacts_match, atom_line, contacts, dead_letter_reasons, signal, wait_exit, Project};
 
@@ -216,8 +216,8 @@ impl Warehouse for DownWarehouse {
     async fn ensure_tables(&self) -> Result<(), WarehouseError> {
         Ok(())
     }
-    async fn land(&self, _: Arc<Vec<TableBatch>>) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError> {
-        Err(WarehouseError::Task("injected: warehouse down".into()))
+    async fn land(&self, _: Arc<Vec<TableBatch>>, receipts: Receipts) -> LandResult {
+        Err(LandFailure::new(WarehouseError::Task("injected: warehouse down".into()), receipts))
     }
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError> {
         Ok(Vec::new())
@@ -440,7 +440,10 @@ fn ordering_keys_deliver_each_keys_versions_in_order() {
                 let key = event["key"]["contact_id"].as_str().unwrap().to_string();
                 by_key.entry(key).or_default().push(event["version"].as_i64().unwrap());
             }
-            subscription.ack(deliveries.into_iter().map(|d| d.handle).collect()).await.unwrap();
+            subscription
+                .ack(Committed::nothing_to_land(deliveries.into_iter().map(|d| d.handle).collect()))
+                .await
+                .unwrap();
         }
         subscription.close().await;
         by_key
@@ -511,7 +514,7 @@ fn a_seek_redelivers_unacked_messages_only() {
                 acked.push(delivery.handle);
             }
         }
-        subscription.ack(acked).await.unwrap();
+        subscription.ack(Committed::nothing_to_land(acked)).await.unwrap();
         subscription.close().await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let name = config.subscription.clone();
@@ -522,7 +525,7 @@ fn a_seek_redelivers_unacked_messages_only() {
         while Instant::now() < deadline {
             for delivery in again.pull(10, Duration::from_millis(500)).await.unwrap() {
                 back.push(event(&delivery));
-                again.ack(vec![delivery.handle]).await.unwrap();
+                again.ack(Committed::nothing_to_land(vec![delivery.handle])).await.unwrap();
             }
         }
         back.sort();

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bqsync::bus::embedded::{EmbeddedBus, EmbeddedBusConfig};
+use bqsync::bus::Receipts;
 use bqsync::bus::{OutboundMessage, Publisher, Subscription};
 use bqsync::schema::Catalog;
 use bqsync::warehouse::duckdb::{DuckDbConfig, DuckDbWarehouse};
-use bqsync::warehouse::{Committed, LandStats, TableBatch, Warehouse, WarehouseError};
+use bqsync::warehouse::{LandFailure, LandResult, TableBatch, Warehouse, WarehouseError};
 use bqsync::worker::{StopMode, Worker, WorkerConfig};
 
 /// Fails the first `failures` landings (as a transient error), then delegates.
@@ -31,10 +32,7 @@ impl Warehouse for FailingWarehouse {
         self.inner.ensure_tables().await
     }
 
-    async fn land(
-        &self,
-        batches: Arc<Vec<TableBatch>>,
-    ) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError> {
+    async fn land(&self, batches: Arc<Vec<TableBatch>>, receipts: Receipts) -> LandResult {
         if self.failures.load(Ordering::SeqCst) > 0 {
             self.failures.fetch_sub(1, Ordering::SeqCst);
             let stats = self.bus.subscription().stats().await.unwrap();
@@ -42,9 +40,10 @@ impl Warehouse for FailingWarehouse {
             if stats.pending + stats.leased == self.events {
                 self.messages_present_during_failures.fetch_add(1, Ordering::SeqCst);
             }
-            return Err(WarehouseError::Task("injected failure: warehouse unavailable".into()));
+            let error = WarehouseError::Task("injected failure: warehouse unavailable".into());
+            return Err(LandFailure::new(error, receipts));
         }
-        self.inner.land(batches).await
+        self.inner.land(batches, receipts).await
     }
 
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError> {

@@ -17,58 +17,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::ack::AckInner;
+use crate::dead_letter::DeadLetterReason;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Deserialize;
 
 use super::{
-    attr, AckHandle, AckInner, Attributes, BusError, Delivery, OutboundMessage, Publisher, QueueStats, Subscription,
+    attr, AckHandle, Attributes, BusError, Committed, Delivery, OutboundMessage, Publisher, QueueStats, Subscription,
 };
 
-/// Settings of the embedded bus (`[bus.embedded]` in the config file).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmbeddedBusConfig {
-    /// SQLite file of the queue. Default `.bqsync/bus.db`.
-    #[serde(default = "default_path")]
-    pub path: PathBuf,
-    /// Lease of a delivery, in seconds: an unacked delivery comes back after it. Default 60.
-    #[serde(default = "default_ack_deadline_secs")]
-    pub ack_deadline_secs: u64,
-    /// Deliveries before a message moves to the dead-letter queue. Default 5.
-    #[serde(default = "default_max_delivery_attempts")]
-    pub max_delivery_attempts: u32,
-    /// `full` fsyncs every publish before it returns (published events survive power loss); `normal`
-    /// survives a crash of the process but may lose the last publishes on power loss. Leases and acks
-    /// are never fsynced on their own: losing one on power loss only causes a redelivery, which lands
-    /// as a no-op. Default `full`.
-    #[serde(default = "default_synchronous")]
-    pub synchronous: String,
-}
-
-fn default_path() -> PathBuf {
-    PathBuf::from(".bqsync/bus.db")
-}
-const fn default_ack_deadline_secs() -> u64 {
-    60
-}
-const fn default_max_delivery_attempts() -> u32 {
-    5
-}
-fn default_synchronous() -> String {
-    "full".into()
-}
-
-impl Default for EmbeddedBusConfig {
-    fn default() -> Self {
-        EmbeddedBusConfig {
-            path: default_path(),
-            ack_deadline_secs: default_ack_deadline_secs(),
-            max_delivery_attempts: default_max_delivery_attempts(),
-            synchronous: default_synchronous(),
-        }
-    }
-}
+pub use crate::config::bus::embedded::EmbeddedBusConfig;
 
 /// Table names of one queue; constants, never user data.
 #[derive(Debug, Clone, Copy)]
@@ -391,7 +349,7 @@ impl EmbeddedSubscription {
 /// Moves an exhausted message to the dead-letter queue, recording why in its attributes.
 fn move_to_dead_letters(tx: &rusqlite::Transaction, q: QueueTables, row: Row, now: i64) -> rusqlite::Result<()> {
     let mut attributes = decode_attributes(row.attributes);
-    attributes.insert(attr::DEAD_LETTER_REASON.into(), "max_attempts".into());
+    attributes.insert(attr::DEAD_LETTER_REASON.into(), DeadLetterReason::MaxAttempts.as_str().into());
     attributes.insert(attr::DEAD_LETTER_ATTEMPTS.into(), row.attempts.to_string());
     attributes
         .insert(attr::DEAD_LETTER_FIRST_ATTEMPT_MICROS.into(), row.first_attempt_micros.unwrap_or(now).to_string());
@@ -413,7 +371,7 @@ fn embedded_handles(handles: Vec<AckHandle>) -> Result<Vec<(i64, i64)>, BusError
         .into_iter()
         .map(|h| match h.inner {
             AckInner::Embedded { seq, lease_token } => Ok((seq, lease_token)),
-            _ => Err(BusError::ForeignHandle),
+            AckInner::PubSub { .. } => Err(BusError::ForeignHandle),
         })
         .collect()
 }
@@ -450,9 +408,9 @@ impl Subscription for EmbeddedSubscription {
         }
     }
 
-    async fn ack(&self, handles: Vec<AckHandle>) -> Result<(), BusError> {
+    async fn ack(&self, committed: Committed<Vec<AckHandle>>) -> Result<(), BusError> {
         let q = self.queue;
-        let ids = embedded_handles(handles)?;
+        let ids = embedded_handles(committed.into_receipts())?;
         self.bus
             .blocking(move |bus| {
                 bus.with_connection(|connection| {
@@ -567,7 +525,7 @@ mod tests {
         let mut first = first.into_iter();
         let a = first.next().unwrap();
         assert_eq!(a.data, b"a");
-        sub.ack(vec![a.handle]).await.unwrap();
+        sub.ack(Committed::new(vec![a.handle])).await.unwrap();
         drop(first);
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let again = sub.pull(10, Duration::ZERO).await.unwrap();
@@ -612,7 +570,7 @@ mod tests {
             bus.publish(vec![message("x"), message("y")]).await.unwrap();
             let d = sub.pull(10, Duration::ZERO).await.unwrap();
             assert_eq!(d.len(), 2, "round {round}: new messages after an emptied queue are delivered");
-            sub.ack(d.into_iter().map(|d| d.handle).collect()).await.unwrap();
+            sub.ack(Committed::new(d.into_iter().map(|d| d.handle).collect())).await.unwrap();
         }
     }
 

@@ -6,48 +6,19 @@
 //! - A [`Delivery`] holds a lease (ack deadline). Unacked deliveries come back after the lease; each
 //!   delivery counts an attempt; past the subscription's maximum attempts a message moves to the
 //!   dead-letter queue instead of being delivered again.
-//! - Only the worker's commit path acks: [`AckHandle`]s have no public constructor and are acked through
-//!   [`Subscription::ack`] after the warehouse committed.
+//! - Only a commit acks: [`Subscription::ack`] takes a [`Committed`] proof (see [`crate::ack`] and
+//!   the invariant in [`crate::worker`]).
 
 pub mod claim_check;
 pub mod embedded;
 pub mod pubsub;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-/// Message attributes (Pub/Sub attributes; the embedded bus stores them as JSON).
-pub type Attributes = BTreeMap<String, String>;
-
-/// Attribute names bqsync sets on its messages.
-pub mod attr {
-    /// Destination table (lets a worker dead-letter an undecodable body to the right table).
-    pub const TABLE: &str = "bqsync_table";
-    /// Event id, for tracing and dead-letter records.
-    pub const EVENT_ID: &str = "bqsync_event_id";
-    /// Set by a producer that could not make an event out of a record: the reason class.
-    pub const POISON_REASON: &str = "bqsync_poison_reason";
-    /// With `POISON_REASON`: what was wrong and where.
-    pub const POISON_DETAIL: &str = "bqsync_poison_detail";
-    /// The producer (source name and location of the record).
-    pub const SOURCE: &str = "bqsync_source";
-    /// On a dead letter: the reason class (`decode`, `schema`, …, `max_attempts`).
-    pub const DEAD_LETTER_REASON: &str = "bqsync_dead_letter_reason";
-    /// On a dead letter: what was wrong and where.
-    pub const DEAD_LETTER_DETAIL: &str = "bqsync_dead_letter_detail";
-    /// On a dead letter: deliveries before it was dead-lettered.
-    pub const DEAD_LETTER_ATTEMPTS: &str = "bqsync_dead_letter_attempts";
-    /// On a dead letter: microseconds since the epoch of the first delivery.
-    pub const DEAD_LETTER_FIRST_ATTEMPT_MICROS: &str = "bqsync_dead_letter_first_attempt_micros";
-    /// On a replayed dead letter: the id of the dead letter it was made from.
-    pub const REPLAY_OF: &str = "bqsync_replay_of";
-    /// On a replayed dead letter: earlier failures, `reason@micros` separated by `;`, oldest first.
-    pub const REPLAY_HISTORY: &str = "bqsync_replay_history";
-    /// Set by Pub/Sub's dead-letter policy on the messages it moves: deliveries made.
-    pub const PUBSUB_DELIVERY_COUNT: &str = "CloudPubSubDeadLetterSourceDeliveryCount";
-}
+pub use crate::ack::{AckHandle, Committed, Origin, Receipts};
+pub use crate::message::{attr, Attributes, Message};
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,30 +45,6 @@ pub struct DeadLetterOut {
     pub handle: AckHandle,
 }
 
-/// Proof of one delivery, acked or nacked through the subscription that made it.
-#[derive(Debug)]
-pub struct AckHandle {
-    pub(crate) inner: AckInner,
-}
-
-#[derive(Debug)]
-pub(crate) enum AckInner {
-    /// Embedded queue: the message's sequence number and the lease it was delivered under.
-    Embedded { seq: i64, lease_token: i64 },
-    /// Pub/Sub: the client's handler (it keeps extending the lease until acked or nacked; dropping it
-    /// nacks).
-    PubSub { handler: google_cloud_pubsub::subscriber::handler::Handler, message_id: String },
-    /// A message that did not come from a subscription (a dead letter being replayed): there is
-    /// nothing to ack, and every subscription refuses it.
-    Detached,
-}
-
-impl AckHandle {
-    pub(crate) fn detached() -> AckHandle {
-        AckHandle { inner: AckInner::Detached }
-    }
-}
-
 /// A message delivered to a worker.
 #[derive(Debug)]
 pub struct Delivery {
@@ -109,6 +56,18 @@ pub struct Delivery {
     /// Microseconds since the epoch of the first delivery attempt.
     pub first_attempt_micros: i64,
     pub handle: AckHandle,
+}
+
+impl Delivery {
+    /// The message as classification sees it (without the handle).
+    pub fn message(&self) -> Message<'_> {
+        Message {
+            data: &self.data,
+            attributes: &self.attributes,
+            delivery_attempt: self.delivery_attempt,
+            first_attempt_micros: self.first_attempt_micros,
+        }
+    }
 }
 
 /// Errors of bus backends.
@@ -147,8 +106,8 @@ pub struct QueueStats {
 pub trait Subscription: Send + Sync {
     /// Up to `max_messages` deliveries; waits up to `wait` for the first one.
     async fn pull(&self, max_messages: usize, wait: Duration) -> Result<Vec<Delivery>, BusError>;
-    /// Removes delivered messages for good. Call only after their effect is committed.
-    async fn ack(&self, handles: Vec<AckHandle>) -> Result<(), BusError>;
+    /// Removes delivered messages for good: only those whose effect is committed.
+    async fn ack(&self, committed: Committed<Vec<AckHandle>>) -> Result<(), BusError>;
     /// Ends leases early: the messages are redelivered (attempt count goes up).
     async fn nack(&self, handles: Vec<AckHandle>) -> Result<(), BusError>;
     /// Queue depth, for status and the drain check.

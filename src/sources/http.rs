@@ -15,13 +15,11 @@
 //!   and the start of the body.
 //! - The credential comes from an environment variable or a secret file, never from the config file.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::checkpoint::CheckpointStore;
@@ -30,84 +28,7 @@ use super::{EmitOutcome, Source, SourceError};
 use crate::bus::{attr, Publisher};
 use crate::schema::Catalog;
 
-/// One `[[sources.http]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSourceConfig {
-    /// Name of the source (keys its cursor; `bqsync sync NAME`).
-    pub name: String,
-    /// The endpoint, e.g. `https://idp.example.com/api/v1/users`.
-    pub url: String,
-    /// Destination table (an upsert table in `schemas/`).
-    pub table: String,
-    /// Fixed query parameters added to every request.
-    #[serde(default)]
-    pub query: BTreeMap<String, String>,
-    /// Header that carries the credential. Default `Authorization`.
-    #[serde(default = "default_auth_header")]
-    pub auth_header: String,
-    /// Environment variable holding the header's value (e.g. `Bearer …`).
-    #[serde(default)]
-    pub auth_env: Option<String>,
-    /// File holding the header's value (a mounted secret; surrounding whitespace is trimmed). Read at
-    /// every pass, so a rotated secret is picked up.
-    #[serde(default)]
-    pub auth_file: Option<PathBuf>,
-    /// Query parameter carrying the cursor, e.g. `fromModifiedTime`.
-    pub cursor_param: String,
-    /// Record field (dot path) whose largest value becomes the next cursor, e.g. `modifiedTime`.
-    pub cursor_field: String,
-    /// Cursor of the very first pass. Default: none (the parameter is left out: everything).
-    #[serde(default)]
-    pub initial_cursor: Option<String>,
-    /// Dot path of the records array in the response, e.g. `users` or `data.items`. Default: the
-    /// body itself is the array.
-    #[serde(default)]
-    pub records_path: Option<String>,
-    /// Dot path of the next-page token in the response, e.g. `nextPageToken`. Default: no paging.
-    #[serde(default)]
-    pub next_page_path: Option<String>,
-    /// Query parameter carrying the page token. Default `pageToken`.
-    #[serde(default = "default_page_param")]
-    pub page_param: String,
-    /// The API returns records in cursor order: save the cursor after every page. Default false.
-    #[serde(default)]
-    pub sorted: bool,
-    /// Seconds between passes. Default 300.
-    #[serde(default = "default_interval_secs")]
-    pub interval_secs: u64,
-    /// Record field → destination column, for names that differ (e.g. `modifiedTime = "modified_at"`).
-    #[serde(default)]
-    pub columns: BTreeMap<String, String>,
-    /// Attempts per request on 429, 5xx and connection errors before the pass fails. Default 8.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// Longest wait between attempts, in seconds (a longer `Retry-After` is capped too). Default 60.
-    #[serde(default = "default_max_backoff_secs")]
-    pub max_backoff_secs: u64,
-    /// Timeout of one request, in seconds. Default 30.
-    #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
-}
-
-fn default_auth_header() -> String {
-    "Authorization".into()
-}
-fn default_page_param() -> String {
-    "pageToken".into()
-}
-const fn default_interval_secs() -> u64 {
-    300
-}
-const fn default_max_attempts() -> u32 {
-    8
-}
-const fn default_max_backoff_secs() -> u64 {
-    60
-}
-const fn default_timeout_secs() -> u64 {
-    30
-}
+pub use crate::config::sources::http::HttpSourceConfig;
 
 const CURSOR_KEY: &str = "cursor";
 const CURSOR_IDS_KEY: &str = "cursor_ids";

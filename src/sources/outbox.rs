@@ -16,13 +16,11 @@
 //! - Hard deletes leave no dirty row behind: use `deleted_column` (soft deletes) for deletes to reach
 //!   the warehouse.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::rows::{now_rfc3339, poison, row_event, RowMapping, SqlValue};
@@ -31,64 +29,7 @@ use super::{EmitOutcome, Source, SourceError};
 use crate::bus::{OutboundMessage, Publisher};
 use crate::schema::Catalog;
 
-/// One `[[sources.outbox]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutboxSourceConfig {
-    /// Name of the source (`bqsync sync NAME`).
-    pub name: String,
-    /// `sqlite` or `duckdb`. Default: `duckdb` for a path ending in `.duckdb`, else `sqlite`.
-    #[serde(default)]
-    pub engine: Option<OutboxEngine>,
-    /// The database file the application writes.
-    pub path: PathBuf,
-    /// The table with the dirty flag.
-    pub source_table: String,
-    /// Destination table, an upsert table in `schemas/`. Default: `source_table`. Its primary key and
-    /// version column name the source columns (after `columns` renames).
-    #[serde(default)]
-    pub table: Option<String>,
-    /// The dirty flag (BOOLEAN or INTEGER; non-zero means changed since published). Default `dirty`.
-    #[serde(default = "default_dirty_column")]
-    pub dirty_column: String,
-    /// A column that, when true, makes the row a delete (tombstone). Default: none.
-    #[serde(default)]
-    pub deleted_column: Option<String>,
-    /// Source column → destination column, for names that differ.
-    #[serde(default)]
-    pub columns: BTreeMap<String, String>,
-    /// Milliseconds between passes; a change to the file also starts one. Default 1000.
-    #[serde(default = "default_poll_interval_ms")]
-    pub poll_interval_ms: u64,
-    /// Rows per page (one publish and one clear transaction a page). Default 5000.
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
-    /// How long to wait for the application's locks (SQLite busy timeout; DuckDB: retrying the
-    /// open) before the pass fails and is retried. Default 10000.
-    #[serde(default = "default_busy_timeout_ms")]
-    pub busy_timeout_ms: u64,
-}
-
-/// The database engine of an outbox file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutboxEngine {
-    Sqlite,
-    Duckdb,
-}
-
-fn default_dirty_column() -> String {
-    "dirty".into()
-}
-const fn default_poll_interval_ms() -> u64 {
-    1000
-}
-const fn default_batch_rows() -> usize {
-    5000
-}
-const fn default_busy_timeout_ms() -> u64 {
-    10_000
-}
+pub use crate::config::sources::outbox::{OutboxEngine, OutboxSourceConfig};
 
 /// What identifies a published row for its compare-and-clear.
 struct ClearKey {

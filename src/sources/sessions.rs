@@ -13,13 +13,11 @@
 //! - Invariant: a session's content hash is saved after its publish resolved; a session whose files
 //!   did not change is never published again, and one published twice lands once (same event id).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::checkpoint::CheckpointStore;
@@ -31,54 +29,7 @@ use crate::schema::Catalog;
 /// How much of an oversize session its dead letter keeps.
 const OVERSIZE_SAMPLE_BYTES: usize = 4096;
 
-/// One `[[sources.sessions]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SessionsSourceConfig {
-    /// Name of the source (`bqsync sync NAME`).
-    pub name: String,
-    /// The folder sessions are captured into (watched recursively).
-    pub root: PathBuf,
-    /// Destination table, an upsert table. Default `zoom_sessions`.
-    #[serde(default = "default_table")]
-    pub table: String,
-    /// A session is complete once none of its files changed for this long. Default 5000.
-    #[serde(default = "default_settle_ms")]
-    pub settle_ms: u64,
-    /// When set (e.g. `.done`), a session is complete only once `STEM` + this file exists.
-    #[serde(default)]
-    pub marker_suffix: Option<String>,
-    /// Suffixes (after the stem) of the transcript file, first found wins.
-    /// Default `[".transcript.txt", ".vtt", ".txt"]`.
-    #[serde(default = "default_transcript_suffixes")]
-    pub transcript_suffixes: Vec<String>,
-    /// Sessions larger than this (the whole event) need the claim check; else they are dead-lettered
-    /// as `oversize`. Default 4 MiB.
-    #[serde(default = "default_max_event_bytes")]
-    pub max_event_bytes: usize,
-    /// Rescan interval when no file-system event arrives, in milliseconds. Default 1000.
-    #[serde(default = "default_poll_interval_ms")]
-    pub poll_interval_ms: u64,
-    /// Source field → destination column, for names that differ.
-    #[serde(default)]
-    pub columns: BTreeMap<String, String>,
-}
-
-fn default_table() -> String {
-    "zoom_sessions".into()
-}
-const fn default_settle_ms() -> u64 {
-    5000
-}
-fn default_transcript_suffixes() -> Vec<String> {
-    vec![".transcript.txt".into(), ".vtt".into(), ".txt".into()]
-}
-const fn default_max_event_bytes() -> usize {
-    4 << 20
-}
-const fn default_poll_interval_ms() -> u64 {
-    1000
-}
+pub use crate::config::sources::sessions::SessionsSourceConfig;
 
 /// A session's files, found by a scan.
 struct Capture {

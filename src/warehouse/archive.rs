@@ -19,8 +19,9 @@ use async_trait::async_trait;
 
 use super::bigquery::payload_json;
 use super::{
-    batch_id, Committed, DeadLetterFilter, DeadLetterRecord, LandStats, TableBatch, Warehouse, WarehouseError,
+    batch_id, DeadLetterFilter, DeadLetterRecord, LandFailure, LandResult, TableBatch, Warehouse, WarehouseError,
 };
+use crate::ack::Receipts;
 use crate::envelope::Op;
 use crate::gcs::Gcs;
 use crate::schema::Catalog;
@@ -75,13 +76,14 @@ impl Warehouse for ArchivingWarehouse {
         self.inner.ensure_tables().await
     }
 
-    async fn land(
-        &self,
-        batches: Arc<Vec<TableBatch>>,
-    ) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError> {
-        let (committed, stats) = self.inner.land(batches.clone()).await?;
+    async fn land(&self, batches: Arc<Vec<TableBatch>>, receipts: Receipts) -> LandResult {
+        let (committed, stats) = self.inner.land(batches.clone(), receipts).await?;
         for batch in batches.iter().filter(|b| !b.rows.is_empty()) {
-            self.archive(batch).await?;
+            if let Err(error) = self.archive(batch).await {
+                // Not archived: hand the receipts back unacked, so the batch lands (as a no-op) and
+                // is archived again.
+                return Err(LandFailure::new(error, committed.into_receipts()));
+            }
         }
         Ok((committed, stats))
     }

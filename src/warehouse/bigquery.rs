@@ -15,7 +15,7 @@
 //!   again (redelivery, a worker killed after the job but before the ack) meets `409 Already Exists`,
 //!   finds the finished job and is recognised instead of applied twice. And the SQL itself only adds
 //!   unseen event ids / newer versions, so even a new job id changes nothing twice.
-//! - **Ack only after the job is DONE** without error: [`Committed`] is made only then.
+//! - **Ack only after the job is DONE** without error: the landing's proof is made only then.
 //! - Tables of one landing are applied one after another (BigQuery has no cross-table transaction
 //!   for jobs); a failure part-way is retried as a whole and the tables already applied are no-ops.
 //! - Every query job goes through the [`CostGuard`]: `maximumBytesBilled`, dry-run estimate, budget,
@@ -42,123 +42,23 @@ use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
 use gcp_bigquery_client::model::table_schema::TableSchema as BqTableSchema;
 use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
 use gcp_bigquery_client::Client;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use super::batch_id;
 use super::bigquery_sql::{self as bsql, PartitionRange};
-use super::cost_guard::{CostConfig, CostGuard};
+use super::cost_guard::CostGuard;
 use super::sql::{DELETED, EVENT_ID, LANDED_AT, VERSION};
 use super::{
-    Committed, DeadLetterFilter, DeadLetterRecord, LandStats, StagedRow, TableBatch, Warehouse, WarehouseError,
+    seal, DeadLetterFilter, DeadLetterRecord, LandResult, LandStats, StagedRow, TableBatch, Warehouse, WarehouseError,
 };
-use crate::bus::{AckHandle, Delivery};
+use crate::ack::Receipts;
+use crate::dead_letter::{DeadLetter, DeadLetterReason, DEAD_LETTER_TABLE};
 use crate::envelope::Op;
+use crate::message::{Attributes, Message};
 use crate::schema::encode_base64;
 use crate::schema::{Catalog, CellValue, Column, ColumnMode, ColumnType, TableSchema, WriteMode};
-use crate::worker::classify::{Classifier, DeadLetter, DeadLetterReason, DEAD_LETTER_TABLE};
 
-/// Settings of the BigQuery warehouse (`[warehouse.bigquery]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BigQueryConfig {
-    /// Project that owns the dataset and pays for jobs. Default: `$BIGQUERY_PROJECT`, else
-    /// `$GOOGLE_CLOUD_PROJECT`.
-    #[serde(default)]
-    pub project: Option<String>,
-    /// Dataset holding the tables (created by `bqsync setup` / at start-up if absent). Default `bqsync`.
-    #[serde(default = "default_dataset")]
-    pub dataset: String,
-    /// Location of the dataset and its jobs. Default `US`.
-    #[serde(default = "default_location")]
-    pub location: String,
-    /// REST endpoint, e.g. `http://127.0.0.1:9050` for an emulator. Default: `$BIGQUERY_EMULATOR_HOST`
-    /// (a URL or HOST:PORT) if set, else Google's.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// `auto` (default): anonymous for an `http://` endpoint (emulators), else Application Default
-    /// Credentials (Workload Identity on GKE). `anonymous` or `default` force one.
-    #[serde(default = "default_credentials")]
-    pub credentials: String,
-    /// Staging tables expire after this many seconds even if a landing dies before dropping them.
-    /// Default 21600 (6 h).
-    #[serde(default = "default_staging_expiration_secs")]
-    pub staging_expiration_secs: u64,
-    /// Rows per `insertAll` request while staging (BigQuery recommends ≤ 500). Default 500.
-    #[serde(default = "default_insert_chunk_rows")]
-    pub insert_chunk_rows: usize,
-    /// Append tables: the event-id check reads only the partitions the batch's rows fall in; with a
-    /// window of N days it also never reads further back than N days before today (events older than
-    /// that are checked only against the window; set it above your redelivery horizon). 0 (default)
-    /// = no window, the batch's own partition range only.
-    #[serde(default)]
-    pub append_dedup_window_days: u32,
-    /// Attempts of one request on retryable errors (5xx, 429, rate limits, concurrent update) before
-    /// the landing fails as transient. Default 5.
-    #[serde(default = "default_request_attempts")]
-    pub request_attempts: u32,
-    /// First retry delay of a request, in milliseconds (doubles, ±25 % jitter, at most 10 s). Default 200.
-    #[serde(default = "default_retry_initial_ms")]
-    pub retry_initial_ms: u64,
-    /// Timeout of one HTTP request (connecting: at most 10 s of it). A request that times out is
-    /// retried like a 5xx. Default 60 s.
-    #[serde(default = "default_request_timeout_secs")]
-    pub request_timeout_secs: u64,
-    /// How long to wait for one query job to finish. Default 600 s.
-    #[serde(default = "default_job_timeout_secs")]
-    pub job_timeout_secs: u64,
-    /// Cost guard (`[warehouse.bigquery.cost]`).
-    #[serde(default)]
-    pub cost: CostConfig,
-}
-
-fn default_dataset() -> String {
-    "bqsync".into()
-}
-fn default_location() -> String {
-    "US".into()
-}
-fn default_credentials() -> String {
-    "auto".into()
-}
-const fn default_staging_expiration_secs() -> u64 {
-    6 * 3600
-}
-const fn default_insert_chunk_rows() -> usize {
-    500
-}
-const fn default_request_attempts() -> u32 {
-    5
-}
-const fn default_retry_initial_ms() -> u64 {
-    200
-}
-const fn default_request_timeout_secs() -> u64 {
-    60
-}
-const fn default_job_timeout_secs() -> u64 {
-    600
-}
-
-impl Default for BigQueryConfig {
-    fn default() -> Self {
-        BigQueryConfig {
-            project: None,
-            dataset: default_dataset(),
-            location: default_location(),
-            endpoint: None,
-            credentials: default_credentials(),
-            staging_expiration_secs: default_staging_expiration_secs(),
-            insert_chunk_rows: default_insert_chunk_rows(),
-            append_dedup_window_days: 0,
-            request_attempts: default_request_attempts(),
-            retry_initial_ms: default_retry_initial_ms(),
-            request_timeout_secs: default_request_timeout_secs(),
-            job_timeout_secs: default_job_timeout_secs(),
-            cost: CostConfig::default(),
-        }
-    }
-}
+pub use crate::config::warehouse::bigquery::BigQueryConfig;
 
 impl BigQueryConfig {
     /// The project, from the config or the environment.
@@ -765,6 +665,41 @@ impl BigQueryWarehouse {
         Ok(rows)
     }
 
+    /// Lands every table's batch; the dead letters last, so rows rejected by the other tables join
+    /// them.
+    async fn land_batches(&self, batches: &[TableBatch]) -> Result<Vec<(String, LandStats)>, WarehouseError> {
+        let mut stats = Vec::with_capacity(batches.len());
+        let mut dead_letters: Vec<StagedRow> = Vec::new();
+        // Dead letters last, so rows rejected by the other tables join them.
+        let (dead, others): (Vec<&TableBatch>, Vec<&TableBatch>) =
+            batches.iter().filter(|b| !b.rows.is_empty()).partition(|b| b.table == DEAD_LETTER_TABLE);
+        for batch in others {
+            let (table_stats, rejected) = self.land_table(batch).await?;
+            if !rejected.is_empty() {
+                let schema = self.catalog.get(&batch.table).expect("landed tables have schemas");
+                dead_letters.extend(self.rejected_dead_letters(schema, batch, &rejected));
+            }
+            stats.push((batch.table.clone(), table_stats));
+        }
+        for batch in dead {
+            dead_letters.extend(batch.rows.iter().cloned());
+        }
+        if !dead_letters.is_empty() {
+            let batch = TableBatch { table: DEAD_LETTER_TABLE.into(), rows: dead_letters };
+            let (table_stats, rejected) = self.land_table(&batch).await?;
+            if let Some((_, message)) = rejected.first() {
+                // Nowhere left to put them: fail the landing so nothing is acked and lost.
+                return Err(WarehouseError::BigQuery {
+                    context: "landing dead letters".into(),
+                    message: format!("BigQuery rejected {} dead-letter rows: {message}", rejected.len()),
+                    transient: false,
+                });
+            }
+            stats.push((DEAD_LETTER_TABLE.into(), table_stats));
+        }
+        Ok(stats)
+    }
+
     /// Dead-letter rows for rows BigQuery rejected.
     fn rejected_dead_letters(
         &self,
@@ -772,19 +707,15 @@ impl BigQueryWarehouse {
         batch: &TableBatch,
         rejected: &[(usize, String)],
     ) -> Vec<StagedRow> {
-        let classifier = Classifier { catalog: &self.catalog, max_event_bytes: usize::MAX };
+        let no_attributes = Attributes::new();
+        let now = chrono::Utc::now().timestamp_micros();
         rejected
             .iter()
             .filter_map(|(index, message)| {
                 let row = batch.rows.get(*index)?;
-                let delivery = Delivery {
-                    message_id: row.event_id.clone(),
-                    data: rebuilt_envelope(schema, row),
-                    attributes: Default::default(),
-                    delivery_attempt: 1,
-                    first_attempt_micros: chrono::Utc::now().timestamp_micros(),
-                    handle: AckHandle::detached(),
-                };
+                let data = rebuilt_envelope(schema, row);
+                let rebuilt =
+                    Message { data: &data, attributes: &no_attributes, delivery_attempt: 1, first_attempt_micros: now };
                 let dead = DeadLetter {
                     reason: DeadLetterReason::WarehouseRejected,
                     detail: format!("BigQuery rejected the row: {message}"),
@@ -792,7 +723,7 @@ impl BigQueryWarehouse {
                     event_id: Some(row.event_id.clone()),
                 };
                 tracing::warn!(table = %schema.table, event_id = %row.event_id, detail = %dead.detail, "dead-lettered");
-                Some(classifier.dead_letter_row(&delivery, &dead))
+                Some(dead.row(&self.catalog, rebuilt))
             })
             .collect()
     }
@@ -984,40 +915,8 @@ impl Warehouse for BigQueryWarehouse {
         Ok(())
     }
 
-    async fn land(
-        &self,
-        batches: Arc<Vec<TableBatch>>,
-    ) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError> {
-        let mut stats = Vec::with_capacity(batches.len());
-        let mut dead_letters: Vec<StagedRow> = Vec::new();
-        // Dead letters last, so rows rejected by the other tables join them.
-        let (dead, others): (Vec<&TableBatch>, Vec<&TableBatch>) =
-            batches.iter().filter(|b| !b.rows.is_empty()).partition(|b| b.table == DEAD_LETTER_TABLE);
-        for batch in others {
-            let (table_stats, rejected) = self.land_table(batch).await?;
-            if !rejected.is_empty() {
-                let schema = self.catalog.get(&batch.table).expect("landed tables have schemas");
-                dead_letters.extend(self.rejected_dead_letters(schema, batch, &rejected));
-            }
-            stats.push((batch.table.clone(), table_stats));
-        }
-        for batch in dead {
-            dead_letters.extend(batch.rows.iter().cloned());
-        }
-        if !dead_letters.is_empty() {
-            let batch = TableBatch { table: DEAD_LETTER_TABLE.into(), rows: dead_letters };
-            let (table_stats, rejected) = self.land_table(&batch).await?;
-            if let Some((_, message)) = rejected.first() {
-                // Nowhere left to put them: fail the landing so nothing is acked and lost.
-                return Err(WarehouseError::BigQuery {
-                    context: "landing dead letters".into(),
-                    message: format!("BigQuery rejected {} dead-letter rows: {message}", rejected.len()),
-                    transient: false,
-                });
-            }
-            stats.push((DEAD_LETTER_TABLE.into(), table_stats));
-        }
-        Ok((Committed::new(), stats))
+    async fn land(&self, batches: Arc<Vec<TableBatch>>, receipts: Receipts) -> LandResult {
+        seal(self.land_batches(&batches).await, receipts)
     }
 
     /// One request, no retries, within 5 s: readiness must answer fast.

@@ -12,6 +12,7 @@
 use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
 
 use super::sql::{DELETED, EVENT_ID, LANDED_AT, STAGE_DELETED, STAGE_EVENT_ID, STAGE_SEQUENCE, STAGE_VERSION, VERSION};
+use crate::dead_letter::{filter_sql, DeadLetterFilter, Dialect};
 use crate::schema::{Column, ColumnMode, ColumnType, TableSchema, WriteMode};
 
 /// Prefix of staging tables, which live next to their table and expire on their own.
@@ -282,50 +283,14 @@ pub fn count_dead_letters(target: &str) -> String {
 
 /// The `dead_letters` query for a filter, with its named STRING/INT64 parameters: (SQL, [(name,
 /// type, value)]). Values never enter the SQL text.
-pub fn select_dead_letters(
-    target: &str,
-    filter: &super::DeadLetterFilter,
-) -> (String, Vec<(String, &'static str, String)>) {
-    let mut conditions = Vec::new();
-    let mut params = Vec::new();
-    if let Some(table) = &filter.table {
-        conditions.push("table_name = @table".to_string());
-        params.push(("table".to_string(), "STRING", table.clone()));
-    }
-    if let Some(reason) = &filter.reason {
-        conditions.push("reason = @reason".to_string());
-        params.push(("reason".to_string(), "STRING", reason.clone()));
-    }
-    if let Some(since) = filter.since_micros {
-        conditions.push("last_failed_at >= TIMESTAMP_MICROS(@since)".to_string());
-        params.push(("since".to_string(), "INT64", since.to_string()));
-    }
-    if let Some(until) = filter.until_micros {
-        conditions.push("last_failed_at < TIMESTAMP_MICROS(@until)".to_string());
-        params.push(("until".to_string(), "INT64", until.to_string()));
-    }
-    if !filter.ids.is_empty() {
-        let mut alternatives = Vec::new();
-        for (i, id) in filter.ids.iter().enumerate() {
-            alternatives.push(format!("(STARTS_WITH(dead_letter_id, @id{i}) OR event_id = @id{i})"));
-            params.push((format!("id{i}"), "STRING", id.clone()));
-        }
-        conditions.push(format!("({})", alternatives.join(" OR ")));
-    }
-    let mut sql = format!(
+pub fn select_dead_letters(target: &str, filter: &DeadLetterFilter) -> (String, Vec<(String, &'static str, String)>) {
+    let (tail, params) = filter_sql(filter, Dialect::BigQuery);
+    let sql = format!(
         "SELECT dead_letter_id, event_id, table_name, reason, detail, source, message_bytes, \
          TO_JSON_STRING(attributes), delivery_attempts, UNIX_MICROS(first_failed_at), UNIX_MICROS(last_failed_at), \
-         bqsync_version FROM {target}"
+         bqsync_version FROM {target}{tail}"
     );
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
-    }
-    sql.push_str(" ORDER BY last_failed_at DESC, dead_letter_id");
-    if let Some(limit) = filter.limit {
-        sql.push_str(&format!(" LIMIT {limit}"));
-    }
-    (sql, params)
+    (sql, params.into_iter().map(|p| (p.name, p.kind.bigquery_name(), p.value)).collect())
 }
 
 #[cfg(test)]
@@ -410,7 +375,7 @@ mod tests {
 
     #[test]
     fn dead_letter_filters_are_named_parameters_never_sql_text() {
-        let filter = crate::warehouse::DeadLetterFilter {
+        let filter = DeadLetterFilter {
             table: Some("atoms'; DROP TABLE x; --".into()),
             since_micros: Some(5),
             ids: vec!["abc12345".into(), "e-1".into()],

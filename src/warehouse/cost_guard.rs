@@ -16,50 +16,8 @@ use gcp_bigquery_client::model::job::Job;
 use gcp_bigquery_client::model::job_configuration::JobConfiguration;
 use gcp_bigquery_client::model::job_configuration_query::JobConfigurationQuery;
 use gcp_bigquery_client::model::job_reference::JobReference;
-use serde::Deserialize;
 
-/// `[warehouse.bigquery.cost]`: limits on what bqsync's queries may cost and touch.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CostConfig {
-    /// `maximumBytesBilled` of every query job: BigQuery fails a job that would bill more. Default
-    /// 10 GiB (10737418240). Must be > 0.
-    #[serde(default = "default_maximum_bytes_billed")]
-    pub maximum_bytes_billed: u64,
-    /// Bytes this process may bill in all (dry-run estimates are checked against what is left; billed
-    /// bytes are counted after each job). 0 = no budget. Default 0.
-    #[serde(default)]
-    pub byte_budget: u64,
-    /// Run a dry run before each landing query and log its estimate (and check it). Default true.
-    #[serde(default = "default_true")]
-    pub dry_run: bool,
-    /// Tables bqsync may write. Empty (default) = every table in `schemas/`.
-    #[serde(default)]
-    pub writable_tables: Vec<String>,
-    /// Tables bqsync must never write, even when they have a schema file (e.g. tables other jobs
-    /// own). Start-up fails when one is in `schemas/`.
-    #[serde(default)]
-    pub protected_tables: Vec<String>,
-}
-
-const fn default_maximum_bytes_billed() -> u64 {
-    10 * 1024 * 1024 * 1024
-}
-const fn default_true() -> bool {
-    true
-}
-
-impl Default for CostConfig {
-    fn default() -> Self {
-        CostConfig {
-            maximum_bytes_billed: default_maximum_bytes_billed(),
-            byte_budget: 0,
-            dry_run: true,
-            writable_tables: Vec::new(),
-            protected_tables: Vec::new(),
-        }
-    }
-}
+pub use crate::config::warehouse::cost::CostConfig;
 
 /// Why the cost guard refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

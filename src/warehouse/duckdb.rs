@@ -16,58 +16,14 @@ use duckdb::arrow::array::{
 use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::Connection;
-use serde::Deserialize;
 
 use super::sql::{self, StagingType};
-use super::{Committed, DeadLetterFilter, DeadLetterRecord, LandStats, TableBatch, Warehouse, WarehouseError};
+use super::{seal, DeadLetterFilter, DeadLetterRecord, LandResult, LandStats, TableBatch, Warehouse, WarehouseError};
+use crate::ack::Receipts;
 use crate::envelope::Op;
 use crate::schema::{Catalog, CellValue, TableSchema, WriteMode};
 
-/// Settings of the DuckDB warehouse (`[warehouse.duckdb]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DuckDbConfig {
-    /// Database file. Default `./bqsync.duckdb`.
-    #[serde(default = "default_path")]
-    pub path: PathBuf,
-    /// DuckDB worker threads. Default 2.
-    #[serde(default = "default_threads")]
-    pub threads: u32,
-    /// DuckDB memory limit, e.g. `1GB`. Default `512MB`.
-    #[serde(default = "default_memory_limit")]
-    pub memory_limit: String,
-    /// WAL size that triggers a checkpoint (DuckDB `checkpoint_threshold`). Data not yet checkpointed
-    /// stays in memory, so this bounds DuckDB's share of the RSS; larger means fewer re-compressions
-    /// of the same row groups and a longer WAL replay after a crash. Default `64MB` (measured on the
-    /// 1M-atoms benchmark: 16MB spent a fifth of the CPU in checkpoints; 256MB saved no time and
-    /// held ~250 MB more).
-    #[serde(default = "default_checkpoint_threshold")]
-    pub checkpoint_threshold: String,
-}
-
-fn default_path() -> PathBuf {
-    PathBuf::from("bqsync.duckdb")
-}
-const fn default_threads() -> u32 {
-    2
-}
-fn default_memory_limit() -> String {
-    "512MB".into()
-}
-fn default_checkpoint_threshold() -> String {
-    "64MB".into()
-}
-
-impl Default for DuckDbConfig {
-    fn default() -> Self {
-        DuckDbConfig {
-            path: default_path(),
-            threads: default_threads(),
-            memory_limit: default_memory_limit(),
-            checkpoint_threshold: default_checkpoint_threshold(),
-        }
-    }
-}
+pub use crate::config::warehouse::duckdb::DuckDbConfig;
 
 /// The DuckDB warehouse.
 #[derive(Clone)]
@@ -316,26 +272,25 @@ impl Warehouse for DuckDbWarehouse {
         .await
     }
 
-    async fn land(
-        &self,
-        batches: Arc<Vec<TableBatch>>,
-    ) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError> {
-        self.blocking(move |this, connection| {
-            let tx = connection.transaction().map_err(this.error("begin"))?;
-            let mut stats = Vec::with_capacity(batches.len());
-            for batch in batches.iter().filter(|b| !b.rows.is_empty()) {
-                stats.push((batch.table.clone(), this.land_table(&tx, batch)?));
-            }
-            tx.commit().map_err(this.error("commit"))?;
-            if tracing::enabled!(tracing::Level::TRACE) {
-                let used: Result<i64, _> =
-                    connection
-                        .query_row("SELECT sum(memory_usage_bytes)::BIGINT FROM duckdb_memory()", [], |r| r.get(0));
-                tracing::trace!(duckdb_memory_bytes = used.ok(), "landed");
-            }
-            Ok((Committed::new(), stats))
-        })
-        .await
+    async fn land(&self, batches: Arc<Vec<TableBatch>>, receipts: Receipts) -> LandResult {
+        let landed = self
+            .blocking(move |this, connection| {
+                let tx = connection.transaction().map_err(this.error("begin"))?;
+                let mut stats = Vec::with_capacity(batches.len());
+                for batch in batches.iter().filter(|b| !b.rows.is_empty()) {
+                    stats.push((batch.table.clone(), this.land_table(&tx, batch)?));
+                }
+                tx.commit().map_err(this.error("commit"))?;
+                if tracing::enabled!(tracing::Level::TRACE) {
+                    let used: Result<i64, _> =
+                        connection
+                            .query_row("SELECT sum(memory_usage_bytes)::BIGINT FROM duckdb_memory()", [], |r| r.get(0));
+                    tracing::trace!(duckdb_memory_bytes = used.ok(), "landed");
+                }
+                Ok(stats)
+            })
+            .await;
+        seal(landed, receipts)
     }
 
     async fn ping(&self) -> Result<(), WarehouseError> {

@@ -5,7 +5,8 @@
 //! - Landing is idempotent: append tables insert only event ids not yet present; upsert tables change
 //!   a row only when the incoming version is higher than the stored one (deletes are versioned
 //!   tombstones), so re-delivered and out-of-order events leave the same final state.
-//! - The [`Committed`] proof it returns is the only way for the worker to ack the batch's deliveries.
+//! - A landing takes the batch's [`Receipts`] and returns them inside the [`Committed`] proof once
+//!   its transaction committed, and only then (see the invariant in [`crate::worker`]).
 
 pub mod archive;
 pub mod bigquery;
@@ -16,37 +17,36 @@ pub mod sql;
 
 use async_trait::async_trait;
 
+use crate::ack::{Committed, Receipts};
+pub use crate::batch::{StagedRow, TableBatch};
+use crate::config::warehouse::{WarehouseConfig, WarehouseKind};
+use crate::config::GcsConfig;
+pub use crate::dead_letter::{DeadLetterFilter, DeadLetterRecord};
 use crate::envelope::Op;
-use crate::schema::CellValue;
 
-/// One event, validated and coerced to its table's columns.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StagedRow {
-    pub event_id: String,
-    pub op: Op,
-    /// Version of the key (upsert tables).
-    pub version: Option<i64>,
-    /// One cell per schema column, in column order.
-    pub cells: Vec<CellValue>,
-}
-
-/// Rows for one table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TableBatch {
-    pub table: String,
-    pub rows: Vec<StagedRow>,
-}
-
-/// Proof that a landing committed. Only warehouse backends can make one.
+/// A landing that failed: why, and the receipts it was given back, to nack or retry with.
 #[derive(Debug)]
-#[must_use = "a commit proof exists to ack the deliveries it covers"]
-pub struct Committed {
-    _private: (),
+pub struct LandFailure {
+    /// Boxed: a failure is the cold path, and the result of every landing stays small.
+    pub error: Box<WarehouseError>,
+    pub receipts: Receipts,
 }
 
-impl Committed {
-    pub(in crate::warehouse) fn new() -> Committed {
-        Committed { _private: () }
+impl LandFailure {
+    pub fn new(error: WarehouseError, receipts: Receipts) -> LandFailure {
+        LandFailure { error: Box::new(error), receipts }
+    }
+}
+
+/// What [`Warehouse::land`] returns: the commit proof carrying the receipts, and what changed per
+/// table; or the failure with the receipts.
+pub type LandResult = Result<(Committed<Receipts>, Vec<(String, LandStats)>), LandFailure>;
+
+/// Seals a backend's landing: a commit wraps the receipts in the proof, a failure hands them back.
+fn seal(result: Result<Vec<(String, LandStats)>, WarehouseError>, receipts: Receipts) -> LandResult {
+    match result {
+        Ok(stats) => Ok((Committed::new(receipts), stats)),
+        Err(error) => Err(LandFailure::new(error, receipts)),
     }
 }
 
@@ -94,6 +94,12 @@ impl WarehouseError {
     }
 }
 
+impl crate::retry::Transient for WarehouseError {
+    fn is_transient(&self) -> bool {
+        WarehouseError::is_transient(self)
+    }
+}
+
 /// A deterministic id for a table's batch within `scope` (a BigQuery dataset, an archive): the same
 /// rows give the same id. Names derived from it (BigQuery jobs and staging tables, archive objects)
 /// are therefore the same when a batch is landed again.
@@ -117,31 +123,30 @@ pub fn batch_id(scope: &str, batch: &TableBatch) -> String {
 /// Opens the configured warehouse (tables are not touched: call [`Warehouse::ensure_tables`]),
 /// wrapped in the GCS archive when `[gcs]` has a bucket and `archive` on.
 pub async fn open(
-    config: &crate::config::Config,
+    config: &WarehouseConfig,
+    gcs: &GcsConfig,
     catalog: std::sync::Arc<crate::schema::Catalog>,
 ) -> Result<std::sync::Arc<dyn Warehouse>, WarehouseError> {
-    let warehouse: std::sync::Arc<dyn Warehouse> = match config.warehouse.kind {
-        crate::config::WarehouseKind::Duckdb => {
-            std::sync::Arc::new(duckdb::DuckDbWarehouse::open(&config.warehouse.duckdb, catalog.clone())?)
+    let warehouse: std::sync::Arc<dyn Warehouse> = match config.kind {
+        WarehouseKind::Duckdb => std::sync::Arc::new(duckdb::DuckDbWarehouse::open(&config.duckdb, catalog.clone())?),
+        WarehouseKind::Bigquery => {
+            std::sync::Arc::new(bigquery::BigQueryWarehouse::connect(&config.bigquery, catalog.clone()).await?)
         }
-        crate::config::WarehouseKind::Bigquery => std::sync::Arc::new(
-            bigquery::BigQueryWarehouse::connect(&config.warehouse.bigquery, catalog.clone()).await?,
-        ),
     };
-    if !config.gcs.archive {
+    if !gcs.archive {
         return Ok(warehouse);
     }
-    match crate::gcs::Gcs::connect(&config.gcs).await.map_err(|e| WarehouseError::Archive(e.to_string()))? {
+    match crate::gcs::Gcs::connect(gcs).await.map_err(|e| WarehouseError::Archive(e.to_string()))? {
         Some(gcs) => Ok(std::sync::Arc::new(archive::ArchivingWarehouse::new(warehouse, gcs, catalog))),
         None => Ok(warehouse),
     }
 }
 
 /// One line naming the configured warehouse, for people.
-pub fn describe(config: &crate::config::WarehouseConfig) -> String {
+pub fn describe(config: &WarehouseConfig) -> String {
     match config.kind {
-        crate::config::WarehouseKind::Duckdb => format!("duckdb {}", config.duckdb.path.display()),
-        crate::config::WarehouseKind::Bigquery => format!(
+        WarehouseKind::Duckdb => format!("duckdb {}", config.duckdb.path.display()),
+        WarehouseKind::Bigquery => format!(
             "bigquery {}.{}",
             config.bigquery.resolved_project().unwrap_or_else(|_| "?".into()),
             config.bigquery.dataset
@@ -154,11 +159,8 @@ pub fn describe(config: &crate::config::WarehouseConfig) -> String {
 pub trait Warehouse: Send + Sync {
     /// Creates missing tables from the catalog and adds new NULLABLE columns; refuses breaking changes.
     async fn ensure_tables(&self) -> Result<(), WarehouseError>;
-    /// Lands all batches in one transaction.
-    async fn land(
-        &self,
-        batches: std::sync::Arc<Vec<TableBatch>>,
-    ) -> Result<(Committed, Vec<(String, LandStats)>), WarehouseError>;
+    /// Lands all batches in one transaction; the proof it returns carries `receipts`.
+    async fn land(&self, batches: std::sync::Arc<Vec<TableBatch>>, receipts: Receipts) -> LandResult;
     /// Live rows per table (tombstones excluded), for status and tests.
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError>;
     /// Dead letters by (table, reason), for status.
@@ -172,39 +174,4 @@ pub trait Warehouse: Send + Sync {
         let _ = filter;
         Err(WarehouseError::Task("this warehouse cannot list dead letters".into()))
     }
-}
-
-/// Which dead letters to read. Empty fields match everything.
-#[derive(Debug, Clone, Default)]
-pub struct DeadLetterFilter {
-    pub table: Option<String>,
-    pub reason: Option<String>,
-    /// Last failure at or after, microseconds since the epoch.
-    pub since_micros: Option<i64>,
-    /// Last failure before, microseconds since the epoch.
-    pub until_micros: Option<i64>,
-    /// Dead-letter ids or event ids (a dead-letter id may be given by a prefix of 8+ characters).
-    pub ids: Vec<String>,
-    pub limit: Option<usize>,
-}
-
-/// One row of `dead_letters`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DeadLetterRecord {
-    pub dead_letter_id: String,
-    pub event_id: Option<String>,
-    pub table_name: Option<String>,
-    pub reason: String,
-    pub detail: Option<String>,
-    pub source: Option<String>,
-    /// The original message bytes, exactly.
-    #[serde(skip)]
-    pub message_bytes: Vec<u8>,
-    /// The message as text (invalid UTF-8 replaced), for people and JSON output.
-    pub message: String,
-    pub attributes: serde_json::Value,
-    pub delivery_attempts: Option<i64>,
-    pub first_failed_micros: Option<i64>,
-    pub last_failed_micros: i64,
-    pub bqsync_version: Option<String>,
 }

@@ -3,6 +3,7 @@
 //! Every identifier goes through [`quote_ident`] and comes from `schemas/` (already checked by
 //! [`crate::schema::is_valid_identifier`]); no value is ever spliced into SQL text.
 
+use crate::dead_letter::{filter_sql, DeadLetterFilter, Dialect};
 use crate::schema::{Column, ColumnMode, ColumnType, TableSchema, WriteMode};
 
 /// System column: the event id that produced the row (append tables deduplicate on it).
@@ -237,47 +238,14 @@ pub fn count_live_rows(table: &TableSchema) -> String {
 }
 
 /// The `dead_letters` query for a filter, with its parameters in order (all text).
-pub fn select_dead_letters(filter: &super::DeadLetterFilter) -> (String, Vec<String>) {
-    let mut conditions = Vec::new();
-    let mut params = Vec::new();
-    if let Some(table) = &filter.table {
-        conditions.push("table_name = ?".to_string());
-        params.push(table.clone());
-    }
-    if let Some(reason) = &filter.reason {
-        conditions.push("reason = ?".to_string());
-        params.push(reason.clone());
-    }
-    if let Some(since) = filter.since_micros {
-        conditions.push("last_failed_at >= make_timestamp(CAST(? AS BIGINT))".to_string());
-        params.push(since.to_string());
-    }
-    if let Some(until) = filter.until_micros {
-        conditions.push("last_failed_at < make_timestamp(CAST(? AS BIGINT))".to_string());
-        params.push(until.to_string());
-    }
-    if !filter.ids.is_empty() {
-        let mut alternatives = Vec::new();
-        for id in &filter.ids {
-            alternatives.push("(starts_with(dead_letter_id, ?) OR event_id = ?)".to_string());
-            params.push(id.clone());
-            params.push(id.clone());
-        }
-        conditions.push(format!("({})", alternatives.join(" OR ")));
-    }
-    let mut sql = "SELECT dead_letter_id, event_id, table_name, reason, detail, source, message_bytes, \
-                   CAST(attributes AS VARCHAR), delivery_attempts, epoch_us(first_failed_at), epoch_us(last_failed_at), \
-                   bqsync_version FROM dead_letters"
-        .to_string();
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
-    }
-    sql.push_str(" ORDER BY last_failed_at DESC, dead_letter_id");
-    if let Some(limit) = filter.limit {
-        sql.push_str(&format!(" LIMIT {limit}"));
-    }
-    (sql, params)
+pub fn select_dead_letters(filter: &DeadLetterFilter) -> (String, Vec<String>) {
+    let (tail, params) = filter_sql(filter, Dialect::DuckDb);
+    let sql = format!(
+        "SELECT dead_letter_id, event_id, table_name, reason, detail, source, message_bytes, \
+         CAST(attributes AS VARCHAR), delivery_attempts, epoch_us(first_failed_at), epoch_us(last_failed_at), \
+         bqsync_version FROM dead_letters{tail}"
+    );
+    (sql, params.into_iter().map(|p| p.value).collect())
 }
 
 #[cfg(test)]
@@ -328,9 +296,9 @@ mod tests {
 
     #[test]
     fn dead_letter_filters_become_parameters_never_sql_text() {
-        let filter = crate::warehouse::DeadLetterFilter {
+        let filter = DeadLetterFilter {
             table: Some("atoms'; DROP TABLE x; --".into()),
-            reason: Some("schema".into()),
+            reason: Some(crate::dead_letter::DeadLetterReason::Schema),
             since_micros: Some(5),
             ids: vec!["abc12345".into()],
             limit: Some(10),

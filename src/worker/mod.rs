@@ -28,92 +28,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::ack::{Committed, Origin, Receipts};
 use crate::bus::claim_check::{self, Resolved, CLAIM_CHECK};
-use crate::bus::{AckHandle, DeadLetterOut, Delivery, Subscription};
+use crate::bus::{DeadLetterOut, Delivery, Subscription};
+use crate::dead_letter::{DeadLetter, DEAD_LETTER_TABLE};
 use crate::schema::Catalog;
-use crate::warehouse::{Committed, TableBatch, Warehouse, WarehouseError};
-use classify::{Classified, Classifier, DeadLetter, DEAD_LETTER_TABLE};
+use crate::warehouse::{LandFailure, TableBatch, Warehouse, WarehouseError};
+use classify::{Classified, Classifier};
 
-/// Settings of the worker (`[worker]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerConfig {
-    /// A table's batch is flushed when it holds this many rows. Default 20000.
-    #[serde(default = "default_max_batch_rows")]
-    pub max_batch_rows: usize,
-    /// … or this many message bytes. Default 32 MiB.
-    #[serde(default = "default_max_batch_bytes")]
-    pub max_batch_bytes: usize,
-    /// … or when its oldest row has waited this long, in milliseconds. Default 1000.
-    #[serde(default = "default_max_batch_age_ms")]
-    pub max_batch_age_ms: u64,
-    /// Messages larger than this are dead-lettered as `oversize`. Default 8 MiB.
-    #[serde(default = "default_max_event_bytes")]
-    pub max_event_bytes: usize,
-    /// Messages asked for per pull. Default 5000.
-    #[serde(default = "default_pull_max_messages")]
-    pub pull_max_messages: usize,
-    /// First retry delay of a failing landing, in milliseconds (doubles, ±25 % jitter). Default 200.
-    #[serde(default = "default_retry_initial_ms")]
-    pub retry_initial_ms: u64,
-    /// Longest retry delay, in milliseconds. Default 10000.
-    #[serde(default = "default_retry_max_ms")]
-    pub retry_max_ms: u64,
-    /// How long one batch is retried before its deliveries are nacked, in seconds. Keep it below the
-    /// bus's ack deadline. Default 30.
-    #[serde(default = "default_retry_budget_secs")]
-    pub retry_budget_secs: u64,
-}
-
-const fn default_max_batch_rows() -> usize {
-    20_000
-}
-const fn default_max_batch_bytes() -> usize {
-    32 << 20
-}
-const fn default_max_batch_age_ms() -> u64 {
-    1000
-}
-const fn default_max_event_bytes() -> usize {
-    8 << 20
-}
-const fn default_pull_max_messages() -> usize {
-    5000
-}
-const fn default_retry_initial_ms() -> u64 {
-    200
-}
-const fn default_retry_max_ms() -> u64 {
-    10_000
-}
-const fn default_retry_budget_secs() -> u64 {
-    30
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            max_batch_rows: default_max_batch_rows(),
-            max_batch_bytes: default_max_batch_bytes(),
-            max_batch_age_ms: default_max_batch_age_ms(),
-            max_event_bytes: default_max_event_bytes(),
-            pull_max_messages: default_pull_max_messages(),
-            retry_initial_ms: default_retry_initial_ms(),
-            retry_max_ms: default_retry_max_ms(),
-            retry_budget_secs: default_retry_budget_secs(),
-        }
-    }
-}
-
-/// Which subscription a handle belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Main,
-    DeadLetterQueue,
-}
+pub use crate::config::worker::WorkerConfig;
 
 /// Rows for one table waiting for their flush, with the handles they will ack.
 struct PendingBatch {
@@ -123,7 +48,7 @@ struct PendingBatch {
     /// Bus message ids of the first and the last delivery, to link a batch to its messages.
     first_message: Option<String>,
     last_message: Option<String>,
-    handles: Vec<(Origin, AckHandle)>,
+    receipts: Receipts,
     bytes: usize,
     oldest: Instant,
 }
@@ -135,7 +60,7 @@ impl PendingBatch {
             produced: Vec::new(),
             first_message: None,
             last_message: None,
-            handles: Vec::new(),
+            receipts: Receipts::default(),
             bytes: 0,
             oldest: Instant::now(),
         }
@@ -305,8 +230,8 @@ impl Worker {
     }
 
     fn note_unacked(&mut self) {
-        let held = self.pending.values().map(|b| b.handles.len()).sum::<usize>()
-            + self.in_flight.as_ref().map_or(0, |f| f.handles.len());
+        let held = self.pending.values().map(|b| b.receipts.len()).sum::<usize>()
+            + self.in_flight.as_ref().map_or(0, |f| f.deliveries);
         self.stats.peak_unacked = self.stats.peak_unacked.max(held as u64);
         crate::metrics::global().set_outstanding(held as i64);
     }
@@ -337,8 +262,8 @@ impl Worker {
         for delivery in deliveries {
             self.stats.delivered += 1;
             let classified = match origin {
-                Origin::Main => classifier.classify(&delivery),
-                Origin::DeadLetterQueue => Classified::DeadLetter(classifier.classify_exhausted(&delivery)),
+                Origin::Main => classifier.classify(delivery.message()),
+                Origin::DeadLetterQueue => Classified::DeadLetter(DeadLetter::of_exhausted(delivery.message())),
             };
             let (table, row, produced) = match classified {
                 Classified::Row { table, row, produced_micros } => {
@@ -347,7 +272,7 @@ impl Worker {
                 }
                 Classified::DeadLetter(dead) if poison_to_bus => {
                     crate::metrics::global().dead_letter(dead.table.as_deref().unwrap_or("?"), dead.reason.as_str());
-                    let attributes = classifier.dead_letter_attributes(&delivery, &dead);
+                    let attributes = dead.attributes_for(delivery.message());
                     log_dead_letter(&dead);
                     poison.push(DeadLetterOut { data: delivery.data, attributes, handle: delivery.handle });
                     continue;
@@ -356,7 +281,7 @@ impl Worker {
                     self.stats.dead_lettered += 1;
                     crate::metrics::global().dead_letter(dead.table.as_deref().unwrap_or("?"), dead.reason.as_str());
                     log_dead_letter(&dead);
-                    (DEAD_LETTER_TABLE.to_string(), classifier.dead_letter_row(&delivery, &dead), None)
+                    (DEAD_LETTER_TABLE.to_string(), dead.row(&self.catalog, delivery.message()), None)
                 }
             };
             // A flush removes its batch whole, so a batch's age starts when it is created here.
@@ -370,7 +295,7 @@ impl Worker {
             if let Some(micros) = produced {
                 batch.produced.push(micros);
             }
-            batch.handles.push((origin, delivery.handle));
+            batch.receipts.push(origin, delivery.handle);
         }
         poison
     }
@@ -397,7 +322,7 @@ impl Worker {
             tables.push(DEAD_LETTER_TABLE.to_string());
         }
         let mut batches = Vec::with_capacity(tables.len());
-        let mut handles = Vec::new();
+        let mut receipts = Receipts::default();
         let mut produced = Vec::new();
         let mut messages = Vec::new();
         for table in tables {
@@ -407,7 +332,7 @@ impl Worker {
                 pending.first_message.as_deref().unwrap_or("?"),
                 pending.last_message.as_deref().unwrap_or("?")
             ));
-            handles.extend(pending.handles);
+            receipts.append(pending.receipts);
             produced.push((table.clone(), pending.produced));
             batches.push(TableBatch { table, rows: pending.rows });
         }
@@ -419,12 +344,13 @@ impl Worker {
         // One span per flush: its fields name the bus messages (first..last per table); the
         // warehouse's job spans are its children.
         let rows: usize = batches.iter().map(|b| b.rows.len()).sum();
-        let span = tracing::info_span!("land_batch", rows, deliveries = handles.len(), messages = %messages.join(", "));
+        let deliveries = receipts.len();
+        let span = tracing::info_span!("land_batch", rows, deliveries, messages = %messages.join(", "));
         let landing = tokio::spawn(tracing::Instrument::instrument(
-            land_with_retry(warehouse, batches, retry, self.circuit_open.clone()),
+            land_with_retry(warehouse, batches, receipts, retry, self.circuit_open.clone()),
             span,
         ));
-        self.in_flight = Some(InFlight { landing, handles, produced, started: Instant::now() });
+        self.in_flight = Some(InFlight { landing, deliveries, produced, started: Instant::now() });
     }
 
     /// Waits for the landing in flight, then acks its deliveries (or nacks them if it gave up).
@@ -435,8 +361,9 @@ impl Worker {
         let outcome = match in_flight.landing.await {
             Ok(outcome) => outcome,
             Err(e) => {
+                // Its receipts went down with it: their leases run out and the messages come back.
                 tracing::error!(error = %e, "landing task failed");
-                LandOutcome { committed: None, rows: 0, failures: 1, stats: Vec::new() }
+                LandOutcome { result: Err(Receipts::default()), rows: 0, failures: 1, stats: Vec::new() }
             }
         };
         self.stats.failed_flushes += outcome.failures;
@@ -444,8 +371,8 @@ impl Worker {
         for _ in 0..outcome.failures {
             metrics.flush(0.0, false);
         }
-        match outcome.committed {
-            Some(committed) => {
+        match outcome.result {
+            Ok(committed) => {
                 self.stats.flushes += 1;
                 self.stats.landed_rows += outcome.rows;
                 metrics.flush(in_flight.started.elapsed().as_secs_f64(), true);
@@ -458,28 +385,28 @@ impl Worker {
                         metrics.lag(table, (now - micros) as f64 / 1e6);
                     }
                 }
-                self.ack(committed, in_flight.handles).await
+                self.ack(committed).await
             }
-            None => self.nack(in_flight.handles).await,
+            Err(receipts) => self.nack(receipts).await,
         }
     }
 
-    /// Acks the deliveries of a committed batch. Takes the proof so no other path can ack.
-    async fn ack(&self, _proof: Committed, handles: Vec<(Origin, AckHandle)>) {
-        let (main, dead) = split_by_origin(handles);
+    /// Acks the deliveries a committed batch covers, each through its own subscription.
+    async fn ack(&self, committed: Committed<Receipts>) {
+        let (main, dead) = committed.split();
         if let Err(e) = self.subscription.ack(main).await {
             // Not fatal: the messages come back after their lease and land as no-ops.
             tracing::error!(error = %e, "ack failed after commit; the messages will be redelivered and deduplicated");
         }
-        if let (Some(sub), false) = (&self.dead_letter_subscription, dead.is_empty()) {
+        if let (Some(sub), false) = (&self.dead_letter_subscription, dead.receipts().is_empty()) {
             if let Err(e) = sub.ack(dead).await {
                 tracing::error!(error = %e, "dead-letter ack failed after commit");
             }
         }
     }
 
-    async fn nack(&self, handles: Vec<(Origin, AckHandle)>) {
-        let (main, dead) = split_by_origin(handles);
+    async fn nack(&self, receipts: Receipts) {
+        let (main, dead) = receipts.into_parts();
         let _ = self.subscription.nack(main).await;
         if let (Some(sub), false) = (&self.dead_letter_subscription, dead.is_empty()) {
             let _ = sub.nack(dead).await;
@@ -514,30 +441,19 @@ fn fit_to_window(config: &mut WorkerConfig, messages: usize, bytes: usize) {
     config.pull_max_messages = config.pull_max_messages.min(rows);
 }
 
-/// Handles of the main subscription and of the dead-letter subscription.
-fn split_by_origin(handles: Vec<(Origin, AckHandle)>) -> (Vec<AckHandle>, Vec<AckHandle>) {
-    let (mut main, mut dead) = (Vec::with_capacity(handles.len()), Vec::new());
-    for (origin, handle) in handles {
-        match origin {
-            Origin::Main => main.push(handle),
-            Origin::DeadLetterQueue => dead.push(handle),
-        }
-    }
-    (main, dead)
-}
-
-/// A landing running in the background, with the deliveries it will ack.
+/// A landing running in the background (its receipts travel with it).
 struct InFlight {
     landing: tokio::task::JoinHandle<LandOutcome>,
-    handles: Vec<(Origin, AckHandle)>,
+    /// Deliveries it covers.
+    deliveries: usize,
     /// Per table, when each row's event was produced (µs since the epoch), for the lag metric.
     produced: Vec<(String, Vec<i64>)>,
     started: Instant,
 }
 
 struct LandOutcome {
-    /// The commit proof; None when the retry budget ran out.
-    committed: Option<Committed>,
+    /// The commit proof with the receipts; the bare receipts when the retry budget ran out.
+    result: Result<Committed<Receipts>, Receipts>,
     rows: u64,
     failures: u64,
     stats: Vec<(String, crate::warehouse::LandStats)>,
@@ -550,13 +466,14 @@ struct LandOutcome {
 async fn land_with_retry(
     warehouse: Arc<dyn Warehouse>,
     batches: Vec<TableBatch>,
+    receipts: Receipts,
     config: WorkerConfig,
     circuit_open: Arc<AtomicBool>,
 ) -> LandOutcome {
-    let outcome = land_until_done(warehouse, batches, config, &circuit_open).await;
+    let outcome = land_until_done(warehouse, batches, receipts, config, &circuit_open).await;
     crate::metrics::global().set_circuit_open(false);
     if circuit_open.swap(false, Ordering::Relaxed) {
-        tracing::info!(committed = outcome.committed.is_some(), "circuit closed: pulling again");
+        tracing::info!(committed = outcome.result.is_ok(), "circuit closed: pulling again");
     }
     outcome
 }
@@ -564,36 +481,45 @@ async fn land_with_retry(
 async fn land_until_done(
     warehouse: Arc<dyn Warehouse>,
     batches: Vec<TableBatch>,
+    receipts: Receipts,
     config: WorkerConfig,
     circuit_open: &AtomicBool,
 ) -> LandOutcome {
-    let started = Instant::now();
-    let budget = Duration::from_secs(config.retry_budget_secs);
-    let mut delay = Duration::from_millis(config.retry_initial_ms);
     let rows: u64 = batches.iter().map(|b| b.rows.len() as u64).sum();
     let batches = Arc::new(batches);
     let mut failures = 0;
-    loop {
-        match warehouse.land(batches.clone()).await {
-            Ok((committed, stats)) => {
-                tracing::debug!(?stats, "batch committed");
-                return LandOutcome { committed: Some(committed), rows, failures, stats };
+    let policy = crate::retry::Policy::exponential(
+        Duration::from_millis(config.retry_initial_ms),
+        Duration::from_millis(config.retry_max_ms),
+    )
+    .with_budget(Duration::from_secs(config.retry_budget_secs));
+    let on_retry = |e: &WarehouseError, wait: Duration| {
+        failures += 1;
+        tracing::warn!(error = %e, rows, retry_in_ms = wait.as_millis() as u64, "landing failed; retrying");
+        crate::metrics::global().set_circuit_open(true);
+        if !circuit_open.swap(true, Ordering::Relaxed) {
+            tracing::warn!("circuit open: the warehouse is failing; pulling paused until it lands again");
+        }
+    };
+    // The receipts travel into every try and come back with its failure, or inside the proof.
+    let (left, result) = crate::retry::retry_with(policy, Some(receipts), on_retry, |receipts| {
+        let (warehouse, batches) = (warehouse.clone(), batches.clone());
+        async move {
+            match warehouse.land(batches, receipts.unwrap_or_default()).await {
+                Ok(landed) => (None, Ok(landed)),
+                Err(LandFailure { error, receipts }) => (Some(receipts), Err(*error)),
             }
-            Err(e) => {
-                failures += 1;
-                if !e.is_transient() || started.elapsed() + delay > budget {
-                    tracing::error!(error = %e, rows, "landing keeps failing; releasing the batch for redelivery");
-                    return LandOutcome { committed: None, rows, failures, stats: Vec::new() };
-                }
-                tracing::warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "landing failed; retrying");
-                crate::metrics::global().set_circuit_open(true);
-                if !circuit_open.swap(true, Ordering::Relaxed) {
-                    tracing::warn!("circuit open: the warehouse is failing; pulling paused until it lands again");
-                }
-                let jitter = 0.75 + fastrand::f64() * 0.5;
-                tokio::time::sleep(delay.mul_f64(jitter)).await;
-                delay = (delay * 2).min(Duration::from_millis(config.retry_max_ms));
-            }
+        }
+    })
+    .await;
+    match result {
+        Ok((committed, stats)) => {
+            tracing::debug!(?stats, "batch committed");
+            LandOutcome { result: Ok(committed), rows, failures, stats }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, rows, "landing keeps failing; releasing the batch for redelivery");
+            LandOutcome { result: Err(left.unwrap_or_default()), rows, failures: failures + 1, stats: Vec::new() }
         }
     }
 }

@@ -1,6 +1,10 @@
 //! The configuration: one TOML file (every field optional, defaults need no file), then environment
 //! overrides. The doc comments of these structs are the reference for users (see README).
 //!
+//! A leaf: every section's struct lives here, one submodule a component (laid out like the data
+//! flow: sources, bus, worker, warehouse, plus admin and gcs), and this module imports no component.
+//! Each component takes only its own section; only `main` and [`crate::pipeline`] see [`Config`].
+//!
 //! Environment overrides: `BQSYNC__SECTION__FIELD=value` sets `[section] field = value`; an array
 //! element is addressed by its index (`BQSYNC__SOURCES__JSONL__0__ROOT=/data/inbox`). Values are read
 //! as TOML (`10`, `true`, `[1, 2]`) and otherwise as a string. Unknown keys are rejected, wherever they
@@ -10,12 +14,19 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::bus::embedded::EmbeddedBusConfig;
-use crate::bus::pubsub::PubSubConfig;
-use crate::sources::jsonl::JsonlSourceConfig;
-use crate::warehouse::bigquery::BigQueryConfig;
-use crate::warehouse::duckdb::DuckDbConfig;
-use crate::worker::WorkerConfig;
+pub mod admin;
+pub mod bus;
+pub mod gcs;
+pub mod sources;
+pub mod warehouse;
+pub mod worker;
+
+pub use admin::AdminConfig;
+pub use bus::{BusConfig, BusKind};
+pub use gcs::GcsConfig;
+pub use sources::SourcesConfig;
+pub use warehouse::{WarehouseConfig, WarehouseKind};
+pub use worker::WorkerConfig;
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "bqsync.toml";
@@ -42,10 +53,10 @@ pub struct Config {
     pub sources: SourcesConfig,
     /// `[gcs]`: archive of landed batches and claim checks for large events (off without a bucket).
     #[serde(default)]
-    pub gcs: crate::gcs::GcsConfig,
+    pub gcs: GcsConfig,
     /// `[admin]`: the admin HTTP server (health, metrics, status, triggers) and the SIGTERM drain.
     #[serde(default)]
-    pub admin: crate::admin::AdminConfig,
+    pub admin: AdminConfig,
 }
 
 fn default_schemas_dir() -> PathBuf {
@@ -53,99 +64,6 @@ fn default_schemas_dir() -> PathBuf {
 }
 fn default_state_path() -> PathBuf {
     PathBuf::from(".bqsync/state.db")
-}
-
-/// `[bus]`: which bus carries events.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BusConfig {
-    /// `embedded` (default): a durable SQLite queue on this machine. `pubsub`: Google Cloud Pub/Sub
-    /// (`[bus.pubsub]`; run `bqsync setup` once to create topics and subscriptions).
-    #[serde(default)]
-    pub kind: BusKind,
-    #[serde(default)]
-    pub embedded: EmbeddedBusConfig,
-    #[serde(default)]
-    pub pubsub: PubSubConfig,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BusKind {
-    #[default]
-    Embedded,
-    Pubsub,
-}
-
-/// `[warehouse]`: where batches land.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WarehouseConfig {
-    /// `duckdb` (default): an embedded DuckDB file. `bigquery`: Google BigQuery
-    /// (`[warehouse.bigquery]`).
-    #[serde(default)]
-    pub kind: WarehouseKind,
-    #[serde(default)]
-    pub duckdb: DuckDbConfig,
-    #[serde(default)]
-    pub bigquery: BigQueryConfig,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WarehouseKind {
-    #[default]
-    Duckdb,
-    Bigquery,
-}
-
-/// `[sources]`: producers. Default: one JSONL source on `./inbox` (files under `inbox/TABLE/` land
-/// in `TABLE`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourcesConfig {
-    /// `[[sources.jsonl]]` entries: growing JSONL files (atoms, ID registry).
-    #[serde(default = "default_jsonl_sources")]
-    pub jsonl: Vec<JsonlSourceConfig>,
-    /// `[[sources.sqlite]]` entries: SQLite tables synced by watermark.
-    #[serde(default)]
-    pub sqlite: Vec<crate::sources::sqlite::SqliteSourceConfig>,
-    /// `[[sources.outbox]]` entries: dirty-row outboxes in SQLite or DuckDB files (contacts).
-    #[serde(default)]
-    pub outbox: Vec<crate::sources::outbox::OutboxSourceConfig>,
-    /// `[[sources.sessions]]` entries: folders of captured meeting sessions (Zoom).
-    #[serde(default)]
-    pub sessions: Vec<crate::sources::sessions::SessionsSourceConfig>,
-    /// `[[sources.http]]` entries: JSON APIs polled incrementally (identity-provider users).
-    #[serde(default)]
-    pub http: Vec<crate::sources::http::HttpSourceConfig>,
-}
-
-impl SourcesConfig {
-    /// Every source's name, in config order.
-    pub fn names(&self) -> Vec<String> {
-        let jsonl = self.jsonl.iter().map(|s| s.name.clone());
-        let sqlite = self.sqlite.iter().map(|s| s.name.clone());
-        let outbox = self.outbox.iter().map(|s| s.name.clone());
-        let sessions = self.sessions.iter().map(|s| s.name.clone());
-        jsonl.chain(sqlite).chain(outbox).chain(sessions).chain(self.http.iter().map(|s| s.name.clone())).collect()
-    }
-}
-
-fn default_jsonl_sources() -> Vec<JsonlSourceConfig> {
-    vec![JsonlSourceConfig::default()]
-}
-
-impl Default for SourcesConfig {
-    fn default() -> Self {
-        SourcesConfig {
-            jsonl: default_jsonl_sources(),
-            sqlite: Vec::new(),
-            outbox: Vec::new(),
-            sessions: Vec::new(),
-            http: Vec::new(),
-        }
-    }
 }
 
 /// Errors reading the configuration.

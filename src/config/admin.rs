@@ -1,0 +1,50 @@
+//! `[admin]`: the admin HTTP server and the SIGTERM drain.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `[admin]`: the admin HTTP server and shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on, e.g. `0.0.0.0:9090` in a pod. `off` disables the server. Default
+    /// `127.0.0.1:9090` (loopback only).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Environment variable holding the bearer token of the mutating endpoints. Default
+    /// `BQSYNC_ADMIN_TOKEN`.
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// File holding the token (a mounted secret), used when the variable is unset.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// After SIGTERM: stop pulling and reading, commit and ack what is in flight, and exit within
+    /// this many seconds; what could not commit stays unacked and is redelivered. Keep it below the
+    /// pod's `terminationGracePeriodSeconds`. Default 25.
+    #[serde(default = "default_drain_timeout_secs")]
+    pub drain_timeout_secs: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+
+fn default_token_env() -> String {
+    "BQSYNC_ADMIN_TOKEN".into()
+}
+
+const fn default_drain_timeout_secs() -> u64 {
+    25
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_listen(),
+            token_env: default_token_env(),
+            token_file: None,
+            drain_timeout_secs: default_drain_timeout_secs(),
+        }
+    }
+}
