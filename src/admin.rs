@@ -28,7 +28,7 @@ use serde::Deserialize;
 use crate::schema::Catalog;
 use crate::warehouse::Warehouse;
 
-pub use crate::config::admin::AdminConfig;
+pub use crate::config::admin::{AdminConfig, Listen};
 
 impl AdminConfig {
     /// The token, from the environment variable or the secret file; None: mutating endpoints off.
@@ -52,8 +52,8 @@ pub type Probe = Box<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send +
 
 /// What the admin server reads and triggers.
 pub struct AdminState {
-    /// Where the server listens (`admin.listen`), or `off`.
-    pub listen: String,
+    /// Where the server listens (`admin.listen`).
+    pub listen: Listen,
     /// The checkpoint file, for checkpoint lag.
     pub state_path: std::path::PathBuf,
     pub catalog: Arc<Catalog>,
@@ -66,10 +66,9 @@ pub struct AdminState {
 
 /// Starts the server (unless `listen = "off"`); returns the address it is bound to.
 pub async fn serve(state: AdminState) -> anyhow::Result<Option<SocketAddr>> {
-    let listen = state.listen.clone();
-    if listen == "off" {
+    let Listen::Address(listen) = state.listen.clone() else {
         return Ok(None);
-    }
+    };
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| anyhow::anyhow!("admin server: cannot listen on {listen}: {e}"))?;

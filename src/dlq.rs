@@ -379,7 +379,7 @@ fn rebuild_record(record: &DeadLetterRecord, edits: &Edits, catalog: &Catalog, a
             attributes.extend(message.attributes);
             message.data
         }
-        Err((reason, detail)) => poison(reason, detail, text.into_bytes()),
+        Err((reason, detail)) => poison(reason.as_str(), detail, text.into_bytes()),
     }
 }
 

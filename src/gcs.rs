@@ -13,17 +13,11 @@ pub use crate::config::gcs::GcsConfig;
 impl GcsConfig {
     /// The endpoint, or None for Google's.
     pub fn resolved_endpoint(&self) -> Option<String> {
-        let raw = self.endpoint.clone().or_else(|| std::env::var("STORAGE_EMULATOR_HOST").ok())?;
-        let raw = raw.trim_end_matches('/');
-        Some(if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") })
+        crate::gcp::endpoint(self.endpoint.as_deref(), "STORAGE_EMULATOR_HOST")
     }
 
     fn anonymous(&self) -> bool {
-        match self.credentials.as_deref() {
-            Some("anonymous") => true,
-            Some("default") => false,
-            _ => self.resolved_endpoint().is_some_and(|e| e.starts_with("http://")),
-        }
+        crate::gcp::is_anonymous(self.credentials, self.resolved_endpoint().as_deref())
     }
 }
 

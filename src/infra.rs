@@ -24,7 +24,7 @@ pub fn terraform_tables(catalog: &Catalog) -> Value {
         if let Some(partition) = &table.partition {
             resource.insert(
                 "time_partitioning".into(),
-                json!([{ "type": partition.granularity.to_ascii_uppercase(), "field": partition.column }]),
+                json!([{ "type": partition.granularity.as_str(), "field": partition.column }]),
             );
         }
         if !table.cluster.is_empty() {

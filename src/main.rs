@@ -172,10 +172,15 @@ fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(execute(cli));
     bqsync::logging::shutdown();
+    // A landing still blocked in a thread (past a drain deadline) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bqsync: error: {}", describe_error(&e));
+            if e.downcast_ref::<pipeline::DrainDeadlinePassed>().is_some() {
+                return std::process::ExitCode::from(3);
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -88,7 +88,7 @@ impl Policy {
 
     /// A pacer for a loop that goes on after failures.
     pub fn pacer(&self) -> Pacer {
-        Pacer { policy: *self, delays: Box::new(self.delays()), started: Instant::now() }
+        Pacer { policy: *self, delays: Box::new(self.delays()), started: Instant::now(), waited: false }
     }
 }
 
@@ -149,12 +149,16 @@ pub struct Pacer {
     policy: Policy,
     delays: Box<dyn Backoff>,
     started: Instant,
+    /// Whether a wait was handed out since the last reset (a reset without one costs nothing, so
+    /// a loop may reset after every success).
+    waited: bool,
 }
 
 impl Pacer {
     /// The wait after a failure (`asked`: what the service asked for), or `None` once the policy's
     /// attempts or budget are spent.
     pub fn next_wait(&mut self, asked: Option<Duration>) -> Option<Duration> {
+        self.waited = true;
         let next = self.delays.next();
         self.policy.shape(self.started, next, asked)
     }
@@ -171,7 +175,9 @@ impl Pacer {
 
     /// Starts over from the initial delay (after a success).
     pub fn reset(&mut self) {
-        *self = self.policy.pacer();
+        if self.waited {
+            *self = self.policy.pacer();
+        }
     }
 }
 

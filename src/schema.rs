@@ -84,13 +84,36 @@ pub struct Column {
 #[serde(deny_unknown_fields)]
 pub struct Partitioning {
     pub column: String,
-    /// HOUR, DAY, MONTH or YEAR.
-    #[serde(default = "default_granularity")]
-    pub granularity: String,
+    /// HOUR, DAY (default), MONTH or YEAR (any case).
+    #[serde(default)]
+    pub granularity: Granularity,
 }
 
-fn default_granularity() -> String {
-    "DAY".to_string()
+/// Time-partitioning granularity (BigQuery's `timePartitioning.type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Granularity {
+    #[serde(alias = "hour")]
+    Hour,
+    #[default]
+    #[serde(alias = "day")]
+    Day,
+    #[serde(alias = "month")]
+    Month,
+    #[serde(alias = "year")]
+    Year,
+}
+
+impl Granularity {
+    /// BigQuery's name of it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Hour => "HOUR",
+            Granularity::Day => "DAY",
+            Granularity::Month => "MONTH",
+            Granularity::Year => "YEAR",
+        }
+    }
 }
 
 /// A table definition: the content of one `schemas/TABLE.json` file.

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bqsync::bus::pubsub::{PubSubConfig, PubSubPublisher, PubSubSubscription};
 use bqsync::bus::{Committed, Delivery, OutboundMessage, Publisher, Receipts, Subscription};
+use bqsync::shutdown::Shutdown;
 use bqsync::warehouse::{LandFailure, LandResult, TableBatch, Warehouse, WarehouseError};
-use bqsync::worker::{StopMode, Worker, WorkerConfig};
+use bqsync::worker::{Worker, WorkerConfig};
 use common::{assert_contacts_match, atom_line, contacts, dead_letter_reasons, signal, wait_exit, Project};
 
 fn emulator_host() -> String {
@@ -252,13 +253,14 @@ fn messages_nacked_max_times_reach_the_dead_letter_topic_through_the_policy() {
         let subscription: Arc<dyn Subscription> = Arc::new(PubSubSubscription::open(&config).await.unwrap());
         let worker_config = WorkerConfig { retry_budget_secs: 0, max_batch_age_ms: 50, ..WorkerConfig::default() };
         let mut worker = Worker::new(worker_config, catalog, Arc::new(DownWarehouse), subscription, None);
-        let (stop, stop_rx) = tokio::sync::watch::channel(StopMode::Run);
+        let stop = Shutdown::new();
+        let stop_rx = stop.clone();
         let running = tokio::spawn(async move {
             worker.run(stop_rx).await.unwrap();
             worker.stats
         });
         let dead = pull_all(&config, 3, Duration::from_secs(90)).await;
-        stop.send(StopMode::Now).unwrap();
+        stop.stop();
         let stats = running.await.unwrap();
         assert!(stats.failed_flushes >= 5, "{stats:?}");
         assert_eq!(stats.landed_rows, 0);

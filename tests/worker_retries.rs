@@ -11,9 +11,10 @@ use bqsync::bus::embedded::{EmbeddedBus, EmbeddedBusConfig};
 use bqsync::bus::Receipts;
 use bqsync::bus::{OutboundMessage, Publisher, Subscription};
 use bqsync::schema::Catalog;
+use bqsync::shutdown::Shutdown;
 use bqsync::warehouse::duckdb::{DuckDbConfig, DuckDbWarehouse};
 use bqsync::warehouse::{LandFailure, LandResult, TableBatch, Warehouse, WarehouseError};
-use bqsync::worker::{StopMode, Worker, WorkerConfig};
+use bqsync::worker::{Worker, WorkerConfig};
 
 /// Fails the first `failures` landings (as a transient error), then delegates.
 struct FailingWarehouse {
@@ -99,8 +100,9 @@ async fn run_with_failures(failures: u32, retry_budget_secs: u64) -> Outcome {
     let subscription: Arc<dyn Subscription> = Arc::new(bus.subscription());
     let mut worker =
         Worker::new(config, catalog, warehouse.clone(), subscription, Some(Arc::new(bus.dead_letter_subscription())));
-    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(StopMode::WhenDrained);
-    tokio::time::timeout(Duration::from_secs(60), worker.run(stop_rx)).await.expect("worker drains").unwrap();
+    let drained = Shutdown::new();
+    drained.input_drained();
+    tokio::time::timeout(Duration::from_secs(60), worker.run(drained)).await.expect("worker drains").unwrap();
     let rows = warehouse.row_counts().await.unwrap().into_iter().find(|(t, _)| t == "atoms").unwrap().1;
     let witnessed = warehouse.messages_present_during_failures.load(Ordering::SeqCst);
     let most_leased = warehouse.most_leased_during_failures.load(Ordering::SeqCst);

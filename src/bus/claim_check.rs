@@ -18,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{attr, BusError, Delivery, OutboundMessage, Publisher};
+use crate::dead_letter::DeadLetterReason;
 use crate::gcs::Gcs;
 
 /// Attribute holding the `gs://` URI of a claim-checked event.
@@ -78,7 +79,7 @@ pub async fn resolve(gcs: Option<&Gcs>, mut delivery: Delivery) -> Resolved {
         return Resolved::Ready(delivery);
     }
     let poison = |delivery: &mut Delivery, detail: String| {
-        delivery.attributes.insert(attr::POISON_REASON.into(), "decode".into());
+        delivery.attributes.insert(attr::POISON_REASON.into(), DeadLetterReason::Decode.as_str().into());
         delivery.attributes.insert(attr::POISON_DETAIL.into(), detail);
     };
     match gcs {

@@ -68,13 +68,7 @@ impl EmbeddedBus {
             std::fs::create_dir_all(parent)
                 .map_err(|e| BusError::Io(format!("cannot create {}: {e}", parent.display())))?;
         }
-        let synchronous = match config.synchronous.as_str() {
-            "full" => "FULL",
-            "normal" => "NORMAL",
-            other => {
-                return Err(BusError::Io(format!("bus.embedded.synchronous must be `full` or `normal`, got `{other}`")))
-            }
-        };
+        let synchronous = config.synchronous.pragma();
         let connection = Connection::open(&path).map_err(err)?;
         connection
             .execute_batch(
@@ -502,7 +496,7 @@ mod tests {
             path: dir.join("bus.db"),
             ack_deadline_secs: deadline,
             max_delivery_attempts: attempts,
-            synchronous: "normal".into(),
+            synchronous: crate::config::bus::embedded::Synchronous::Normal,
         };
         EmbeddedBus::open(&config).unwrap()
     }

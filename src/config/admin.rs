@@ -11,7 +11,7 @@ pub struct AdminConfig {
     /// Address to listen on, e.g. `0.0.0.0:9090` in a pod. `off` disables the server. Default
     /// `127.0.0.1:9090` (loopback only).
     #[serde(default = "default_listen")]
-    pub listen: String,
+    pub listen: Listen,
     /// Environment variable holding the bearer token of the mutating endpoints. Default
     /// `BQSYNC_ADMIN_TOKEN`.
     #[serde(default = "default_token_env")]
@@ -26,8 +26,28 @@ pub struct AdminConfig {
     pub drain_timeout_secs: u64,
 }
 
-fn default_listen() -> String {
-    "127.0.0.1:9090".into()
+/// Where the admin server listens: `off`, or an address.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum Listen {
+    /// No admin server.
+    Off,
+    /// `host:port` (port 0: any free port).
+    Address(String),
+}
+
+impl From<String> for Listen {
+    fn from(text: String) -> Listen {
+        if text.trim().eq_ignore_ascii_case("off") {
+            Listen::Off
+        } else {
+            Listen::Address(text)
+        }
+    }
+}
+
+fn default_listen() -> Listen {
+    Listen::Address("127.0.0.1:9090".into())
 }
 
 fn default_token_env() -> String {

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use crate::config::gcp::Credentials;
+
 /// `[gcs]`: the bucket for archives and claim checks. Without a bucket, both are off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,7 +20,7 @@ pub struct GcsConfig {
     pub endpoint: Option<String>,
     /// `auto` (default): anonymous for an `http://` endpoint, else Application Default Credentials.
     #[serde(default)]
-    pub credentials: Option<String>,
+    pub credentials: Credentials,
     /// Create the bucket at start-up when it is missing (emulators; in production Terraform owns it).
     /// Default false.
     #[serde(default)]
@@ -47,7 +49,7 @@ impl Default for GcsConfig {
             bucket: None,
             prefix: String::new(),
             endpoint: None,
-            credentials: None,
+            credentials: Credentials::Auto,
             create_bucket: false,
             archive: true,
             claim_check_bytes: default_claim_check_bytes(),

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 pub mod admin;
 pub mod bus;
+pub mod gcp;
 pub mod gcs;
 pub mod sources;
 pub mod warehouse;

@@ -16,6 +16,7 @@
 //! - The credential comes from an environment variable or a secret file, never from the config file.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,10 @@ use super::checkpoint::CheckpointStore;
 use super::rows::{now_rfc3339, poison, row_event, RowMapping};
 use super::{EmitOutcome, Source, SourceError};
 use crate::bus::{attr, Publisher};
+use crate::dead_letter::DeadLetterReason;
+use crate::retry::{retry, Policy, Transient};
 use crate::schema::Catalog;
+use crate::shutdown::Shutdown;
 
 pub use crate::config::sources::http::HttpSourceConfig;
 
@@ -43,7 +47,7 @@ pub struct HttpSource {
     requests: u64,
     retries: u64,
     published: u64,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: Shutdown,
 }
 
 /// Where a pass stands: the largest cursor value seen and the event ids published at it.
@@ -79,7 +83,7 @@ impl HttpSource {
             requests: 0,
             retries: 0,
             published: 0,
-            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            shutdown: Shutdown::default(),
         })
     }
 
@@ -127,46 +131,36 @@ impl HttpSource {
             .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })
     }
 
-    /// GET with retries on 429, 5xx and connection errors; returns the parsed JSON body.
+    /// GET with retries on 429, 5xx and connection errors (honouring `Retry-After`); returns the
+    /// parsed JSON body.
     async fn get(&mut self, query: &[(String, String)]) -> Result<Value, SourceError> {
         let credential = self.credential()?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            self.requests += 1;
-            let mut request = self.client.get(&self.config.url).query(query);
+        let policy = Policy::exponential(Duration::from_millis(500), Duration::from_secs(self.config.max_backoff_secs))
+            .with_max_attempts(self.config.max_attempts as usize);
+        let (requests, retries) = (AtomicU64::new(0), AtomicU64::new(0));
+        let name = self.config.name.clone();
+        let on_retry = |failed: &ApiFailure, wait: Duration| {
+            retries.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(source = %name, attempt = requests.load(Ordering::Relaxed), wait_ms = wait.as_millis() as u64, problem = %failed.problem, "API request failed; retrying");
+        };
+        let (client, url, header) = (&self.client, &self.config.url, self.config.auth_header.as_str());
+        let result = retry(policy, on_retry, || {
+            requests.fetch_add(1, Ordering::Relaxed);
+            let mut request = client.get(url).query(query);
             if let Some(value) = &credential {
-                request = request.header(self.config.auth_header.as_str(), value.as_str());
+                request = request.header(header, value.as_str());
             }
-            let (retry_after, problem) = match request.send().await {
-                Ok(response) if response.status().is_success() => {
-                    let status = response.status();
-                    let body = response.bytes().await.map_err(|e| self.error(format!("reading the body: {e}")))?;
-                    return serde_json::from_slice(&body)
-                        .map_err(|e| self.error(format!("{status}: the body is not JSON: {e}")));
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(parse_retry_after);
-                    let body = response.text().await.unwrap_or_default();
-                    let problem = format!("{status}: {}", body.chars().take(300).collect::<String>());
-                    if !(status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error()) {
-                        return Err(self.error(problem));
-                    }
-                    (retry_after, problem)
-                }
-                Err(e) => (None, format!("request failed: {e}")),
-            };
-            if attempt >= self.config.max_attempts {
-                return Err(self.error(format!("{problem} (gave up after {attempt} attempts)")));
+            fetch_json(request)
+        })
+        .await;
+        self.requests += requests.load(Ordering::Relaxed);
+        self.retries += retries.load(Ordering::Relaxed);
+        result.map_err(|failed| match failed.transient {
+            true => {
+                self.error(format!("{} (gave up after {} attempts)", failed.problem, requests.load(Ordering::Relaxed)))
             }
-            let cap = Duration::from_secs(self.config.max_backoff_secs);
-            let backoff = Duration::from_millis(250 << attempt.min(16)).min(cap);
-            let wait = retry_after.unwrap_or_else(|| backoff.mul_f64(0.5 + fastrand::f64() / 2.0)).min(cap);
-            tracing::warn!(source = %self.config.name, attempt, wait_ms = wait.as_millis() as u64, %problem, "API request failed; retrying");
-            self.retries += 1;
-            tokio::time::sleep(wait).await;
-        }
+            false => self.error(failed.problem),
+        })
     }
 
     /// One page's records made into events; updates `cursor` with the records seen.
@@ -185,7 +179,7 @@ impl HttpSource {
                 messages.push(poison(
                     &self.mapping.table,
                     record.to_string().as_bytes(),
-                    "decode",
+                    DeadLetterReason::Decode,
                     detail,
                     &source_label,
                 ));
@@ -233,7 +227,7 @@ impl HttpSource {
         let mut published = 0;
         let mut pages = 0u64;
         loop {
-            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.shutdown.is_stopping() {
                 return Ok(published); // the cursor of a pass cut short is not saved (unless sorted)
             }
             let mut query: Vec<(String, String)> =
@@ -334,8 +328,8 @@ impl Source for HttpSource {
         &self.config.name
     }
 
-    fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
-        self.stop = stop;
+    fn set_shutdown(&mut self, shutdown: Shutdown) {
+        self.shutdown = shutdown;
     }
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
@@ -372,6 +366,44 @@ impl Source for HttpSource {
             "published": self.published,
         })
     }
+}
+
+/// Why one API request failed, and whether trying again can help.
+#[derive(Debug)]
+struct ApiFailure {
+    problem: String,
+    /// 429, 5xx and connection errors.
+    transient: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Transient for ApiFailure {
+    fn is_transient(&self) -> bool {
+        self.transient
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+/// Sends one request and parses its JSON body.
+async fn fetch_json(request: reqwest::RequestBuilder) -> Result<Value, ApiFailure> {
+    let failed = |problem: String, transient, retry_after| ApiFailure { problem, transient, retry_after };
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => return Err(failed(format!("request failed: {e}"), true, None)),
+    };
+    let status = response.status();
+    if status.is_success() {
+        let body = response.bytes().await.map_err(|e| failed(format!("reading the body: {e}"), false, None))?;
+        return serde_json::from_slice(&body)
+            .map_err(|e| failed(format!("{status}: the body is not JSON: {e}"), false, None));
+    }
+    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(parse_retry_after);
+    let body = response.text().await.unwrap_or_default();
+    let problem = format!("{status}: {}", body.chars().take(300).collect::<String>());
+    let transient = status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+    Err(failed(problem, transient, retry_after))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::bus::Publisher;
+use crate::shutdown::Shutdown;
 
 /// What one pass of a source did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,8 +56,9 @@ pub trait Source: Send {
     async fn wait_for_input(&mut self, max_wait: Duration);
     /// State for status output and tests.
     fn observable_state(&self) -> serde_json::Value;
-    /// Gives the source a flag that, once set, ends its pass at the next publish boundary.
-    fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>);
+    /// Gives the source the shutdown signal: once it says stop, a pass ends at its next publish
+    /// boundary.
+    fn set_shutdown(&mut self, shutdown: Shutdown);
     /// A pass was requested (CLI, admin API): a scheduled source runs its next pass now.
     fn trigger(&mut self) {}
     /// The tables this source feeds; empty when files route to any table (JSONL).

@@ -28,6 +28,7 @@ use super::sqlite::{quote, read_rows, ReadRows};
 use super::{EmitOutcome, Source, SourceError};
 use crate::bus::{OutboundMessage, Publisher};
 use crate::schema::Catalog;
+use crate::shutdown::Shutdown;
 
 pub use crate::config::sources::outbox::{OutboxEngine, OutboxSourceConfig};
 
@@ -102,7 +103,7 @@ pub struct OutboxSource {
     published: u64,
     cleared: u64,
     kept_dirty: u64,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: Shutdown,
 }
 
 impl OutboxSource {
@@ -135,7 +136,7 @@ impl OutboxSource {
             published: 0,
             cleared: 0,
             kept_dirty: 0,
-            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            shutdown: Shutdown::default(),
         })
     }
 
@@ -404,14 +405,14 @@ impl Source for OutboxSource {
         &self.config.name
     }
 
-    fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
-        self.stop = stop;
+    fn set_shutdown(&mut self, shutdown: Shutdown) {
+        self.shutdown = shutdown;
     }
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
         let mut outcome = EmitOutcome::default();
         let mut after = i64::MIN;
-        while !self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+        while !self.shutdown.is_stopping() {
             let page = self.read_page(after).await?;
             let Some(last) = page.rows.last() else { break };
             after = match last[0] {

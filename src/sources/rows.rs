@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::bus::{attr, Attributes, OutboundMessage};
+use crate::dead_letter::DeadLetterReason;
 use crate::envelope::{derive_event_id, identify, ordering_key, ChangeEvent, Op};
 use crate::schema::{Catalog, ColumnMode, ColumnType, TableSchema, WriteMode};
 
@@ -174,10 +175,10 @@ pub fn row_event(
     fallback_id: &[&[u8]],
     source_label: &str,
     produced_at: &str,
-) -> Result<RowEvent, (&'static str, String)> {
+) -> Result<RowEvent, (DeadLetterReason, String)> {
     let table = mapping.table.as_str();
     let identity = identify(&mapping.schema, |name| payload.get(name).cloned(), deleted)
-        .map_err(|detail| ("schema", format!("{detail} ({source_label})")))?;
+        .map_err(|detail| (DeadLetterReason::Schema, format!("{detail} ({source_label})")))?;
     let key_text = identity.key.as_ref().map(|k| serde_json::to_string(k).expect("map serializes"));
     let event_id = identity.event_id.unwrap_or_else(|| match (&key_text, identity.version) {
         (Some(key), Some(version)) => derive_event_id(&[table.as_bytes(), key.as_bytes(), &version.to_le_bytes()]),
@@ -244,10 +245,16 @@ pub fn tombstone_event(
 }
 
 /// A message carrying a record that could not become an event, and why; the worker dead-letters it.
-pub fn poison(table: &str, bytes: &[u8], reason: &str, detail: String, source_label: &str) -> OutboundMessage {
+pub fn poison(
+    table: &str,
+    bytes: &[u8],
+    reason: DeadLetterReason,
+    detail: String,
+    source_label: &str,
+) -> OutboundMessage {
     let mut attributes = Attributes::new();
     attributes.insert(attr::TABLE.into(), table.into());
-    attributes.insert(attr::POISON_REASON.into(), reason.into());
+    attributes.insert(attr::POISON_REASON.into(), reason.as_str().into());
     attributes.insert(attr::POISON_DETAIL.into(), detail);
     attributes.insert(attr::SOURCE.into(), source_label.into());
     OutboundMessage::new(bytes.to_vec(), attributes)

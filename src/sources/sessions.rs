@@ -24,7 +24,9 @@ use super::checkpoint::CheckpointStore;
 use super::rows::{micros_to_rfc3339, now_rfc3339, poison, row_event, RowMapping};
 use super::{EmitOutcome, Source, SourceError};
 use crate::bus::Publisher;
+use crate::dead_letter::DeadLetterReason;
 use crate::schema::Catalog;
+use crate::shutdown::Shutdown;
 
 /// How much of an oversize session its dead letter keeps.
 const OVERSIZE_SAMPLE_BYTES: usize = 4096;
@@ -51,7 +53,7 @@ pub struct SessionsSource {
     published: u64,
     /// Newest file time of each session already published by this process: skipped without reading.
     published_at: std::collections::HashMap<PathBuf, SystemTime>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: Shutdown,
 }
 
 impl SessionsSource {
@@ -72,7 +74,7 @@ impl SessionsSource {
             _watcher: None,
             published: 0,
             published_at: std::collections::HashMap::new(),
-            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            shutdown: Shutdown::default(),
         })
     }
 
@@ -177,11 +179,11 @@ impl SessionsSource {
             Ok(Value::Object(fields)) => fields,
             Ok(_) => {
                 let detail = format!("session file is JSON but not an object ({source_label})");
-                return Ok((poison(table, &bytes, "decode", detail, &source_label), content_hash));
+                return Ok((poison(table, &bytes, DeadLetterReason::Decode, detail, &source_label), content_hash));
             }
             Err(e) => {
                 let detail = format!("session file is not valid JSON: {e} ({source_label})");
-                return Ok((poison(table, &bytes, "decode", detail, &source_label), content_hash));
+                return Ok((poison(table, &bytes, DeadLetterReason::Decode, detail, &source_label), content_hash));
             }
         };
         let mut payload = Map::new();
@@ -208,7 +210,7 @@ impl SessionsSource {
                 self.config.max_event_bytes
             );
             let sample = &message.data[..message.data.len().min(OVERSIZE_SAMPLE_BYTES)];
-            return Ok((poison(table, sample, "oversize", detail, &source_label), content_hash));
+            return Ok((poison(table, sample, DeadLetterReason::Oversize, detail, &source_label), content_hash));
         }
         Ok((message, content_hash))
     }
@@ -220,8 +222,8 @@ impl Source for SessionsSource {
         &self.config.name
     }
 
-    fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
-        self.stop = stop;
+    fn set_shutdown(&mut self, shutdown: Shutdown) {
+        self.shutdown = shutdown;
     }
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
@@ -230,7 +232,7 @@ impl Source for SessionsSource {
         let mut saved = Vec::new();
         let mut seen = Vec::new();
         for capture in self.scan() {
-            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.shutdown.is_stopping() {
                 break;
             }
             let state_key = format!("session:{}", capture.json.display());

@@ -32,6 +32,7 @@ use super::rows::{now_rfc3339, poison, row_event, tombstone_event, RowMapping, S
 use super::{EmitOutcome, Source, SourceError};
 use crate::bus::{OutboundMessage, Publisher};
 use crate::schema::Catalog;
+use crate::shutdown::Shutdown;
 
 pub use crate::config::sources::sqlite::{SqliteSourceConfig, SqliteTableConfig, WatermarkMode};
 
@@ -112,7 +113,7 @@ pub struct SqliteSource {
     published: u64,
     /// When the next scheduled pass is due.
     next_due: std::time::Instant,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: Shutdown,
 }
 
 impl SqliteSource {
@@ -152,7 +153,7 @@ impl SqliteSource {
             checkpoints,
             published: 0,
             next_due: std::time::Instant::now(),
-            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            shutdown: Shutdown::default(),
         })
     }
 
@@ -218,7 +219,7 @@ impl SqliteSource {
         let batch = self.config.batch_rows as i64;
         let mut published = 0;
         loop {
-            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.shutdown.is_stopping() {
                 break;
             }
             let sql = match (mode, &lower) {
@@ -257,7 +258,7 @@ impl SqliteSource {
         if mode == WatermarkMode::UpdatedAt
             && self.tables[index].config.detect_deletes
             && self.tables[index].mapping.is_upsert()
-            && !self.stop.load(std::sync::atomic::Ordering::SeqCst)
+            && !self.shutdown.is_stopping()
         {
             published += self.publish_deletes(index, connection, publisher).await?;
         }
@@ -449,8 +450,8 @@ impl Source for SqliteSource {
         &self.config.name
     }
 
-    fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
-        self.stop = stop;
+    fn set_shutdown(&mut self, shutdown: Shutdown) {
+        self.shutdown = shutdown;
     }
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {

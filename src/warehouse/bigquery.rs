@@ -55,6 +55,7 @@ use crate::ack::Receipts;
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DEAD_LETTER_TABLE};
 use crate::envelope::Op;
 use crate::message::{Attributes, Message};
+use crate::retry::{retry, Policy};
 use crate::schema::encode_base64;
 use crate::schema::{Catalog, CellValue, Column, ColumnMode, ColumnType, TableSchema, WriteMode};
 
@@ -63,11 +64,7 @@ pub use crate::config::warehouse::bigquery::BigQueryConfig;
 impl BigQueryConfig {
     /// The project, from the config or the environment.
     pub fn resolved_project(&self) -> Result<String, WarehouseError> {
-        let project = self
-            .project
-            .clone()
-            .or_else(|| std::env::var("BIGQUERY_PROJECT").ok())
-            .or_else(|| std::env::var("GOOGLE_CLOUD_PROJECT").ok())
+        let project = crate::gcp::project(self.project.as_deref(), &["BIGQUERY_PROJECT", "GOOGLE_CLOUD_PROJECT"])
             .ok_or_else(|| {
                 config_error("no project: set [warehouse.bigquery] project, $BIGQUERY_PROJECT or $GOOGLE_CLOUD_PROJECT")
             })?;
@@ -77,19 +74,11 @@ impl BigQueryConfig {
 
     /// The REST endpoint (without `/bigquery/v2`), or None for Google's.
     pub fn resolved_endpoint(&self) -> Option<String> {
-        let raw = self.endpoint.clone().or_else(|| std::env::var("BIGQUERY_EMULATOR_HOST").ok())?;
-        let raw = raw.trim_end_matches('/');
-        Some(if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") })
+        crate::gcp::endpoint(self.endpoint.as_deref(), "BIGQUERY_EMULATOR_HOST")
     }
 
     fn check(&self) -> Result<(), WarehouseError> {
         bsql::check_path_part("warehouse.bigquery.dataset", &self.dataset).map_err(config_error)?;
-        if !matches!(self.credentials.as_str(), "auto" | "anonymous" | "default") {
-            return Err(config_error(format!(
-                "warehouse.bigquery.credentials = {:?}: expected auto, anonymous or default",
-                self.credentials
-            )));
-        }
         if !(1..=10_000).contains(&self.insert_chunk_rows) {
             return Err(config_error("warehouse.bigquery.insert_chunk_rows must be 1..=10000"));
         }
@@ -121,6 +110,12 @@ struct Failure {
     code: Option<i64>,
     message: String,
     transient: bool,
+}
+
+impl crate::retry::Transient for Failure {
+    fn is_transient(&self) -> bool {
+        self.transient
+    }
 }
 
 impl Failure {
@@ -217,11 +212,7 @@ impl BigQueryWarehouse {
         if let Some(endpoint) = &endpoint {
             builder.with_v2_base_url(format!("{endpoint}/bigquery/v2"));
         }
-        let anonymous = match config.credentials.as_str() {
-            "anonymous" => true,
-            "default" => false,
-            _ => endpoint.as_deref().is_some_and(|e| e.starts_with("http://")),
-        };
+        let anonymous = crate::gcp::is_anonymous(config.credentials, endpoint.as_deref());
         let client = if anonymous {
             builder.build_from_authenticator(Arc::new(EmulatorToken)).await
         } else {
@@ -261,30 +252,27 @@ impl BigQueryWarehouse {
         bsql::table_path(&self.project, &self.config.dataset, table)
     }
 
-    /// Runs `call` until it succeeds, fails permanently, or runs out of attempts (exponential
-    /// backoff with ±25 % jitter between attempts).
+    /// The request retry policy: `request_attempts` tries, from `retry_initial_ms`, up to 10 s.
+    fn request_policy(&self) -> Policy {
+        Policy::exponential(Duration::from_millis(self.config.retry_initial_ms), Duration::from_secs(10))
+            .with_max_attempts(self.config.request_attempts as usize)
+    }
+
+    /// Runs `call` until it succeeds, fails permanently, or runs out of attempts (see
+    /// [`crate::retry`]).
     async fn retrying<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, Failure>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, BQError>>,
     {
-        let mut delay = Duration::from_millis(self.config.retry_initial_ms);
-        let mut attempt = 1;
-        loop {
-            match call().await {
-                Ok(value) => return Ok(value),
-                Err(error) => {
-                    let failure = Failure::from_error(&error);
-                    if !failure.transient || attempt >= self.config.request_attempts {
-                        return Err(failure);
-                    }
-                    tracing::warn!(what, attempt, error = %failure.message, "BigQuery request failed; retrying");
-                    tokio::time::sleep(delay.mul_f64(0.75 + fastrand::f64() * 0.5)).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                    attempt += 1;
-                }
-            }
-        }
+        let on_retry = |failure: &Failure, wait: Duration| {
+            tracing::warn!(what, retry_in_ms = wait.as_millis() as u64, error = %failure.message, "BigQuery request failed; retrying");
+        };
+        retry(self.request_policy(), on_retry, || {
+            let call = call();
+            async move { call.await.map_err(|e| Failure::from_error(&e)) }
+        })
+        .await
     }
 
     async fn ensure_dataset(&self) -> Result<(), WarehouseError> {
@@ -320,7 +308,7 @@ impl BigQueryWarehouse {
         table.description = schema.description.clone();
         if let Some(partition) = &schema.partition {
             table.time_partitioning = Some(TimePartitioning {
-                r#type: partition.granularity.to_ascii_uppercase(),
+                r#type: partition.granularity.as_str().to_string(),
                 field: Some(partition.column.clone()),
                 ..Default::default()
             });
@@ -515,7 +503,7 @@ impl BigQueryWarehouse {
             tracing::info!(table, estimate_bytes = estimate, "dry run");
             self.guard.check_estimate(estimate).map_err(|r| WarehouseError::CostGuard(r.to_string()))?;
         }
-        let mut delay = Duration::from_millis(self.config.retry_initial_ms);
+        let mut pacer = self.request_policy().pacer();
         for attempt in 0..self.config.request_attempts {
             // A failed job keeps its id: a new attempt needs a new one (still derived from the batch).
             let id = if attempt == 0 { job_id.to_string() } else { format!("{job_id}_r{attempt}") };
@@ -563,8 +551,9 @@ impl BigQueryWarehouse {
                         });
                     }
                     tracing::warn!(table, job_id = %id, error = %message, "job failed; retrying under a new id");
-                    tokio::time::sleep(delay.mul_f64(0.75 + fastrand::f64() * 0.5)).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                    if attempt + 1 < self.config.request_attempts {
+                        pacer.pause().await;
+                    }
                 }
             }
         }
@@ -593,7 +582,8 @@ impl BigQueryWarehouse {
     /// Polls a job until DONE (the emulator answers DONE at once; BigQuery may take seconds).
     async fn wait_done(&self, id: &str, mut job: Job) -> Result<Job, WarehouseError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.job_timeout_secs);
-        let mut delay = Duration::from_millis(100);
+        // Polling, not retrying: a growing pause from 100 ms to 2 s, no jitter, until DONE.
+        let mut poll = Policy::exponential(Duration::from_millis(100), Duration::from_secs(2)).without_jitter().pacer();
         while job.status.as_ref().and_then(|s| s.state.as_deref()) != Some("DONE") {
             if tokio::time::Instant::now() >= deadline {
                 // Transient: the next attempt finds the job by its id and waits again.
@@ -603,8 +593,7 @@ impl BigQueryWarehouse {
                     transient: true,
                 });
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            poll.pause().await;
             job = self
                 .retrying("get job", || self.client.job().get_job(&self.project, id, Some(&self.config.location)))
                 .await

@@ -28,13 +28,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
 use crate::ack::{Committed, Origin, Receipts};
 use crate::bus::claim_check::{self, Resolved, CLAIM_CHECK};
 use crate::bus::{DeadLetterOut, Delivery, Subscription};
 use crate::dead_letter::{DeadLetter, DEAD_LETTER_TABLE};
 use crate::schema::Catalog;
+use crate::shutdown::Shutdown;
 use crate::warehouse::{LandFailure, TableBatch, Warehouse, WarehouseError};
 use classify::{Classified, Classifier};
 
@@ -79,17 +78,6 @@ pub struct WorkerStats {
     pub peak_unacked: u64,
 }
 
-/// Tells the worker when to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopMode {
-    /// Keep running.
-    Run,
-    /// Input is exhausted: stop once the bus is empty and everything is landed.
-    WhenDrained,
-    /// Stop now: stop pulling, flush and ack what is buffered, exit.
-    Now,
-}
-
 /// The worker.
 pub struct Worker {
     config: WorkerConfig,
@@ -132,14 +120,15 @@ impl Worker {
         }
     }
 
-    /// Runs until `stop` says so (see [`StopMode`]).
-    pub async fn run(&mut self, mut stop: watch::Receiver<StopMode>) -> Result<(), WarehouseError> {
+    /// Runs until `shutdown` says stop, or says drained and everything landed (see
+    /// [`crate::shutdown`]).
+    pub async fn run(&mut self, shutdown: Shutdown) -> Result<(), WarehouseError> {
         let max_age = Duration::from_millis(self.config.max_batch_age_ms);
         loop {
-            let mode = *stop.borrow_and_update();
-            if mode == StopMode::Now {
+            if shutdown.is_stopping() {
                 break;
             }
+            let drained = shutdown.is_drained();
             let wait = self.time_to_next_flush(max_age).min(Duration::from_millis(200));
             if self.circuit_is_open() {
                 // The warehouse is failing: pull nothing more (it would only sit leased) until the
@@ -171,14 +160,14 @@ impl Worker {
             }
             self.note_unacked();
             let idle = !got_any;
-            self.flush_due(max_age, idle && mode == StopMode::WhenDrained).await;
+            self.flush_due(max_age, idle && drained).await;
             // Ack a finished landing now, not at the next flush: when input pauses there may be no
             // next flush for a while, and unacked deliveries would come back after their lease.
             let landed = self.in_flight.as_ref().is_some_and(|f| f.landing.is_finished());
             if landed || (idle && self.pending.is_empty()) {
                 self.finish_in_flight().await;
             }
-            if idle && mode == StopMode::WhenDrained && self.pending.is_empty() && self.bus_is_empty().await {
+            if idle && drained && self.pending.is_empty() && self.bus_is_empty().await {
                 tracing::info!("input drained: every event landed or dead-lettered");
                 break;
             }

@@ -21,8 +21,29 @@ pub struct EmbeddedBusConfig {
     /// survives a crash of the process but may lose the last publishes on power loss. Leases and acks
     /// are never fsynced on their own: losing one on power loss only causes a redelivery, which lands
     /// as a no-op. Default `full`.
-    #[serde(default = "default_synchronous")]
-    pub synchronous: String,
+    #[serde(default)]
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's `synchronous` for publish commits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync before a publish returns.
+    #[default]
+    Full,
+    /// No fsync: survives a process crash, not a power loss.
+    Normal,
+}
+
+impl Synchronous {
+    /// The pragma's value.
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
 }
 
 fn default_path() -> PathBuf {
@@ -37,17 +58,13 @@ const fn default_max_delivery_attempts() -> u32 {
     5
 }
 
-fn default_synchronous() -> String {
-    "full".into()
-}
-
 impl Default for EmbeddedBusConfig {
     fn default() -> Self {
         EmbeddedBusConfig {
             path: default_path(),
             ack_deadline_secs: default_ack_deadline_secs(),
             max_delivery_attempts: default_max_delivery_attempts(),
-            synchronous: default_synchronous(),
+            synchronous: Synchronous::Full,
         }
     }
 }

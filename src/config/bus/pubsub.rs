@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use crate::config::gcp::Credentials;
+
 /// Settings of the Pub/Sub bus (`[bus.pubsub]`). Resource names may be short (`bqsync-events`) or
 /// full (`projects/P/topics/bqsync-events`).
 #[derive(Debug, Clone, Deserialize)]
@@ -16,8 +18,8 @@ pub struct PubSubConfig {
     pub endpoint: Option<String>,
     /// `auto` (default): anonymous for a plain-`http` endpoint (the emulator), Application Default
     /// Credentials otherwise. `anonymous` or `default` force one.
-    #[serde(default = "default_credentials")]
-    pub credentials: String,
+    #[serde(default)]
+    pub credentials: Credentials,
     /// Topic producers publish change events to. Default `bqsync-events`.
     #[serde(default = "default_topic")]
     pub topic: String,
@@ -84,10 +86,6 @@ pub struct PubSubConfig {
     /// drained after this long without a delivery (and nothing held). Default 3000.
     #[serde(default = "default_drain_quiet_ms")]
     pub drain_quiet_ms: u64,
-}
-
-fn default_credentials() -> String {
-    "auto".into()
 }
 
 fn default_topic() -> String {

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use crate::config::gcp::Credentials;
+
 use super::cost::CostConfig;
 
 /// Settings of the BigQuery warehouse (`[warehouse.bigquery]`).
@@ -24,8 +26,8 @@ pub struct BigQueryConfig {
     pub endpoint: Option<String>,
     /// `auto` (default): anonymous for an `http://` endpoint (emulators), else Application Default
     /// Credentials (Workload Identity on GKE). `anonymous` or `default` force one.
-    #[serde(default = "default_credentials")]
-    pub credentials: String,
+    #[serde(default)]
+    pub credentials: Credentials,
     /// Staging tables expire after this many seconds even if a landing dies before dropping them.
     /// Default 21600 (6 h).
     #[serde(default = "default_staging_expiration_secs")]
@@ -66,10 +68,6 @@ fn default_location() -> String {
     "US".into()
 }
 
-fn default_credentials() -> String {
-    "auto".into()
-}
-
 const fn default_staging_expiration_secs() -> u64 {
     6 * 3600
 }
@@ -101,7 +99,7 @@ impl Default for BigQueryConfig {
             dataset: default_dataset(),
             location: default_location(),
             endpoint: None,
-            credentials: default_credentials(),
+            credentials: Credentials::Auto,
             staging_expiration_secs: default_staging_expiration_secs(),
             insert_chunk_rows: default_insert_chunk_rows(),
             append_dedup_window_days: 0,

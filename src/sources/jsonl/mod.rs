@@ -12,6 +12,9 @@
 //!   published as poison messages (raw bytes plus the reason) that the worker dead-letters. A UTF-8 BOM,
 //!   CRLF endings and blank lines are accepted.
 
+mod framing;
+mod record;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -21,14 +24,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use super::checkpoint::{CheckpointStore, FileCheckpoint};
+use super::rows::poison;
 use super::{EmitOutcome, Source, SourceError};
-use crate::bus::{attr, Attributes, OutboundMessage, Publisher};
-use crate::envelope::{derive_event_id, identify, ordering_key, ChangeEvent, Op};
+use crate::bus::{attr, OutboundMessage, Publisher};
+use crate::dead_letter::DeadLetterReason;
 use crate::schema::Catalog;
+use crate::shutdown::Shutdown;
+use framing::{LineContent, LineReader};
+pub use record::record_to_message;
 
 /// Bytes at the start of a file hashed to recognise it.
 pub const FINGERPRINT_BYTES: u64 = 256;
@@ -66,7 +71,7 @@ pub struct JsonlSource {
     _watcher: Option<notify::RecommendedWatcher>,
     lines_published: u64,
     poison_published: u64,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: Shutdown,
 }
 
 fn glob(pattern: &str, source_name: &str) -> Result<globset::Glob, SourceError> {
@@ -126,12 +131,12 @@ impl JsonlSource {
             _watcher: None,
             lines_published: 0,
             poison_published: 0,
-            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            shutdown: Shutdown::default(),
         })
     }
 
     fn stopping(&self) -> bool {
-        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+        self.shutdown.is_stopping()
     }
 
     /// Starts the file-system watcher (creating the root directory if needed).
@@ -347,7 +352,7 @@ impl JsonlSource {
                 LineContent::Oversize { sample, total_len } => Some(poison(
                     &tracked.table,
                     sample,
-                    "oversize",
+                    DeadLetterReason::Oversize,
                     format!(
                         "line of {total_len} bytes exceeds max_line_bytes = {} ({source_label} at byte {line_offset})",
                         self.config.max_line_bytes
@@ -412,7 +417,7 @@ impl JsonlSource {
             Err(e) => {
                 let detail =
                     format!("invalid UTF-8 at byte {} of the line ({source_label} at byte {offset})", e.valid_up_to());
-                return Some(poison(table, bytes, "decode", detail, source_label));
+                return Some(poison(table, bytes, DeadLetterReason::Decode, detail, source_label));
             }
         };
         if text.is_empty() {
@@ -431,114 +436,14 @@ impl JsonlSource {
     }
 }
 
-/// Builds the change event for one JSONL record (a JSON object as text) of `table`. Replay uses it
-/// for records that were dead-lettered before they became events.
-pub fn record_to_message(
-    catalog: &Catalog,
-    table: &str,
-    file_fingerprint: u64,
-    offset: u64,
-    text: &str,
-    source: &str,
-    produced_at: &str,
-) -> Result<OutboundMessage, (&'static str, String)> {
-    // Top-level fields borrowed as raw JSON: validates the line and allocates only the index;
-    // the few fields identity needs are parsed on demand. Keys with escapes take the slow path.
-    let fields = match serde_json::from_str::<HashMap<&str, &RawValue>>(text) {
-        Ok(fields) => LineFields::Borrowed(fields),
-        Err(_) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => LineFields::Owned(map),
-            _ => return Err(("decode", describe_invalid_line(text))),
-        },
-    };
-    let field = |name: &str| fields.get(name);
-    let deleted = fields.get(DELETE_FIELD) == Some(Value::Bool(true));
-    let (op, event_id, key, version) = match catalog.get(table) {
-        // Unknown table: publish anyway; the worker dead-letters it as `unknown_table`, and a
-        // replay lands it once its schema file exists.
-        None => (Op::Insert, None, None, None),
-        Some(schema) => {
-            let identity = identify(schema, field, deleted).map_err(|detail| ("schema", detail))?;
-            (identity.op, identity.event_id, identity.key, identity.version)
-        }
-    };
-    // `identify` gives a key and a version only for upsert tables: there, the record is key@version.
-    let event_id = event_id.unwrap_or_else(|| match (&key, version) {
-        (Some(key), Some(version)) => {
-            let key_text = serde_json::to_string(key).expect("map serializes");
-            derive_event_id(&[table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes()])
-        }
-        _ => derive_event_id(&[
-            table.as_bytes(),
-            &file_fingerprint.to_le_bytes(),
-            &offset.to_le_bytes(),
-            text.as_bytes(),
-        ]),
-    });
-    let payload_text;
-    let payload: &str = if fields.get(DELETE_FIELD).is_some() {
-        let mut without: Map<String, Value> = serde_json::from_str(text).expect("validated above");
-        without.remove(DELETE_FIELD);
-        payload_text = serde_json::to_string(&without).expect("map serializes");
-        &payload_text
-    } else {
-        text
-    };
-    let ordering_key = key.as_ref().map(|key| ordering_key(table, key));
-    let event = ChangeEvent { event_id, table, op, key, version, payload, source, produced_at };
-    let mut attributes = Attributes::new();
-    attributes.insert(attr::TABLE.into(), table.into());
-    attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
-    Ok(OutboundMessage { data: event.to_bytes(), attributes, ordering_key })
-}
-
-/// A line's top-level fields.
-enum LineFields<'a> {
-    /// Borrowed as raw JSON: validates the line and allocates only the index; the few fields that
-    /// identity needs are parsed on demand.
-    Borrowed(HashMap<&'a str, &'a RawValue>),
-    /// Fully parsed: the slow path, for keys with escape sequences.
-    Owned(Map<String, Value>),
-}
-
-impl LineFields<'_> {
-    fn get(&self, name: &str) -> Option<Value> {
-        match self {
-            LineFields::Borrowed(fields) => fields.get(name).and_then(|raw| serde_json::from_str(raw.get()).ok()),
-            LineFields::Owned(map) => map.get(name).cloned(),
-        }
-    }
-}
-
-/// Why a line is not a JSON object, as precisely as serde_json says.
-fn describe_invalid_line(text: &str) -> String {
-    match serde_json::from_str::<Value>(text) {
-        Ok(other) => format!(
-            "line is JSON but not an object (starts with {})",
-            other.to_string().chars().take(20).collect::<String>()
-        ),
-        Err(e) => format!("invalid JSON: {e}"),
-    }
-}
-
-/// A message carrying bytes that could not become an event, and why.
-fn poison(table: &str, bytes: &[u8], reason: &str, detail: String, source_label: &str) -> OutboundMessage {
-    let mut attributes = Attributes::new();
-    attributes.insert(attr::TABLE.into(), table.into());
-    attributes.insert(attr::POISON_REASON.into(), reason.into());
-    attributes.insert(attr::POISON_DETAIL.into(), detail);
-    attributes.insert(attr::SOURCE.into(), source_label.into());
-    OutboundMessage::new(bytes.to_vec(), attributes)
-}
-
 #[async_trait]
 impl Source for JsonlSource {
     fn name(&self) -> &str {
         &self.config.name
     }
 
-    fn set_stop_flag(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
-        self.stop = stop;
+    fn set_shutdown(&mut self, shutdown: Shutdown) {
+        self.shutdown = shutdown;
     }
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
@@ -575,221 +480,5 @@ impl Source for JsonlSource {
             "lines_published": self.lines_published,
             "poison_published": self.poison_published,
         })
-    }
-}
-
-/// A line found by [`LineReader`]; offsets are relative to where reading started.
-struct Line<'a> {
-    start_offset: u64,
-    end_offset: u64,
-    content: LineContent<'a>,
-}
-
-enum LineContent<'a> {
-    /// The line without its `\n`, `\r\n` or a leading BOM.
-    Complete(&'a [u8]),
-    Oversize {
-        sample: &'a [u8],
-        total_len: u64,
-    },
-}
-
-/// Splits a byte stream into complete lines with bounded memory: a line longer than `max_line` is
-/// skipped to its newline and reported as oversize with a sample.
-struct LineReader {
-    buffer: Vec<u8>,
-    /// Valid bytes in `buffer`.
-    filled: usize,
-    /// Start of the unconsumed part of `buffer`.
-    position: usize,
-    /// Stream offset (relative to the start) of `buffer[0]`.
-    buffer_offset: u64,
-    max_line: usize,
-    oversize_sample: Vec<u8>,
-    at_eof: bool,
-}
-
-const READ_CHUNK: usize = 1 << 20;
-
-impl LineReader {
-    fn new(max_line: usize) -> LineReader {
-        LineReader {
-            buffer: Vec::new(),
-            filled: 0,
-            position: 0,
-            buffer_offset: 0,
-            max_line,
-            oversize_sample: Vec::new(),
-            at_eof: false,
-        }
-    }
-
-    /// Bytes consumed as complete lines so far (relative to the start of reading).
-    fn consumed(&self) -> u64 {
-        self.buffer_offset + self.position as u64
-    }
-
-    /// Reads more input; false at end of file.
-    fn fill(&mut self, file: &mut File) -> std::io::Result<bool> {
-        if self.at_eof {
-            return Ok(false);
-        }
-        if self.position > 0 {
-            self.buffer.copy_within(self.position..self.filled, 0);
-            self.buffer_offset += self.position as u64;
-            self.filled -= self.position;
-            self.position = 0;
-        }
-        if self.buffer.len() < self.filled + READ_CHUNK {
-            self.buffer.resize(self.filled + READ_CHUNK, 0);
-        }
-        let n = file.read(&mut self.buffer[self.filled..])?;
-        self.filled += n;
-        if n == 0 {
-            self.at_eof = true;
-        }
-        Ok(n > 0)
-    }
-
-    fn next_line(&mut self, file: &mut File) -> std::io::Result<Option<Line<'_>>> {
-        let mut searched = self.position;
-        loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.buffer[searched..self.filled]) {
-                let newline = searched + i;
-                let start = self.position;
-                self.position = newline + 1;
-                let start_offset = self.buffer_offset + start as u64;
-                let end_offset = self.buffer_offset + self.position as u64;
-                let mut content = &self.buffer[start..newline];
-                if content.last() == Some(&b'\r') {
-                    content = &content[..content.len() - 1];
-                }
-                if start_offset == 0 && content.starts_with(&[0xEF, 0xBB, 0xBF]) {
-                    content = &content[3..];
-                }
-                if content.len() > self.max_line {
-                    self.oversize_sample.clear();
-                    self.oversize_sample.extend_from_slice(&content[..OVERSIZE_SAMPLE_BYTES.min(content.len())]);
-                    return Ok(Some(Line {
-                        start_offset,
-                        end_offset,
-                        content: LineContent::Oversize {
-                            sample: &self.oversize_sample,
-                            total_len: content.len() as u64,
-                        },
-                    }));
-                }
-                return Ok(Some(Line { start_offset, end_offset, content: LineContent::Complete(content) }));
-            }
-            searched = self.filled;
-            let pending = self.filled - self.position;
-            if pending > self.max_line + 2 {
-                return self.skip_oversize(file);
-            }
-            let before = self.position;
-            if !self.fill(file)? {
-                return Ok(None); // A half-written last line waits for its newline.
-            }
-            searched -= before;
-        }
-    }
-
-    /// Skips an over-long line without holding it in memory; None when its newline has not come yet.
-    fn skip_oversize(&mut self, file: &mut File) -> std::io::Result<Option<Line<'_>>> {
-        let start_offset = self.buffer_offset + self.position as u64;
-        self.oversize_sample.clear();
-        self.oversize_sample
-            .extend_from_slice(&self.buffer[self.position..self.filled.min(self.position + OVERSIZE_SAMPLE_BYTES)]);
-        let mut scan_from = self.position;
-        loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.buffer[scan_from..self.filled]) {
-                let newline = scan_from + i;
-                self.position = newline + 1;
-                let end_offset = self.buffer_offset + self.position as u64;
-                return Ok(Some(Line {
-                    start_offset,
-                    end_offset,
-                    content: LineContent::Oversize {
-                        sample: &self.oversize_sample,
-                        total_len: end_offset - start_offset - 1,
-                    },
-                }));
-            }
-            // Drop what was scanned and read on.
-            self.buffer_offset += self.filled as u64;
-            self.filled = 0;
-            self.position = 0;
-            if !self.fill(file)? {
-                // The long line is not complete yet: report nothing; consumed() stays at its start.
-                self.buffer_offset = start_offset;
-                return Ok(None);
-            }
-            scan_from = 0;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn file_with(bytes: &[u8]) -> File {
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(bytes).unwrap();
-        file.seek(SeekFrom::Start(0)).unwrap();
-        file
-    }
-
-    /// (start, end, content or oversize length) of one line.
-    type FoundLine = (u64, u64, Result<Vec<u8>, u64>);
-
-    /// Every line the reader finds, and the bytes it consumed.
-    fn lines(bytes: &[u8], max_line: usize) -> (Vec<FoundLine>, u64) {
-        let mut file = file_with(bytes);
-        let mut reader = LineReader::new(max_line);
-        let mut found = Vec::new();
-        while let Some(line) = reader.next_line(&mut file).unwrap() {
-            let content = match line.content {
-                LineContent::Complete(c) => Ok(c.to_vec()),
-                LineContent::Oversize { total_len, sample } => {
-                    assert!(sample.len() <= OVERSIZE_SAMPLE_BYTES);
-                    Err(total_len)
-                }
-            };
-            found.push((line.start_offset, line.end_offset, content));
-        }
-        (found, reader.consumed())
-    }
-
-    #[test]
-    fn complete_lines_only_with_crlf_and_bom() {
-        let (found, consumed) = lines(b"\xEF\xBB\xBFa\r\nbb\n\nhalf", 100);
-        let contents: Vec<_> = found.iter().map(|(_, _, c)| c.clone().unwrap()).collect();
-        assert_eq!(contents, vec![b"a".to_vec(), b"bb".to_vec(), b"".to_vec()]);
-        assert_eq!(consumed, 10, "the half-written last line is not consumed");
-    }
-
-    #[test]
-    fn a_line_longer_than_the_read_buffer_is_skipped_with_its_length() {
-        let long = vec![b'x'; READ_CHUNK * 2 + 17];
-        let mut bytes = b"ok\n".to_vec();
-        bytes.extend_from_slice(&long);
-        bytes.extend_from_slice(b"\nnext\n");
-        let (found, consumed) = lines(&bytes, 1000);
-        assert_eq!(found.len(), 3);
-        assert_eq!(found[1].2, Err(long.len() as u64));
-        assert_eq!((found[1].0, found[1].1), (3, 3 + long.len() as u64 + 1));
-        assert_eq!(found[2].2, Ok(b"next".to_vec()));
-        assert_eq!(consumed, bytes.len() as u64);
-    }
-
-    #[test]
-    fn an_unfinished_long_line_waits_at_its_start() {
-        let mut bytes = b"ok\n".to_vec();
-        bytes.extend_from_slice(&vec![b'y'; READ_CHUNK + 5]);
-        let (found, consumed) = lines(&bytes, 1000);
-        assert_eq!(found.len(), 1);
-        assert_eq!(consumed, 3, "nothing past the start of the unfinished line is consumed");
     }
 }

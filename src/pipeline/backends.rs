@@ -1,0 +1,138 @@
+//! The one place that builds backends from the configuration: the bus ends a role needs, the
+//! warehouse (wrapped in the GCS archive when configured), and the sources. Everything it builds
+//! takes only its own section of [`Config`].
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::{Role, RunMode};
+use crate::bus::claim_check::ClaimCheckPublisher;
+use crate::bus::embedded::EmbeddedBus;
+use crate::bus::pubsub::{PubSubPublisher, PubSubSubscription};
+use crate::bus::{Publisher, Subscription};
+use crate::config::{BusKind, Config};
+use crate::schema::Catalog;
+use crate::sources::checkpoint::CheckpointStore;
+use crate::sources::http::HttpSource;
+use crate::sources::jsonl::JsonlSource;
+use crate::sources::outbox::OutboxSource;
+use crate::sources::sessions::SessionsSource;
+use crate::sources::sqlite::SqliteSource;
+use crate::sources::Source;
+use crate::warehouse::Warehouse;
+
+/// The bus ends a role needs, opened from the config.
+#[derive(Default)]
+pub(super) struct BusEnds {
+    pub(super) publisher: Option<Arc<dyn Publisher>>,
+    pub(super) subscription: Option<Arc<dyn Subscription>>,
+    pub(super) dead_letters: Option<Arc<dyn Subscription>>,
+    /// Held while this process consumes the embedded bus (one consumer per bus file).
+    pub(super) _consumer_lock: Option<crate::bus::embedded::ConsumerLock>,
+}
+
+pub(super) async fn open_bus(config: &Config, role: Role) -> anyhow::Result<BusEnds> {
+    match config.bus.kind {
+        BusKind::Embedded => {
+            let bus = EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
+            let mut ends = BusEnds::default();
+            if role.works() {
+                ends._consumer_lock = Some(bus.claim_consumer().context("claiming the embedded bus")?);
+                ends.subscription = Some(Arc::new(bus.subscription()));
+                ends.dead_letters = Some(Arc::new(bus.dead_letter_subscription()));
+            }
+            if role.produces() {
+                ends.publisher = Some(Arc::new(bus));
+            }
+            Ok(ends)
+        }
+        BusKind::Pubsub => {
+            let pubsub = &config.bus.pubsub;
+            let mut ends = BusEnds::default();
+            if role.produces() {
+                let publisher = PubSubPublisher::connect(pubsub).await.context("connecting the Pub/Sub publisher")?;
+                ends.publisher = Some(Arc::new(publisher));
+            }
+            if role.works() {
+                let subscription =
+                    PubSubSubscription::open(pubsub).await.context("opening the Pub/Sub subscription")?;
+                ends.subscription = Some(Arc::new(subscription));
+                if pubsub.consume_dead_letters {
+                    let dead = PubSubSubscription::open_dead_letters(pubsub)
+                        .await
+                        .context("opening the Pub/Sub dead-letter subscription")?;
+                    ends.dead_letters = Some(Arc::new(dead));
+                }
+            }
+            Ok(ends)
+        }
+    }
+}
+
+/// Wraps the publisher in the GCS claim check when `[gcs]` has a bucket and a threshold.
+pub(super) fn with_claim_checks(bus: &mut BusEnds, config: &Config, gcs: Option<&crate::gcs::Gcs>) {
+    if let (Some(gcs), true) = (gcs, config.gcs.claim_check_bytes > 0) {
+        if let Some(publisher) = bus.publisher.take() {
+            let claims = ClaimCheckPublisher::new(publisher, gcs.clone(), config.gcs.claim_check_bytes);
+            bus.publisher = Some(Arc::new(claims));
+        }
+    }
+}
+
+/// The configured warehouse, its tables ensured.
+pub(super) async fn open_warehouse(config: &Config, catalog: &Arc<Catalog>) -> anyhow::Result<Arc<dyn Warehouse>> {
+    let warehouse = crate::warehouse::open(&config.warehouse, &config.gcs, catalog.clone())
+        .await
+        .with_context(|| format!("opening the warehouse ({})", crate::warehouse::describe(&config.warehouse)))?;
+    warehouse.ensure_tables().await.context("creating tables from schemas/")?;
+    Ok(warehouse)
+}
+
+/// The configured sources (only those in `only` when it is not empty), ready to drive.
+pub(super) fn build_sources(
+    config: &Config,
+    catalog: &Arc<Catalog>,
+    checkpoints: &Arc<CheckpointStore>,
+    mode: RunMode,
+    only: &[String],
+    claim_checks: bool,
+) -> anyhow::Result<Vec<Box<dyn Source>>> {
+    let names = config.sources.names();
+    if let Some(unknown) = only.iter().find(|n| !names.contains(n)) {
+        anyhow::bail!("no source named `{unknown}` in the config; sources: {}", names.join(", "));
+    }
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|n| n == name);
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    for source_config in config.sources.jsonl.iter().filter(|s| wanted(&s.name)) {
+        let mut source = JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
+        if mode == RunMode::Forever {
+            source.watch()?;
+        } else {
+            std::fs::create_dir_all(&source_config.root)
+                .with_context(|| format!("creating {}", source_config.root.display()))?;
+        }
+        sources.push(Box::new(source));
+    }
+    for source_config in config.sources.sqlite.iter().filter(|s| wanted(&s.name)) {
+        sources.push(Box::new(SqliteSource::new(source_config.clone(), catalog, checkpoints.clone())?));
+    }
+    for source_config in config.sources.outbox.iter().filter(|s| wanted(&s.name)) {
+        let mut source = OutboxSource::new(source_config.clone(), catalog)?;
+        if mode == RunMode::Forever {
+            source.watch()?;
+        }
+        sources.push(Box::new(source));
+    }
+    for source_config in config.sources.sessions.iter().filter(|s| wanted(&s.name)) {
+        let mut source = SessionsSource::new(source_config.clone(), catalog, checkpoints.clone(), claim_checks)?;
+        if mode == RunMode::Forever {
+            source.watch()?;
+        }
+        sources.push(Box::new(source));
+    }
+    for source_config in config.sources.http.iter().filter(|s| wanted(&s.name)) {
+        sources.push(Box::new(HttpSource::new(source_config.clone(), catalog, checkpoints.clone())?));
+    }
+    Ok(sources)
+}

@@ -1,0 +1,222 @@
+//! JSONL framing: complete lines only, with bounded memory for over-long ones; BOM and CRLF.
+
+use std::fs::File;
+use std::io::Read;
+
+use super::OVERSIZE_SAMPLE_BYTES;
+
+/// A line found by [`LineReader`]; offsets are relative to where reading started.
+pub(super) struct Line<'a> {
+    pub(super) start_offset: u64,
+    pub(super) end_offset: u64,
+    pub(super) content: LineContent<'a>,
+}
+
+pub(super) enum LineContent<'a> {
+    /// The line without its `\n`, `\r\n` or a leading BOM.
+    Complete(&'a [u8]),
+    Oversize {
+        sample: &'a [u8],
+        total_len: u64,
+    },
+}
+
+/// Splits a byte stream into complete lines with bounded memory: a line longer than `max_line` is
+/// skipped to its newline and reported as oversize with a sample.
+pub(super) struct LineReader {
+    pub(super) buffer: Vec<u8>,
+    /// Valid bytes in `buffer`.
+    pub(super) filled: usize,
+    /// Start of the unconsumed part of `buffer`.
+    pub(super) position: usize,
+    /// Stream offset (relative to the start) of `buffer[0]`.
+    pub(super) buffer_offset: u64,
+    pub(super) max_line: usize,
+    pub(super) oversize_sample: Vec<u8>,
+    pub(super) at_eof: bool,
+}
+
+pub(super) const READ_CHUNK: usize = 1 << 20;
+
+impl LineReader {
+    pub(super) fn new(max_line: usize) -> LineReader {
+        LineReader {
+            buffer: Vec::new(),
+            filled: 0,
+            position: 0,
+            buffer_offset: 0,
+            max_line,
+            oversize_sample: Vec::new(),
+            at_eof: false,
+        }
+    }
+
+    /// Bytes consumed as complete lines so far (relative to the start of reading).
+    pub(super) fn consumed(&self) -> u64 {
+        self.buffer_offset + self.position as u64
+    }
+
+    /// Reads more input; false at end of file.
+    pub(super) fn fill(&mut self, file: &mut File) -> std::io::Result<bool> {
+        if self.at_eof {
+            return Ok(false);
+        }
+        if self.position > 0 {
+            self.buffer.copy_within(self.position..self.filled, 0);
+            self.buffer_offset += self.position as u64;
+            self.filled -= self.position;
+            self.position = 0;
+        }
+        if self.buffer.len() < self.filled + READ_CHUNK {
+            self.buffer.resize(self.filled + READ_CHUNK, 0);
+        }
+        let n = file.read(&mut self.buffer[self.filled..])?;
+        self.filled += n;
+        if n == 0 {
+            self.at_eof = true;
+        }
+        Ok(n > 0)
+    }
+
+    pub(super) fn next_line(&mut self, file: &mut File) -> std::io::Result<Option<Line<'_>>> {
+        let mut searched = self.position;
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buffer[searched..self.filled]) {
+                let newline = searched + i;
+                let start = self.position;
+                self.position = newline + 1;
+                let start_offset = self.buffer_offset + start as u64;
+                let end_offset = self.buffer_offset + self.position as u64;
+                let mut content = &self.buffer[start..newline];
+                if content.last() == Some(&b'\r') {
+                    content = &content[..content.len() - 1];
+                }
+                if start_offset == 0 && content.starts_with(&[0xEF, 0xBB, 0xBF]) {
+                    content = &content[3..];
+                }
+                if content.len() > self.max_line {
+                    self.oversize_sample.clear();
+                    self.oversize_sample.extend_from_slice(&content[..OVERSIZE_SAMPLE_BYTES.min(content.len())]);
+                    return Ok(Some(Line {
+                        start_offset,
+                        end_offset,
+                        content: LineContent::Oversize {
+                            sample: &self.oversize_sample,
+                            total_len: content.len() as u64,
+                        },
+                    }));
+                }
+                return Ok(Some(Line { start_offset, end_offset, content: LineContent::Complete(content) }));
+            }
+            searched = self.filled;
+            let pending = self.filled - self.position;
+            if pending > self.max_line + 2 {
+                return self.skip_oversize(file);
+            }
+            let before = self.position;
+            if !self.fill(file)? {
+                return Ok(None); // A half-written last line waits for its newline.
+            }
+            searched -= before;
+        }
+    }
+
+    /// Skips an over-long line without holding it in memory; None when its newline has not come yet.
+    pub(super) fn skip_oversize(&mut self, file: &mut File) -> std::io::Result<Option<Line<'_>>> {
+        let start_offset = self.buffer_offset + self.position as u64;
+        self.oversize_sample.clear();
+        self.oversize_sample
+            .extend_from_slice(&self.buffer[self.position..self.filled.min(self.position + OVERSIZE_SAMPLE_BYTES)]);
+        let mut scan_from = self.position;
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buffer[scan_from..self.filled]) {
+                let newline = scan_from + i;
+                self.position = newline + 1;
+                let end_offset = self.buffer_offset + self.position as u64;
+                return Ok(Some(Line {
+                    start_offset,
+                    end_offset,
+                    content: LineContent::Oversize {
+                        sample: &self.oversize_sample,
+                        total_len: end_offset - start_offset - 1,
+                    },
+                }));
+            }
+            // Drop what was scanned and read on.
+            self.buffer_offset += self.filled as u64;
+            self.filled = 0;
+            self.position = 0;
+            if !self.fill(file)? {
+                // The long line is not complete yet: report nothing; consumed() stays at its start.
+                self.buffer_offset = start_offset;
+                return Ok(None);
+            }
+            scan_from = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+
+    fn file_with(bytes: &[u8]) -> File {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file
+    }
+
+    /// (start, end, content or oversize length) of one line.
+    type FoundLine = (u64, u64, Result<Vec<u8>, u64>);
+
+    /// Every line the reader finds, and the bytes it consumed.
+    fn lines(bytes: &[u8], max_line: usize) -> (Vec<FoundLine>, u64) {
+        let mut file = file_with(bytes);
+        let mut reader = LineReader::new(max_line);
+        let mut found = Vec::new();
+        while let Some(line) = reader.next_line(&mut file).unwrap() {
+            let content = match line.content {
+                LineContent::Complete(c) => Ok(c.to_vec()),
+                LineContent::Oversize { total_len, sample } => {
+                    assert!(sample.len() <= OVERSIZE_SAMPLE_BYTES);
+                    Err(total_len)
+                }
+            };
+            found.push((line.start_offset, line.end_offset, content));
+        }
+        (found, reader.consumed())
+    }
+
+    #[test]
+    fn complete_lines_only_with_crlf_and_bom() {
+        let (found, consumed) = lines(b"\xEF\xBB\xBFa\r\nbb\n\nhalf", 100);
+        let contents: Vec<_> = found.iter().map(|(_, _, c)| c.clone().unwrap()).collect();
+        assert_eq!(contents, vec![b"a".to_vec(), b"bb".to_vec(), b"".to_vec()]);
+        assert_eq!(consumed, 10, "the half-written last line is not consumed");
+    }
+
+    #[test]
+    fn a_line_longer_than_the_read_buffer_is_skipped_with_its_length() {
+        let long = vec![b'x'; READ_CHUNK * 2 + 17];
+        let mut bytes = b"ok\n".to_vec();
+        bytes.extend_from_slice(&long);
+        bytes.extend_from_slice(b"\nnext\n");
+        let (found, consumed) = lines(&bytes, 1000);
+        assert_eq!(found.len(), 3);
+        assert_eq!(found[1].2, Err(long.len() as u64));
+        assert_eq!((found[1].0, found[1].1), (3, 3 + long.len() as u64 + 1));
+        assert_eq!(found[2].2, Ok(b"next".to_vec()));
+        assert_eq!(consumed, bytes.len() as u64);
+    }
+
+    #[test]
+    fn an_unfinished_long_line_waits_at_its_start() {
+        let mut bytes = b"ok\n".to_vec();
+        bytes.extend_from_slice(&vec![b'y'; READ_CHUNK + 5]);
+        let (found, consumed) = lines(&bytes, 1000);
+        assert_eq!(found.len(), 1);
+        assert_eq!(consumed, 3, "nothing past the start of the unfinished line is consumed");
+    }
+}

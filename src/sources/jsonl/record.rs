@@ -1,0 +1,102 @@
+//! One JSONL record made into a change event (shared with replay).
+
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::DELETE_FIELD;
+use crate::bus::{attr, Attributes, OutboundMessage};
+use crate::dead_letter::DeadLetterReason;
+use crate::envelope::{derive_event_id, identify, ordering_key, ChangeEvent, Op};
+use crate::schema::Catalog;
+
+/// Builds the change event for one JSONL record (a JSON object as text) of `table`. Replay uses it
+/// for records that were dead-lettered before they became events.
+pub fn record_to_message(
+    catalog: &Catalog,
+    table: &str,
+    file_fingerprint: u64,
+    offset: u64,
+    text: &str,
+    source: &str,
+    produced_at: &str,
+) -> Result<OutboundMessage, (DeadLetterReason, String)> {
+    // Top-level fields borrowed as raw JSON: validates the line and allocates only the index;
+    // the few fields identity needs are parsed on demand. Keys with escapes take the slow path.
+    let fields = match serde_json::from_str::<HashMap<&str, &RawValue>>(text) {
+        Ok(fields) => LineFields::Borrowed(fields),
+        Err(_) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => LineFields::Owned(map),
+            _ => return Err((DeadLetterReason::Decode, describe_invalid_line(text))),
+        },
+    };
+    let field = |name: &str| fields.get(name);
+    let deleted = fields.get(DELETE_FIELD) == Some(Value::Bool(true));
+    let (op, event_id, key, version) = match catalog.get(table) {
+        // Unknown table: publish anyway; the worker dead-letters it as `unknown_table`, and a
+        // replay lands it once its schema file exists.
+        None => (Op::Insert, None, None, None),
+        Some(schema) => {
+            let identity = identify(schema, field, deleted).map_err(|detail| (DeadLetterReason::Schema, detail))?;
+            (identity.op, identity.event_id, identity.key, identity.version)
+        }
+    };
+    // `identify` gives a key and a version only for upsert tables: there, the record is key@version.
+    let event_id = event_id.unwrap_or_else(|| match (&key, version) {
+        (Some(key), Some(version)) => {
+            let key_text = serde_json::to_string(key).expect("map serializes");
+            derive_event_id(&[table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes()])
+        }
+        _ => derive_event_id(&[
+            table.as_bytes(),
+            &file_fingerprint.to_le_bytes(),
+            &offset.to_le_bytes(),
+            text.as_bytes(),
+        ]),
+    });
+    let payload_text;
+    let payload: &str = if fields.get(DELETE_FIELD).is_some() {
+        let mut without: Map<String, Value> = serde_json::from_str(text).expect("validated above");
+        without.remove(DELETE_FIELD);
+        payload_text = serde_json::to_string(&without).expect("map serializes");
+        &payload_text
+    } else {
+        text
+    };
+    let ordering_key = key.as_ref().map(|key| ordering_key(table, key));
+    let event = ChangeEvent { event_id, table, op, key, version, payload, source, produced_at };
+    let mut attributes = Attributes::new();
+    attributes.insert(attr::TABLE.into(), table.into());
+    attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
+    Ok(OutboundMessage { data: event.to_bytes(), attributes, ordering_key })
+}
+
+/// A line's top-level fields.
+pub(super) enum LineFields<'a> {
+    /// Borrowed as raw JSON: validates the line and allocates only the index; the few fields that
+    /// identity needs are parsed on demand.
+    Borrowed(HashMap<&'a str, &'a RawValue>),
+    /// Fully parsed: the slow path, for keys with escape sequences.
+    Owned(Map<String, Value>),
+}
+
+impl LineFields<'_> {
+    pub(super) fn get(&self, name: &str) -> Option<Value> {
+        match self {
+            LineFields::Borrowed(fields) => fields.get(name).and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            LineFields::Owned(map) => map.get(name).cloned(),
+        }
+    }
+}
+
+/// Why a line is not a JSON object, as precisely as serde_json says.
+pub(super) fn describe_invalid_line(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(other) => format!(
+            "line is JSON but not an object (starts with {})",
+            other.to_string().chars().take(20).collect::<String>()
+        ),
+        Err(e) => format!("invalid JSON: {e}"),
+    }
+}
