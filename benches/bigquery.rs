@@ -8,6 +8,9 @@
 //! timed on 500 records (it is linear in them) and its rate is what the table shows. The emulator
 //! is single-threaded Python over DuckDB: absolute rates are the emulator's, the ratio is the point.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,7 +36,7 @@ fn main() {
         std::env::var("BIGQUERY_EMULATOR_HOST").expect("BIGQUERY_EMULATOR_HOST: run scripts/bench_bigquery.sh");
     let endpoint = if endpoint.contains("://") { endpoint } else { format!("http://{endpoint}") };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let catalog = Catalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))).unwrap();
+    let catalog = common::catalog();
     let mut rows = Vec::new();
     for (table, flush) in [("atoms", 10_000), ("atoms", 1_000), ("contacts_master", 10_000), ("contacts_master", 1_000)]
     {

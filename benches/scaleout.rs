@@ -16,24 +16,15 @@ use std::time::Instant;
 use gcp_bigquery_client::model::query_request::QueryRequest;
 use serde_json::Value;
 
-#[path = "support/mod.rs"]
-mod support;
-use support::wait_with_usage;
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::wait_with_usage;
 
 const PROJECT: &str = "bqsync-test";
 const ATOMS: usize = 20_000;
 const CONTACT_EVENTS: usize = 10_000;
 const CONTACT_KEYS: usize = 2_000;
 const QUIET_MS: u64 = 5_000;
-
-fn url(variable: &str) -> String {
-    let host = std::env::var(variable).unwrap_or_else(|_| panic!("{variable}: run scripts/bench_scaleout.sh"));
-    if host.contains("://") {
-        host
-    } else {
-        format!("http://{host}")
-    }
-}
 
 fn main() {
     let mut rows = Vec::new();
@@ -53,24 +44,6 @@ fn main() {
     }
 }
 
-/// Contact lines in shuffled order and the expected final (version, email) per key.
-fn contacts() -> (String, std::collections::HashMap<String, (i64, String)>) {
-    let mut rng = fastrand::Rng::with_seed(42);
-    let mut lines = Vec::new();
-    let mut expected = std::collections::HashMap::new();
-    for i in 0..CONTACT_EVENTS {
-        let key = format!("c-{:05}", i % CONTACT_KEYS);
-        let version = (i / CONTACT_KEYS + 1) as i64;
-        let email = format!("{key}-v{version}@x.test");
-        lines.push(format!(
-            "{{\"contact_id\":\"{key}\",\"name\":\"N\",\"email\":\"{email}\",\"phone\":\"+1\",\"updated_at\":\"2024-01-01T00:00:00Z\",\"version\":{version}}}\n"
-        ));
-        expected.insert(key, (version, email));
-    }
-    rng.shuffle(&mut lines);
-    (lines.concat(), expected)
-}
-
 fn run_case(workers: usize) -> (f64, f64, usize, usize) {
     let project = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"), project.path().join("schemas"))
@@ -78,8 +51,8 @@ fn run_case(workers: usize) -> (f64, f64, usize, usize) {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let id = format!("scale{workers}-{}-{nanos}", std::process::id());
     let dataset = id.replace('-', "_");
-    let pubsub = url("PUBSUB_EMULATOR_HOST");
-    let bigquery = url("BIGQUERY_EMULATOR_HOST");
+    let pubsub = common::emulator_url("PUBSUB_EMULATOR_HOST");
+    let bigquery = common::emulator_url("BIGQUERY_EMULATOR_HOST");
     std::fs::write(
         project.path().join("bqsync.toml"),
         format!(
@@ -105,7 +78,7 @@ fn run_case(workers: usize) -> (f64, f64, usize, usize) {
         })
         .collect();
     std::fs::write(inbox.join("atoms/a.jsonl"), atoms).unwrap();
-    let (contact_lines, expected) = contacts();
+    let (contact_lines, expected) = common::contacts(CONTACT_EVENTS, CONTACT_KEYS, 42);
     std::fs::write(inbox.join("contacts_master/c.jsonl"), contact_lines).unwrap();
     let bqsync = |args: &[&str]| {
         let status = Command::new(env!("CARGO_BIN_EXE_bqsync"))
@@ -145,7 +118,7 @@ fn run_case(workers: usize) -> (f64, f64, usize, usize) {
     (wall, cpu, lost, duplicated)
 }
 
-fn check(endpoint: &str, dataset: &str, expected: &std::collections::HashMap<String, (i64, String)>) -> (usize, usize) {
+fn check(endpoint: &str, dataset: &str, expected: &common::ContactState) -> (usize, usize) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let client = gcp_bigquery_client::client_builder::ClientBuilder::new()
@@ -172,16 +145,22 @@ fn check(endpoint: &str, dataset: &str, expected: &std::collections::HashMap<Str
         let number = |v: &Value| v.as_str().and_then(|s| s.parse::<i64>().ok()).unwrap_or(-1);
         let counts = query(format!("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM `{PROJECT}.{dataset}.atoms`")).await;
         let (total, distinct) = (number(&counts[0][0]), number(&counts[0][1]));
-        let contacts =
-            query(format!("SELECT contact_id, version, email FROM `{PROJECT}.{dataset}.contacts_master`")).await;
-        let wrong = expected.len()
-            - contacts
-                .iter()
-                .filter(|row| {
-                    let key = row[0].as_str().unwrap_or_default();
-                    expected.get(key).is_some_and(|(v, e)| *v == number(&row[1]) && Some(e.as_str()) == row[2].as_str())
+        let contacts = query(format!(
+            "SELECT contact_id, version, email FROM `{PROJECT}.{dataset}.contacts_master` WHERE NOT _bqsync_deleted"
+        ))
+        .await;
+        // Live keys at their highest version; deleted keys have a tombstone and no live row.
+        let live = expected.values().filter(|v| v.is_some()).count();
+        let right = contacts
+            .iter()
+            .filter(|row| {
+                let key = row[0].as_str().unwrap_or_default();
+                expected.get(key).is_some_and(|state| {
+                    state.as_ref().is_some_and(|(v, e)| *v == number(&row[1]) && Some(e.as_str()) == row[2].as_str())
                 })
-                .count();
+            })
+            .count();
+        let wrong = live - right.min(live) + contacts.len().saturating_sub(live);
         let lost = (ATOMS as i64 - distinct).max(0) as usize + wrong;
         (lost, (total - distinct).max(0) as usize)
     })

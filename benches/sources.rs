@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-#[path = "support/mod.rs"]
-mod support;
-use support::wait_with_usage;
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::wait_with_usage;
 
 const SQLITE_ROWS: i64 = 1_000_000;
 const OUTBOX_ROWS: i64 = 200_000;

@@ -117,7 +117,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
             metrics.set_checkpoint_lag(&source, bytes);
         }
     }
-    ([("content-type", "text/plain; version=0.0.4")], metrics.render()).into_response()
+    ([("content-type", crate::metrics::CONTENT_TYPE)], metrics.render()).into_response()
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Response {

@@ -17,7 +17,6 @@
 //!   failures, `reason@micros`). The same failure replayed again is the same dead letter.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -95,18 +94,15 @@ pub fn parse_time(text: &str) -> anyhow::Result<i64> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_micros());
     }
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let amount: i64 = number.parse().with_context(|| {
+    // Ages in the units the docs name (`humantime` also takes weeks, months and years, whose length
+    // a reader may guess differently).
+    if !text.ends_with(['s', 'm', 'h', 'd']) {
+        anyhow::bail!("time {text:?}: an age ends in s, m, h or d");
+    }
+    let age = humantime::parse_duration(text).with_context(|| {
         format!("time {text:?}: expected RFC 3339 (2026-11-22T10:00:00Z), a date (2026-11-22) or an age (30m, 2h, 7d)")
     })?;
-    let seconds = match unit {
-        "s" => amount,
-        "m" => amount * 60,
-        "h" => amount * 3600,
-        "d" => amount * 86_400,
-        _ => anyhow::bail!("time {text:?}: an age ends in s, m, h or d"),
-    };
-    Ok(chrono::Utc::now().timestamp_micros() - seconds * 1_000_000)
+    Ok(chrono::Utc::now().timestamp_micros() - age.as_micros() as i64)
 }
 
 fn format_micros(micros: i64) -> String {
@@ -402,27 +398,25 @@ fn rebuild_envelope(record: &DeadLetterRecord, edits: &Edits) -> Vec<u8> {
 
 /// A progress line on a terminal (stderr), nothing otherwise.
 struct Progress {
-    total: usize,
-    on_terminal: bool,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
+    /// A bar on stderr, drawn only when stderr is a terminal (indicatif hides it otherwise).
     fn new(total: usize) -> Progress {
-        Progress { total, on_terminal: std::io::stderr().is_terminal() }
+        let bar = indicatif::ProgressBar::new(total as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("replay [{bar:30}] {pos}/{len}") {
+            bar.set_style(style.progress_chars("# "));
+        }
+        Progress { bar }
     }
 
     fn update(&self, done: u64) {
-        if self.on_terminal && self.total > 0 {
-            let width = 30;
-            let filled = (done as usize * width) / self.total;
-            eprint!("\rreplay [{}{}] {done}/{}", "#".repeat(filled), " ".repeat(width - filled), self.total);
-        }
+        self.bar.set_position(done);
     }
 
     fn finish(&self) {
-        if self.on_terminal && self.total > 0 {
-            eprintln!();
-        }
+        self.bar.finish();
     }
 }
 

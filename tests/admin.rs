@@ -5,27 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{signal, wait_exit, wait_until, Project};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A tiny HTTP/1.1 client over a TCP stream (test-side only): (status, body).
-fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
-}
+use common::{admin_http as http, free_port, signal, wait_exit, wait_until, Project};
 
 /// The value of a Prometheus sample line `NAME{LABELS} VALUE`, 0 when absent.
 fn sample(metrics: &str, series: &str) -> f64 {

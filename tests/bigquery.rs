@@ -25,7 +25,7 @@ fn unique_dataset(test: &str) -> String {
 }
 
 fn catalog() -> Catalog {
-    Catalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))).unwrap()
+    common::catalog()
 }
 
 fn config(dataset: &str) -> BigQueryConfig {

@@ -3,8 +3,9 @@
 //!
 //! One documented command (README "Fault injection"): `scripts/faults.sh [short|long]` starts the
 //! emulators and runs this test; `scripts/test.sh` (CI) runs the short mode with the rest. The mode
-//! comes from `BQSYNC_FAULTS` (`short`, the default, or `long`); the results table is written to
-//! `target/fault-results.md` and printed. The test fails on any lost or duplicated row, and on any dead
+//! comes from `BQSYNC_FAULTS` (`short`, the default, or `long`). Each scenario is its own test
+//! (they run one at a time); each writes its row of the results table under `target/fault-results/`,
+//! which `scripts/faults.sh` joins into `target/fault-results.md`. The test fails on any lost or duplicated row, and on any dead
 //! letter other than the poison lines it planted.
 //!
 //! Scenarios:
@@ -462,19 +463,9 @@ impl Drop for OwnPubSub {
     }
 }
 
-/// Free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Atoms landed so far (new rows only: each atom counts once), from a running process's metrics.
 fn landed_atoms(port: u16) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
+    let (_, body) = admin_http(port, "GET", "/metrics", None)?;
     Some(
         body.lines()
             .filter(|l| l.starts_with("bqsync_rows_landed_total{table=\"atoms\"}"))
@@ -688,37 +679,63 @@ fn render(outcomes: &[Outcome], mode: Mode) -> String {
     out
 }
 
-#[test]
-fn fault_injection_harness() {
+/// The scenarios run one at a time (each drives several processes on a 2-core machine), in this
+/// order when the whole file runs; each is its own test so one can be run alone
+/// (`cargo test --test faults pubsub_outage`).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs one scenario (its random choices from `BQSYNC_FAULTS_SEED` and its position), writes its row
+/// to `target/fault-results/N-SCENARIO.md` (`scripts/faults.sh` joins them into
+/// `target/fault-results.md`), and fails on any lost or duplicated row and on dead letters besides
+/// the planted poison and the replayed exhausted deliveries.
+fn run_scenario(position: u64, scenario: fn(Mode, &mut fastrand::Rng) -> Outcome) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mode = Mode::from_env();
-    let seed = std::env::var("BQSYNC_FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261122);
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut scenarios: Vec<fn(Mode, &mut fastrand::Rng) -> Outcome> =
-        vec![embedded_kill, pubsub_kill, pubsub_outage, bigquery_outage, disk_full, config_change];
-    // BQSYNC_FAULTS_ONLY=2,3 runs those scenarios alone (1-based), for work on one of them.
-    if let Ok(only) = std::env::var("BQSYNC_FAULTS_ONLY") {
-        let wanted: Vec<usize> = only.split(',').filter_map(|n| n.trim().parse().ok()).collect();
-        scenarios =
-            scenarios.into_iter().enumerate().filter(|(i, _)| wanted.contains(&(i + 1))).map(|(_, s)| s).collect();
-    }
-    let mut outcomes = Vec::new();
-    for scenario in scenarios {
-        let outcome = scenario(mode, &mut rng);
-        eprintln!("{}", render(std::slice::from_ref(&outcome), mode).lines().last().unwrap());
-        outcomes.push(outcome);
-    }
-    let table = render(&outcomes, mode);
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&target).unwrap();
-    std::fs::write(target.join("fault-results.md"), &table).unwrap();
+    let seed = std::env::var("BQSYNC_FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261122u64);
+    let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(position));
+    let outcome = scenario(mode, &mut rng);
+    let table = render(std::slice::from_ref(&outcome), mode);
+    let row = table.lines().last().unwrap().to_string();
+    let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("fault-results");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(results.join(format!("{position}-{}.md", outcome.scenario)), format!("{row}\n")).unwrap();
     println!("{table}");
-    for o in &outcomes {
-        assert_eq!((o.lost, o.duplicated), (0, 0), "{}: lost or duplicated rows (seed {seed})\n{table}", o.scenario);
-        assert_eq!(
-            o.dead_lettered,
-            o.planted_poison + o.replayed,
-            "{}: dead letters besides the planted poison and exhausted deliveries\n{table}",
-            o.scenario
-        );
-    }
+    let o = &outcome;
+    assert_eq!((o.lost, o.duplicated), (0, 0), "{}: lost or duplicated rows (seed {seed})\n{table}", o.scenario);
+    assert_eq!(
+        o.dead_lettered,
+        o.planted_poison + o.replayed,
+        "{}: dead letters besides the planted poison and exhausted deliveries\n{table}",
+        o.scenario
+    );
+}
+
+#[test]
+fn s1_embedded_kill() {
+    run_scenario(1, embedded_kill);
+}
+
+#[test]
+fn s2_pubsub_kill() {
+    run_scenario(2, pubsub_kill);
+}
+
+#[test]
+fn s3_pubsub_outage() {
+    run_scenario(3, pubsub_outage);
+}
+
+#[test]
+fn s4_bigquery_outage() {
+    run_scenario(4, bigquery_outage);
+}
+
+#[test]
+fn s5_disk_full() {
+    run_scenario(5, disk_full);
+}
+
+#[test]
+fn s6_config_change() {
+    run_scenario(6, config_change);
 }

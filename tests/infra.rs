@@ -3,13 +3,15 @@
 //! machine image; without them these tests fail (providers cannot be downloaded here, so `terraform
 //! validate` is not run).
 
+mod common;
+
 use std::process::Command;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 #[test]
 fn terraform_tables_match_the_schemas() {
-    let catalog = bqsync::schema::Catalog::load_dir(&std::path::Path::new(ROOT).join("schemas")).unwrap();
+    let catalog = common::catalog();
     let generated = bqsync::infra::terraform_tables_text(&catalog);
     let committed = std::fs::read_to_string(format!("{ROOT}/infra/terraform/tables.tf.json")).unwrap_or_default();
     assert!(

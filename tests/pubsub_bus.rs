@@ -390,17 +390,11 @@ fn run_measured(project: &Project, args: &[&str]) -> (String, i64) {
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 writes into the status and struct we own; the pid is our own child.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4 failed");
+    let (exit, _, peak_mb) = common::wait_with_usage(child.id() as libc::pid_t);
     // Reaped by wait4; forget the handle so nothing waits on the pid again.
     std::mem::forget(child);
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    assert!(ok, "bqsync {args:?} failed ({status}); log:\n{}", project.log_tail());
-    (std::fs::read_to_string(stdout_path).unwrap(), usage.ru_maxrss)
+    assert_eq!(exit, 0, "bqsync {args:?} failed (exit {exit}); log:\n{}", project.log_tail());
+    (std::fs::read_to_string(stdout_path).unwrap(), (peak_mb * 1024.0) as i64)
 }
 
 /// With `ordering = true`, the subscription is created with message ordering and upserts of one key

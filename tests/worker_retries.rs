@@ -2,6 +2,8 @@
 //! refuses the first landings. Nothing may be acked while landing fails, and once it works again every
 //! event lands exactly once — whether the batch was retried in place or released for redelivery.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,8 +74,7 @@ struct Outcome {
 
 async fn run_with_failures(failures: u32, retry_budget_secs: u64) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let catalog =
-        Arc::new(Catalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))).unwrap());
+    let catalog: Arc<Catalog> = Arc::new(common::catalog());
     let bus_config = EmbeddedBusConfig { path: dir.path().join("bus.db"), ack_deadline_secs: 5, ..Default::default() };
     let bus = EmbeddedBus::open(&bus_config).unwrap();
     let events = 3000;

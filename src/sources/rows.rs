@@ -265,7 +265,7 @@ mod tests {
     use super::*;
 
     fn catalog() -> Catalog {
-        Catalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))).unwrap()
+        crate::schema::project_catalog()
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //! warehouse transaction and acks only after that transaction committed.
 //!
 //! Invariants:
-//! - **Ack only after commit.** A delivery's [`AckHandle`] stays in its batch until
-//!   [`Warehouse::land`] returned a [`Committed`] proof; then, and only then, it is acked. A crash
-//!   anywhere before the ack means redelivery, and landing is idempotent, so nothing is lost and
-//!   nothing is applied twice.
+//! - **Ack only after commit** (the invariant every other module links to). A delivery's ack handle
+//!   never leaves its batch: the batch's [`Receipts`] travel with its rows into [`Warehouse::land`]
+//!   and come back inside a [`Committed`] proof once the transaction committed, or bare when it
+//!   failed (then they are nacked). A subscription acks only a `Committed`; a `Committed` is made
+//!   only by a landing and by a publish to a bus's own dead-letter topic ([`crate::ack`]).
+//!   Classification sees a message's bytes, attributes and attempts ([`crate::message::Message`]),
+//!   never its handle. A crash anywhere before the ack means redelivery, and landing is idempotent,
+//!   so nothing is lost and nothing is applied twice.
 //! - **Poison never blocks.** A delivery that cannot become a row (undecodable, schema-invalid,
 //!   unknown table, oversize) is dead-lettered at once and the rest of its batch flows on. On a bus
 //!   with a dead-letter topic of its own (Pub/Sub) it is published there with the reason and then
@@ -14,8 +18,8 @@
 //! - **Batches fit the flow-control window.** Where the bus limits unacked deliveries, batch limits
 //!   are cut to half the window, so a batch in flight and the next one filling never starve each
 //!   other.
-//! - **Failures are retried, not acked.** A failing landing is retried with exponential backoff and
-//!   jitter; if it keeps failing, its deliveries are nacked (the bus redelivers them and, past the
+//! - **Failures are retried, not acked.** A failing landing is retried under [`crate::retry`]'s policy
+//!   (exponential backoff, jitter, `retry_budget_secs`); if it keeps failing, its deliveries are nacked (the bus redelivers them and, past the
 //!   maximum attempts, dead-letters them).
 //! - **A failing warehouse stops the pulling (circuit breaker).** While a landing is being retried
 //!   the worker pulls nothing, so a warehouse outage does not pile leased messages up; the first

@@ -1,5 +1,6 @@
-//! Helpers for end-to-end tests: a project directory with a config, the real `bqsync` binary as a child
-//! process, and queries on the resulting DuckDB file.
+//! The support module of the end-to-end tests and the benchmarks (which include it by path): a
+//! project directory with a config, the real `bqsync` binary as a child process, queries on the
+//! resulting DuckDB file, workload generators, emulator helpers, a loopback HTTP client and `wait4`.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -410,4 +411,43 @@ pub fn pubsub_seek(host: &str, project: &str, subscription: &str, time: &str) {
     let path = format!("/v1/projects/{project}/subscriptions/{subscription}:seek");
     let (status, body) = http_json(host, "POST", &path, &format!("{{\"time\": \"{time}\"}}"));
     assert_eq!(status, 200, "seek {subscription}: {body}");
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The project's table definitions (`schemas/`).
+pub fn catalog() -> bqsync::schema::Catalog {
+    bqsync::schema::Catalog::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap()
+}
+
+/// One request to a bqsync admin server on loopback `port`, with a bearer token if given: (status,
+/// body); `None` while nothing answers.
+pub fn admin_http(port: u16, method: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Waits for one child: (exit code, user + system CPU seconds, peak RSS MB) of that process alone.
+pub fn wait_with_usage(pid: libc::pid_t) -> (i32, f64, f64) {
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes into the status and struct we own; the pid is our own child.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4 failed");
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let exit = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    (exit, seconds(usage.ru_utime) + seconds(usage.ru_stime), usage.ru_maxrss as f64 / 1024.0)
 }
