@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /healthz` | the process is up (liveness) |
 //! | `GET /readyz` | 200 only when the bus and the warehouse answer now, else 503 with what failed |
-//! | `GET /metrics` | Prometheus text ([`crate::metrics`]) |
+//! | `GET /metrics` | OpenMetrics text ([`crate::metrics`]) |
 //! | `GET /status` | per table and source: counts, last landing, checkpoint lag, dead letters |
 //! | `GET /tables` | the tables of `schemas/` with their write mode and live rows |
 //! | `POST /sync`, `POST /sync/tables` | run sources now: all, those named in `{"sources": [...]}`, or those feeding `{"tables": [...]}` (bearer token) |

@@ -385,15 +385,25 @@ fn rebuild_envelope(record: &DeadLetterRecord, edits: &Edits) -> Vec<u8> {
     if edits.is_empty() {
         return record.message_bytes.clone();
     }
-    match serde_json::from_slice::<Value>(&record.message_bytes) {
-        Ok(Value::Object(mut envelope)) => {
-            if let Some(Value::Object(payload)) = envelope.get_mut("payload") {
-                edits.apply(payload);
-            }
-            serde_json::to_vec(&envelope).expect("JSON serializes")
-        }
-        _ => record.message_bytes.clone(),
-    }
+    // A valid envelope is written again the one way producers write it; one that does not decode
+    // is replayed as it was and fails with its reason again.
+    let Ok(event) = crate::envelope::decode(&record.message_bytes) else {
+        return record.message_bytes.clone();
+    };
+    let mut payload = event.payload;
+    edits.apply(&mut payload);
+    let payload_text = serde_json::to_string(&payload).expect("a JSON object serializes");
+    let rebuilt = crate::envelope::ChangeEvent {
+        event_id: event.event_id,
+        table: &event.table,
+        op: event.op,
+        key: event.key,
+        version: event.version,
+        payload: &payload_text,
+        source: &event.source,
+        produced_at: &event.produced_at,
+    };
+    rebuilt.to_bytes()
 }
 
 /// A progress line on a terminal (stderr), nothing otherwise.

@@ -1,8 +1,14 @@
 //! What every Google backend (Pub/Sub, BigQuery, GCS) resolves the same way: the endpoint (the
-//! configured one, else the emulator's from its environment variable), whether to go anonymous, and
-//! the project.
+//! configured one, else the emulator's from its environment variable), whether to go anonymous, the
+//! project, and the TLS provider.
 
 pub use crate::config::gcp::Credentials;
+
+/// Installs the TLS crypto provider once: the Google crates are built without their default
+/// (aws-lc) provider, which keeps the build small; `ring` serves instead.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// The endpoint: `configured`, else `$EMULATOR_VAR` (`host:port` or a URL), with `http://` added
 /// to a bare host and no trailing slash; `None` for Google's own.

@@ -53,7 +53,7 @@ impl Gcs {
         let Some(bucket) = config.bucket.clone() else {
             return Ok(None);
         };
-        crate::bus::pubsub::install_crypto_provider();
+        crate::gcp::install_crypto_provider();
         let mut builder = google_cloud_storage::client::Storage::builder();
         let endpoint = config.resolved_endpoint();
         if let Some(endpoint) = &endpoint {

@@ -6,9 +6,14 @@
 //!
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans (one per landed batch, among others) and the
 //! metrics of [`crate::metrics`] are also exported over OTLP/HTTP (protobuf); the standard `OTEL_*`
-//! variables apply (`OTEL_SERVICE_NAME`, `OTEL_METRIC_EXPORT_INTERVAL`, headers, …). The JSON layer is hand-written because
-//! `tracing-subscriber`'s JSON format nests the message under `fields`, where Cloud Logging does not
-//! look for it.
+//! variables apply (`OTEL_SERVICE_NAME`, `OTEL_METRIC_EXPORT_INTERVAL`, headers, …).
+//!
+//! Why a JSON layer of its own (about 60 lines): `tracing-subscriber`'s `json` formatter can put the
+//! message and fields at the top level (`flatten_event`), but it names the level `level`, with
+//! tracing's names, where Cloud Logging reads only `severity` with its own (`WARNING`, not `WARN`);
+//! and it cannot add the exported OpenTelemetry trace and span ids under the
+//! `logging.googleapis.com/trace` and `…/spanId` keys that link a log line to its trace. Everything
+//! else (filtering, spans, the text format) is `tracing-subscriber`'s.
 
 use std::io::Write;
 
@@ -48,7 +53,7 @@ fn otlp_layer<S: Subscriber + for<'a> LookupSpan<'a>>() -> Option<impl Layer<S>>
     use opentelemetry::trace::TracerProvider as _;
     std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT")?;
     // The exporter's HTTP client (reqwest, rustls without a built-in provider) needs one installed.
-    crate::bus::pubsub::install_crypto_provider();
+    crate::gcp::install_crypto_provider();
     let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "bqsync".into());
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
     let spans = match opentelemetry_otlp::SpanExporter::builder().with_http().build() {

@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -277,15 +277,31 @@ async fn open_duckdb_waiting(path: PathBuf, busy: Duration) -> Result<duckdb::Co
     if !path.exists() {
         return Err("database file not found".into());
     }
-    let deadline = Instant::now() + busy;
-    loop {
-        match duckdb::Connection::open(&path) {
-            Ok(connection) => return Ok(connection),
-            Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20 + fastrand::u64(..30))).await;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+    // Short waits (the application's transactions are short), for at most `busy_timeout_ms`.
+    let policy =
+        crate::retry::Policy::exponential(Duration::from_millis(20), Duration::from_millis(50)).with_budget(busy);
+    crate::retry::retry(
+        policy,
+        |_, _| {},
+        || async {
+            duckdb::Connection::open(&path)
+                .map_err(|e| OpenFailure { locked: e.to_string().contains("lock"), message: e.to_string() })
+        },
+    )
+    .await
+    .map_err(|failure| failure.message)
+}
+
+/// Why a DuckDB file did not open; held by another process's lock is worth waiting for.
+#[derive(Debug)]
+struct OpenFailure {
+    locked: bool,
+    message: String,
+}
+
+impl crate::retry::Transient for OpenFailure {
+    fn is_transient(&self) -> bool {
+        self.locked
     }
 }
 

@@ -876,22 +876,21 @@ fn rebuilt_envelope(schema: &TableSchema, row: &StagedRow) -> Vec<u8> {
     let payload = payload_json(schema, row, false);
     let key: Map<String, Value> =
         schema.primary_key.iter().filter_map(|k| payload.get(k).map(|v| (k.clone(), v.clone()))).collect();
-    let mut envelope = Map::new();
-    envelope.insert("event_id".into(), Value::String(row.event_id.clone()));
-    envelope.insert("table".into(), Value::String(schema.table.clone()));
-    envelope.insert("op".into(), serde_json::to_value(row.op).unwrap_or(Value::Null));
-    if !key.is_empty() {
-        envelope.insert("key".into(), Value::Object(key));
-    }
-    if let Some(version) = row.version {
-        envelope.insert("version".into(), Value::from(version));
-    }
-    envelope.insert("payload".into(), Value::Object(payload));
-    envelope.insert("source".into(), Value::String("bigquery:rejected".into()));
+    let payload_text = serde_json::to_string(&payload).expect("a JSON object serializes");
     // The original time is not carried this far; a fixed one keeps the bytes, and so the dead-letter
     // id, the same when the batch is landed again.
-    envelope.insert("produced_at".into(), Value::String(format_timestamp(0)));
-    serde_json::to_vec(&Value::Object(envelope)).unwrap_or_default()
+    let produced_at = format_timestamp(0);
+    let event = crate::envelope::ChangeEvent {
+        event_id: row.event_id.clone(),
+        table: &schema.table,
+        op: row.op,
+        key: (!key.is_empty()).then_some(key),
+        version: row.version,
+        payload: &payload_text,
+        source: "bigquery:rejected",
+        produced_at: &produced_at,
+    };
+    event.to_bytes()
 }
 
 #[async_trait]

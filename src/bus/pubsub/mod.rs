@@ -101,12 +101,6 @@ impl ResourceNames {
     }
 }
 
-/// Installs the TLS crypto provider once: the Google crates are built without their default
-/// (aws-lc) provider, which keeps the build small; `ring` serves instead.
-pub(crate) fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 pub(super) fn anonymous_credentials() -> google_cloud_auth::credentials::Credentials {
     google_cloud_auth::credentials::anonymous::Builder::new().build()
 }
@@ -114,7 +108,7 @@ pub(super) fn anonymous_credentials() -> google_cloud_auth::credentials::Credent
 /// Applies endpoint and credentials to any of the crate's client builders (they share no trait).
 macro_rules! connect {
     ($builder:expr, $config:expr) => {{
-        $crate::bus::pubsub::install_crypto_provider();
+        $crate::gcp::install_crypto_provider();
         let mut builder = $builder;
         if let Some(endpoint) = $config.resolved_endpoint() {
             builder = builder.with_endpoint(endpoint);
