@@ -685,7 +685,7 @@ fn render(outcomes: &[Outcome], mode: Mode) -> String {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs one scenario (its random choices from `BQSYNC_FAULTS_SEED` and its position), writes its row
-/// to `target/fault-results/N-SCENARIO.md` (`scripts/faults.sh` joins them into
+/// to `target/fault-results/N.md` (`scripts/faults.sh` joins them into
 /// `target/fault-results.md`), and fails on any lost or duplicated row and on dead letters besides
 /// the planted poison and the replayed exhausted deliveries.
 fn run_scenario(position: u64, scenario: fn(Mode, &mut fastrand::Rng) -> Outcome) {
@@ -698,7 +698,7 @@ fn run_scenario(position: u64, scenario: fn(Mode, &mut fastrand::Rng) -> Outcome
     let row = table.lines().last().unwrap().to_string();
     let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("fault-results");
     std::fs::create_dir_all(&results).unwrap();
-    std::fs::write(results.join(format!("{position}-{}.md", outcome.scenario)), format!("{row}\n")).unwrap();
+    std::fs::write(results.join(format!("{position}.md")), format!("{row}\n")).unwrap();
     println!("{table}");
     let o = &outcome;
     assert_eq!((o.lost, o.duplicated), (0, 0), "{}: lost or duplicated rows (seed {seed})\n{table}", o.scenario);
