@@ -18,9 +18,9 @@
 //! - **Batches fit the flow-control window.** Where the bus limits unacked deliveries, batch limits
 //!   are cut to half the window, so a batch in flight and the next one filling never starve each
 //!   other.
-//! - **Failures are retried, not acked.** A failing landing is retried under [`crate::retry`]'s policy
-//!   (exponential backoff, jitter, `retry_budget_secs`); if it keeps failing, its deliveries are nacked (the bus redelivers them and, past the
-//!   maximum attempts, dead-letters them).
+//! - **Failures are retried, not acked.** A failing landing is retried under [`crate::retry`]'s
+//!   policy (exponential backoff, jitter, `retry_budget_secs`); if it keeps failing, its deliveries
+//!   are nacked (the bus redelivers them and, past the maximum attempts, dead-letters them).
 //! - **A failing warehouse stops the pulling (circuit breaker).** While a landing is being retried
 //!   the worker pulls nothing, so a warehouse outage does not pile leased messages up; the first
 //!   commit (or the landing giving up) closes the circuit.
