@@ -168,12 +168,11 @@ impl Metrics {
         r.register("bqsync_end_to_end_lag_seconds", "From produced_at to landed, per event", self.lag_seconds.clone());
     }
 
-    /// A delivery for `table` was accepted by the worker (`redelivered` when its attempt > 1).
-    pub fn event_in(&self, table: &str, redelivered: bool) {
-        self.events_in.add(&[table], 1);
-        if redelivered {
-            self.redeliveries.inc();
-        }
+    /// `events` deliveries for `table` were accepted by the worker, `redelivered` of them seen again
+    /// (attempt > 1). Counted per table and pull, not per event: each call takes the family's lock.
+    pub fn events_in(&self, table: &str, events: u64, redelivered: u64) {
+        self.events_in.add(&[table], events);
+        self.redeliveries.inc_by(redelivered);
     }
 
     pub fn dead_letter(&self, table: &str, reason: &str) {
@@ -229,9 +228,12 @@ impl Metrics {
         }
     }
 
-    /// End-to-end lag of one event: produced → landed.
-    pub fn lag(&self, table: &str, seconds: f64) {
-        self.lag_seconds.get_or_create(&vec![("table", table.to_string())]).observe(seconds.max(0.0));
+    /// End-to-end lag of a table's events, produced → landed: one series lookup for them all.
+    pub fn lag(&self, table: &str, seconds: impl IntoIterator<Item = f64>) {
+        let histogram = self.lag_seconds.get_or_create(&vec![("table", table.to_string())]);
+        for value in seconds {
+            histogram.observe(value.max(0.0));
+        }
     }
 
     pub fn set_outstanding(&self, messages: i64) {
@@ -304,11 +306,10 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms_in_prometheus_text() {
         let m = Metrics::default();
-        m.event_in("atoms", false);
-        m.event_in("atoms", true);
+        m.events_in("atoms", 2, 1);
         m.landed("atoms", 2, 2);
         m.dead_letter("atoms", "schema");
-        m.lag("atoms", 0.3);
+        m.lag("atoms", [0.3]);
         let text = m.render();
         assert!(text.contains("bqsync_events_in_total{table=\"atoms\"} 2"), "{text}");
         assert!(text.contains("bqsync_redeliveries_total 1"), "{text}");

@@ -70,14 +70,17 @@ pub(super) async fn open_bus(config: &Config, role: Role) -> anyhow::Result<BusE
     }
 }
 
-/// Wraps the publisher in the GCS claim check when `[gcs]` has a bucket and a threshold.
-pub(super) fn with_claim_checks(bus: &mut BusEnds, config: &Config, gcs: Option<&crate::gcs::Gcs>) {
-    if let (Some(gcs), true) = (gcs, config.gcs.claim_check_bytes > 0) {
-        if let Some(publisher) = bus.publisher.take() {
-            let claims = ClaimCheckPublisher::new(publisher, gcs.clone(), config.gcs.claim_check_bytes);
-            bus.publisher = Some(Arc::new(claims));
-        }
+/// Wraps the publisher in the GCS claim check when `[gcs]` has a bucket and a threshold; returns
+/// whether claim checks are on (the sessions source then sends large captures through them).
+pub(super) fn with_claim_checks(bus: &mut BusEnds, config: &Config, gcs: Option<&crate::gcs::Gcs>) -> bool {
+    let (Some(gcs), true) = (gcs, config.gcs.claim_check_bytes > 0) else {
+        return false;
+    };
+    if let Some(publisher) = bus.publisher.take() {
+        let claims = ClaimCheckPublisher::new(publisher, gcs.clone(), config.gcs.claim_check_bytes);
+        bus.publisher = Some(Arc::new(claims));
     }
+    true
 }
 
 /// The configured warehouse, its tables ensured.

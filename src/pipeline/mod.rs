@@ -105,7 +105,7 @@ pub async fn open(config: &Config, mode: RunMode, role: Role, only_sources: &[St
     let catalog = load_catalog(config)?;
     let mut bus = backends::open_bus(config, role).await?;
     let gcs = crate::gcs::Gcs::connect(&config.gcs).await.context("connecting to GCS ([gcs])")?;
-    backends::with_claim_checks(&mut bus, config, gcs.as_ref());
+    let claim_checks = backends::with_claim_checks(&mut bus, config, gcs.as_ref());
     let warehouse = match (&bus.subscription, role.works()) {
         (Some(_), true) => Some(backends::open_warehouse(config, &catalog).await?),
         _ => None,
@@ -113,7 +113,6 @@ pub async fn open(config: &Config, mode: RunMode, role: Role, only_sources: &[St
     let mut sources = Vec::new();
     if bus.publisher.is_some() {
         let checkpoints = Arc::new(CheckpointStore::open(&config.state_path).context("opening the checkpoint store")?);
-        let claim_checks = gcs.is_some() && config.gcs.claim_check_bytes > 0;
         sources = backends::build_sources(config, &catalog, &checkpoints, mode, only_sources, claim_checks)?;
     }
     Ok(Opened { catalog, bus, gcs, warehouse, sources })

@@ -137,10 +137,10 @@ impl HttpSource {
         let credential = self.credential()?;
         let policy = Policy::exponential(Duration::from_millis(500), Duration::from_secs(self.config.max_backoff_secs))
             .with_max_attempts(self.config.max_attempts as usize);
-        let (requests, retries) = (AtomicU64::new(0), AtomicU64::new(0));
-        let name = self.config.name.clone();
+        // Every request but the first of a call is a retry.
+        let requests = AtomicU64::new(0);
+        let name = &self.config.name;
         let on_retry = |failed: &ApiFailure, wait: Duration| {
-            retries.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(source = %name, attempt = requests.load(Ordering::Relaxed), wait_ms = wait.as_millis() as u64, problem = %failed.problem, "API request failed; retrying");
         };
         let (client, url, header) = (&self.client, &self.config.url, self.config.auth_header.as_str());
@@ -153,12 +153,11 @@ impl HttpSource {
             fetch_json(request)
         })
         .await;
-        self.requests += requests.load(Ordering::Relaxed);
-        self.retries += retries.load(Ordering::Relaxed);
+        let requests = requests.into_inner();
+        self.requests += requests;
+        self.retries += requests.saturating_sub(1);
         result.map_err(|failed| match failed.transient {
-            true => {
-                self.error(format!("{} (gave up after {} attempts)", failed.problem, requests.load(Ordering::Relaxed)))
-            }
+            true => self.error(format!("{} (gave up after {requests} attempts)", failed.problem)),
             false => self.error(failed.problem),
         })
     }

@@ -252,6 +252,8 @@ impl Worker {
         let classifier = Classifier { catalog: &self.catalog, max_event_bytes: self.config.max_event_bytes };
         let poison_to_bus = origin == Origin::Main && self.subscription.dead_letters_on_bus();
         let mut poison = Vec::new();
+        // (table, events, redelivered) of this pull, for the metrics: a few tables, many events.
+        let mut arrived: Vec<(String, u64, u64)> = Vec::new();
         for delivery in deliveries {
             self.stats.delivered += 1;
             let classified = match origin {
@@ -260,7 +262,11 @@ impl Worker {
             };
             let (table, row, produced) = match classified {
                 Classified::Row { table, row, produced_micros } => {
-                    crate::metrics::global().event_in(&table, delivery.delivery_attempt > 1);
+                    let again = u64::from(delivery.delivery_attempt > 1);
+                    match arrived.iter_mut().find(|(t, _, _)| *t == table) {
+                        Some((_, events, redelivered)) => (*events, *redelivered) = (*events + 1, *redelivered + again),
+                        None => arrived.push((table.clone(), 1, again)),
+                    }
                     (table, row, Some(produced_micros))
                 }
                 Classified::DeadLetter(dead) if poison_to_bus => {
@@ -289,6 +295,9 @@ impl Worker {
                 batch.produced.push(micros);
             }
             batch.receipts.push(origin, delivery.handle);
+        }
+        for (table, events, redelivered) in arrived {
+            crate::metrics::global().events_in(&table, events, redelivered);
         }
         poison
     }
@@ -374,9 +383,7 @@ impl Worker {
                 }
                 let now = chrono::Utc::now().timestamp_micros();
                 for (table, produced) in &in_flight.produced {
-                    for micros in produced {
-                        metrics.lag(table, (now - micros) as f64 / 1e6);
-                    }
+                    metrics.lag(table, produced.iter().map(|micros| (now - micros) as f64 / 1e6));
                 }
                 self.ack(committed).await
             }
