@@ -315,6 +315,10 @@ pub async fn replay(
         progress.update((done * REPLAY_CHUNK + chunk.len()) as u64);
     }
     progress.finish();
+    if !dry_run {
+        // BigQuery: the replayed rows were appended to landing tables; apply them before returning.
+        warehouse.settle().await.context("applying the replayed events")?;
+    }
     Ok(summary)
 }
 

@@ -6,7 +6,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::schema::Catalog;
-use crate::warehouse::bigquery_sql;
+use crate::warehouse::bigquery::sql as bigquery_sql;
 
 /// The `google_bigquery_table` resources of every table, as Terraform JSON configuration.
 pub fn terraform_tables(catalog: &Catalog) -> Value {

@@ -69,6 +69,13 @@ enum Command {
     /// Create the bus resources from the config (Pub/Sub topics and subscriptions with their
     /// dead-letter and retry policies) and the warehouse tables; idempotent.
     Setup,
+    /// BigQuery: apply the landed rows of every table into the table now, one transaction per
+    /// table (workers do this on their own at each table's apply interval).
+    Apply {
+        /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show queue depth, dead letters by reason, rows per table and checkpoint lag.
     Status {
         /// Print JSON instead of tables.
@@ -215,6 +222,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Work { until_drained } => run(config, until_drained, Role::Work).await?,
         Command::Sync { sources, full, land } => sync(config, sources, full, land).await?,
         Command::Setup => setup(config).await?,
+        Command::Apply { json } => apply(config, json).await?,
         Command::Status { json } => {
             let catalog = pipeline::load_catalog(&config)?;
             let inputs = bqsync::status::StatusInputs {
@@ -378,6 +386,27 @@ async fn run_sources(config: Config, until_drained: bool, role: Role, sources: &
         "run finished"
     );
     println!("{}", serde_json::to_string(&serde_json::json!({"report": report, "elapsed_seconds": elapsed}))?);
+    Ok(())
+}
+
+/// `bqsync apply`: one apply per table now, a line (or JSON object) per table.
+async fn apply(config: Config, json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.warehouse.kind == bqsync::config::WarehouseKind::Bigquery,
+        "bqsync apply is for the BigQuery warehouse; DuckDB applies as it lands"
+    );
+    let catalog = pipeline::load_catalog(&config)?;
+    let warehouse = bqsync::warehouse::bigquery::BigQueryWarehouse::connect(&config.warehouse.bigquery, catalog)
+        .await
+        .context("connecting to BigQuery")?;
+    let reports = warehouse.apply_all().await.context("applying")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    for r in reports {
+        println!("{:<24} {:<9} rows={:<8} billed={}B job={}", r.table, r.outcome, r.rows, r.bytes_billed, r.job_id);
+    }
     Ok(())
 }
 

@@ -95,6 +95,10 @@ pub struct Metrics {
     outstanding: Gauge,
     bytes_billed: Counter,
     circuit_open: Gauge,
+    apply_jobs: Counted,
+    rows_applied: Counted,
+    apply_seconds: Histograms,
+    apply_lag_seconds: Family<Labels, Gauge>,
     /// When each table last landed (µs), for `/status`; not a metric.
     last_landed_micros: Mutex<BTreeMap<String, i64>>,
 }
@@ -118,6 +122,10 @@ impl Default for Metrics {
             outstanding: Gauge::default(),
             bytes_billed: Counter::default(),
             circuit_open: Gauge::default(),
+            apply_jobs: Counted::new(&["table", "outcome"]),
+            rows_applied: Counted::new(&["table"]),
+            apply_seconds: Histograms::new_with_constructor(second_histogram),
+            apply_lag_seconds: Family::default(),
             last_landed_micros: Mutex::new(BTreeMap::new()),
         };
         m.register_all();
@@ -162,6 +170,22 @@ impl Metrics {
             "bqsync_checkpoint_lag_bytes",
             "Bytes written to a source's files but not yet published",
             self.checkpoint_lag_bytes.clone(),
+        );
+        r.register(
+            "bqsync_apply_jobs",
+            "BigQuery apply jobs by outcome (applied, skipped, lost_race)",
+            self.apply_jobs.family.clone(),
+        );
+        r.register(
+            "bqsync_rows_applied",
+            "Rows the BigQuery applier inserted or changed",
+            self.rows_applied.family.clone(),
+        );
+        r.register("bqsync_apply_seconds", "Duration of a BigQuery apply job", self.apply_seconds.clone());
+        r.register(
+            "bqsync_apply_lag_seconds",
+            "Now minus the table's apply watermark, at the last apply",
+            self.apply_lag_seconds.clone(),
         );
         r.register("bqsync_batch_rows", "Rows per committed table batch", self.batch_rows.clone());
         r.register("bqsync_flush_seconds", "Time to commit a flush", self.flush_seconds.clone());
@@ -246,6 +270,14 @@ impl Metrics {
         if bytes > counted {
             self.bytes_billed.inc_by(bytes - counted);
         }
+    }
+
+    /// One BigQuery apply job of `table`: its outcome, rows, duration and the watermark's lag.
+    pub fn applied(&self, table: &str, outcome: &str, rows: u64, seconds: f64, lag_seconds: i64) {
+        self.apply_jobs.add(&[table, outcome], 1);
+        self.rows_applied.add(&[table], rows);
+        self.apply_seconds.get_or_create(&vec![("table", table.to_string())]).observe(seconds);
+        self.apply_lag_seconds.get_or_create(&vec![("table", table.to_string())]).set(lag_seconds);
     }
 
     pub fn set_circuit_open(&self, open: bool) {

@@ -1,6 +1,7 @@
 //! The BigQuery warehouse against the BigQuery emulator (`local-bigquery`, started by
-//! `scripts/test.sh`, which exports BIGQUERY_EMULATOR_HOST). Each test uses a dataset of its own.
-//! Without an emulator these tests fail; they never skip.
+//! `scripts/test.sh`, which exports BIGQUERY_EMULATOR_HOST): appends through its Storage Write API
+//! (gRPC on the REST port + 10), applies as multi-statement transactions. Each test uses a dataset
+//! of its own. Without an emulator these tests fail; they never skip.
 
 mod common;
 
@@ -9,12 +10,13 @@ use std::time::Duration;
 
 use bqsync::envelope::Op;
 use bqsync::schema::{Catalog, CellValue, ColumnType, TableSchema};
-use bqsync::warehouse::bigquery::{batch_id, BigQueryConfig, BigQueryWarehouse};
+use bqsync::warehouse::bigquery::{BigQueryConfig, BigQueryWarehouse};
 use bqsync::warehouse::{StagedRow, TableBatch, Warehouse};
 use common::{signal, wait_exit, OwnBigQuery, Project};
 use serde_json::Value;
 
 const PROJECT: &str = "bqsync-test";
+const SETTLE_SECS: u64 = 6;
 
 fn endpoint() -> String {
     common::emulator_url("BIGQUERY_EMULATOR_HOST")
@@ -33,6 +35,9 @@ fn config(dataset: &str) -> BigQueryConfig {
         project: Some(PROJECT.into()),
         dataset: dataset.into(),
         endpoint: Some(endpoint()),
+        // Short, so tests need not wait half a minute before applying (the emulator is local).
+        settle_margin_secs: SETTLE_SECS,
+        append_timeout_secs: SETTLE_SECS - 1,
         ..Default::default()
     }
 }
@@ -103,18 +108,46 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-/// The same batch landed twice changes nothing the second time; and a job id that already ran is
-/// recognised rather than run again: after rows are removed behind bqsync's back, landing the very
-/// same batch does not bring them back (its job id is taken), while a new batch with the same rows
-/// does (the SQL alone is idempotent too).
+fn land(rows: Vec<StagedRow>, table: &str) -> Arc<Vec<TableBatch>> {
+    Arc::new(vec![TableBatch { table: table.into(), rows }])
+}
+
+/// Waits out the settle margin, then applies every table now.
+async fn apply(warehouse: &BigQueryWarehouse) -> Vec<bqsync::warehouse::bigquery::applier::ApplyReport> {
+    tokio::time::sleep(Duration::from_secs(SETTLE_SECS + 1)).await;
+    warehouse.apply_all().await.unwrap()
+}
+
+fn applied_rows(reports: &[bqsync::warehouse::bigquery::applier::ApplyReport], table: &str) -> u64 {
+    reports.iter().find(|r| r.table == table).map(|r| r.rows).unwrap()
+}
+
+async fn table_names(dataset: &str) -> Vec<String> {
+    let tables = client().await.table().list(PROJECT, dataset, Default::default()).await.unwrap();
+    let mut names: Vec<String> =
+        tables.tables.unwrap_or_default().into_iter().map(|t| t.table_reference.table_id).collect();
+    names.sort();
+    names
+}
+
+/// The same batch appended twice (a redelivery, a worker killed between append and ack) is applied
+/// once; the live view shows the rows before any apply; an apply run again on the same window
+/// changes nothing; nothing is created per flush, and the apply job carries maximumBytesBilled.
 #[test]
-fn a_batch_delivered_twice_lands_once_and_a_reused_job_id_is_not_applied_twice() {
+fn a_batch_appended_twice_applies_once_and_the_live_view_shows_it_before_the_apply() {
     runtime().block_on(async {
         let dataset = unique_dataset("twice");
         let catalog = catalog();
         let atoms_schema = catalog.get("atoms").unwrap().clone();
         let contacts_schema = catalog.get("contacts_master").unwrap().clone();
         let warehouse = warehouse(&config(&dataset), catalog).await;
+        let after_setup = table_names(&dataset).await;
+        assert!(after_setup.contains(&"_bqsync_landing_atoms".to_string()), "{after_setup:?}");
+        assert!(
+            after_setup.contains(&"atoms_live".to_string())
+                && after_setup.contains(&"contacts_master_current".to_string()),
+            "{after_setup:?}"
+        );
         let atoms: Vec<StagedRow> = (0..300).map(|i| atom(&atoms_schema, &format!("a{i}"), i % 3)).collect();
         let contacts: Vec<StagedRow> =
             (0..200).map(|i| contact(&contacts_schema, &format!("k{}", i % 50), i, Some("e@x"), false)).collect();
@@ -122,69 +155,121 @@ fn a_batch_delivered_twice_lands_once_and_a_reused_job_id_is_not_applied_twice()
             TableBatch { table: "atoms".into(), rows: atoms.clone() },
             TableBatch { table: "contacts_master".into(), rows: contacts },
         ]);
-        let (_, first) = warehouse.land(batches.clone(), bqsync::bus::Receipts::default()).await.unwrap();
-        assert_eq!(first[0].1.rows_changed, 300, "{first:?}");
-        assert_eq!(first[1].1.rows_changed, 50, "{first:?}");
-        let (_, second) = warehouse.land(batches.clone(), bqsync::bus::Receipts::default()).await.unwrap();
-        assert!(second.iter().all(|(_, s)| s.rows_changed == 0), "{second:?}");
-        let atoms_path = format!("`{PROJECT}.{dataset}.atoms`");
-        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {atoms_path}")).await, 300);
-        assert_eq!(query_i64(&format!("SELECT COUNT(DISTINCT _bqsync_event_id) FROM {atoms_path}")).await, 300);
-        let contacts_path = format!("`{PROJECT}.{dataset}.contacts_master`");
-        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {contacts_path}")).await, 50);
-        assert_eq!(query_i64(&format!("SELECT MIN(version) FROM {contacts_path}")).await, 150);
-
-        // Remove 10 rows behind bqsync's back, then deliver the identical batch a third time.
-        query(&format!(
-            "DELETE FROM {atoms_path} WHERE _bqsync_event_id IN ('a0','a1','a2','a3','a4','a5','a6','a7','a8','a9')"
-        ))
-        .await;
-        let only_atoms = Arc::new(vec![TableBatch { table: "atoms".into(), rows: atoms.clone() }]);
-        let (_, third) = warehouse.land(only_atoms, bqsync::bus::Receipts::default()).await.unwrap();
-        assert_eq!(third[0].1.rows_changed, 0, "the job id was taken: recognised, not run again");
-        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {atoms_path}")).await, 290);
-        // A different batch (one row more) has another job id: the SQL fills the gap, once.
-        let mut more = atoms;
-        more.push(atom(&atoms_schema, "a-new", 1));
-        let (_, fourth) = warehouse
-            .land(Arc::new(vec![TableBatch { table: "atoms".into(), rows: more }]), bqsync::bus::Receipts::default())
-            .await
-            .unwrap();
-        assert_eq!(fourth[0].1.rows_changed, 11);
-        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {atoms_path}")).await, 301);
-
-        // Every landing job carried maximumBytesBilled (the emulator does not enforce it).
-        let job_id = format!(
-            "bqsync_atoms_{}",
-            batch_id(&dataset, &TableBatch { table: "atoms".into(), rows: batches[0].rows.clone() })
+        for _ in 0..2 {
+            let (_, stats) = warehouse.land(batches.clone(), bqsync::bus::Receipts::default()).await.unwrap();
+            assert_eq!(stats[0].1.rows_offered, 300, "{stats:?}");
+        }
+        let path = |t: &str| format!("`{PROJECT}.{dataset}.{t}`");
+        assert_eq!(
+            query_i64(&format!("SELECT COUNT(*) FROM {}", path("_bqsync_landing_atoms"))).await,
+            600,
+            "appended twice"
         );
-        let job = client().await.job().get_job(PROJECT, &job_id, Some("US")).await.unwrap();
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {}", path("atoms"))).await, 0, "not applied yet");
+        assert_eq!(
+            query_i64(&format!("SELECT COUNT(*) FROM {}", path("atoms_live"))).await,
+            300,
+            "fresh and deduplicated"
+        );
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {}", path("contacts_master_current"))).await, 50);
+        assert_eq!(query_i64(&format!("SELECT MIN(version) FROM {}", path("contacts_master_live"))).await, 150);
+
+        let reports = apply(&warehouse).await;
+        assert_eq!(applied_rows(&reports, "atoms"), 300, "{reports:?}");
+        assert_eq!(applied_rows(&reports, "contacts_master"), 50, "{reports:?}");
+        assert_eq!(query_i64(&format!("SELECT COUNT(DISTINCT _bqsync_event_id) FROM {}", path("atoms"))).await, 300);
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {}", path("atoms"))).await, 300);
+        assert_eq!(query_i64(&format!("SELECT MIN(version) FROM {}", path("contacts_master"))).await, 150);
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {}", path("atoms_live"))).await, 300, "no double count");
+
+        // The same batch once more after the apply, then the apply again: nothing changes.
+        let _ = warehouse.land(batches.clone(), bqsync::bus::Receipts::default()).await.unwrap();
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {}", path("atoms_live"))).await, 300);
+        let again = apply(&warehouse).await;
+        assert!(again.iter().all(|r| r.rows == 0), "{again:?}");
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {}", path("atoms"))).await, 300);
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {}", path("contacts_master"))).await, 50);
+
+        // The apply job carried maximumBytesBilled; no table was created after set-up.
+        let job = client().await.job().get_job(PROJECT, &reports[0].job_id, Some("US")).await.unwrap();
         let query_config = job.configuration.unwrap().query.unwrap();
         assert_eq!(query_config.maximum_bytes_billed.as_deref(), Some("10737418240"));
-        assert!(query_config.query.contains("TIMESTAMP_MICROS("), "the event-id check is partition-bounded");
-        // Staging tables are dropped after landing.
-        let tables = client().await.table().list(PROJECT, &dataset, Default::default()).await.unwrap();
-        let names: Vec<String> =
-            tables.tables.unwrap_or_default().into_iter().map(|t| t.table_reference.table_id).collect();
-        assert!(names.iter().all(|n| !n.starts_with("_bqsync_stage_")), "{names:?}");
+        assert!(query_config.query.contains("BEGIN TRANSACTION"), "one transaction");
+        assert_eq!(table_names(&dataset).await, after_setup, "nothing created or dropped per flush");
+        let counters = warehouse.counters();
+        assert_eq!(counters.rows_appended, 1500, "{counters:?}");
     });
 }
 
-/// 200,000 upserts and deletes over 50,000 keys, shuffled and landed in 20 batches (each key's
-/// versions spread over many batches, older after newer): the table ends at the highest version per
-/// key, tombstones for keys whose highest version is a delete.
+/// An applier whose view of the watermark is stale (another applier committed meanwhile) is rolled
+/// back whole by the compare-and-set: its inserts are undone, the watermark stays.
+#[test]
+fn an_apply_that_lost_the_race_rolls_back_whole() {
+    runtime().block_on(async {
+        let dataset = unique_dataset("race");
+        let catalog = catalog();
+        let atoms_schema = catalog.get("atoms").unwrap().clone();
+        let warehouse = warehouse(&config(&dataset), catalog).await;
+        let rows: Vec<StagedRow> = (0..50).map(|i| atom(&atoms_schema, &format!("r{i}"), 0)).collect();
+        let _ = warehouse.land(land(rows, "atoms"), bqsync::bus::Receipts::default()).await.unwrap();
+        let first = apply(&warehouse).await;
+        assert_eq!(applied_rows(&first, "atoms"), 50);
+        let path = |t: &str| format!("`{PROJECT}.{dataset}.{t}`");
+        let watermark = query_i64(&format!(
+            "SELECT UNIX_MICROS(watermark) FROM {} WHERE table_name = 'atoms'",
+            path("_bqsync_apply_state")
+        ))
+        .await;
+        query(&format!("DELETE FROM {} WHERE TRUE", path("atoms"))).await;
+        // The same window applied again by an applier that read the old watermark (the epoch).
+        let window = bqsync::warehouse::bigquery::apply_sql::ApplyWindow {
+            target: &path("atoms"),
+            landing: &path("_bqsync_landing_atoms"),
+            state: &path("_bqsync_apply_state"),
+            settle_margin_secs: SETTLE_SECS,
+            min_gap_ms: 0,
+            dedup_window_days: 0,
+            job_id: "stale",
+        };
+        let script = bqsync::warehouse::bigquery::apply_sql::apply_script(&atoms_schema, &window).replacen(
+            &format!(
+                "DECLARE lo TIMESTAMP DEFAULT (SELECT MAX(watermark) FROM {} WHERE table_name = 'atoms');",
+                path("_bqsync_apply_state")
+            ),
+            "DECLARE lo TIMESTAMP DEFAULT TIMESTAMP_MICROS(0);",
+            1,
+        );
+        assert!(script.starts_with("DECLARE lo TIMESTAMP DEFAULT TIMESTAMP_MICROS(0);"), "{script}");
+        let mut request = gcp_bigquery_client::model::query_request::QueryRequest::new(script);
+        request.use_legacy_sql = false;
+        let error = client().await.job().query(PROJECT, request).await.unwrap_err().to_string();
+        assert!(error.contains("the watermark of atoms moved"), "{error}");
+        assert_eq!(
+            query_i64(&format!("SELECT COUNT(*) FROM {}", path("atoms"))).await,
+            0,
+            "its insert was rolled back"
+        );
+        let after = query_i64(&format!(
+            "SELECT UNIX_MICROS(watermark) FROM {} WHERE table_name = 'atoms'",
+            path("_bqsync_apply_state")
+        ))
+        .await;
+        assert_eq!(after, watermark);
+    });
+}
+
+/// 40,000 upserts and deletes over 10,000 keys, shuffled and landed in 20 batches, applied in two
+/// windows (each key's versions spread over both, older after newer): the table ends at the highest
+/// version per key, tombstones for keys whose highest version is a delete.
 #[test]
 fn shuffled_upserts_converge_to_the_highest_version_per_key() {
     runtime().block_on(async {
         let dataset = unique_dataset("shuffled");
         let catalog = catalog();
         let schema = catalog.get("contacts_master").unwrap().clone();
-        let mut config = config(&dataset);
-        config.insert_chunk_rows = 5000;
-        config.cost.dry_run = false;
-        let warehouse = warehouse(&config, catalog).await;
+        let warehouse = warehouse(&config(&dataset), catalog).await;
         let mut rng = fastrand::Rng::with_seed(42);
-        let (events, keys) = (200_000usize, 50_000usize);
+        let (events, keys) = (40_000usize, 10_000usize);
         let mut rows = Vec::with_capacity(events);
         let mut best: std::collections::HashMap<String, (i64, bool, String)> = Default::default();
         for i in 0..events {
@@ -201,52 +286,61 @@ fn shuffled_upserts_converge_to_the_highest_version_per_key() {
             rows.push(contact(&schema, &key, version, Some(&email), deleted));
         }
         rng.shuffle(&mut rows);
-        for chunk in rows.chunks(10_000) {
-            let batch = Arc::new(vec![TableBatch { table: "contacts_master".into(), rows: chunk.to_vec() }]);
-            let _ = warehouse.land(batch, bqsync::bus::Receipts::default()).await.unwrap();
-        }
-        let path = format!("`{PROJECT}.{dataset}.contacts_master`");
-        let landed = query(&format!("SELECT contact_id, version, _bqsync_deleted, email FROM {path}")).await;
-        assert_eq!(landed.len(), keys, "one row per key");
-        let mut wrong = 0;
-        for row in &landed {
-            let key = text(&row[0]).unwrap();
-            let version: i64 = text(&row[1]).unwrap().parse().unwrap();
-            let deleted = text(&row[2]).unwrap() == "true";
-            let (want_version, want_deleted, _) = &best[&key];
-            let email_ok = if deleted { row[3].is_null() } else { text(&row[3]) == Some(format!("u{version}@x")) };
-            if version != *want_version || deleted != *want_deleted || !email_ok {
-                wrong += 1;
+        for (i, chunk) in rows.chunks(2_000).enumerate() {
+            let _ = warehouse
+                .land(land(chunk.to_vec(), "contacts_master"), bqsync::bus::Receipts::default())
+                .await
+                .unwrap();
+            if i == 9 {
+                apply(&warehouse).await;
             }
         }
-        assert_eq!(wrong, 0, "rows not at their highest version");
+        apply(&warehouse).await;
+        for table in ["contacts_master", "contacts_master_live"] {
+            let path = format!("`{PROJECT}.{dataset}.{table}`");
+            let landed = query(&format!("SELECT contact_id, version, _bqsync_deleted, email FROM {path}")).await;
+            assert_eq!(landed.len(), keys, "one row per key in {table}");
+            let mut wrong = 0;
+            for row in &landed {
+                let key = text(&row[0]).unwrap();
+                let version: i64 = text(&row[1]).unwrap().parse().unwrap();
+                let deleted = text(&row[2]).unwrap() == "true";
+                let (want_version, want_deleted, _) = &best[&key];
+                let email_ok = if deleted { row[3].is_null() } else { text(&row[3]) == Some(format!("u{version}@x")) };
+                if version != *want_version || deleted != *want_deleted || !email_ok {
+                    wrong += 1;
+                }
+            }
+            assert_eq!(wrong, 0, "rows not at their highest version in {table}");
+        }
     });
 }
 
-/// A new NULLABLE column in a schema file is added to the live table and events that use it land;
-/// a type change, a dropped column and a new REQUIRED column are refused, naming what and where.
+/// A new NULLABLE column in a schema file is added to the table and its landing table, and events
+/// that use it land; a type change, a dropped column and a new REQUIRED column are refused, naming
+/// what and where.
 #[test]
-fn a_new_nullable_column_is_added_and_used_and_breaking_changes_are_refused() {
+fn a_new_nullable_column_is_added_to_both_tables_and_breaking_changes_are_refused() {
     runtime().block_on(async {
         let dataset = unique_dataset("evolve");
         let config = config(&dataset);
         let atoms = catalog().get("atoms").unwrap().clone();
-        warehouse(&config, Catalog::from_tables([atoms.clone()])).await;
+        let dead_letters = catalog().get("dead_letters").unwrap().clone();
+        warehouse(&config, Catalog::from_tables([atoms.clone(), dead_letters.clone()])).await;
 
         let mut grown = atoms.clone();
         let mut language = grown.columns.iter().find(|c| c.name == "text").unwrap().clone();
         language.name = "language".into();
         grown.columns.push(language);
-        let evolved = warehouse(&config, Catalog::from_tables([grown.clone()])).await;
+        let evolved = warehouse(&config, Catalog::from_tables([grown.clone(), dead_letters.clone()])).await;
         let mut row = atom(&grown, "with-language", 0);
         *row.cells.last_mut().unwrap() = CellValue::String("de".into());
-        let _ = evolved
-            .land(
-                Arc::new(vec![TableBatch { table: "atoms".into(), rows: vec![row] }]),
-                bqsync::bus::Receipts::default(),
-            )
-            .await
-            .unwrap();
+        let _ = evolved.land(land(vec![row], "atoms"), bqsync::bus::Receipts::default()).await.unwrap();
+        assert_eq!(
+            query(&format!("SELECT language FROM `{PROJECT}.{dataset}.atoms_current`")).await,
+            vec![vec![Value::String("de".into())]]
+        );
+        apply(&evolved).await;
         let landed = query(&format!("SELECT language FROM `{PROJECT}.{dataset}.atoms`")).await;
         assert_eq!(landed, vec![vec![Value::String("de".into())]]);
 
@@ -279,10 +373,11 @@ fn a_new_nullable_column_is_added_and_used_and_breaking_changes_are_refused() {
     });
 }
 
-/// Rows the live table rejects (here: a column made REQUIRED by hand in BigQuery, which bqsync's own
-/// validation does not know) are dead-lettered with BigQuery's message; the rest of the batch lands.
+/// Rows the Storage Write API rejects (here: a column made REQUIRED by hand in BigQuery, which
+/// bqsync's own validation does not know, so the landing table requires it too) are dead-lettered
+/// with BigQuery's message; the rest of the request is sent again and lands.
 #[test]
-fn rows_bigquery_rejects_are_dead_lettered_and_the_rest_lands() {
+fn rows_the_write_api_rejects_are_dead_lettered_and_the_rest_lands() {
     runtime().block_on(async {
         let dataset = unique_dataset("rejects");
         let config = config(&dataset);
@@ -291,7 +386,7 @@ fn rows_bigquery_rejects_are_dead_lettered_and_the_rest_lands() {
         // The table exists before bqsync with `email` REQUIRED.
         let bq = BigQueryWarehouse::connect(&config, Arc::new(Catalog::from_tables([]))).await.unwrap();
         bq.ensure_tables().await.unwrap();
-        let mut fields = bqsync::warehouse::bigquery_sql::table_fields(&schema);
+        let mut fields = bqsync::warehouse::bigquery::sql::table_fields(&schema);
         fields.iter_mut().find(|f| f.name == "email").unwrap().mode = Some("REQUIRED".into());
         let table = gcp_bigquery_client::model::table::Table::new(
             PROJECT,
@@ -301,40 +396,29 @@ fn rows_bigquery_rejects_are_dead_lettered_and_the_rest_lands() {
         );
         client().await.table().create(table).await.unwrap();
         let warehouse = warehouse(&config, catalog).await;
-
-        let rows: Vec<StagedRow> =
-            (0..20).map(|i| contact(&schema, &format!("k{i}"), 1, (i % 5 != 0).then_some("e@x"), false)).collect();
-        let (_, stats) = warehouse
-            .land(
-                Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }]),
-                bqsync::bus::Receipts::default(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(stats[0].1.rows_changed, 16, "{stats:?}");
+        let rows = || -> Vec<StagedRow> {
+            (0..20).map(|i| contact(&schema, &format!("k{i}"), 1, (i % 5 != 0).then_some("e@x"), false)).collect()
+        };
+        let _ = warehouse.land(land(rows(), "contacts_master"), bqsync::bus::Receipts::default()).await.unwrap();
+        assert_eq!(warehouse.counters().rows_rejected, 4);
         let path = format!("`{PROJECT}.{dataset}`");
-        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.contacts_master")).await, 16);
-        let dead =
-            query(&format!("SELECT event_id, reason, detail, table_name FROM {path}.dead_letters ORDER BY event_id"))
-                .await;
+        // Dead letters are readable at once, from the live view.
+        let dead = query(&format!(
+            "SELECT event_id, reason, detail, table_name FROM {path}.dead_letters_live ORDER BY event_id"
+        ))
+        .await;
         let ids: Vec<String> = dead.iter().map(|r| text(&r[0]).unwrap()).collect();
         assert_eq!(ids, ["k0@1", "k10@1", "k15@1", "k5@1"]);
         for row in &dead {
             assert_eq!(text(&row[1]).as_deref(), Some("warehouse_rejected"));
             assert_eq!(text(&row[3]).as_deref(), Some("contacts_master"));
             let detail = text(&row[2]).unwrap();
-            assert!(detail.contains("email") && detail.contains("Missing required field"), "{detail}");
+            assert!(detail.contains("email") && detail.contains("required"), "{detail}");
         }
         // Landing the same batch again adds no second dead letter (deterministic ids).
-        let rows: Vec<StagedRow> =
-            (0..20).map(|i| contact(&schema, &format!("k{i}"), 1, (i % 5 != 0).then_some("e@x"), false)).collect();
-        let _ = warehouse
-            .land(
-                Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }]),
-                bqsync::bus::Receipts::default(),
-            )
-            .await
-            .unwrap();
+        let _ = warehouse.land(land(rows(), "contacts_master"), bqsync::bus::Receipts::default()).await.unwrap();
+        apply(&warehouse).await;
+        assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.contacts_master")).await, 16);
         assert_eq!(query_i64(&format!("SELECT COUNT(*) FROM {path}.dead_letters")).await, 4);
 
         // `bqsync dlq` reads them back from BigQuery: filters as query parameters, exact bytes.
@@ -368,7 +452,8 @@ fn protected_tables_are_refused_at_start_up() {
 }
 
 /// The real binary on the embedded bus, landing in BigQuery, SIGKILLed three times mid-run, then run
-/// to the end: every atom once, every contact at its final version, no dead letters.
+/// to the end: every atom once, every contact at its final version, no dead letters. The applier
+/// runs every 2 s meanwhile, so kills fall between append and ack, and inside applies.
 #[test]
 fn worker_killed_mid_batch_lands_exactly_once_in_bigquery() {
     let dataset = unique_dataset("kill");
@@ -381,7 +466,13 @@ fn worker_killed_mid_batch_lands_exactly_once_in_bigquery() {
     project.append("inbox/atoms/a.jsonl", lines.as_bytes());
     let (contacts_text, expected) = common::contacts(4_000, 1_000, 5);
     project.append("inbox/contacts_master/c.jsonl", contacts_text.as_bytes());
-    let env = [("BQSYNC__WORKER__MAX_BATCH_ROWS", "1000")];
+    let env = [
+        ("BQSYNC__WORKER__MAX_BATCH_ROWS", "1000"),
+        ("BQSYNC__WAREHOUSE__BIGQUERY__SETTLE_MARGIN_SECS", "4"),
+        ("BQSYNC__WAREHOUSE__BIGQUERY__APPEND_TIMEOUT_SECS", "3"),
+        ("BQSYNC__WAREHOUSE__BIGQUERY__APPEND_APPLY_INTERVAL_SECS", "2"),
+        ("BQSYNC__WAREHOUSE__BIGQUERY__UPSERT_APPLY_INTERVAL_SECS", "2"),
+    ];
     let mut rng = fastrand::Rng::with_seed(3);
     for round in 0..3 {
         let mut child = project.spawn_run(&[], &env);

@@ -121,6 +121,10 @@ pub async fn open(config: &Config, mode: RunMode, role: Role, only_sources: &[St
 /// Tasks of a run.
 pub struct Running {
     worker: Option<tokio::task::JoinHandle<Result<WorkerStats, crate::warehouse::WarehouseError>>>,
+    /// The warehouse of the worker, settled before a one-shot run returns.
+    warehouse: Option<Arc<dyn Warehouse>>,
+    /// The warehouse's background upkeep (the BigQuery applier).
+    upkeep: Option<tokio::task::JoinHandle<()>>,
     sources: tokio::task::JoinSet<anyhow::Result<u64>>,
     /// Held for the run (the embedded bus's consumer lock).
     _bus: BusEnds,
@@ -159,6 +163,11 @@ pub async fn spawn(
             source_tasks.spawn(drive_source(source, publisher.clone(), shutdown.clone(), mode, trigger));
         }
     }
+    let upkeep = warehouse.clone().filter(|_| worker.is_some()).map(|warehouse| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { warehouse.maintain(shutdown).await })
+    });
+    let settle = warehouse.clone().filter(|_| worker.is_some() && mode == RunMode::UntilDrained);
     start_admin(config, &catalog, role, warehouse, triggers).await?;
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -166,7 +175,7 @@ pub async fn spawn(
         tracing::info!("shutdown requested: stop reading, flush, ack, exit");
         on_signal.stop();
     });
-    Ok(Running { worker, sources: source_tasks, _bus: bus })
+    Ok(Running { worker, warehouse: settle, upkeep, sources: source_tasks, _bus: bus })
 }
 
 /// Waits for the sources, tells the worker when input is drained, and waits for it; once a stop
@@ -197,6 +206,13 @@ async fn finish(mut running: Running, shutdown: &Shutdown) -> anyhow::Result<Run
         Some(task) => task.await.context("worker task panicked")??,
         None => WorkerStats::default(),
     };
+    // A one-shot run returns with every row in the tables themselves (BigQuery: applied now).
+    if let (Some(warehouse), false) = (&running.warehouse, shutdown.is_stopping()) {
+        warehouse.settle().await.context("applying the landed rows")?;
+    }
+    if let Some(upkeep) = running.upkeep.take() {
+        upkeep.abort();
+    }
     Ok(RunReport { events_published, worker })
 }
 

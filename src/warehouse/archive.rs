@@ -92,6 +92,14 @@ impl Warehouse for ArchivingWarehouse {
         self.inner.ping().await
     }
 
+    async fn maintain(&self, shutdown: crate::shutdown::Shutdown) {
+        self.inner.maintain(shutdown).await
+    }
+
+    async fn settle(&self) -> Result<(), WarehouseError> {
+        self.inner.settle().await
+    }
+
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError> {
         self.inner.row_counts().await
     }

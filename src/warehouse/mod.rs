@@ -5,12 +5,13 @@
 //! - Landing is idempotent: append tables insert only event ids not yet present; upsert tables change
 //!   a row only when the incoming version is higher than the stored one (deletes are versioned
 //!   tombstones), so re-delivered and out-of-order events leave the same final state.
+//! - (BigQuery) landing appends to landing tables, and [`Warehouse::settle`] or the background
+//!   [`Warehouse::maintain`] applies them; the idempotence above holds for that apply.
 //! - A landing takes the batch's [`Receipts`] and returns them inside the [`Committed`] proof once
 //!   its transaction committed, and only then (see the invariant in [`crate::worker`]).
 
 pub mod archive;
 pub mod bigquery;
-pub mod bigquery_sql;
 pub mod cost_guard;
 pub mod duckdb;
 pub mod sql;
@@ -165,6 +166,15 @@ pub trait Warehouse: Send + Sync {
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError>;
     /// Dead letters by (table, reason), for status.
     async fn dead_letter_counts(&self) -> Result<Vec<(String, String, u64)>, WarehouseError>;
+    /// Background upkeep until `shutdown` stops (BigQuery: the applier); spawned beside the worker.
+    async fn maintain(&self, shutdown: crate::shutdown::Shutdown) {
+        let _ = shutdown;
+    }
+    /// Makes what this process landed visible in the tables themselves before a one-shot run
+    /// returns (BigQuery: applies the landed rows now). Nothing to do where landing is applying.
+    async fn settle(&self) -> Result<(), WarehouseError> {
+        Ok(())
+    }
     /// Readiness: the warehouse answers now.
     async fn ping(&self) -> Result<(), WarehouseError> {
         Ok(())

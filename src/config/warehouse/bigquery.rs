@@ -28,17 +28,39 @@ pub struct BigQueryConfig {
     /// Credentials (Workload Identity on GKE). `anonymous` or `default` force one.
     #[serde(default)]
     pub credentials: Credentials,
-    /// Staging tables expire after this many seconds even if a landing dies before dropping them.
-    /// Default 21600 (6 h).
-    #[serde(default = "default_staging_expiration_secs")]
-    pub staging_expiration_secs: u64,
-    /// Rows per `insertAll` request while staging (BigQuery recommends ≤ 500). Default 500.
-    #[serde(default = "default_insert_chunk_rows")]
-    pub insert_chunk_rows: usize,
-    /// Append tables: the event-id check reads only the partitions the batch's rows fall in; with a
-    /// window of N days it also never reads further back than N days before today (events older than
-    /// that are checked only against the window; set it above your redelivery horizon). 0 (default)
-    /// = no window, the batch's own partition range only.
+    /// Landing tables (`_bqsync_landing_TABLE`) keep a day partition this many days after its rows
+    /// landed; an applier that stays down longer loses what it had not applied, so the apply lag is
+    /// exported and warned about. Default 3.
+    #[serde(default = "default_landing_expiration_days")]
+    pub landing_expiration_days: u32,
+    /// How often the applier moves landed rows of an append table into the table. Default 60 s.
+    #[serde(default = "default_append_apply_interval_secs")]
+    pub append_apply_interval_secs: u64,
+    /// How often the applier merges landed rows of an upsert table into the table (a MERGE bills
+    /// the whole table unless partition-pruned: see README "BigQuery cost model"). Default 300 s.
+    #[serde(default = "default_upsert_apply_interval_secs")]
+    pub upsert_apply_interval_secs: u64,
+    /// The apply window ends this long before BigQuery's "now": rows whose append is still in flight,
+    /// or stamped by a worker whose clock is behind, are applied next time. Must exceed
+    /// `append_timeout_secs`. Default 30 s.
+    #[serde(default = "default_settle_margin_secs")]
+    pub settle_margin_secs: u64,
+    /// Timeout of one Storage Write append attempt. Default 20 s.
+    #[serde(default = "default_append_timeout_secs")]
+    pub append_timeout_secs: u64,
+    /// Where the applier runs: `worker` (default: every `bqsync work`/`run` process, with jitter;
+    /// the watermark's compare-and-set keeps concurrent runs exactly once) or `external` (only
+    /// `bqsync apply`, e.g. from one Deployment or a CronJob).
+    #[serde(default)]
+    pub applier: ApplierPlacement,
+    /// Storage Write API endpoint (gRPC), e.g. `http://127.0.0.1:9060`. Default: the REST endpoint's
+    /// port + 10 for an emulator (as `local-bigquery` serves it), else Google's.
+    #[serde(default)]
+    pub storage_endpoint: Option<String>,
+    /// Append tables: the applier's event-id check reads only the partitions the window's rows fall
+    /// in; with a window of N days it also never reads further back than N days before today (events
+    /// older than that are checked only against the window; set it above your redelivery horizon).
+    /// 0 (default) = no window, the applied rows' own partition range only.
     #[serde(default)]
     pub append_dedup_window_days: u32,
     /// Attempts of one request on retryable errors (5xx, 429, rate limits, concurrent update) before
@@ -68,12 +90,35 @@ fn default_location() -> String {
     "US".into()
 }
 
-const fn default_staging_expiration_secs() -> u64 {
-    6 * 3600
+const fn default_landing_expiration_days() -> u32 {
+    3
 }
 
-const fn default_insert_chunk_rows() -> usize {
-    500
+const fn default_append_apply_interval_secs() -> u64 {
+    60
+}
+
+const fn default_upsert_apply_interval_secs() -> u64 {
+    300
+}
+
+const fn default_settle_margin_secs() -> u64 {
+    30
+}
+
+const fn default_append_timeout_secs() -> u64 {
+    20
+}
+
+/// Where the applier runs (`[warehouse.bigquery] applier`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplierPlacement {
+    /// In every worker process, each table on its interval with jitter.
+    #[default]
+    Worker,
+    /// Only in `bqsync apply` (and before one-shot runs exit).
+    External,
 }
 
 const fn default_request_attempts() -> u32 {
@@ -100,8 +145,13 @@ impl Default for BigQueryConfig {
             location: default_location(),
             endpoint: None,
             credentials: Credentials::Auto,
-            staging_expiration_secs: default_staging_expiration_secs(),
-            insert_chunk_rows: default_insert_chunk_rows(),
+            landing_expiration_days: default_landing_expiration_days(),
+            append_apply_interval_secs: default_append_apply_interval_secs(),
+            upsert_apply_interval_secs: default_upsert_apply_interval_secs(),
+            settle_margin_secs: default_settle_margin_secs(),
+            append_timeout_secs: default_append_timeout_secs(),
+            applier: ApplierPlacement::Worker,
+            storage_endpoint: None,
             append_dedup_window_days: 0,
             request_attempts: default_request_attempts(),
             retry_initial_ms: default_retry_initial_ms(),
