@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::apply_sql::{apply_script, ApplyWindow};
-use super::client::{billed_bytes, is_retryable_message, is_retryable_reason, job_error, number};
+use super::client::{billed_bytes, is_retryable_message, is_retryable_reason, job_error, number, request_policy};
 use super::sql as bsql;
 use super::BigQueryWarehouse;
 use crate::schema::{TableSchema, WriteMode};
@@ -192,13 +192,13 @@ impl BigQueryWarehouse {
         let mut reports = Vec::new();
         for table in &landed {
             let schema = self.catalog.get(table).ok_or_else(|| WarehouseError::UnknownTable(table.clone()))?;
-            let mut report = self.apply_table(schema, Duration::ZERO).await?;
+            let mut report = self.apply_retrying(schema).await?;
             for _ in 0..5 {
                 if report.watermark_micros >= newest || report.outcome == "applied" {
                     break;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                report = self.apply_table(schema, Duration::ZERO).await?;
+                report = self.apply_retrying(schema).await?;
             }
             reports.push(report);
         }
@@ -209,8 +209,17 @@ impl BigQueryWarehouse {
     pub async fn apply_all(&self) -> Result<Vec<ApplyReport>, WarehouseError> {
         let mut reports = Vec::new();
         for table in self.catalog.tables() {
-            reports.push(self.apply_table(table, Duration::ZERO).await?);
+            reports.push(self.apply_retrying(table).await?);
         }
         Ok(reports)
+    }
+
+    /// [`Self::apply_table`] now, retried on transient failures (a transaction BigQuery cancelled
+    /// for a concurrent one, a restarting service) by the request policy.
+    async fn apply_retrying(&self, schema: &TableSchema) -> Result<ApplyReport, WarehouseError> {
+        let on_retry = |error: &WarehouseError, wait: Duration| {
+            tracing::warn!(table = %schema.table, %error, retry_in_ms = wait.as_millis() as u64, "apply failed; retrying");
+        };
+        crate::retry::retry(request_policy(&self.config), on_retry, || self.apply_table(schema, Duration::ZERO)).await
     }
 }

@@ -79,10 +79,14 @@ pub(super) fn is_retryable_reason(reason: &str) -> bool {
 }
 
 /// "Could not serialize access to table … due to concurrent update", "Transaction is aborted due to
-/// concurrent update": two DML jobs or transactions on one table.
+/// concurrent update": two DML jobs or transactions on one table. ("Failed to commit … transaction"
+/// is the BigQuery emulator's word for the same conflict.)
 pub(super) fn is_retryable_message(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("concurrent update") || m.contains("could not serialize access") || m.contains("retry")
+    m.contains("concurrent update")
+        || m.contains("could not serialize access")
+        || m.contains("retry")
+        || m.contains("failed to commit")
 }
 
 /// The REST client with the warehouse's project, dataset and retry policy.
@@ -144,7 +148,7 @@ impl Rest {
         let on_retry = |failure: &Failure, wait: Duration| {
             tracing::warn!(what, retry_in_ms = wait.as_millis() as u64, error = %failure.message, "BigQuery request failed; retrying");
         };
-        retry(self.policy.clone(), on_retry, || {
+        retry(self.policy, on_retry, || {
             let call = call();
             async move { call.await.map_err(|e| Failure::from_error(&e)) }
         })
