@@ -11,6 +11,8 @@ resource "google_pubsub_subscription" "worker" {
   topic                   = google_pubsub_topic.events.id
   ack_deadline_seconds    = var.ack_deadline_seconds
   enable_message_ordering = var.message_ordering
+  # As [bus.pubsub] exactly_once_delivery: acks become confirmed acks.
+  enable_exactly_once_delivery = var.exactly_once_delivery
 
   dead_letter_policy {
     dead_letter_topic     = google_pubsub_topic.dead_letters.id

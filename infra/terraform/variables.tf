@@ -58,6 +58,12 @@ variable "message_ordering" {
   default     = false
 }
 
+variable "exactly_once_delivery" {
+  description = "As [bus.pubsub] exactly_once_delivery."
+  type        = bool
+  default     = false
+}
+
 variable "bucket" {
   description = "Bucket for the archive and claim checks; default PROJECT-bqsync."
   type        = string

@@ -123,6 +123,8 @@ pub struct Running {
     worker: Option<tokio::task::JoinHandle<Result<WorkerStats, crate::warehouse::WarehouseError>>>,
     /// The warehouse of the worker, settled before a one-shot run returns.
     warehouse: Option<Arc<dyn Warehouse>>,
+    /// One-shot or service: a service's worker runs until stopped, even with no sources here.
+    mode: RunMode,
     /// The warehouse's background upkeep (the BigQuery applier).
     upkeep: Option<tokio::task::JoinHandle<()>>,
     sources: tokio::task::JoinSet<anyhow::Result<u64>>,
@@ -175,7 +177,7 @@ pub async fn spawn(
         tracing::info!("shutdown requested: stop reading, flush, ack, exit");
         on_signal.stop();
     });
-    Ok(Running { worker, warehouse: settle, upkeep, sources: source_tasks, _bus: bus })
+    Ok(Running { worker, warehouse: settle, mode, upkeep, sources: source_tasks, _bus: bus })
 }
 
 /// Waits for the sources, tells the worker when input is drained, and waits for it; once a stop
@@ -199,7 +201,9 @@ async fn finish(mut running: Running, shutdown: &Shutdown) -> anyhow::Result<Run
     while let Some(joined) = running.sources.join_next().await {
         events_published += joined.context("source task panicked")??;
     }
-    if !shutdown.is_stopping() {
+    // A service (`work`, `run` without --until-drained) keeps its worker until a stop: sources that
+    // ended (or none, for `bqsync work`) do not mean the bus will stay empty.
+    if running.mode == RunMode::UntilDrained && !shutdown.is_stopping() {
         shutdown.input_drained();
     }
     let worker = match running.worker.take() {

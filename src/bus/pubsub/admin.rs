@@ -55,6 +55,7 @@ pub fn main_subscription(config: &PubSubConfig, names: &ResourceNames) -> Result
         .set_topic(names.topic.clone())
         .set_ack_deadline_seconds(config.ack_deadline_secs as i32)
         .set_enable_message_ordering(config.ordering)
+        .set_enable_exactly_once_delivery(config.exactly_once_delivery)
         .set_dead_letter_policy(
             DeadLetterPolicy::new()
                 .set_dead_letter_topic(names.dead_letter_topic.clone())
@@ -172,6 +173,11 @@ pub fn differences(wanted: &SubscriptionModel, live: &SubscriptionModel) -> Vec<
         "enable_message_ordering",
         wanted.enable_message_ordering.to_string(),
         live.enable_message_ordering.to_string(),
+    );
+    compare(
+        "enable_exactly_once_delivery",
+        wanted.enable_exactly_once_delivery.to_string(),
+        live.enable_exactly_once_delivery.to_string(),
     );
     let policy = |s: &SubscriptionModel| {
         s.dead_letter_policy

@@ -59,6 +59,12 @@ pub struct PubSubConfig {
     /// version); it only orders delivery. Default false.
     #[serde(default)]
     pub ordering: bool,
+    /// Create the worker subscription with exactly-once delivery: Pub/Sub then redelivers no
+    /// message whose ack it confirmed, and acks are confirmed acks (the worker waits for each
+    /// confirmation). Landing is exactly once in effect without it (the applier deduplicates); it
+    /// saves redelivered appends, at the price of lower throughput per subscription. Default false.
+    #[serde(default)]
+    pub exactly_once_delivery: bool,
     /// Streaming-pull streams per worker. Pub/Sub delivers per stream; more streams, more throughput.
     /// Default 2.
     #[serde(default = "default_streams")]

@@ -58,8 +58,11 @@ impl BigQueryWarehouse {
     pub async fn apply_table(&self, schema: &TableSchema, min_gap: Duration) -> Result<ApplyReport, WarehouseError> {
         self.guard.check_writable(&schema.table).map_err(|r| WarehouseError::CostGuard(r.to_string()))?;
         let started = Instant::now();
+        // Named by dataset and table, so jobs.list tells the applies of each table apart.
+        let dataset: String =
+            self.rest.dataset.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
         let job_id = format!(
-            "bqsync_apply_{}_{}_{:04x}",
+            "bqsync_apply_{dataset}_{}_{}_{:04x}",
             schema.table,
             chrono::Utc::now().timestamp_micros(),
             fastrand::u16(..)
