@@ -531,3 +531,31 @@ fn a_seek_redelivers_unacked_messages_only() {
         again.close().await;
     });
 }
+
+/// With `exactly_once_delivery`, `bqsync setup` creates the worker subscription with exactly-once
+/// delivery (read back from the emulator), and a worker whose acks are confirmed acks lands every
+/// event once.
+#[test]
+fn exactly_once_delivery_subscriptions_land_with_confirmed_acks() {
+    let project = pubsub_project("eod", "exactly_once_delivery = true\n");
+    run_ok(&project, &["setup"], &[]);
+    let config = pubsub_config(&project);
+    let (status, body) = common::http_json(
+        &emulator_host(),
+        "GET",
+        &format!("/v1/projects/bqsync-test/subscriptions/{}", config.subscription),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let subscription: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(subscription["enableExactlyOnceDelivery"], true, "{body}");
+    let again = run_ok(&project, &["setup"], &[("BQSYNC__BUS__PUBSUB__EXACTLY_ONCE_DELIVERY", "false")]);
+    assert!(again.contains("differs: enable_exactly_once_delivery"), "{again}");
+
+    project.append("inbox/atoms/a.jsonl", atoms_text("eod", 0..3_000).as_bytes());
+    run_ok(&project, &["produce", "--until-drained"], &[]);
+    let worked = report(&run_ok(&project, &["work", "--until-drained"], &[]));
+    assert_eq!(worked["worker"]["delivered"], 3_000, "{worked}");
+    assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), 3_000, "log:\n{}", project.log_tail());
+    assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), 3_000);
+}
