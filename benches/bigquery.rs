@@ -26,6 +26,7 @@ use bqsync::warehouse::{StagedRow, TableBatch, Warehouse};
 const EVENTS: usize = 10_000;
 const SEED_RECORDS: usize = 500;
 const PROJECT: &str = "bqsync-test";
+const SETTLE_SECS: u64 = 16;
 
 struct Row {
     case: String,
@@ -40,8 +41,9 @@ fn config(endpoint: &str, dataset: &str) -> BigQueryConfig {
         project: Some(PROJECT.into()),
         dataset: dataset.into(),
         endpoint: Some(endpoint.into()),
-        settle_margin_secs: 2,
-        append_timeout_secs: 1,
+        // An emulator append of 10,000 rows takes seconds: room for it, and the wait before the apply.
+        settle_margin_secs: SETTLE_SECS,
+        append_timeout_secs: SETTLE_SECS - 1,
         ..Default::default()
     }
 }
@@ -69,7 +71,7 @@ fn main() {
                 let _proof = warehouse.land(batch, bqsync::bus::Receipts::default()).await.unwrap();
             }
             let seconds = started.elapsed().as_secs_f64();
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::time::sleep(Duration::from_secs(SETTLE_SECS + 1)).await;
             let applying = Instant::now();
             let report = warehouse.apply_table(&schema, Duration::ZERO).await.unwrap();
             let apply_seconds = applying.elapsed().as_secs_f64();

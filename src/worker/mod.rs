@@ -9,7 +9,9 @@
 //!   only by a landing and by a publish to a bus's own dead-letter topic ([`crate::ack`]).
 //!   Classification sees a message's bytes, attributes and attempts ([`crate::message::Message`]),
 //!   never its handle. A crash anywhere before the ack means redelivery, and landing is idempotent,
-//!   so nothing is lost and nothing is applied twice.
+//!   so nothing is lost and nothing is applied twice. On BigQuery the commit is the durable append
+//!   to the landing table, and the apply into the table is the idempotent step: "ack after durable
+//!   append, apply idempotent" ([`crate::warehouse::bigquery`]).
 //! - **Poison never blocks.** A delivery that cannot become a row (undecodable, schema-invalid,
 //!   unknown table, oversize) is dead-lettered at once and the rest of its batch flows on. On a bus
 //!   with a dead-letter topic of its own (Pub/Sub) it is published there with the reason and then

@@ -14,7 +14,9 @@ pub struct CostConfig {
     /// bytes are counted after each job). 0 = no budget. Default 0.
     #[serde(default)]
     pub byte_budget: u64,
-    /// Run a dry run before each landing query and log its estimate (and check it). Default true.
+    /// No longer used: landing runs no query job per flush, and the apply is a script, which a dry
+    /// run cannot estimate; the budget is checked against the bytes billed so far before each
+    /// apply. Kept so existing configs load.
     #[serde(default = "default_true")]
     pub dry_run: bool,
     /// Tables bqsync may write. Empty (default) = every table in `schemas/`.

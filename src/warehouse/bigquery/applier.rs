@@ -57,6 +57,8 @@ impl BigQueryWarehouse {
     /// Applies one table once; skips when another apply committed less than `min_gap` ago.
     pub async fn apply_table(&self, schema: &TableSchema, min_gap: Duration) -> Result<ApplyReport, WarehouseError> {
         self.guard.check_writable(&schema.table).map_err(|r| WarehouseError::CostGuard(r.to_string()))?;
+        // The budget, against what was billed so far (an apply script has no dry-run estimate).
+        self.guard.check_estimate(0).map_err(|r| WarehouseError::CostGuard(r.to_string()))?;
         let started = Instant::now();
         // Named by dataset and table, so jobs.list tells the applies of each table apart.
         let dataset: String =

@@ -143,8 +143,9 @@ fn partition_bounds(table: &TableSchema, w: &ApplyWindow) -> (String, String) {
 /// Two statements, a DELETE of the rows the window supersedes and an INSERT of the window's winners
 /// whose key is then absent, rather than one MERGE: inside the transaction they are the same
 /// version-guarded upsert, and the emulator this project tests against cannot run a MERGE inside a
-/// transaction. BigQuery bills both by the columns they read (the key and version columns of `T`
-/// for the DELETE's check, the keys for the INSERT's), so the cost stays that of one MERGE's scan.
+/// transaction. BigQuery bills a DELETE, like a MERGE that updates, for all columns of `T` at its
+/// start (Google, "DML pricing for non-partitioned tables"); the INSERT's check adds `T`'s key
+/// columns: about one MERGE's bill.
 fn upsert_versioned(table: &TableSchema, w: &ApplyWindow) -> String {
     let keys: Vec<String> = table.primary_key.iter().map(|k| quote_ident(k)).collect();
     let on = keys.iter().map(|k| format!("t.{k} = s.{k}")).collect::<Vec<_>>().join(" AND ");

@@ -3,8 +3,11 @@
 //! row in `_bqsync_apply_state`, and the views `T_live` and `T_current`.
 //!
 //! - The landing table has `T`'s user columns exactly as `T` has them, plus the system columns; it
-//!   is partitioned by day on the landing time, each partition expiring after
+//!   is partitioned by **hour** on the landing time, each partition expiring after
 //!   `landing_expiration_days`, and clustered for the apply (event id; upsert tables: the key).
+//!   Hourly, so an apply's window (a minute or five) bills the current hour's partition, not the
+//!   day's: on-demand queries bill every partition they cannot prune (72 partitions for 3 days, far
+//!   under the 10,000 per table).
 //! - Schema evolution applies to both tables alike: new NULLABLE columns are added to `T` and then
 //!   to its landing table; type changes, dropped columns and new REQUIRED columns are refused.
 //! - Creating tables is rate-limited by BigQuery (`tables.insert`: 10 requests/s per user) and
@@ -56,7 +59,7 @@ pub fn landing_table(
     table.description =
         Some(format!("bqsync landing table of {} (appended by workers, read by the applier)", schema.table));
     table.time_partitioning = Some(TimePartitioning {
-        r#type: "DAY".into(),
+        r#type: "HOUR".into(),
         field: Some(LANDED_AT.into()),
         expiration_ms: Some((u64::from(expiration_days) * DAY_MILLIS).to_string()),
         ..Default::default()
