@@ -7,7 +7,7 @@
 //!   many flushes came.
 //! - the old landing's streaming step: the same rows with `tabledata.insertAll` in chunks of 500 into
 //!   a table of the same columns (what every flush did before, plus a create, a query job and a drop).
-//! - the seeds' way: one `MERGE … USING (SELECT <literals>)` query per record, timed on 500 records.
+//! - the seeds' way: one `MERGE … USING (SELECT <literals>)` query per record, timed on 100 records.
 //!
 //! The emulator is single-threaded Python over DuckDB (its Storage Write API ends in the same
 //! insert code as its insertAll): absolute rates are the emulator's, the ratios are the point.
@@ -24,7 +24,7 @@ use bqsync::warehouse::bigquery::{BigQueryConfig, BigQueryWarehouse};
 use bqsync::warehouse::{StagedRow, TableBatch, Warehouse};
 
 const EVENTS: usize = 10_000;
-const SEED_RECORDS: usize = 500;
+const SEED_RECORDS: usize = 100;
 const PROJECT: &str = "bqsync-test";
 const SETTLE_SECS: u64 = 16;
 

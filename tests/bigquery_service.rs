@@ -104,9 +104,11 @@ fn committed_applies(dataset: &str, table: &str) -> Vec<i64> {
     runtime.block_on(async {
         let client = common::bigquery_client(&bigquery()).await;
         let prefix = format!("bqsync_apply_{dataset}_{table}_");
-        let mut list = gcp_bigquery_client::model::job_list_parameters::JobListParameters::default();
-        list.all_users = Some(true);
-        list.max_results = Some(100_000);
+        let list = gcp_bigquery_client::model::job_list_parameters::JobListParameters {
+            all_users: Some(true),
+            max_results: Some(100_000),
+            ..Default::default()
+        };
         let pages: Vec<_> = futures::StreamExt::collect(client.job().get_job_list(PROJECT, Some(list))).await;
         let jobs = pages.into_iter().flat_map(|page| page.unwrap().jobs.unwrap_or_default());
         let mut starts = Vec::new();

@@ -258,12 +258,7 @@ impl Rest {
             })
             .await
             .map_err(|f| f.into_error(format!("reading the results of job {id}")))?;
-        Ok(response
-            .rows
-            .unwrap_or_default()
-            .into_iter()
-            .map(|row| row.columns.unwrap_or_default().into_iter().map(|c| c.value.unwrap_or(Value::Null)).collect())
-            .collect())
+        Ok(cells(response.rows))
     }
 
     /// A small query (counts, dead letters, set-up DDL) with named parameters (name, type, value),
@@ -298,12 +293,7 @@ impl Rest {
             .retrying("query", || self.client.job().query(&self.project, request.clone()))
             .await
             .map_err(|f| f.into_error("query"))?;
-        Ok(response
-            .rows
-            .unwrap_or_default()
-            .into_iter()
-            .map(|row| row.columns.unwrap_or_default().into_iter().map(|c| c.value.unwrap_or(Value::Null)).collect())
-            .collect())
+        Ok(cells(response.rows))
     }
 
     /// One request, no retries, within 5 s: readiness must answer fast.
@@ -325,6 +315,14 @@ impl Rest {
 pub fn request_policy(config: &BigQueryConfig) -> Policy {
     Policy::exponential(Duration::from_millis(config.retry_initial_ms), Duration::from_secs(10))
         .with_max_attempts(config.request_attempts as usize)
+}
+
+/// Rows of a response as JSON cells (BigQuery's JSON has numbers as strings).
+fn cells(rows: Option<Vec<gcp_bigquery_client::model::table_row::TableRow>>) -> Vec<Vec<Value>> {
+    rows.unwrap_or_default()
+        .into_iter()
+        .map(|row| row.columns.unwrap_or_default().into_iter().map(|c| c.value.unwrap_or(Value::Null)).collect())
+        .collect()
 }
 
 /// A number as BigQuery's JSON rows carry it (INT64 as a string).
