@@ -75,7 +75,7 @@ fn main() {
             let applying = Instant::now();
             let report = warehouse.apply_table(&schema, Duration::ZERO).await.unwrap();
             let apply_seconds = applying.elapsed().as_secs_f64();
-            assert_eq!(report.outcome, "applied");
+            assert_eq!(report.outcome, bqsync::warehouse::bigquery::applier::ApplyOutcome::Applied);
             let want = if table == "atoms" { EVENTS as u64 } else { 2_000 };
             assert_eq!(report.rows, want, "every row applied once");
             let jobs = warehouse.counters().query_jobs;

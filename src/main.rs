@@ -405,7 +405,14 @@ async fn apply(config: Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     for r in reports {
-        println!("{:<24} {:<9} rows={:<8} billed={}B job={}", r.table, r.outcome, r.rows, r.bytes_billed, r.job_id);
+        println!(
+            "{:<24} {:<9} rows={:<8} billed={}B job={}",
+            r.table,
+            r.outcome.as_str(),
+            r.rows,
+            r.bytes_billed,
+            r.job_id
+        );
     }
     Ok(())
 }

@@ -123,11 +123,7 @@ fn applied_rows(reports: &[bqsync::warehouse::bigquery::applier::ApplyReport], t
 }
 
 async fn table_names(dataset: &str) -> Vec<String> {
-    let tables = client().await.table().list(PROJECT, dataset, Default::default()).await.unwrap();
-    let mut names: Vec<String> =
-        tables.tables.unwrap_or_default().into_iter().map(|t| t.table_reference.table_id).collect();
-    names.sort();
-    names
+    common::bigquery_table_names(&endpoint(), PROJECT, dataset).await
 }
 
 /// The same batch appended twice (a redelivery, a worker killed between append and ack) is applied

@@ -212,12 +212,5 @@ fn four_workers_on_one_subscription_land_and_apply_exactly_once() {
 
 fn table_names(dataset: &str) -> Vec<String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let client = common::bigquery_client(&bigquery()).await;
-        let tables = client.table().list(PROJECT, dataset, Default::default()).await.unwrap();
-        let mut names: Vec<String> =
-            tables.tables.unwrap_or_default().into_iter().map(|t| t.table_reference.table_id).collect();
-        names.sort();
-        names
-    })
+    runtime.block_on(common::bigquery_table_names(&bigquery(), PROJECT, dataset))
 }

@@ -348,6 +348,15 @@ pub async fn bigquery_client(endpoint: &str) -> gcp_bigquery_client::Client {
         .unwrap()
 }
 
+/// The tables and views of a dataset on a BigQuery emulator, sorted.
+pub async fn bigquery_table_names(endpoint: &str, project: &str, dataset: &str) -> Vec<String> {
+    let tables = bigquery_client(endpoint).await.table().list(project, dataset, Default::default()).await.unwrap();
+    let mut names: Vec<String> =
+        tables.tables.unwrap_or_default().into_iter().map(|t| t.table_reference.table_id).collect();
+    names.sort();
+    names
+}
+
 /// Every row of a query on a BigQuery emulator, as JSON cells (BigQuery returns numbers as strings).
 pub async fn bigquery_rows(endpoint: &str, project: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
     let mut request = gcp_bigquery_client::model::query_request::QueryRequest::new(sql);

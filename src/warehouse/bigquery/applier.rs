@@ -21,7 +21,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::apply_sql::{apply_script, ApplyWindow};
+use super::apply_sql::{apply_script, watermark_moved, ApplyWindow};
 use super::client::{billed_bytes, is_retryable_message, is_retryable_reason, job_error, number, request_policy};
 use super::sql as bsql;
 use super::BigQueryWarehouse;
@@ -29,13 +29,34 @@ use crate::schema::{TableSchema, WriteMode};
 use crate::shutdown::Shutdown;
 use crate::warehouse::WarehouseError;
 
+/// How one apply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyOutcome {
+    /// The transaction committed.
+    Applied,
+    /// Applied recently elsewhere, or nothing to apply: no transaction ran.
+    Skipped,
+    /// Another applier committed the window first: rolled back.
+    LostRace,
+}
+
+impl ApplyOutcome {
+    /// Its name in logs, metrics and `bqsync apply`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyOutcome::Applied => "applied",
+            ApplyOutcome::Skipped => "skipped",
+            ApplyOutcome::LostRace => "lost_race",
+        }
+    }
+}
+
 /// What one apply of a table did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ApplyReport {
     pub table: String,
-    /// `applied`, `skipped` (applied recently elsewhere, or nothing to apply) or `lost_race`
-    /// (another applier committed the window first).
-    pub outcome: &'static str,
+    pub outcome: ApplyOutcome,
     /// Rows inserted (append) or changed (upsert).
     pub rows: u64,
     /// The watermark after the apply, in microseconds (0 when unknown).
@@ -96,7 +117,7 @@ impl BigQueryWarehouse {
         crate::metrics::global().set_bytes_billed(self.guard.billed());
         let mut report = ApplyReport {
             table: schema.table.clone(),
-            outcome: "applied",
+            outcome: ApplyOutcome::Applied,
             rows: 0,
             watermark_micros: 0,
             job_id: job_id.clone(),
@@ -104,8 +125,8 @@ impl BigQueryWarehouse {
             millis: started.elapsed().as_millis() as u64,
         };
         if let Some((reason, message)) = job_error(&job) {
-            if message.contains("watermark of") && message.contains("moved") {
-                report.outcome = "lost_race";
+            if message.contains(&watermark_moved(&schema.table)) {
+                report.outcome = ApplyOutcome::LostRace;
             } else {
                 let transient = is_retryable_reason(&reason) || is_retryable_message(&message);
                 return Err(WarehouseError::BigQuery { context: format!("apply job {job_id}"), message, transient });
@@ -113,8 +134,9 @@ impl BigQueryWarehouse {
         } else {
             let rows = self.rest.job_rows(&job_id).await?;
             let last = rows.last().cloned().unwrap_or_default();
-            report.outcome =
-                if last.first().and_then(|v| v.as_str()) == Some("applied") { "applied" } else { "skipped" };
+            // The script's last row names the outcome as `ApplyOutcome::as_str` does.
+            let applied = last.first().and_then(|v| v.as_str()) == Some(ApplyOutcome::Applied.as_str());
+            report.outcome = if applied { ApplyOutcome::Applied } else { ApplyOutcome::Skipped };
             report.rows = number(last.get(1));
             report.watermark_micros = number(last.get(2)) as i64;
         }
@@ -130,19 +152,19 @@ impl BigQueryWarehouse {
         };
         crate::metrics::global().applied(
             &report.table,
-            report.outcome,
+            report.outcome.as_str(),
             report.rows,
             report.millis as f64 / 1000.0,
             lag,
         );
-        if report.outcome == "applied" {
+        if report.outcome == ApplyOutcome::Applied {
             self.counters.applies.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 table = %report.table, rows = report.rows, job_id = %report.job_id, bytes_billed = report.bytes_billed,
                 millis = report.millis, apply_lag_s = lag, "applied"
             );
         } else {
-            tracing::debug!(table = %report.table, outcome = report.outcome, job_id = %report.job_id, "apply not needed");
+            tracing::debug!(table = %report.table, outcome = report.outcome.as_str(), job_id = %report.job_id, "apply not needed");
         }
         let expiry_secs = i64::from(self.config.landing_expiration_days) * 86_400;
         if lag > expiry_secs / 2 && report.watermark_micros > 0 {
@@ -199,7 +221,7 @@ impl BigQueryWarehouse {
             let schema = self.catalog.get(table).ok_or_else(|| WarehouseError::UnknownTable(table.clone()))?;
             let mut report = self.apply_retrying(schema).await?;
             for _ in 0..5 {
-                if report.watermark_micros >= newest || report.outcome == "applied" {
+                if report.watermark_micros >= newest || report.outcome == ApplyOutcome::Applied {
                     break;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -167,6 +167,12 @@ fn upsert_versioned(table: &TableSchema, w: &ApplyWindow) -> String {
     )
 }
 
+/// The error an apply raises when another applier moved the watermark first; the applier tells a
+/// lost race from a failure by it.
+pub fn watermark_moved(table: &str) -> String {
+    format!("the watermark of {table} moved: another applier committed this window")
+}
+
 /// The whole apply script of one table (see the module doc). Its last row: outcome (`applied` or
 /// `skipped`), rows applied, the watermark after it (microseconds).
 pub fn apply_script(table: &TableSchema, w: &ApplyWindow) -> String {
@@ -195,12 +201,13 @@ pub fn apply_script(table: &TableSchema, w: &ApplyWindow) -> String {
          SET applied = @@row_count; \
          UPDATE {state} SET watermark = hi, applied_at = CURRENT_TIMESTAMP(), job_id = '{job_id}', rows_applied = applied \
          WHERE table_name = {name} AND watermark = lo; \
-         SELECT IF(@@row_count > 0, 0, ERROR('the watermark of {table} moved: another applier committed this window')); \
+         SELECT IF(@@row_count > 0, 0, ERROR('{moved}')); \
          COMMIT TRANSACTION; \
          SELECT 'applied' AS outcome, applied AS applied, UNIX_MICROS(hi) AS watermark;",
         margin = w.settle_margin_secs,
         gap = w.min_gap_ms,
         table = table.table,
+        moved = watermark_moved(&table.table),
         job_id = job_id_literal(w.job_id),
     )
 }

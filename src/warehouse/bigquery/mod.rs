@@ -101,11 +101,9 @@ impl BigQueryConfig {
 /// `http://HOST:PORT` → `http://HOST:PORT+10`, as `local-bigquery` serves gRPC.
 fn emulator_grpc_endpoint(rest: &str) -> String {
     let trimmed = rest.trim_end_matches('/');
-    match trimmed.rsplit_once(':') {
-        Some((host, port)) if port.parse::<u16>().is_ok() => {
-            format!("{host}:{}", port.parse::<u16>().expect("checked") + 10)
-        }
-        _ => trimmed.to_string(),
+    match trimmed.rsplit_once(':').and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?))) {
+        Some((host, port)) => format!("{host}:{}", port + 10),
+        None => trimmed.to_string(),
     }
 }
 
@@ -348,7 +346,7 @@ impl Warehouse for BigQueryWarehouse {
 
     async fn settle(&self) -> Result<(), WarehouseError> {
         for report in self.apply_landed().await? {
-            tracing::info!(table = %report.table, outcome = report.outcome, rows = report.rows, "applied before exit");
+            tracing::info!(table = %report.table, outcome = report.outcome.as_str(), rows = report.rows, "applied before exit");
         }
         Ok(())
     }

@@ -306,12 +306,17 @@ mod tests {
         assert_eq!(bytes, [0x2a, 2, b'e', b'1', 0x38, 0x01, 0x40, 0x00]);
     }
 
-    #[test]
-    fn the_descriptor_names_each_column_with_its_storage_type() {
+    /// `tags` (REPEATED STRING) and `who` (REPEATED RECORD of `id` STRING, `at` TIMESTAMP).
+    fn nested_codec() -> RowCodec {
         let mut record = field("who", FieldType::Record, "REPEATED");
         record.fields =
             Some(vec![field("id", FieldType::String, "NULLABLE"), field("at", FieldType::Timestamp, "NULLABLE")]);
-        let codec = RowCodec::new(&[field("tags", FieldType::String, "REPEATED"), record]);
+        RowCodec::new(&[field("tags", FieldType::String, "REPEATED"), record])
+    }
+
+    #[test]
+    fn the_descriptor_names_each_column_with_its_storage_type() {
+        let codec = nested_codec();
         let d = codec.descriptor();
         let names: Vec<&str> = d.field.iter().map(|f| f.name()).collect();
         assert_eq!(names, ["tags", "who", EVENT_ID, VERSION, DELETED, LANDED_AT]);
@@ -325,10 +330,7 @@ mod tests {
 
     #[test]
     fn repeated_and_record_values_encode_from_their_json() {
-        let mut record = field("who", FieldType::Record, "REPEATED");
-        record.fields =
-            Some(vec![field("id", FieldType::String, "NULLABLE"), field("at", FieldType::Timestamp, "NULLABLE")]);
-        let codec = RowCodec::new(&[field("tags", FieldType::String, "REPEATED"), record]);
+        let codec = nested_codec();
         let cells = vec![
             CellValue::JsonText(r#"["a","b"]"#.into()),
             CellValue::JsonText(r#"[{"id":"x","at":"1970-01-01T00:00:00.000002Z"}]"#.into()),
