@@ -27,12 +27,14 @@ trap cleanup EXIT
 PUBSUB_EMULATOR_HOST=$(bash scripts/emulators/pubsub.sh start "$state/pubsub")
 export PUBSUB_EMULATOR_HOST
 echo "pubsub emulator on $PUBSUB_EMULATOR_HOST" >&2
-BIGQUERY_EMULATOR_HOST=$(bash scripts/emulators/bigquery.sh start "$state/bigquery")
-export BIGQUERY_EMULATOR_HOST
-echo "bigquery emulator on $BIGQUERY_EMULATOR_HOST" >&2
+# The GCS emulator keeps objects as files where the BigQuery emulator reads gs:// load sources.
+export GCS_EMULATOR_ROOT=$state/gcs-objects GCS_LOCAL_ROOT=$state/gcs-objects
 STORAGE_EMULATOR_HOST=$(bash scripts/emulators/gcs.sh start "$state/gcs")
 export STORAGE_EMULATOR_HOST
 echo "gcs emulator on $STORAGE_EMULATOR_HOST" >&2
+BIGQUERY_EMULATOR_HOST=$(bash scripts/emulators/bigquery.sh start "$state/bigquery")
+export BIGQUERY_EMULATOR_HOST
+echo "bigquery emulator on $BIGQUERY_EMULATOR_HOST" >&2
 
 set +e
 cargo test --release --locked 2>&1 | tee "$log"

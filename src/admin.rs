@@ -6,6 +6,7 @@
 //! | `GET /readyz` | 200 only when the bus and the warehouse answer now, else 503 with what failed |
 //! | `GET /metrics` | OpenMetrics text ([`crate::metrics`]) |
 //! | `GET /status` | per table and source: counts, last landing, checkpoint lag, dead letters |
+//! | `GET /cost` | BigQuery: the cost forecast per table and the apply intervals in force (`bqsync cost --json`) |
 //! | `GET /tables` | the tables of `schemas/` with their write mode and live rows |
 //! | `POST /sync`, `POST /sync/tables` | run sources now: all, those named in `{"sources": [...]}`, or those feeding `{"tables": [...]}` (bearer token) |
 //!
@@ -79,6 +80,7 @@ pub async fn serve(state: AdminState) -> anyhow::Result<Option<SocketAddr>> {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/tables", get(tables))
+        .route("/cost", get(cost))
         .route("/sync", post(sync))
         .route("/sync/tables", post(sync_tables))
         .with_state(Arc::new(state));
@@ -156,6 +158,17 @@ async fn tables(State(state): State<Arc<AdminState>>) -> Response {
         })
         .collect();
     Json(list).into_response()
+}
+
+async fn cost(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(warehouse) = &state.warehouse else {
+        return (StatusCode::NOT_FOUND, "no warehouse in this process\n").into_response();
+    };
+    match warehouse.cost_forecast().await {
+        Ok(Some(forecast)) => Json(forecast).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "this warehouse bills nothing: no cost forecast\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("cost forecast failed: {e}\n")).into_response(),
+    }
 }
 
 /// Checks the bearer token; Err is the status and message to answer with.

@@ -23,6 +23,7 @@ pub mod envelope;
 pub mod gcp;
 pub mod gcs;
 pub mod infra;
+pub mod load;
 pub mod logging;
 pub mod message;
 pub mod metrics;

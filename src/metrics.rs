@@ -99,6 +99,9 @@ pub struct Metrics {
     rows_applied: Counted,
     apply_seconds: Histograms,
     apply_lag_seconds: Family<Labels, Gauge>,
+    apply_interval_seconds: Family<Labels, Gauge>,
+    cost_forecast_bytes: Gauge,
+    cost_over_budget: Gauge,
     /// When each table last landed (µs), for `/status`; not a metric.
     last_landed_micros: Mutex<BTreeMap<String, i64>>,
 }
@@ -126,6 +129,9 @@ impl Default for Metrics {
             rows_applied: Counted::new(&["table"]),
             apply_seconds: Histograms::new_with_constructor(second_histogram),
             apply_lag_seconds: Family::default(),
+            apply_interval_seconds: Family::default(),
+            cost_forecast_bytes: Gauge::default(),
+            cost_over_budget: Gauge::default(),
             last_landed_micros: Mutex::new(BTreeMap::new()),
         };
         m.register_all();
@@ -186,6 +192,21 @@ impl Metrics {
             "bqsync_apply_lag_seconds",
             "Now minus the table's apply watermark, at the last apply",
             self.apply_lag_seconds.clone(),
+        );
+        r.register(
+            "bqsync_apply_interval_seconds",
+            "The apply interval in force per table (stretched by a daily byte budget)",
+            self.apply_interval_seconds.clone(),
+        );
+        r.register(
+            "bqsync_cost_forecast_bytes_per_day",
+            "Bytes the applies are forecast to bill a day at the intervals in force",
+            self.cost_forecast_bytes.clone(),
+        );
+        r.register(
+            "bqsync_cost_over_budget",
+            "1 while even the longest apply intervals would bill more than the daily byte budget",
+            self.cost_over_budget.clone(),
         );
         r.register("bqsync_batch_rows", "Rows per committed table batch", self.batch_rows.clone());
         r.register("bqsync_flush_seconds", "Time to commit a flush", self.flush_seconds.clone());
@@ -278,6 +299,16 @@ impl Metrics {
         self.rows_applied.add(&[table], rows);
         self.apply_seconds.get_or_create(&vec![("table", table.to_string())]).observe(seconds);
         self.apply_lag_seconds.get_or_create(&vec![("table", table.to_string())]).set(lag_seconds);
+    }
+
+    /// The apply cadence the cost forecast chose: each table's interval, the day's forecast bytes,
+    /// and whether it is over the daily budget.
+    pub fn apply_cadence(&self, intervals: &[(String, u64)], forecast_bytes: u64, over_budget: bool) {
+        for (table, secs) in intervals {
+            self.apply_interval_seconds.get_or_create(&vec![("table", table.clone())]).set(*secs as i64);
+        }
+        self.cost_forecast_bytes.set(forecast_bytes.min(i64::MAX as u64) as i64);
+        self.cost_over_budget.set(i64::from(over_budget));
     }
 
     pub fn set_circuit_open(&self, open: bool) {

@@ -52,6 +52,20 @@ pub enum WriteMode {
     Upsert,
 }
 
+/// How a CDC table (`"cdc": true`) writes deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CdcDeletes {
+    /// An `UPSERT` of the tombstone (key, version, `_bqsync_deleted = true`), as the MERGE path keeps
+    /// it: the version guard outlives the delete, so an older upsert arriving late never revives the
+    /// row. Readers filter tombstones (`T_current`).
+    #[default]
+    Tombstone,
+    /// A `DELETE` change: the row leaves the table. An older upsert arriving after BigQuery applied
+    /// the delete may bring the row back (README "CDC upserts").
+    Delete,
+}
+
 /// What to do with payload fields the schema does not name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -141,7 +155,20 @@ pub struct TableSchema {
     pub cluster: Vec<String>,
     #[serde(default)]
     pub unknown_fields: UnknownFields,
+    /// Upsert tables on BigQuery: write each event straight into the table through BigQuery's change
+    /// data capture (`_CHANGE_TYPE`, `_CHANGE_SEQUENCE_NUMBER` from the version), with no landing
+    /// table and no applier. Untested against the real service (the emulator has no CDC); see README
+    /// "CDC upserts" for the limits. Default false. The embedded warehouse ignores it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cdc: bool,
+    /// How a CDC table writes deletes: `tombstone` (default) or `delete`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub cdc_deletes: CdcDeletes,
     pub columns: Vec<Column>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Errors loading schema files.
@@ -226,8 +253,19 @@ impl TableSchema {
                 if !matches!(column.column_type, ColumnType::Int64 | ColumnType::Timestamp) {
                     return Err(format!("version column `{version}` must be INT64 or TIMESTAMP"));
                 }
+                // Google, "Stream table updates with change data capture": a composite primary
+                // key of at most 16 columns.
+                if self.cdc && self.primary_key.len() > 16 {
+                    return Err(format!(
+                        "`cdc` needs a primary key of at most 16 columns, not {}",
+                        self.primary_key.len()
+                    ));
+                }
             }
             WriteMode::Append => {
+                if self.cdc {
+                    return Err("`cdc` applies to write_mode `upsert` only".into());
+                }
                 if !self.primary_key.is_empty() || self.version_column.is_some() {
                     return Err("`primary_key` and `version_column` apply to write_mode `upsert` only".into());
                 }

@@ -226,6 +226,7 @@ fn an_apply_that_lost_the_race_rolls_back_whole() {
             min_gap_ms: 0,
             dedup_window_days: 0,
             job_id: "stale",
+            staged: &[],
         };
         let script = bqsync::warehouse::bigquery::apply_sql::apply_script(&atoms_schema, &window).replacen(
             &format!(

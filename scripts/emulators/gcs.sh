@@ -8,7 +8,9 @@
 #
 # It listens on port 80 of its own loopback address (default 127.0.0.2): google-cloud-storage sends
 # `Host` without the port and the emulator builds resumable-upload URLs from it, so any other port
-# breaks resumable uploads. Port 80 needs root or CAP_NET_BIND_SERVICE. Data is kept in memory.
+# breaks resumable uploads. Port 80 needs root or CAP_NET_BIND_SERVICE. Data is kept in memory, or,
+# with GCS_EMULATOR_ROOT set, as plain files under $GCS_EMULATOR_ROOT/BUCKET/OBJECT: the layout the
+# BigQuery emulator reads `gs://` load-job sources from (its GCS_LOCAL_ROOT).
 # A missing Python or a failed start is an error, never a skip.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -40,7 +42,12 @@ start() {
     local bin
     bin=$(binary)
     chmod +x "$bin" 2>/dev/null || true
-    nohup "$bin" -scheme http -host "$host" -port 80 -public-host "$host" -backend memory -log-level warn \
+    local backend=(-backend memory)
+    if [[ -n ${GCS_EMULATOR_ROOT:-} ]]; then
+        mkdir -p "$GCS_EMULATOR_ROOT"
+        backend=(-backend filesystem -filesystem-root "$GCS_EMULATOR_ROOT")
+    fi
+    nohup "$bin" -scheme http -host "$host" -port 80 -public-host "$host" "${backend[@]}" -log-level warn \
         >"$dir/log" 2>&1 &
     local pid=$!
     echo "$pid" >"$dir/pid"

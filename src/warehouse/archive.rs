@@ -100,6 +100,10 @@ impl Warehouse for ArchivingWarehouse {
         self.inner.settle().await
     }
 
+    async fn cost_forecast(&self) -> Result<Option<serde_json::Value>, WarehouseError> {
+        self.inner.cost_forecast().await
+    }
+
     async fn row_counts(&self) -> Result<Vec<(String, u64)>, WarehouseError> {
         self.inner.row_counts().await
     }

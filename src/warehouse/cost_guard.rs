@@ -28,6 +28,8 @@ pub enum CostRefusal {
     NotWritable(String),
     #[error("the dry run estimates {estimate} bytes, over maximum_bytes_billed = {limit}")]
     OverJobLimit { estimate: u64, limit: u64 },
+    #[error("query limit reached: this process started {limit} query jobs ([warehouse.bigquery.cost] max_queries); raise it or restart")]
+    QueryLimit { limit: u64 },
     #[error("byte budget spent: {spent} of {budget} bytes billed by this process, the next job estimates {estimate}; raise [warehouse.bigquery.cost] byte_budget or restart")]
     BudgetSpent { spent: u64, budget: u64, estimate: u64 },
 }
@@ -37,6 +39,10 @@ pub enum CostRefusal {
 pub struct CostGuard {
     config: CostConfig,
     billed: AtomicU64,
+    queries: AtomicU64,
+    /// The highest multiple of `warn_bytes` / `warn_dollars` already warned about.
+    warned_bytes: AtomicU64,
+    warned_dollars: AtomicU64,
 }
 
 impl CostGuard {
@@ -44,7 +50,13 @@ impl CostGuard {
         if config.maximum_bytes_billed == 0 {
             return Err("[warehouse.bigquery.cost] maximum_bytes_billed must be > 0".into());
         }
-        Ok(CostGuard { config, billed: AtomicU64::new(0) })
+        Ok(CostGuard {
+            config,
+            billed: AtomicU64::new(0),
+            queries: AtomicU64::new(0),
+            warned_bytes: AtomicU64::new(0),
+            warned_dollars: AtomicU64::new(0),
+        })
     }
 
     pub fn config(&self) -> &CostConfig {
@@ -75,9 +87,49 @@ impl CostGuard {
         Ok(())
     }
 
-    /// Counts bytes a finished job billed.
+    /// Counts a query job about to start; refuses it past `max_queries` (seed 001's per-process
+    /// query limit: a loop gone wrong stops at the limit, not at the bill).
+    pub fn start_query(&self) -> Result<(), CostRefusal> {
+        let started = self.queries.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit = self.config.max_queries;
+        if limit > 0 && started > limit {
+            self.queries.fetch_sub(1, Ordering::Relaxed);
+            return Err(CostRefusal::QueryLimit { limit });
+        }
+        Ok(())
+    }
+
+    /// Query jobs started so far by this process.
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+
+    /// Counts bytes a finished job billed, and warns each time the total passes a further multiple
+    /// of `warn_bytes` or `warn_dollars`.
     pub fn record_billed(&self, bytes: u64) {
-        self.billed.fetch_add(bytes, Ordering::Relaxed);
+        let total = self.billed.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let dollars = dollars(total, self.config.price_per_tib);
+        if let Some(multiple) = total.checked_div(self.config.warn_bytes) {
+            if multiple > 0 && self.warned_bytes.fetch_max(multiple, Ordering::Relaxed) < multiple {
+                tracing::warn!(
+                    billed_bytes = total,
+                    dollars = format!("{dollars:.2}"),
+                    warn_bytes = self.config.warn_bytes,
+                    "BigQuery bytes billed by this process passed the warning threshold"
+                );
+            }
+        }
+        if self.config.warn_dollars > 0.0 {
+            let multiple = (dollars / self.config.warn_dollars) as u64;
+            if multiple > 0 && self.warned_dollars.fetch_max(multiple, Ordering::Relaxed) < multiple {
+                tracing::warn!(
+                    billed_bytes = total,
+                    dollars = format!("{dollars:.2}"),
+                    warn_dollars = self.config.warn_dollars,
+                    "BigQuery dollars billed by this process passed the warning threshold"
+                );
+            }
+        }
     }
 
     /// Bytes billed so far by this process.
@@ -109,6 +161,11 @@ impl CostGuard {
             ..Default::default()
         }
     }
+}
+
+/// Dollars for `bytes` billed at `price_per_tib`.
+pub fn dollars(bytes: u64, price_per_tib: f64) -> f64 {
+    bytes as f64 / (1u64 << 40) as f64 * price_per_tib
 }
 
 #[cfg(test)]
@@ -157,6 +214,32 @@ mod tests {
         let unlimited = guard(CostConfig { maximum_bytes_billed: 1000, ..Default::default() });
         unlimited.record_billed(u64::MAX / 2);
         assert_eq!(unlimited.check_estimate(10), Ok(()), "budget 0 = no budget");
+    }
+
+    #[test]
+    fn queries_past_the_limit_are_refused() {
+        let g = guard(CostConfig { max_queries: 2, ..Default::default() });
+        assert_eq!(g.start_query(), Ok(()));
+        assert_eq!(g.start_query(), Ok(()));
+        assert_eq!(g.start_query(), Err(CostRefusal::QueryLimit { limit: 2 }));
+        assert_eq!(g.queries(), 2, "a refused query is not counted");
+        let unlimited = guard(CostConfig::default());
+        for _ in 0..1000 {
+            assert_eq!(unlimited.start_query(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn dollars_follow_the_price_per_tib() {
+        assert_eq!(dollars(1 << 40, 6.25), 6.25);
+        assert_eq!(dollars(1 << 39, 6.25), 3.125);
+        assert_eq!(dollars(0, 6.25), 0.0);
+        let g = guard(CostConfig { warn_bytes: 100, warn_dollars: 1.0, ..Default::default() });
+        g.record_billed(150);
+        assert_eq!(g.warned_bytes.load(Ordering::Relaxed), 1);
+        g.record_billed(100);
+        assert_eq!(g.warned_bytes.load(Ordering::Relaxed), 2, "passed 200: warned again");
+        assert_eq!(g.warned_dollars.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -175,6 +175,10 @@ pub trait Warehouse: Send + Sync {
     async fn settle(&self) -> Result<(), WarehouseError> {
         Ok(())
     }
+    /// The cost forecast (`bqsync cost`, `GET /cost`); None where queries cost nothing (DuckDB).
+    async fn cost_forecast(&self) -> Result<Option<serde_json::Value>, WarehouseError> {
+        Ok(None)
+    }
     /// Readiness: the warehouse answers now.
     async fn ping(&self) -> Result<(), WarehouseError> {
         Ok(())

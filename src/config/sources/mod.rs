@@ -1,5 +1,6 @@
 //! `[sources]`: one section a kind of producer.
 
+pub mod files;
 pub mod http;
 pub mod jsonl;
 pub mod outbox;
@@ -8,6 +9,7 @@ pub mod sqlite;
 
 use serde::Deserialize;
 
+pub use files::FilesSourceConfig;
 pub use http::HttpSourceConfig;
 pub use jsonl::{JsonlSourceConfig, Route};
 pub use outbox::{OutboxEngine, OutboxSourceConfig};
@@ -34,6 +36,10 @@ pub struct SourcesConfig {
     /// `[[sources.http]]` entries: JSON APIs polled incrementally (identity-provider users).
     #[serde(default)]
     pub http: Vec<HttpSourceConfig>,
+    /// `[[sources.files]]` entries: whole files loaded by BigQuery load jobs (`bqsync load`; not
+    /// started by `run`).
+    #[serde(default)]
+    pub files: Vec<FilesSourceConfig>,
 }
 
 impl SourcesConfig {
@@ -59,6 +65,7 @@ impl Default for SourcesConfig {
             outbox: Vec::new(),
             sessions: Vec::new(),
             http: Vec::new(),
+            files: Vec::new(),
         }
     }
 }

@@ -63,6 +63,12 @@ pub struct BigQueryConfig {
     /// 0 (default) = no window, the applied rows' own partition range only.
     #[serde(default)]
     pub append_dedup_window_days: u32,
+    /// CDC tables (`"cdc": true` in the schema): BigQuery applies pending changes in the background
+    /// and a query may read a table this many minutes stale; a query past it merges the pending
+    /// changes at read time, which costs more and is slower (Google, "Manage table staleness").
+    /// 0 = always merge at read time. Default 10.
+    #[serde(default = "default_cdc_max_staleness_minutes")]
+    pub cdc_max_staleness_minutes: u32,
     /// Attempts of one request on retryable errors (5xx, 429, rate limits, concurrent update) before
     /// the landing fails as transient. Default 5.
     #[serde(default = "default_request_attempts")]
@@ -121,6 +127,10 @@ pub enum ApplierPlacement {
     External,
 }
 
+const fn default_cdc_max_staleness_minutes() -> u32 {
+    10
+}
+
 const fn default_request_attempts() -> u32 {
     5
 }
@@ -153,6 +163,7 @@ impl Default for BigQueryConfig {
             applier: ApplierPlacement::Worker,
             storage_endpoint: None,
             append_dedup_window_days: 0,
+            cdc_max_staleness_minutes: default_cdc_max_staleness_minutes(),
             request_attempts: default_request_attempts(),
             retry_initial_ms: default_retry_initial_ms(),
             request_timeout_secs: default_request_timeout_secs(),

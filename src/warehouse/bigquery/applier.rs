@@ -67,8 +67,11 @@ pub struct ApplyReport {
 }
 
 impl BigQueryWarehouse {
-    /// The apply interval of a table.
+    /// The apply interval of a table in force: as a daily byte budget stretched it, else configured.
     pub fn apply_interval(&self, schema: &TableSchema) -> Duration {
+        if let Some(stretched) = self.intervals.lock().unwrap_or_else(|p| p.into_inner()).get(&schema.table) {
+            return *stretched;
+        }
         Duration::from_secs(match schema.write_mode {
             WriteMode::Append => self.config.append_apply_interval_secs,
             WriteMode::Upsert => self.config.upsert_apply_interval_secs,
@@ -80,10 +83,9 @@ impl BigQueryWarehouse {
         self.guard.check_writable(&schema.table).map_err(|r| WarehouseError::CostGuard(r.to_string()))?;
         // The budget, against what was billed so far (an apply script has no dry-run estimate).
         self.guard.check_estimate(0).map_err(|r| WarehouseError::CostGuard(r.to_string()))?;
+        self.guard.start_query().map_err(|r| WarehouseError::CostGuard(r.to_string()))?;
         let started = Instant::now();
-        // Named by dataset and table, so jobs.list tells the applies of each table apart.
-        let dataset: String =
-            self.rest.dataset.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+        let dataset = super::job_id_part(&self.rest.dataset);
         let job_id = format!(
             "bqsync_apply_{dataset}_{}_{}_{:04x}",
             schema.table,
@@ -95,6 +97,8 @@ impl BigQueryWarehouse {
             self.rest.path(&bsql::landing_table(&schema.table)),
             self.rest.path(bsql::STATE_TABLE),
         );
+        let staging = self.staging_tables(&schema.table).await?;
+        let staged: Vec<String> = staging.iter().map(|t| self.rest.path(t)).collect();
         let window = ApplyWindow {
             target: &target,
             landing: &landing,
@@ -103,6 +107,7 @@ impl BigQueryWarehouse {
             min_gap_ms: min_gap.as_millis() as u64,
             dedup_window_days: self.config.append_dedup_window_days,
             job_id: &job_id,
+            staged: &staged,
         };
         let job = self.guard.query_job(
             &self.rest.project,
@@ -114,6 +119,7 @@ impl BigQueryWarehouse {
         let job = self.rest.run_job(&job_id, job).await?;
         let billed = billed_bytes(&job);
         self.guard.record_billed(billed);
+        self.billed_per_apply.lock().unwrap_or_else(|p| p.into_inner()).insert(schema.table.clone(), billed);
         crate::metrics::global().set_bytes_billed(self.guard.billed());
         let mut report = ApplyReport {
             table: schema.table.clone(),
@@ -139,6 +145,9 @@ impl BigQueryWarehouse {
             report.outcome = if applied { ApplyOutcome::Applied } else { ApplyOutcome::Skipped };
             report.rows = number(last.get(1));
             report.watermark_micros = number(last.get(2)) as i64;
+            if applied {
+                self.drop_staging(&staging).await;
+            }
         }
         self.record(&report, schema);
         Ok(report)
@@ -178,11 +187,22 @@ impl BigQueryWarehouse {
     /// Runs the applier until `shutdown` stops: each table at its interval, ±10 % jitter. A failed
     /// apply is logged and tried again at the next interval (nothing is lost: rows wait landed).
     pub async fn run_applier(&self, shutdown: Shutdown) {
-        let tables: Vec<TableSchema> = self.catalog.tables().cloned().collect();
+        // CDC tables are applied by BigQuery itself (see `cdc`).
+        let tables: Vec<TableSchema> = self.catalog.tables().filter(|t| !t.cdc).cloned().collect();
+        let budgeted = self.guard.config().daily_byte_budget > 0;
+        if budgeted {
+            self.steer_cadence().await;
+        }
+        let mut next_forecast = Instant::now() + super::cost::FORECAST_EVERY;
         let jittered = |interval: Duration| interval.mul_f64(0.9 + fastrand::f64() * 0.2);
         let mut due: Vec<Instant> = tables.iter().map(|t| Instant::now() + jittered(self.apply_interval(t))).collect();
         loop {
+            if budgeted && Instant::now() >= next_forecast {
+                self.steer_cadence().await;
+                next_forecast = Instant::now() + super::cost::FORECAST_EVERY;
+            }
             let next = due.iter().min().copied().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            let next = if budgeted { next.min(next_forecast) } else { next };
             tokio::select! {
                 _ = shutdown.stopped() => return,
                 _ = tokio::time::sleep_until(next.into()) => {}
@@ -232,10 +252,25 @@ impl BigQueryWarehouse {
         Ok(reports)
     }
 
+    /// Applies one table now, waiting out the settle margin for what this process appended
+    /// (`bqsync backfill`, `bqsync load --once`).
+    pub async fn apply_now(&self, table: &str) -> Result<ApplyReport, WarehouseError> {
+        let schema = self.catalog.get(table).ok_or_else(|| WarehouseError::UnknownTable(table.to_string()))?;
+        let newest = self.counters.newest_append_micros.load(Ordering::Relaxed);
+        let wait =
+            newest + (self.config.settle_margin_secs as i64 + 1) * 1_000_000 - chrono::Utc::now().timestamp_micros();
+        if newest > 0 && wait > 0 {
+            tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+        }
+        let report = self.apply_retrying(schema).await?;
+        tracing::info!(table, outcome = report.outcome.as_str(), rows = report.rows, "applied");
+        Ok(report)
+    }
+
     /// Applies every table now, whatever it landed (`bqsync apply`).
     pub async fn apply_all(&self) -> Result<Vec<ApplyReport>, WarehouseError> {
         let mut reports = Vec::new();
-        for table in self.catalog.tables() {
+        for table in self.catalog.tables().filter(|t| !t.cdc) {
             reports.push(self.apply_retrying(table).await?);
         }
         Ok(reports)

@@ -40,6 +40,9 @@ pub struct ApplyWindow<'a> {
     pub dedup_window_days: u32,
     /// Recorded in the state row.
     pub job_id: &'a str,
+    /// Staging tables of loaded files (`` `project.dataset._bqsync_load_T_…` ``), read whole with
+    /// the window (see `super::load`).
+    pub staged: &'a [String],
 }
 
 /// A table name as a SQL string literal. Table names are identifiers (letters, digits, `_`), checked
@@ -70,10 +73,17 @@ pub fn seed_state(state: &str, table: &str) -> String {
 }
 
 /// The landed rows inside the window `lo < landed_at <= hi` (pruned to the window's partitions of
-/// the landing table, which is partitioned on the landing time).
-fn window(landing: &str) -> String {
+/// the landing table, which is partitioned on the landing time), and every row of the staging
+/// tables of loaded files. Columns by name, so a staging table made before a column was added
+/// still lines up.
+fn window(table: &TableSchema, w: &ApplyWindow) -> String {
     let landed_at = quote_ident(LANDED_AT);
-    format!("SELECT * FROM {landing} WHERE {landed_at} > lo AND {landed_at} <= hi")
+    let columns = format!("{}, {}", column_list(table, ""), system_list(""));
+    let mut sql = format!("SELECT {columns} FROM {} WHERE {landed_at} > lo AND {landed_at} <= hi", w.landing);
+    for staged in w.staged {
+        sql.push_str(&format!(" UNION ALL SELECT {columns} FROM {staged}"));
+    }
+    sql
 }
 
 /// Append tables: the window's rows whose event id is not in `T` yet, first landed copy first. The
@@ -92,13 +102,13 @@ fn insert_new_events(table: &TableSchema, w: &ApplyWindow) -> String {
     format!(
         "INSERT INTO {target} ({columns}, {system}) \
          SELECT {staged}, s.{event_id}, NULL, FALSE, CURRENT_TIMESTAMP() FROM \
-         ({window} QUALIFY ROW_NUMBER() OVER (PARTITION BY {event_id} ORDER BY {landed_at}) = 1) s \
+         (SELECT * FROM ({window}) WHERE TRUE QUALIFY ROW_NUMBER() OVER (PARTITION BY {event_id} ORDER BY {landed_at}) = 1) s \
          WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.{event_id} = s.{event_id}{bound})",
         target = w.target,
         columns = column_list(table, ""),
         system = system_list(""),
         staged = column_list(table, "s."),
-        window = window(w.landing),
+        window = window(table, w),
         landed_at = quote_ident(LANDED_AT),
     )
 }
@@ -127,7 +137,7 @@ fn partition_bounds(table: &TableSchema, w: &ApplyWindow) -> (String, String) {
             "TIMESTAMP_SUB",
         )
     };
-    let window = window(w.landing);
+    let window = window(table, w);
     let declare = format!("DECLARE plo {kind}; DECLARE phi {kind}; ");
     let mut set = format!("SET plo = (SELECT {floor} FROM ({window})); SET phi = (SELECT {next} FROM ({window})); ");
     if w.dedup_window_days > 0 {
@@ -151,8 +161,8 @@ fn upsert_versioned(table: &TableSchema, w: &ApplyWindow) -> String {
     let on = keys.iter().map(|k| format!("t.{k} = s.{k}")).collect::<Vec<_>>().join(" AND ");
     let (version, deleted, event_id) = (quote_ident(VERSION), quote_ident(DELETED), quote_ident(EVENT_ID));
     let winners = format!(
-        "({window} QUALIFY ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {version} DESC, {deleted} DESC, {event_id} DESC) = 1)",
-        window = window(w.landing),
+        "(SELECT * FROM ({window}) WHERE TRUE QUALIFY ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {version} DESC, {deleted} DESC, {event_id} DESC) = 1)",
+        window = window(table, w),
         keys = keys.join(", "),
     );
     format!(
@@ -282,7 +292,23 @@ mod tests {
             min_gap_ms: 54_000,
             dedup_window_days: 0,
             job_id,
+            staged: &[],
         }
+    }
+
+    #[test]
+    fn staging_tables_of_loaded_files_join_the_window_by_column_name() {
+        let catalog = crate::schema::project_catalog();
+        let contacts = catalog.get("contacts_master").unwrap();
+        let staged = ["`p.d._bqsync_load_contacts_master_ab`".to_string()];
+        let mut w = window("j");
+        w.staged = &staged;
+        let sql = apply_script(contacts, &w);
+        let union = " UNION ALL SELECT `contact_id`, `name`, `email`, `phone`, `updated_at`, `version`, \
+                     `_bqsync_event_id`, `_bqsync_version`, `_bqsync_deleted`, `_bqsync_landed_at` FROM `p.d._bqsync_load_contacts_master_ab`";
+        assert_eq!(sql.matches(union).count(), 2, "the DELETE's and the INSERT's winners: {sql}");
+        assert!(sql.contains("`_bqsync_landed_at` <= hi UNION ALL"), "{sql}");
+        assert!(sql.contains(") WHERE TRUE QUALIFY ROW_NUMBER()"), "the dedup covers the union: {sql}");
     }
 
     #[test]
@@ -319,7 +345,7 @@ mod tests {
         let contacts = catalog.get("contacts_master").unwrap();
         let sql = apply_script(contacts, &window("j"));
         let delete = sql
-            .find("DELETE FROM `p.d.t` t WHERE EXISTS (SELECT 1 FROM (SELECT * FROM `p.d._bqsync_landing_t` WHERE")
+            .find("DELETE FROM `p.d.t` t WHERE EXISTS (SELECT 1 FROM (SELECT * FROM (SELECT `contact_id`, ")
             .unwrap();
         let insert = sql.find("INSERT INTO `p.d.t` (").unwrap();
         let counted = sql.find("SET applied = @@row_count;").unwrap();

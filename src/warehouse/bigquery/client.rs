@@ -23,6 +23,7 @@ use serde_json::Value;
 use super::sql as bsql;
 use crate::config::warehouse::bigquery::BigQueryConfig;
 use crate::retry::{retry, Policy};
+use crate::warehouse::cost_guard::CostGuard;
 use crate::warehouse::WarehouseError;
 
 /// A token for emulators, which accept any (tests and benchmarks use it for their own clients too).
@@ -97,11 +98,18 @@ pub struct Rest {
     pub location: String,
     policy: Policy,
     job_timeout: Duration,
+    /// Counts and limits every query job (see [`CostGuard`]).
+    pub guard: Arc<CostGuard>,
 }
 
 impl Rest {
     /// Connects (nothing is sent until the first call).
-    pub async fn connect(config: &BigQueryConfig, project: String, anonymous: bool) -> Result<Rest, WarehouseError> {
+    pub async fn connect(
+        config: &BigQueryConfig,
+        project: String,
+        anonymous: bool,
+        guard: Arc<CostGuard>,
+    ) -> Result<Rest, WarehouseError> {
         let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -130,6 +138,7 @@ impl Rest {
             location: config.location.clone(),
             policy: request_policy(config),
             job_timeout: Duration::from_secs(config.job_timeout_secs),
+            guard,
         })
     }
 
@@ -201,6 +210,42 @@ impl Rest {
         }
     }
 
+    /// Every table and view name in the dataset (`tables.list`, all pages).
+    pub async fn list_tables(&self) -> Result<Vec<String>, WarehouseError> {
+        use gcp_bigquery_client::table::ListOptions;
+        let (project, dataset) = (&self.project, &self.dataset);
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let options = || {
+                let options = ListOptions::default().max_results(1000);
+                match &token {
+                    Some(t) => options.page_token(t.clone()),
+                    None => options,
+                }
+            };
+            let page = self
+                .retrying("list tables", || self.client.table().list(project, dataset, options()))
+                .await
+                .map_err(|f| f.into_error(format!("listing the tables of {dataset}")))?;
+            names.extend(page.tables.unwrap_or_default().into_iter().map(|t| t.table_reference.table_id));
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) => token = Some(next),
+                None => return Ok(names),
+            }
+        }
+    }
+
+    /// Deletes a table; one already gone is not an error.
+    pub async fn delete_table(&self, table: &str) -> Result<(), WarehouseError> {
+        let (project, dataset) = (&self.project, &self.dataset);
+        match self.retrying("delete table", || self.client.table().delete(project, dataset, table)).await {
+            Ok(()) => Ok(()),
+            Err(f) if f.code == Some(404) => Ok(()),
+            Err(f) => Err(f.into_error(format!("deleting table {table}"))),
+        }
+    }
+
     pub async fn patch_table(&self, table: &str, patch: Table) -> Result<(), WarehouseError> {
         let (project, dataset) = (&self.project, &self.dataset);
         self.retrying("patch table", || self.client.table().patch(project, dataset, table, patch.clone()))
@@ -220,7 +265,7 @@ impl Rest {
         self.wait_done(id, job).await
     }
 
-    async fn get_job(&self, id: &str) -> Result<Job, WarehouseError> {
+    pub async fn get_job(&self, id: &str) -> Result<Job, WarehouseError> {
         self.retrying("get job", || self.client.job().get_job(&self.project, id, Some(&self.location)))
             .await
             .map_err(|f| f.into_error(format!("reading job {id}")))
@@ -289,10 +334,14 @@ impl Rest {
         request.max_results = Some(100_000);
         request.maximum_bytes_billed = Some(max_bytes.to_string());
         request.location = Some(self.location.clone());
+        self.guard.start_query().map_err(|r| WarehouseError::CostGuard(r.to_string()))?;
         let response = self
             .retrying("query", || self.client.job().query(&self.project, request.clone()))
             .await
             .map_err(|f| f.into_error("query"))?;
+        // A query's response names the bytes it processed; BigQuery bills at least 10 MB of it.
+        let processed: u64 = response.total_bytes_processed.as_deref().and_then(|n| n.parse().ok()).unwrap_or(0);
+        self.guard.record_billed(processed);
         Ok(cells(response.rows))
     }
 

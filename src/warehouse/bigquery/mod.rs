@@ -20,8 +20,11 @@
 
 pub mod applier;
 pub mod apply_sql;
+pub mod cdc;
 pub mod client;
+pub mod cost;
 pub mod dead_letters;
+pub mod load;
 pub mod proto;
 pub mod schema;
 pub mod sql;
@@ -107,6 +110,12 @@ fn emulator_grpc_endpoint(rest: &str) -> String {
     }
 }
 
+/// A dataset name as a part of a job id (letters, digits, `_`): job ids name their dataset and
+/// table, so `jobs.list` tells each table's jobs apart.
+fn job_id_part(dataset: &str) -> String {
+    dataset.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
 fn config_error(problem: impl Into<String>) -> WarehouseError {
     WarehouseError::Config(problem.into())
 }
@@ -152,11 +161,15 @@ pub struct BigQueryWarehouse {
     writer: LandingWriter,
     config: BigQueryConfig,
     catalog: Arc<Catalog>,
-    guard: CostGuard,
+    guard: Arc<CostGuard>,
     /// Each table's landing (made by `ensure_tables`).
     landings: Mutex<HashMap<String, Arc<Landing>>>,
     /// Tables this process appended to (one-shot runs apply these before they return).
     landed_tables: Mutex<BTreeSet<String>>,
+    /// Bytes the last apply of each table billed here (the forecast's measurement).
+    billed_per_apply: Mutex<HashMap<String, u64>>,
+    /// Apply intervals a daily byte budget stretched ([`cost`]); absent: as configured.
+    intervals: Mutex<HashMap<String, Duration>>,
 }
 
 impl BigQueryWarehouse {
@@ -164,10 +177,10 @@ impl BigQueryWarehouse {
     pub async fn connect(config: &BigQueryConfig, catalog: Arc<Catalog>) -> Result<BigQueryWarehouse, WarehouseError> {
         config.check()?;
         let project = config.resolved_project()?;
-        let guard = CostGuard::new(config.cost.clone()).map_err(config_error)?;
+        let guard = Arc::new(CostGuard::new(config.cost.clone()).map_err(config_error)?);
         let endpoint = config.resolved_endpoint();
         let anonymous = crate::gcp::is_anonymous(config.credentials, endpoint.as_deref());
-        let rest = Rest::connect(config, project.clone(), anonymous).await?;
+        let rest = Rest::connect(config, project.clone(), anonymous, guard.clone()).await?;
         let storage = config.resolved_storage_endpoint();
         let writer = LandingWriter::new(
             storage.clone(),
@@ -185,6 +198,8 @@ impl BigQueryWarehouse {
             guard,
             landings: Mutex::new(HashMap::new()),
             landed_tables: Mutex::new(BTreeSet::new()),
+            billed_per_apply: Mutex::new(HashMap::new()),
+            intervals: Mutex::new(HashMap::new()),
         })
     }
 
@@ -217,6 +232,9 @@ impl BigQueryWarehouse {
                 )));
             }
         }
+        if schema.cdc {
+            return self.ensure_cdc_table(schema).await;
+        }
         let (live, mut created) = self.rest.get_or_create_table(schema::target_table(&self.rest, schema)).await?;
         let fields = schema::evolve(&self.rest, schema, live, &schema.table).await?;
         let user_fields = schema::user_fields(schema, &fields);
@@ -238,6 +256,38 @@ impl BigQueryWarehouse {
         let landing = Landing { stream, codec: RowCodec::new(&user_fields) };
         self.landings.lock().unwrap_or_else(|p| p.into_inner()).insert(schema.table.clone(), Arc::new(landing));
         Ok(created)
+    }
+
+    /// A CDC table (see [`cdc`]): created by DDL with its primary key, evolved like any table, its
+    /// `max_staleness` brought to the config; rows are written to `T`'s own default stream.
+    async fn ensure_cdc_table(&self, schema: &TableSchema) -> Result<bool, WarehouseError> {
+        let max = self.max_bytes();
+        let target = self.rest.path(&schema.table);
+        let minutes = self.config.cdc_max_staleness_minutes;
+        let existed = self.rest.get_table(&schema.table).await?.is_some();
+        if !existed {
+            self.rest.query_rows(&cdc::create_table(&target, schema, minutes), Vec::new(), max).await?;
+        }
+        let (live, _) = self.rest.get_or_create_table(schema::target_table(&self.rest, schema)).await?;
+        let fields = schema::evolve(&self.rest, schema, live, &schema.table).await?;
+        if existed {
+            self.rest.query_rows(&cdc::set_max_staleness(&target, minutes), Vec::new(), max).await?;
+        }
+        let (live_view, current_view) =
+            (self.rest.path(&bsql::live_view(&schema.table)), self.rest.path(&bsql::current_view(&schema.table)));
+        for statement in cdc::view_statements(schema, &target, &live_view, &current_view) {
+            self.rest.query_rows(&statement, Vec::new(), max).await?;
+        }
+        let stream = format!(
+            "projects/{}/datasets/{}/tables/{}/streams/_default",
+            self.rest.project, self.rest.dataset, schema.table
+        );
+        let codec = RowCodec::new(&schema::user_fields(schema, &fields)).with_cdc(schema.cdc_deletes);
+        self.landings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(schema.table.clone(), Arc::new(Landing { stream, codec }));
+        Ok(!existed)
     }
 
     fn landing(&self, table: &str) -> Result<Arc<Landing>, WarehouseError> {
@@ -268,7 +318,9 @@ impl BigQueryWarehouse {
         }
         self.counters.rows_appended.fetch_add((batch.rows.len() - rejected.len()) as u64, Ordering::Relaxed);
         self.counters.rows_rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        self.landed_tables.lock().unwrap_or_else(|p| p.into_inner()).insert(batch.table.clone());
+        if !self.catalog.get(&batch.table).is_some_and(|t| t.cdc) {
+            self.landed_tables.lock().unwrap_or_else(|p| p.into_inner()).insert(batch.table.clone());
+        }
         Ok(rejected)
     }
 
@@ -312,6 +364,12 @@ impl BigQueryWarehouse {
         Ok(stats)
     }
 
+    /// Appends rows outside a worker's flush (the loader's dead letters); rows BigQuery rejects
+    /// are dead-lettered as in a flush.
+    pub async fn land_rows(&self, batches: &[TableBatch]) -> Result<(), WarehouseError> {
+        self.land_batches(batches).await.map(|_| ())
+    }
+
     fn max_bytes(&self) -> u64 {
         self.guard.config().maximum_bytes_billed
     }
@@ -353,6 +411,11 @@ impl Warehouse for BigQueryWarehouse {
 
     async fn ping(&self) -> Result<(), WarehouseError> {
         self.rest.ping().await
+    }
+
+    async fn cost_forecast(&self) -> Result<Option<Value>, WarehouseError> {
+        let forecast = self.forecast().await?;
+        Ok(Some(serde_json::to_value(forecast).map_err(|e| WarehouseError::Task(e.to_string()))?))
     }
 
     /// Live rows per table, from the live views (fresh: landed rows count before they are applied).
