@@ -120,7 +120,12 @@ pub fn prepare(catalog: &Catalog, table: &str, source: &str, bytes: &[u8], max_e
                 prepared.ndjson.push(b'\n');
                 prepared.rows += 1;
             }
-            (Classified::DeadLetter(dead), _) => prepared.dead_letters.push(dead.row(catalog, delivery)),
+            // Kept as the record's own text, as the JSONL source's poison is: its id then depends on
+            // the line and the reason only, so loading the file again makes the same dead letter.
+            (Classified::DeadLetter(dead), _) => {
+                let message = Message { data: text.as_bytes(), ..delivery };
+                prepared.dead_letters.push(dead.row(catalog, message));
+            }
             (Classified::Row { .. }, None) => unreachable!("the classifier dead-letters unknown tables"),
         }
     }
