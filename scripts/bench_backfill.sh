@@ -24,6 +24,7 @@ gcs=$(bash scripts/emulators/gcs.sh start "$state/gcs" 127.0.0.9)
 bq=$(bash scripts/emulators/bigquery.sh start "$state/bigquery" 9150)
 
 data=target/bench-data
+mkdir -p "$data"
 [[ -f $data/atoms.jsonl ]] || python3 ../shared/bench/gen.py "$data" >/dev/null
 mkdir -p "$state/files/atoms"
 part=0 total=0

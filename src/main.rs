@@ -16,6 +16,8 @@ use bqsync::warehouse::duckdb::DuckDbWarehouse;
 use bqsync::warehouse::Warehouse;
 use std::sync::Arc;
 
+mod bigquery_commands;
+
 /// Syncs local and operational data into a warehouse, exactly once in effect.
 #[derive(Parser)]
 #[command(version, about)]
@@ -255,10 +257,12 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Work { until_drained } => run(config, until_drained, Role::Work).await?,
         Command::Sync { sources, full, land } => sync(config, sources, full, land).await?,
         Command::Setup => setup(config).await?,
-        Command::Apply { json } => apply(config, json).await?,
-        Command::Cost { json } => cost(config, json).await?,
-        Command::Backfill { paths, table, no_apply, json } => backfill(config, paths, table, !no_apply, json).await?,
-        Command::Load { once, json } => load(config, once, json).await?,
+        Command::Apply { json } => bigquery_commands::apply(config, json).await?,
+        Command::Cost { json } => bigquery_commands::cost(config, json).await?,
+        Command::Backfill { paths, table, no_apply, json } => {
+            bigquery_commands::backfill(config, paths, table, !no_apply, json).await?
+        }
+        Command::Load { once, json } => bigquery_commands::load(config, once, json).await?,
         Command::Status { json } => {
             let catalog = pipeline::load_catalog(&config)?;
             let inputs = bqsync::status::StatusInputs {
@@ -423,161 +427,6 @@ async fn run_sources(config: Config, until_drained: bool, role: Role, sources: &
     );
     println!("{}", serde_json::to_string(&serde_json::json!({"report": report, "elapsed_seconds": elapsed}))?);
     Ok(())
-}
-
-/// `bqsync apply`: one apply per table now, a line (or JSON object) per table.
-async fn apply(config: Config, json: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        config.warehouse.kind == bqsync::config::WarehouseKind::Bigquery,
-        "bqsync apply is for the BigQuery warehouse; DuckDB applies as it lands"
-    );
-    let catalog = pipeline::load_catalog(&config)?;
-    let warehouse = bqsync::warehouse::bigquery::BigQueryWarehouse::connect(&config.warehouse.bigquery, catalog)
-        .await
-        .context("connecting to BigQuery")?;
-    let reports = warehouse.apply_all().await.context("applying")?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-        return Ok(());
-    }
-    for r in reports {
-        println!(
-            "{:<24} {:<9} rows={:<8} billed={}B job={}",
-            r.table,
-            r.outcome.as_str(),
-            r.rows,
-            r.bytes_billed,
-            r.job_id
-        );
-    }
-    Ok(())
-}
-
-/// `bqsync backfill`: a progress bar on a terminal, then the report.
-async fn backfill(
-    config: Config,
-    paths: Vec<std::path::PathBuf>,
-    table: String,
-    apply: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let loader = bqsync::load::Loader::connect(&config, "backfill").await?;
-    let mut total = 0;
-    for path in &paths {
-        total += std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
-    }
-    let bar = bqsync::load::progress_bar(total);
-    let started = std::time::Instant::now();
-    let report = loader.load(&table, &paths, &bar, apply).await?;
-    bar.finish_and_clear();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    println!(
-        "backfill {}: {} files, {} rows, {} dead letters, {} in {:.1} s; load jobs: {}",
-        report.table,
-        report.files.len(),
-        report.rows,
-        report.dead_letters,
-        bytes(report.bytes),
-        started.elapsed().as_secs_f64(),
-        report.job_ids.join(", ")
-    );
-    Ok(())
-}
-
-/// `bqsync load`: every `[[sources.files]]` entry, until a signal (or one pass with `--once`).
-async fn load(config: Config, once: bool, json: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(!config.sources.files.is_empty(), "no [[sources.files]] in the config: nothing to load");
-    let store = bqsync::sources::checkpoint::CheckpointStore::open(&config.state_path)?;
-    let shutdown = bqsync::shutdown::Shutdown::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        pipeline::shutdown_signal().await;
-        signal.stop();
-    });
-    let mut loaders = Vec::new();
-    for source in &config.sources.files {
-        loaders.push((bqsync::load::Loader::connect(&config, &source.name).await?, source));
-    }
-    // Every source at once, each in passes of its own until the signal (or one pass with --once).
-    let runs = loaders
-        .iter()
-        .map(|(loader, source)| bqsync::load::source::run(loader, source, &store, once, shutdown.clone()));
-    let reports: Vec<_> = futures::future::try_join_all(runs).await?.into_iter().flatten().collect();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-    } else {
-        for r in &reports {
-            println!(
-                "{:<22} files={} rows={} dead_letters={} jobs={}",
-                r.table,
-                r.files.len(),
-                r.rows,
-                r.dead_letters,
-                r.job_ids.join(",")
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `bqsync cost`: the forecast, a line per table and the day's total.
-async fn cost(config: Config, json: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        config.warehouse.kind == bqsync::config::WarehouseKind::Bigquery,
-        "bqsync cost is for the BigQuery warehouse; DuckDB bills nothing"
-    );
-    let catalog = pipeline::load_catalog(&config)?;
-    let warehouse = bqsync::warehouse::bigquery::BigQueryWarehouse::connect(&config.warehouse.bigquery, catalog)
-        .await
-        .context("connecting to BigQuery")?;
-    let f = warehouse.forecast().await.context("forecasting")?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&f)?);
-        return Ok(());
-    }
-    println!(
-        "{:<22} {:>9} {:>12} {:>12} {:>13} {:>9} {:>12} {:>9}",
-        "table", "interval", "table", "landing", "per apply", "jobs/day", "bytes/day", "$/day"
-    );
-    for t in &f.tables {
-        let interval = if t.interval_secs == t.configured_interval_secs {
-            format!("{}s", t.interval_secs)
-        } else {
-            format!("{}s*", t.interval_secs)
-        };
-        let per_apply = format!("{}{}", bytes(t.bytes_per_apply), if t.measured { "" } else { " est" });
-        println!(
-            "{:<22} {:>9} {:>12} {:>12} {:>13} {:>9.0} {:>12} {:>9.2}",
-            t.table,
-            interval,
-            bytes(t.table_bytes),
-            bytes(t.landing_bytes),
-            per_apply,
-            t.applies_per_day,
-            bytes(t.bytes_per_day),
-            t.dollars_per_day
-        );
-    }
-    let budget = if f.daily_byte_budget > 0 { bytes(f.daily_byte_budget) } else { "none".into() };
-    println!(
-        "total: {}/day, ${:.2}/day at ${}/TiB; daily budget {budget}{}",
-        bytes(f.bytes_per_day),
-        f.dollars_per_day,
-        f.price_per_tib,
-        if f.over_budget { " — OVER BUDGET even at max_apply_interval_secs" } else { "" }
-    );
-    if f.tables.iter().any(|t| t.interval_secs != t.configured_interval_secs) {
-        println!("* stretched to fit the daily budget (landing and the live views are unaffected)");
-    }
-    Ok(())
-}
-
-/// Bytes in binary units, e.g. `10.00 MiB`.
-fn bytes(n: u64) -> String {
-    indicatif::HumanBytes(n).to_string()
 }
 
 /// `bqsync setup`: prints one line per resource, created or already there.

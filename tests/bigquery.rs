@@ -85,23 +85,7 @@ fn atom(schema: &TableSchema, id: &str, day: i64) -> StagedRow {
 }
 
 fn contact(schema: &TableSchema, key: &str, version: i64, email: Option<&str>, deleted: bool) -> StagedRow {
-    let cells = schema
-        .columns
-        .iter()
-        .map(|c| match c.name.as_str() {
-            "contact_id" => CellValue::String(key.into()),
-            "version" => CellValue::Int64(version),
-            "email" if !deleted => email.map_or(CellValue::Null, |e| CellValue::String(e.into())),
-            "name" if !deleted => CellValue::String(format!("N {version}")),
-            _ => CellValue::Null,
-        })
-        .collect();
-    StagedRow {
-        event_id: format!("{key}@{version}"),
-        op: if deleted { Op::Delete } else { Op::Upsert },
-        version: Some(version),
-        cells,
-    }
+    common::staged_contact(schema, key, version, email, deleted)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bqsync::envelope::Op;
-use bqsync::schema::{CdcDeletes, CellValue};
+use bqsync::schema::CdcDeletes;
 use bqsync::warehouse::bigquery::client::request_policy;
 use bqsync::warehouse::bigquery::proto::RowCodec;
 use bqsync::warehouse::bigquery::writer::{EncodedRow, LandingWriter};
 use bqsync::warehouse::bigquery::{BigQueryConfig, BigQueryWarehouse};
-use bqsync::warehouse::{StagedRow, Warehouse};
+use bqsync::warehouse::Warehouse;
 use common::{signal, wait_exit, wait_until, Project};
 use serde_json::Value;
 
@@ -48,17 +48,7 @@ fn cdc_rows_without_their_pseudo_columns_land_in_the_table_through_the_same_writ
         let user = bqsync::warehouse::bigquery::schema::user_fields(&schema, &fields);
         let (plain, cdc) = (RowCodec::new(&user), RowCodec::new(&user).with_cdc(CdcDeletes::Delete));
         let row = |key: &str, version: i64, op: Op| {
-            let cells = schema
-                .columns
-                .iter()
-                .map(|c| match c.name.as_str() {
-                    "contact_id" => CellValue::String(key.into()),
-                    "version" => CellValue::Int64(version),
-                    "email" if op != Op::Delete => CellValue::String(format!("{key}@v{version}")),
-                    _ => CellValue::Null,
-                })
-                .collect();
-            StagedRow { event_id: format!("{key}@{version}"), op, version: Some(version), cells }
+            common::staged_contact(&schema, key, version, Some(&format!("{key}@v{version}")), op == Op::Delete)
         };
         let rows = [row("c-1", 1, Op::Upsert), row("c-1", 2, Op::Upsert), row("c-2", 5, Op::Delete)];
         let mut encoded = Vec::new();

@@ -109,24 +109,19 @@ impl CostGuard {
     pub fn record_billed(&self, bytes: u64) {
         let total = self.billed.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let dollars = dollars(total, self.config.price_per_tib);
-        if let Some(multiple) = total.checked_div(self.config.warn_bytes) {
-            if multiple > 0 && self.warned_bytes.fetch_max(multiple, Ordering::Relaxed) < multiple {
+        let bytes_multiple = total.checked_div(self.config.warn_bytes).unwrap_or(0);
+        let dollars_multiple =
+            if self.config.warn_dollars > 0.0 { (dollars / self.config.warn_dollars) as u64 } else { 0 };
+        for (multiple, warned, what) in
+            [(bytes_multiple, &self.warned_bytes, "bytes"), (dollars_multiple, &self.warned_dollars, "dollars")]
+        {
+            if multiple > 0 && warned.fetch_max(multiple, Ordering::Relaxed) < multiple {
                 tracing::warn!(
                     billed_bytes = total,
                     dollars = format!("{dollars:.2}"),
                     warn_bytes = self.config.warn_bytes,
-                    "BigQuery bytes billed by this process passed the warning threshold"
-                );
-            }
-        }
-        if self.config.warn_dollars > 0.0 {
-            let multiple = (dollars / self.config.warn_dollars) as u64;
-            if multiple > 0 && self.warned_dollars.fetch_max(multiple, Ordering::Relaxed) < multiple {
-                tracing::warn!(
-                    billed_bytes = total,
-                    dollars = format!("{dollars:.2}"),
                     warn_dollars = self.config.warn_dollars,
-                    "BigQuery dollars billed by this process passed the warning threshold"
+                    "BigQuery {what} billed by this process passed a warning threshold"
                 );
             }
         }

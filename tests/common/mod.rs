@@ -460,3 +460,31 @@ pub fn wait_with_usage(pid: libc::pid_t) -> (i32, f64, f64) {
     let exit = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
     (exit, seconds(usage.ru_utime) + seconds(usage.ru_stime), usage.ru_maxrss as f64 / 1024.0)
 }
+
+/// A `contacts_master` row as a worker stages it: event id `KEY@VERSION`, a tombstone when `deleted`.
+pub fn staged_contact(
+    schema: &bqsync::schema::TableSchema,
+    key: &str,
+    version: i64,
+    email: Option<&str>,
+    deleted: bool,
+) -> bqsync::warehouse::StagedRow {
+    use bqsync::schema::CellValue;
+    let cells = schema
+        .columns
+        .iter()
+        .map(|c| match c.name.as_str() {
+            "contact_id" => CellValue::String(key.into()),
+            "version" => CellValue::Int64(version),
+            "email" if !deleted => email.map_or(CellValue::Null, |e| CellValue::String(e.into())),
+            "name" if !deleted => CellValue::String(format!("N {version}")),
+            _ => CellValue::Null,
+        })
+        .collect();
+    bqsync::warehouse::StagedRow {
+        event_id: format!("{key}@{version}"),
+        op: if deleted { bqsync::envelope::Op::Delete } else { bqsync::envelope::Op::Upsert },
+        version: Some(version),
+        cells,
+    }
+}
