@@ -72,10 +72,26 @@ impl BigQueryWarehouse {
         if let Some(stretched) = self.intervals.lock().unwrap_or_else(|p| p.into_inner()).get(&schema.table) {
             return *stretched;
         }
-        Duration::from_secs(match schema.write_mode {
+        Duration::from_secs(self.configured_interval(schema.write_mode))
+    }
+
+    /// The configured apply interval of a write mode, in seconds.
+    pub(super) fn configured_interval(&self, mode: WriteMode) -> u64 {
+        match mode {
             WriteMode::Append => self.config.append_apply_interval_secs,
             WriteMode::Upsert => self.config.upsert_apply_interval_secs,
-        })
+        }
+    }
+
+    /// Sleeps until the settle margin has passed since an append at `newest_micros`: the apply
+    /// window then covers it.
+    async fn wait_out_settle_margin(&self, newest_micros: i64) {
+        let ready_at = newest_micros + (self.config.settle_margin_secs as i64 + 1) * 1_000_000;
+        let wait = ready_at - chrono::Utc::now().timestamp_micros();
+        if wait > 0 {
+            tracing::info!(wait_ms = wait / 1000, "waiting out the settle margin before applying");
+            tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+        }
     }
 
     /// Applies one table once; skips when another apply committed less than `min_gap` ago.
@@ -230,12 +246,7 @@ impl BigQueryWarehouse {
         if landed.is_empty() {
             return Ok(Vec::new());
         }
-        let ready_at = newest + (self.config.settle_margin_secs as i64 + 1) * 1_000_000;
-        let wait = ready_at - chrono::Utc::now().timestamp_micros();
-        if wait > 0 {
-            tracing::info!(wait_ms = wait / 1000, "waiting out the settle margin before applying");
-            tokio::time::sleep(Duration::from_micros(wait as u64)).await;
-        }
+        self.wait_out_settle_margin(newest).await;
         let mut reports = Vec::new();
         for table in &landed {
             let schema = self.catalog.get(table).ok_or_else(|| WarehouseError::UnknownTable(table.clone()))?;
@@ -257,10 +268,8 @@ impl BigQueryWarehouse {
     pub async fn apply_now(&self, table: &str) -> Result<ApplyReport, WarehouseError> {
         let schema = self.catalog.get(table).ok_or_else(|| WarehouseError::UnknownTable(table.to_string()))?;
         let newest = self.counters.newest_append_micros.load(Ordering::Relaxed);
-        let wait =
-            newest + (self.config.settle_margin_secs as i64 + 1) * 1_000_000 - chrono::Utc::now().timestamp_micros();
-        if newest > 0 && wait > 0 {
-            tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+        if newest > 0 {
+            self.wait_out_settle_margin(newest).await;
         }
         let report = self.apply_retrying(schema).await?;
         tracing::info!(table, outcome = report.outcome.as_str(), rows = report.rows, "applied");

@@ -141,14 +141,6 @@ pub fn stretch_intervals(tables: &[(u64, u64)], budget: u64, max_interval: u64) 
 }
 
 impl BigQueryWarehouse {
-    /// The configured apply interval of a table.
-    fn configured_interval(&self, mode: WriteMode) -> u64 {
-        match mode {
-            WriteMode::Append => self.config.append_apply_interval_secs,
-            WriteMode::Upsert => self.config.upsert_apply_interval_secs,
-        }
-    }
-
     /// Bytes the last applies billed, per table, as the state table names their jobs (one small
     /// query; the jobs are read with `jobs.get`, which is free).
     async fn last_apply_billed(&self) -> HashMap<String, u64> {
