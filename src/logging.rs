@@ -2,7 +2,10 @@
 //! reads (`severity`, `message`, `time`, `logging.googleapis.com/spanId`, the event's fields).
 //!
 //! `BQSYNC_LOG` sets the level filter (default `info`); `BQSYNC_LOG_FORMAT` is `text`, `json`, or
-//! `auto` (default: JSON inside Kubernetes, text elsewhere).
+//! `auto` (default: JSON inside Kubernetes, text elsewhere). A value of either that means nothing is
+//! refused at start, rather than silently falling back to the default. Text logs are coloured only
+//! when stderr is a terminal and `NO_COLOR` is unset or empty (<https://no-color.org>), so a
+//! redirected log file holds plain text.
 //!
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans (one per landed batch, among others) and the
 //! metrics of [`crate::metrics`] are also exported over OTLP/HTTP (protobuf); the standard `OTEL_*`
@@ -15,7 +18,7 @@
 //! `logging.googleapis.com/trace` and `…/spanId` keys that link a log line to its trace. Everything
 //! else (filtering, spans, the text format) is `tracing-subscriber`'s.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -24,22 +27,70 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-/// Installs the global subscriber.
-pub fn init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BQSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match std::env::var("BQSYNC_LOG_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok("text") => false,
-        _ => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+/// A logging variable set to a value that means nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}={value:?}: {problem}")]
+pub struct LogSettingError {
+    variable: &'static str,
+    value: String,
+    problem: String,
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// The level filter of `BQSYNC_LOG` (unset or empty: `info`).
+///
+/// tracing's filter syntax takes any bare word as a target name, so `BQSYNC_LOG=verbose` would be
+/// accepted and log nothing of bqsync's. A bare word must therefore be a level or name a bqsync module.
+fn level_filter(value: Option<String>) -> Result<tracing_subscriber::EnvFilter, LogSettingError> {
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(tracing_subscriber::EnvFilter::new("info"));
     };
+    let refuse = |problem: String| LogSettingError { variable: "BQSYNC_LOG", value: value.clone(), problem };
+    let hint = "use a level (trace, debug, info, warn, error, off) or directives such as `info,bqsync::bus=trace`";
+    for directive in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains('=') && !directive.contains('[');
+        if bare && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) && !directive.starts_with("bqsync") {
+            return Err(refuse(format!("`{directive}` is not a level; {hint}")));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder().parse(&value).map_err(|e| refuse(format!("{e}; {hint}")))
+}
+
+/// Whether logs are JSON, from `BQSYNC_LOG_FORMAT` (unset, empty or `auto`: JSON inside Kubernetes).
+fn json_format(value: Option<String>, in_kubernetes: bool) -> Result<bool, LogSettingError> {
+    match value.as_deref().map(str::trim) {
+        None | Some("") | Some("auto") => Ok(in_kubernetes),
+        Some("json") => Ok(true),
+        Some("text") => Ok(false),
+        Some(_) => Err(LogSettingError {
+            variable: "BQSYNC_LOG_FORMAT",
+            value: value.unwrap_or_default(),
+            problem: "expected `text`, `json` or `auto`".into(),
+        }),
+    }
+}
+
+/// Whether text logs are coloured: only on a terminal, and never with `NO_COLOR` set (non-empty).
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Installs the global subscriber; refuses values of `BQSYNC_LOG` and `BQSYNC_LOG_FORMAT` that mean
+/// nothing.
+pub fn init() -> Result<(), LogSettingError> {
+    let filter = level_filter(std::env::var("BQSYNC_LOG").ok())?;
+    let json =
+        json_format(std::env::var("BQSYNC_LOG_FORMAT").ok(), std::env::var_os("KUBERNETES_SERVICE_HOST").is_some())?;
+    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"));
     let otel = otlp_layer();
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     if json {
         registry.with(JsonLayer).init();
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+        registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
     }
+    Ok(())
 }
 
 /// The OTLP providers, kept to flush them at exit.
@@ -205,5 +256,40 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLayer {
         let mut text = serde_json::to_vec(&serde_json::Value::Object(line)).unwrap_or_default();
         text.push(b'\n');
         let _ = std::io::stderr().lock().write_all(&text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_and_directives_are_taken_and_bare_words_that_are_no_level_are_refused() {
+        for good in [None, Some(""), Some("debug"), Some("WARN"), Some("info,bqsync::bus=trace"), Some("bqsync=debug")]
+        {
+            assert!(level_filter(good.map(String::from)).is_ok(), "{good:?}");
+        }
+        let error = level_filter(Some("verbose".into())).unwrap_err().to_string();
+        assert!(error.starts_with("BQSYNC_LOG=\"verbose\": `verbose` is not a level"), "{error}");
+        assert!(level_filter(Some("info,bqsync=loud".into())).is_err());
+    }
+
+    #[test]
+    fn log_format_is_text_json_or_auto_and_nothing_else() {
+        assert!(!json_format(None, false).unwrap());
+        assert!(json_format(None, true).unwrap());
+        assert!(json_format(Some("auto".into()), true).unwrap());
+        assert!(json_format(Some("json".into()), false).unwrap());
+        assert!(!json_format(Some("text".into()), true).unwrap());
+        let error = json_format(Some("xml".into()), false).unwrap_err().to_string();
+        assert_eq!(error, "BQSYNC_LOG_FORMAT=\"xml\": expected `text`, `json` or `auto`");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
     }
 }

@@ -209,7 +209,10 @@ impl FilterArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    init_logging();
+    if let Err(e) = bqsync::logging::init() {
+        eprintln!("bqsync: error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(execute(cli));
@@ -243,10 +246,6 @@ fn describe_error(error: &anyhow::Error) -> String {
         text.push_str(message.trim());
     }
     text
-}
-
-fn init_logging() {
-    bqsync::logging::init();
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
