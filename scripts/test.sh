@@ -34,14 +34,13 @@ export STORAGE_EMULATOR_HOST
 echo "gcs emulator on $STORAGE_EMULATOR_HOST" >&2
 # The BigQuery emulator slows down as the jobs and tables of earlier tests pile up (one test binary
 # took 87 s on a fresh emulator and 234 s after the others), so each test binary gets a fresh one on
-# the same port.
-bigquery_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# the same port (the first start picks a free one).
+BIGQUERY_EMULATOR_HOST=$(bash scripts/emulators/bigquery.sh start "$state/bigquery")
+export BIGQUERY_EMULATOR_HOST
 fresh_bigquery() {
-  bash scripts/emulators/bigquery.sh stop "$state/bigquery" || true
-  BIGQUERY_EMULATOR_HOST=$(bash scripts/emulators/bigquery.sh start "$state/bigquery" "$bigquery_port")
-  export BIGQUERY_EMULATOR_HOST
+  bash scripts/emulators/bigquery.sh stop "$state/bigquery"
+  BIGQUERY_EMULATOR_HOST=$(bash scripts/emulators/bigquery.sh start "$state/bigquery" "${BIGQUERY_EMULATOR_HOST##*:}")
 }
-fresh_bigquery
 echo "bigquery emulator on $BIGQUERY_EMULATOR_HOST" >&2
 
 # Every binary runs even when one fails, so one run names every failure.

@@ -36,8 +36,6 @@ pub struct LogSettingError {
     problem: String,
 }
 
-const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
-
 /// The level filter of `BQSYNC_LOG` (unset or empty: `info`).
 ///
 /// tracing's filter syntax takes any bare word as a target name, so `BQSYNC_LOG=verbose` would be
@@ -50,7 +48,8 @@ fn level_filter(value: Option<String>) -> Result<tracing_subscriber::EnvFilter, 
     let hint = "use a level (trace, debug, info, warn, error, off) or directives such as `info,bqsync::bus=trace`";
     for directive in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let bare = !directive.contains('=') && !directive.contains('[');
-        if bare && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) && !directive.starts_with("bqsync") {
+        let level = directive.parse::<tracing_subscriber::filter::LevelFilter>().is_ok();
+        if bare && !level && !directive.starts_with("bqsync") {
             return Err(refuse(format!("`{directive}` is not a level; {hint}")));
         }
     }
