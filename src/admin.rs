@@ -72,7 +72,11 @@ pub async fn serve(state: AdminState) -> anyhow::Result<Option<SocketAddr>> {
     };
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
-        .map_err(|e| anyhow::anyhow!("admin server: cannot listen on {listen}: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "admin server: cannot listen on {listen}: {e} (set `admin.listen` in the config, or BQSYNC__ADMIN__LISTEN, to another address or to \"off\")"
+            )
+        })?;
     let address = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

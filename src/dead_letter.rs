@@ -134,7 +134,8 @@ impl DeadLetter {
             None => derive_event_id(&[message.data, reason.as_str().as_bytes()]),
         };
         let now = chrono::Utc::now().timestamp_micros();
-        let source = message.attributes.get(attr::SOURCE).cloned();
+        // Poison carries its source as an attribute; an event that failed in the worker, in its envelope.
+        let source = message.attributes.get(attr::SOURCE).cloned().or_else(|| envelope_source(message.data));
         let text = |s: Option<&str>| s.map_or(CellValue::Null, |s| CellValue::String(s.to_string()));
         let value_of = |column: &str| -> CellValue {
             match column {
@@ -198,6 +199,28 @@ pub fn salvage_identity(data: &[u8]) -> (Option<String>, Option<String>) {
     };
     let text = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_string);
     (text("table").filter(|t| crate::schema::is_valid_identifier(t)), text("event_id"))
+}
+
+/// The `source` field of an envelope, if the body is one.
+fn envelope_source(data: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Source {
+        source: Option<String>,
+    }
+    serde_json::from_slice::<Source>(data).ok().and_then(|s| s.source).filter(|s| !s.is_empty())
+}
+
+/// Why a table is unknown. A name that cannot be a table name at all almost always comes from a
+/// JSONL folder (`inbox/my-data/…`): say that the folder is the problem and how to map it.
+pub fn unknown_table_detail(table: &str) -> String {
+    if crate::schema::is_valid_identifier(table) {
+        return format!("table `{table}` has no schema file (schemas/{table}.json)");
+    }
+    format!(
+        "`{table}` is not a valid table name (letters, digits and underscores, not starting with a digit); \
+         with the default routes a JSONL file's first folder under the root names its table, so rename \
+         the folder, or add a `routes` entry that maps it to a table"
+    )
 }
 
 /// One row of `dead_letters`.

@@ -119,20 +119,30 @@ fn shorten(text: &str, max: usize) -> String {
     }
 }
 
+/// The last `max` characters of `text` (a path's file name and line number matter most).
+fn keep_end(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return text.to_string();
+    }
+    "…".to_string() + &text.chars().skip(count - max + 1).collect::<String>()
+}
+
 /// `dlq list`: one line a dead letter.
 pub fn render_list(records: &[DeadLetterRecord]) -> String {
     let mut out = format!(
-        "{:<14} {:<19} {:<16} {:<14} {:>8}  {}\n",
-        "ID", "LAST FAILED (UTC)", "TABLE", "REASON", "ATTEMPTS", "DETAIL"
+        "{:<14} {:<19} {:<16} {:<14} {:>8}  {:<32} {}\n",
+        "ID", "LAST FAILED (UTC)", "TABLE", "REASON", "ATTEMPTS", "SOURCE (FILE:LINE)", "DETAIL"
     );
     for r in records {
         out.push_str(&format!(
-            "{:<14} {:<19} {:<16} {:<14} {:>8}  {}\n",
+            "{:<14} {:<19} {:<16} {:<14} {:>8}  {:<32} {}\n",
             &r.dead_letter_id[..r.dead_letter_id.len().min(12)],
             format_micros(r.last_failed_micros),
             shorten(r.table_name.as_deref().unwrap_or("?"), 16),
             r.reason,
             r.delivery_attempts.map_or("-".into(), |a| a.to_string()),
+            keep_end(r.source.as_deref().unwrap_or("-"), 32),
             shorten(r.detail.as_deref().unwrap_or(""), 80),
         ));
     }

@@ -38,6 +38,41 @@ pub fn project(configured: Option<&str>, variables: &[&str]) -> Option<String> {
         .filter(|p| !p.is_empty())
 }
 
+/// Where Application Default Credentials are looked for, and how to provide them: said whenever
+/// they cannot be found, instead of the clients' bare "Connection failure".
+pub const ADC_HELP: &str =
+    "Application Default Credentials were not found: run `gcloud auth application-default login` \
+    (a workstation), set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run on GKE with Workload \
+    Identity; for an emulator, set the endpoint to its http:// address";
+
+/// Why Application Default Credentials cannot be found here, checked before a client tries them;
+/// None when a source of them exists (a key file, gcloud's file, or Google Cloud's metadata server).
+/// The clients otherwise fall back to the metadata server, which exists only on Google Cloud, and
+/// fail with a connection error that names nothing the user can act on.
+pub fn missing_application_default_credentials() -> Option<String> {
+    if let Some(path) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").filter(|p| !p.is_empty()) {
+        let path = std::path::PathBuf::from(path);
+        return (!path.is_file())
+            .then(|| format!("GOOGLE_APPLICATION_CREDENTIALS is {}, which is not a file; {ADC_HELP}", path.display()));
+    }
+    let gcloud_config = std::env::var_os("CLOUDSDK_CONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".config/gcloud")));
+    if gcloud_config.is_some_and(|dir| dir.join("application_default_credentials.json").is_file()) {
+        return None;
+    }
+    (!on_google_cloud()).then(|| ADC_HELP.to_string())
+}
+
+/// On Google Cloud (GKE, GCE, Cloud Run), where the metadata server provides credentials: the
+/// checks Google's auth libraries make (the variables, and the DMI product name).
+fn on_google_cloud() -> bool {
+    std::env::var_os("GCE_METADATA_HOST").is_some()
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("K_SERVICE").is_some()
+        || std::fs::read_to_string("/sys/class/dmi/id/product_name").is_ok_and(|name| name.contains("Google"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,18 +42,30 @@ enum Command {
         /// Exit once all current input is landed (one-shot), instead of watching for more.
         #[arg(long)]
         until_drained: bool,
+        /// With --until-drained, serve the admin API (health, metrics) while it runs; one-shot runs
+        /// serve none unless asked, so they never contend for a service's port.
+        #[arg(long)]
+        admin: bool,
     },
     /// Run the sources only: publish change events to the bus (next to the data).
     Produce {
         /// Exit once all current input is published, instead of watching for more.
         #[arg(long)]
         until_drained: bool,
+        /// With --until-drained, serve the admin API (health, metrics) while it runs; one-shot runs
+        /// serve none unless asked, so they never contend for a service's port.
+        #[arg(long)]
+        admin: bool,
     },
     /// Run the worker only: land what the bus delivers (on GKE, say).
     Work {
         /// Exit once the bus is drained (Pub/Sub: nothing delivered for `bus.pubsub.drain_quiet_ms`).
         #[arg(long)]
         until_drained: bool,
+        /// With --until-drained, serve the admin API (health, metrics) while it runs; one-shot runs
+        /// serve none unless asked, so they never contend for a service's port.
+        #[arg(long)]
+        admin: bool,
     },
     /// Run sources once now: publish what is new, then exit (all sources, or those named).
     /// A running service is triggered with `POST /sync` on its admin API instead.
@@ -67,6 +79,9 @@ enum Command {
         /// Also run the worker until the bus is drained (the embedded default with no service running).
         #[arg(long)]
         land: bool,
+        /// Serve the admin API (health, metrics) while it runs.
+        #[arg(long)]
+        admin: bool,
     },
     /// Create the bus resources from the config (Pub/Sub topics and subscriptions with their
     /// dead-letter and retry policies) and the warehouse tables; idempotent.
@@ -117,8 +132,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the effective configuration (defaults, file and environment overrides merged).
-    Config,
+    /// Print the effective configuration (defaults, file and environment overrides merged) as TOML
+    /// that can be pasted into a `bqsync.toml`; relative paths are printed resolved.
+    Config {
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate infrastructure files from `schemas/`.
     Infra {
         #[command(subcommand)]
@@ -208,12 +228,40 @@ impl FilterArgs {
     }
 }
 
+impl Command {
+    /// Commands whose output is read by a person or piped into `head`, `grep` or `jq`.
+    fn prints_for_a_pipe(&self) -> bool {
+        matches!(
+            self,
+            Command::Config { .. }
+                | Command::Dlq { .. }
+                | Command::Status { .. }
+                | Command::Infra { .. }
+                | Command::Cost { .. }
+        )
+    }
+}
+
+/// Restores SIGPIPE's default action, so `bqsync dlq list | head` ends quietly when `head` closes the
+/// pipe, as Unix tools do, instead of panicking in `println!` (Rust ignores SIGPIPE by default). Only
+/// for the printing commands: the services keep ignoring it.
+fn exit_quietly_on_closed_pipe() {
+    // SAFETY: sets SIGPIPE's process-wide action to SIG_DFL, a valid action; nothing in bqsync
+    // installs a SIGPIPE handler that this could replace.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     if let Err(e) = bqsync::logging::init() {
         eprintln!("bqsync: error: {e}");
         return std::process::ExitCode::from(2);
     }
     let cli = Cli::parse();
+    if cli.command.prints_for_a_pipe() {
+        exit_quietly_on_closed_pipe();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(execute(cli));
     bqsync::logging::shutdown();
@@ -251,10 +299,10 @@ fn describe_error(error: &anyhow::Error) -> String {
 async fn execute(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), std::env::vars()).context("reading the configuration")?;
     match cli.command {
-        Command::Run { until_drained } => run(config, until_drained, Role::All).await?,
-        Command::Produce { until_drained } => run(config, until_drained, Role::Produce).await?,
-        Command::Work { until_drained } => run(config, until_drained, Role::Work).await?,
-        Command::Sync { sources, full, land } => sync(config, sources, full, land).await?,
+        Command::Run { until_drained, admin } => run(config, until_drained, admin, Role::All).await?,
+        Command::Produce { until_drained, admin } => run(config, until_drained, admin, Role::Produce).await?,
+        Command::Work { until_drained, admin } => run(config, until_drained, admin, Role::Work).await?,
+        Command::Sync { sources, full, land, admin } => sync(config, sources, full, land, admin).await?,
         Command::Setup => setup(config).await?,
         Command::Apply { json } => bigquery_commands::apply(config, json).await?,
         Command::Cost { json } => bigquery_commands::cost(config, json).await?,
@@ -277,7 +325,8 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", bqsync::status::render(&status));
             }
         }
-        Command::Config => println!("{config:#?}"),
+        Command::Config { json: true } => println!("{}", serde_json::to_string_pretty(&config)?),
+        Command::Config { json: false } => print!("{}", toml::to_string_pretty(&config)?),
         Command::Infra { command: InfraCommand::TerraformTables } => {
             print!("{}", bqsync::infra::terraform_tables_text(pipeline::load_catalog(&config)?.as_ref()));
         }
@@ -387,7 +436,7 @@ async fn dlq(config: Config, command: DlqCommand) -> anyhow::Result<()> {
 }
 
 /// `bqsync sync`: one pass of the named sources (after a reset with `--full`).
-async fn sync(config: Config, sources: Vec<String>, full: bool, land: bool) -> anyhow::Result<()> {
+async fn sync(config: Config, sources: Vec<String>, full: bool, land: bool, admin: bool) -> anyhow::Result<()> {
     let names = config.sources.names();
     if let Some(unknown) = sources.iter().find(|n| !names.contains(n)) {
         anyhow::bail!("no source named `{unknown}` in the config; sources: {}", names.join(", "));
@@ -401,15 +450,24 @@ async fn sync(config: Config, sources: Vec<String>, full: bool, land: bool) -> a
         }
     }
     let role = if land { Role::All } else { Role::Produce };
-    run_sources(config, true, role, &sources).await
+    run_sources(config, true, admin, role, &sources).await
 }
 
 /// `run`, `produce` and `work`: prints a JSON report when done.
-async fn run(config: Config, until_drained: bool, role: Role) -> anyhow::Result<()> {
-    run_sources(config, until_drained, role, &[]).await
+async fn run(config: Config, until_drained: bool, admin: bool, role: Role) -> anyhow::Result<()> {
+    run_sources(config, until_drained, admin, role, &[]).await
 }
 
-async fn run_sources(config: Config, until_drained: bool, role: Role, sources: &[String]) -> anyhow::Result<()> {
+async fn run_sources(
+    mut config: Config,
+    until_drained: bool,
+    admin: bool,
+    role: Role,
+    sources: &[String],
+) -> anyhow::Result<()> {
+    if until_drained && !admin {
+        config.admin.listen = bqsync::config::admin::Listen::Off;
+    }
     let mode = if until_drained { RunMode::UntilDrained } else { RunMode::Forever };
     let started = std::time::Instant::now();
     let report = pipeline::run_with(config, mode, role, sources).await?;
@@ -418,8 +476,11 @@ async fn run_sources(config: Config, until_drained: bool, role: Role, sources: &
     tracing::info!(
         published = report.events_published,
         delivered = w.delivered,
-        landed_rows = w.landed_rows,
+        offered = w.offered,
+        landed_new = w.landed_new,
+        already_present = w.already_present,
         dead_lettered = w.dead_lettered,
+        unread = report.unread.len(),
         flushes = w.flushes,
         seconds = format!("{elapsed:.2}"),
         "run finished"

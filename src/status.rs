@@ -37,6 +37,9 @@ pub struct CheckpointLag {
     pub offset: u64,
     pub size: Option<u64>,
     pub lag_bytes: Option<u64>,
+    /// The bytes behind are one last line without a newline: they wait for it and will not land
+    /// until it comes (or `final_line_after_ms` takes them).
+    pub partial_last_line: bool,
 }
 
 /// What `bqsync status` reads: the embedded bus file, the warehouse, and the checkpoint file.
@@ -109,7 +112,11 @@ pub fn render(status: &Status) -> String {
         out.push_str("  none\n");
     }
     for c in &status.checkpoints {
-        let lag = c.lag_bytes.map_or("file gone or rotated away".to_string(), |l| format!("{l} B behind"));
+        let lag = match (c.lag_bytes, c.partial_last_line) {
+            (None, _) => "file gone or rotated away".to_string(),
+            (Some(l), true) => format!("{l} B waiting: last line has no newline"),
+            (Some(l), false) => format!("{l} B behind"),
+        };
         out.push_str(&format!("  {:<10} {:<48} offset {:>12}  {}\n", c.source, c.path, c.offset, lag));
     }
     out
@@ -126,9 +133,12 @@ pub fn checkpoint_lags(state_path: &Path) -> anyhow::Result<Vec<CheckpointLag>> 
                 .ok()
                 .filter(|m| (m.dev(), m.ino()) == (checkpoint.device, checkpoint.inode))
                 .map(|m| m.len());
+            let lag_bytes = size.map(|s| s.saturating_sub(checkpoint.offset));
             lags.push(CheckpointLag {
                 source,
-                lag_bytes: size.map(|s| s.saturating_sub(checkpoint.offset)),
+                partial_last_line: lag_bytes
+                    .is_some_and(|lag| lag > 0 && !has_newline_past(Path::new(&checkpoint.path), checkpoint.offset)),
+                lag_bytes,
                 path: checkpoint.path,
                 offset: checkpoint.offset,
                 size,
@@ -136,4 +146,15 @@ pub fn checkpoint_lags(state_path: &Path) -> anyhow::Result<Vec<CheckpointLag>> 
         }
     }
     Ok(lags)
+}
+
+/// Whether the file holds a newline past `offset` (read up to 1 MiB: a longer tail is lag anyway).
+fn has_newline_past(path: &Path, offset: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut tail = Vec::new();
+    let read = std::fs::File::open(path).and_then(|mut file| {
+        file.seek(SeekFrom::Start(offset))?;
+        file.take(1 << 20).read_to_end(&mut tail)
+    });
+    read.is_err() || tail.len() == 1 << 20 || memchr::memchr(b'\n', &tail).is_some()
 }

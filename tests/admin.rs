@@ -189,7 +189,7 @@ fn traces_and_metrics_are_exported_over_otlp_and_logs_are_cloud_logging_json() {
     let json: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(json["severity"], "INFO");
     assert_eq!(json["message"], "run finished");
-    assert_eq!(json["landed_rows"], 2000);
+    assert_eq!(json["landed_new"], 2000);
     // Inside a batch's span, log entries carry the exported trace and span ids.
     let in_span = log
         .lines()

@@ -263,7 +263,7 @@ fn messages_nacked_max_times_reach_the_dead_letter_topic_through_the_policy() {
         stop.stop();
         let stats = running.await.unwrap();
         assert!(stats.failed_flushes >= 5, "{stats:?}");
-        assert_eq!(stats.landed_rows, 0);
+        assert_eq!(stats.offered, 0);
         dead
     });
     assert_eq!(dead.len(), 3, "{dead:?}");

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[admin]`: the admin HTTP server and shutdown.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address to listen on, e.g. `0.0.0.0:9090` in a pod. `off` disables the server. Default
@@ -27,8 +27,8 @@ pub struct AdminConfig {
 }
 
 /// Where the admin server listens: `off`, or an address.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(from = "String", into = "String")]
 pub enum Listen {
     /// No admin server.
     Off,
@@ -42,6 +42,15 @@ impl From<String> for Listen {
             Listen::Off
         } else {
             Listen::Address(text)
+        }
+    }
+}
+
+impl From<Listen> for String {
+    fn from(listen: Listen) -> String {
+        match listen {
+            Listen::Off => "off".into(),
+            Listen::Address(address) => address,
         }
     }
 }

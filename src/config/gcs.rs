@@ -1,11 +1,11 @@
 //! `[gcs]`: the archive of landed batches and claim checks.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::gcp::Credentials;
 
 /// `[gcs]`: the bucket for archives and claim checks. Without a bucket, both are off.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcsConfig {
     /// Bucket name (no `gs://`). Unset (default): no archive, no claim check.

@@ -9,10 +9,15 @@
 //! element is addressed by its index (`BQSYNC__SOURCES__JSONL__0__ROOT=/data/inbox`). Values are read
 //! as TOML (`10`, `true`, `[1, 2]`) and otherwise as a string. Unknown keys are rejected, wherever they
 //! come from.
+//!
+//! Relative paths (from the file or from an override) are relative to the config file's folder, not
+//! to the folder bqsync was started from, so `bqsync --config /srv/sync/bqsync.toml run` under cron
+//! or systemd reads and writes the same files as a run from `/srv/sync`. With no file, they are
+//! relative to the current folder.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub mod admin;
 pub mod bus;
@@ -35,7 +40,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "bqsync.toml";
 pub const ENV_PREFIX: &str = "BQSYNC__";
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Directory of table definitions (one `TABLE.json` a table). Default `schemas`.
@@ -84,18 +89,12 @@ impl Config {
     /// Reads `path` (or `bqsync.toml` if present, or nothing), then applies `BQSYNC__…` overrides
     /// from `env`.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let (label, text) = match path {
+        let file = path.or_else(|| Some(Path::new(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()));
+        let (label, text) = match file {
             Some(p) => (
                 p.display().to_string(),
                 std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?,
             ),
-            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
-                let p = Path::new(DEFAULT_CONFIG_FILE);
-                (
-                    p.display().to_string(),
-                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?,
-                )
-            }
             None => ("(defaults)".to_string(), String::new()),
         };
         let mut tree: toml::Table =
@@ -106,11 +105,36 @@ impl Config {
                     .map_err(|problem| ConfigError::Env { name: name.clone(), problem })?;
             }
         }
-        let config: Config = toml::Value::Table(tree)
+        let mut config: Config = toml::Value::Table(tree)
             .try_into()
             .map_err(|source| ConfigError::Parse { path: format!("{label} with environment overrides"), source })?;
+        // Absolute, so `bqsync config` prints paths that mean the same from any folder.
+        if let Some(folder) = file.and_then(|f| std::path::absolute(f).ok()) {
+            config.resolve_paths(folder.parent().unwrap_or(Path::new("/")));
+        }
         config.check()?;
         Ok(config)
+    }
+
+    /// Makes every relative path of the config relative to `folder` (the config file's).
+    fn resolve_paths(&mut self, folder: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = folder.join(&*path);
+            }
+        };
+        resolve(&mut self.schemas_dir);
+        resolve(&mut self.state_path);
+        resolve(&mut self.bus.embedded.path);
+        resolve(&mut self.warehouse.duckdb.path);
+        self.admin.token_file.as_mut().map(resolve);
+        let sources = &mut self.sources;
+        sources.jsonl.iter_mut().for_each(|s| resolve(&mut s.root));
+        sources.sessions.iter_mut().for_each(|s| resolve(&mut s.root));
+        sources.files.iter_mut().for_each(|s| resolve(&mut s.root));
+        sources.sqlite.iter_mut().for_each(|s| resolve(&mut s.path));
+        sources.outbox.iter_mut().for_each(|s| resolve(&mut s.path));
+        sources.http.iter_mut().filter_map(|s| s.auth_file.as_mut()).for_each(resolve);
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -198,9 +222,9 @@ mod tests {
         let empty = dir.path().join("empty.toml");
         std::fs::write(&empty, "").unwrap();
         let config = Config::load(Some(&empty), []).unwrap();
-        assert_eq!(config.warehouse.duckdb.path, PathBuf::from("bqsync.duckdb"));
+        assert_eq!(config.warehouse.duckdb.path, dir.path().join("bqsync.duckdb"));
         assert_eq!(config.sources.jsonl.len(), 1);
-        assert_eq!(config.sources.jsonl[0].root, PathBuf::from("inbox"));
+        assert_eq!(config.sources.jsonl[0].root, dir.path().join("inbox"));
         assert_eq!(config.worker.max_batch_rows, 20_000);
     }
 
@@ -230,6 +254,22 @@ mod tests {
         assert_eq!(config.sources.jsonl[0].root, PathBuf::from("/data/in"));
         assert_eq!(config.sources.jsonl[0].name, "a");
         assert_eq!(config.warehouse.duckdb.path, PathBuf::from("/tmp/x.duckdb"));
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bqsync.toml");
+        let text = "state_path = \"/abs/state.db\"\n[[sources.jsonl]]\nroot = \"data/in\"\n[[sources.sqlite]]\nname = \"s\"\npath = \"app.db\"\ntables = []\n";
+        std::fs::write(&file, text).unwrap();
+        let env = [("BQSYNC__WAREHOUSE__DUCKDB__PATH".to_string(), "wh/x.duckdb".to_string())];
+        let config = Config::load(Some(&file), env).unwrap();
+        assert_eq!(config.sources.jsonl[0].root, dir.path().join("data/in"));
+        assert_eq!(config.sources.sqlite[0].path, dir.path().join("app.db"));
+        assert_eq!(config.schemas_dir, dir.path().join("schemas"));
+        assert_eq!(config.bus.embedded.path, dir.path().join(".bqsync/bus.db"));
+        assert_eq!(config.warehouse.duckdb.path, dir.path().join("wh/x.duckdb"));
+        assert_eq!(config.state_path, PathBuf::from("/abs/state.db"));
     }
 
     #[test]

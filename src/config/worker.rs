@@ -1,9 +1,9 @@
 //! `[worker]`: batching, limits and the landing's retries.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Settings of the worker (`[worker]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// A table's batch is flushed when it holds this many rows. Default 20000.

@@ -111,9 +111,6 @@ pub(super) fn build_sources(
         let mut source = JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
         if mode == RunMode::Forever {
             source.watch()?;
-        } else {
-            std::fs::create_dir_all(&source_config.root)
-                .with_context(|| format!("creating {}", source_config.root.display()))?;
         }
         sources.push(Box::new(source));
     }

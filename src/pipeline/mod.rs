@@ -38,17 +38,21 @@ pub enum RunMode {
 pub struct RunReport {
     pub events_published: u64,
     pub worker: WorkerStats,
+    /// Input the sources saw and did not publish (partial last lines, files no route matches).
+    pub unread: Vec<crate::sources::UnreadInput>,
 }
 
 /// Loads the table catalog named by the config, with a hint when it is missing.
 pub fn load_catalog(config: &Config) -> anyhow::Result<Arc<Catalog>> {
-    let catalog = Catalog::load_dir(&config.schemas_dir).with_context(|| {
-        format!(
-            "loading table definitions (schemas_dir = {}; run from the project directory or set it in the config)",
+    match Catalog::load_dir(&config.schemas_dir) {
+        Ok(catalog) => Ok(Arc::new(catalog)),
+        // Only a missing folder needs the hint; an error in a file names the file and the problem.
+        Err(e @ crate::schema::SchemaError::ReadDir { .. }) => Err(anyhow::Error::new(e).context(format!(
+            "loading table definitions (schemas_dir = {}: relative to the config file's folder; set it in the config)",
             config.schemas_dir.display()
-        )
-    })?;
-    Ok(Arc::new(catalog))
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Which parts run in this process.
@@ -127,7 +131,7 @@ pub struct Running {
     mode: RunMode,
     /// The warehouse's background upkeep (the BigQuery applier).
     upkeep: Option<tokio::task::JoinHandle<()>>,
-    sources: tokio::task::JoinSet<anyhow::Result<u64>>,
+    sources: tokio::task::JoinSet<anyhow::Result<SourceResult>>,
     /// Held for the run (the embedded bus's consumer lock).
     _bus: BusEnds,
 }
@@ -198,8 +202,11 @@ pub async fn wait(running: Running, shutdown: Shutdown, drain_deadline: Duration
 
 async fn finish(mut running: Running, shutdown: &Shutdown) -> anyhow::Result<RunReport> {
     let mut events_published = 0;
+    let mut unread = Vec::new();
     while let Some(joined) = running.sources.join_next().await {
-        events_published += joined.context("source task panicked")??;
+        let source = joined.context("source task panicked")??;
+        events_published += source.published;
+        unread.extend(source.unread);
     }
     // A service (`work`, `run` without --until-drained) keeps its worker until a stop: sources that
     // ended (or none, for `bqsync work`) do not mean the bus will stay empty.
@@ -217,7 +224,7 @@ async fn finish(mut running: Running, shutdown: &Shutdown) -> anyhow::Result<Run
     if let Some(upkeep) = running.upkeep.take() {
         upkeep.abort();
     }
-    Ok(RunReport { events_published, worker })
+    Ok(RunReport { events_published, worker, unread })
 }
 
 /// Starts the admin server with readiness probes for the bus and the warehouse this process uses.
@@ -263,6 +270,12 @@ async fn start_admin(
     Ok(())
 }
 
+/// What one source did in a run.
+struct SourceResult {
+    published: u64,
+    unread: Vec<crate::sources::UnreadInput>,
+}
+
 /// Runs one source: passes until drained (one-shot) or until told to stop.
 async fn drive_source(
     mut source: Box<dyn Source>,
@@ -270,7 +283,7 @@ async fn drive_source(
     shutdown: Shutdown,
     mode: RunMode,
     sync_now: Arc<tokio::sync::Notify>,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<SourceResult> {
     // A one-shot run waits this long between passes for input still being written (pending).
     const PENDING_RECHECK: Duration = Duration::from_millis(250);
     const ONE_SHOT_ATTEMPTS: u32 = 5;
@@ -321,7 +334,11 @@ async fn drive_source(
             }
         }
     }
-    Ok(published)
+    let unread = source.unread();
+    for input in &unread {
+        tracing::warn!(source = source.name(), "not landed: {input}");
+    }
+    Ok(SourceResult { published, unread })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -156,9 +156,18 @@ impl HttpSource {
         let requests = requests.into_inner();
         self.requests += requests;
         self.retries += requests.saturating_sub(1);
-        result.map_err(|failed| match failed.transient {
-            true => self.error(format!("{} (gave up after {requests} attempts)", failed.problem)),
-            false => self.error(failed.problem),
+        result.map_err(|failed| match (failed.transient, failed.credential_refused) {
+            (true, _) => self.error(format!("{} (gave up after {requests} attempts)", failed.problem)),
+            // A refused credential does not get better by asking again: a config error, which a
+            // one-shot run reports at once.
+            (false, true) => SourceError::Config {
+                source_name: self.config.name.clone(),
+                problem: format!(
+                    "the API refused the credential ({}); check the token that `auth_env` or `auth_file` provides, and `auth_header`",
+                    failed.problem
+                ),
+            },
+            (false, false) => self.error(failed.problem),
         })
     }
 
@@ -373,6 +382,8 @@ struct ApiFailure {
     problem: String,
     /// 429, 5xx and connection errors.
     transient: bool,
+    /// 401 or 403: the credential is missing, wrong or not allowed.
+    credential_refused: bool,
     retry_after: Option<Duration>,
 }
 
@@ -387,7 +398,12 @@ impl Transient for ApiFailure {
 
 /// Sends one request and parses its JSON body.
 async fn fetch_json(request: reqwest::RequestBuilder) -> Result<Value, ApiFailure> {
-    let failed = |problem: String, transient, retry_after| ApiFailure { problem, transient, retry_after };
+    let failed = |problem: String, transient, retry_after| ApiFailure {
+        problem,
+        transient,
+        retry_after,
+        credential_refused: false,
+    };
     let response = match request.send().await {
         Ok(response) => response,
         Err(e) => return Err(failed(format!("request failed: {e}"), true, None)),
@@ -402,7 +418,8 @@ async fn fetch_json(request: reqwest::RequestBuilder) -> Result<Value, ApiFailur
     let body = response.text().await.unwrap_or_default();
     let problem = format!("{status}: {}", body.chars().take(300).collect::<String>());
     let transient = status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-    Err(failed(problem, transient, retry_after))
+    let credential_refused = matches!(status, reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN);
+    Err(ApiFailure { credential_refused, ..failed(problem, transient, retry_after) })
 }
 
 #[cfg(test)]

@@ -33,6 +33,43 @@ pub struct EmitOutcome {
     pub pending: u64,
 }
 
+/// Input a source saw and did not publish: reported at the end of a one-shot run (log and JSON
+/// report), so what will never land without a change is never silent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnreadInput {
+    pub source: String,
+    pub path: String,
+    #[serde(flatten)]
+    pub reason: UnreadReason,
+}
+
+/// Why input was not read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum UnreadReason {
+    /// The file's last line has no newline yet: it waits for one (or for `final_line_after_ms`).
+    PartialLastLine { bytes_waiting: u64 },
+    /// No route of the source matches the file.
+    NoRoute,
+}
+
+impl std::fmt::Display for UnreadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.reason {
+            UnreadReason::PartialLastLine { bytes_waiting } => write!(
+                f,
+                "{}: last line has no newline, {bytes_waiting} B waiting (end it with a newline, or set `final_line_after_ms`)",
+                self.path
+            ),
+            UnreadReason::NoRoute => write!(
+                f,
+                "{}: no route of source `{}` matches it, not read (files go in ROOT/TABLE/, or add a `routes` entry)",
+                self.path, self.source
+            ),
+        }
+    }
+}
+
 /// Errors that stop a source pass. Bad input never does: it is published as poison and dead-lettered.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -44,6 +81,30 @@ pub enum SourceError {
     Checkpoint { source_name: String, error: checkpoint::CheckpointError },
     #[error("source `{source_name}`: {problem}")]
     Config { source_name: String, problem: String },
+}
+
+/// Checks that a watched folder exists before a source starts. A missing root is a typo far more
+/// often than a folder still to come, and a run that quietly creates `/data/inboxx` and publishes
+/// nothing looks like success; `create_root = true` opts into creating it.
+pub(crate) fn ensure_root(source_name: &str, root: &std::path::Path, create: bool) -> Result<(), SourceError> {
+    if root.is_dir() {
+        return Ok(());
+    }
+    let config_error = |problem: String| SourceError::Config { source_name: source_name.to_string(), problem };
+    if root.exists() {
+        return Err(config_error(format!("root {} is not a folder", root.display())));
+    }
+    if !create {
+        return Err(config_error(format!(
+            "root {} does not exist; create it, correct `root`, or set `create_root = true` to have bqsync create it",
+            root.display()
+        )));
+    }
+    std::fs::create_dir_all(root).map_err(|error| SourceError::Io {
+        source_name: source_name.to_string(),
+        path: root.display().to_string(),
+        error,
+    })
 }
 
 /// A producer of change events.
@@ -61,6 +122,10 @@ pub trait Source: Send {
     fn set_shutdown(&mut self, shutdown: Shutdown);
     /// A pass was requested (CLI, admin API): a scheduled source runs its next pass now.
     fn trigger(&mut self) {}
+    /// Input seen and not published (a partial last line, a file no route matches).
+    fn unread(&self) -> Vec<UnreadInput> {
+        Vec::new()
+    }
     /// The tables this source feeds; empty when files route to any table (JSONL).
     fn tables(&self) -> Vec<String> {
         Vec::new()

@@ -65,6 +65,7 @@ impl SessionsSource {
     ) -> Result<SessionsSource, SourceError> {
         let mapping = RowMapping::new(catalog, &config.table, &config.columns)
             .map_err(|problem| SourceError::Config { source_name: config.name.clone(), problem })?;
+        super::ensure_root(&config.name, &config.root, config.create_root)?;
         Ok(SessionsSource {
             config,
             mapping,
@@ -78,11 +79,10 @@ impl SessionsSource {
         })
     }
 
-    /// Starts the file-system watcher (creating the folder if needed).
+    /// Starts the file-system watcher on the folder (which [`SessionsSource::new`] checked).
     pub fn watch(&mut self) -> Result<(), SourceError> {
         use notify::Watcher;
         let config_error = |problem: String| SourceError::Config { source_name: self.config.name.clone(), problem };
-        std::fs::create_dir_all(&self.config.root).map_err(|e| self.io_error(&self.config.root, e))?;
         let wakeup = self.wakeup.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if event.is_ok_and(|e| super::is_change(&e)) {

@@ -129,7 +129,7 @@ impl DuckDbWarehouse {
                     if !same_type(live_type, &wanted) {
                         return Err(WarehouseError::SchemaChange {
                             table: table.table.clone(),
-                            problem: format!("column `{}` is {live_type} in {} but {wanted} in schemas/{}.json; type changes need a migration", column.name, self.inner.path.display(), table.table),
+                            problem: format!("column `{}` is {live_type} in {} but {wanted} in schemas/{}.json; type changes need a migration: {}", column.name, self.inner.path.display(), table.table, super::MIGRATION_HINT),
                         });
                     }
                 }

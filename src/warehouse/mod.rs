@@ -60,6 +60,10 @@ pub struct LandStats {
     pub rows_offered: u64,
 }
 
+/// How to change a column's type or mode, which no warehouse does in place: said by every refusal.
+pub const MIGRATION_HINT: &str = "to change it, add a new NULLABLE column (e.g. `score_v2`) and backfill it with \
+    `bqsync sync --full` or a replay, or land into a new table and switch readers over";
+
 /// Errors of warehouse backends.
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {

@@ -72,10 +72,7 @@ impl Classifier<'_> {
         let table_name = event.table.to_string();
         let fail = |reason, detail: String| (reason, detail, Some(table_name.clone()), event_id.clone());
         let Some(schema) = self.catalog.get(&table_name) else {
-            return Err(fail(
-                DeadLetterReason::UnknownTable,
-                format!("table `{table_name}` has no schema file (schemas/{table_name}.json)"),
-            ));
+            return Err(fail(DeadLetterReason::UnknownTable, crate::dead_letter::unknown_table_detail(&table_name)));
         };
         match (schema.write_mode, event.op) {
             (WriteMode::Append, Op::Insert) | (WriteMode::Upsert, Op::Upsert | Op::Delete) => {}

@@ -28,6 +28,7 @@
 //!   commit (or the landing giving up) closes the circuit.
 
 pub mod classify;
+mod progress;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,9 @@ use crate::warehouse::{LandFailure, TableBatch, Warehouse, WarehouseError};
 use classify::{Classified, Classifier};
 
 pub use crate::config::worker::WorkerConfig;
+
+/// At most one progress line per table this often (INFO).
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Rows for one table waiting for their flush, with the handles they will ack.
 struct PendingBatch {
@@ -76,7 +80,13 @@ impl PendingBatch {
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct WorkerStats {
     pub delivered: u64,
-    pub landed_rows: u64,
+    /// Rows offered to the warehouse's tables (dead letters not included).
+    pub offered: u64,
+    /// Of those, rows the warehouse did not hold yet: inserted, or a key's version advanced. On
+    /// BigQuery, rows appended to the landing table (its applier deduplicates them later).
+    pub landed_new: u64,
+    /// Of those, rows already there: a redelivery, a re-sync, an older version.
+    pub already_present: u64,
     pub dead_lettered: u64,
     pub flushes: u64,
     pub failed_flushes: u64,
@@ -97,6 +107,7 @@ pub struct Worker {
     circuit_open: Arc<AtomicBool>,
     /// Where claim-checked events are fetched from.
     claims: Option<crate::gcs::Gcs>,
+    progress: progress::ProgressLog,
     pub stats: WorkerStats,
 }
 
@@ -122,6 +133,7 @@ impl Worker {
             in_flight: None,
             circuit_open: Arc::new(AtomicBool::new(false)),
             claims: None,
+            progress: progress::ProgressLog::new(PROGRESS_LOG_EVERY),
             stats: WorkerStats::default(),
         }
     }
@@ -174,12 +186,13 @@ impl Worker {
                 self.finish_in_flight().await;
             }
             if idle && drained && self.pending.is_empty() && self.bus_is_empty().await {
-                tracing::info!("input drained: every event landed or dead-lettered");
+                tracing::info!("bus drained: every event delivered was landed or dead-lettered");
                 break;
             }
         }
         self.flush_due(max_age, true).await;
         self.finish_in_flight().await;
+        self.progress.log_now();
         self.subscription.close().await;
         if let Some(dead) = &self.dead_letter_subscription {
             dead.close().await;
@@ -367,7 +380,7 @@ impl Worker {
             Err(e) => {
                 // Its receipts went down with it: their leases run out and the messages come back.
                 tracing::error!(error = %e, "landing task failed");
-                LandOutcome { result: Err(Receipts::default()), rows: 0, failures: 1, stats: Vec::new() }
+                LandOutcome { result: Err(Receipts::default()), failures: 1, stats: Vec::new() }
             }
         };
         self.stats.failed_flushes += outcome.failures;
@@ -378,15 +391,29 @@ impl Worker {
         match outcome.result {
             Ok(committed) => {
                 self.stats.flushes += 1;
-                self.stats.landed_rows += outcome.rows;
                 metrics.flush(in_flight.started.elapsed().as_secs_f64(), true);
+                let now = chrono::Utc::now().timestamp_micros();
+                let lags: BTreeMap<&str, Vec<f64>> = in_flight
+                    .produced
+                    .iter()
+                    .map(|(table, produced)| {
+                        (table.as_str(), produced.iter().map(|micros| (now - micros) as f64 / 1e6).collect())
+                    })
+                    .collect();
                 for (table, stats) in &outcome.stats {
                     metrics.landed(table, stats.rows_offered, stats.rows_changed);
                 }
-                let now = chrono::Utc::now().timestamp_micros();
-                for (table, produced) in &in_flight.produced {
-                    metrics.lag(table, produced.iter().map(|micros| (now - micros) as f64 / 1e6));
+                for (table, stats) in outcome.stats.iter().filter(|(table, _)| table != DEAD_LETTER_TABLE) {
+                    self.stats.offered += stats.rows_offered;
+                    self.stats.landed_new += stats.rows_changed;
+                    self.stats.already_present += stats.rows_offered - stats.rows_changed;
+                    let lag = lags.get(table.as_str());
+                    self.progress.record(table, stats, lag.and_then(|l| l.iter().copied().reduce(f64::max)));
                 }
+                for (table, lag) in lags {
+                    metrics.lag(table, lag);
+                }
+                self.progress.log_if_due();
                 self.ack(committed).await
             }
             Err(receipts) => self.nack(receipts).await,
@@ -456,7 +483,6 @@ struct InFlight {
 struct LandOutcome {
     /// The commit proof with the receipts; the bare receipts when the retry budget ran out.
     result: Result<Committed<Receipts>, Receipts>,
-    rows: u64,
     failures: u64,
     stats: Vec<(String, crate::warehouse::LandStats)>,
 }
@@ -517,11 +543,11 @@ async fn land_until_done(
     match result {
         Ok((committed, stats)) => {
             tracing::debug!(?stats, "batch committed");
-            LandOutcome { result: Ok(committed), rows, failures, stats }
+            LandOutcome { result: Ok(committed), failures, stats }
         }
         Err(e) => {
             tracing::error!(error = %e, rows, "landing keeps failing; releasing the batch for redelivery");
-            LandOutcome { result: Err(left.unwrap_or_default()), rows, failures: failures + 1, stats: Vec::new() }
+            LandOutcome { result: Err(left.unwrap_or_default()), failures: failures + 1, stats: Vec::new() }
         }
     }
 }

@@ -46,6 +46,8 @@ impl Project {
             "[worker]\nmax_batch_age_ms = 100\n\n[bus.embedded]\nsynchronous = \"normal\"\n\n[warehouse.duckdb]\nthreads = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{extra_config}\n"
         );
         std::fs::write(dir.path().join("bqsync.toml"), config).unwrap();
+        // The default JSONL source's root: bqsync refuses to start on a root that does not exist.
+        std::fs::create_dir_all(dir.path().join("inbox")).unwrap();
         Project { dir, spawned: std::sync::Mutex::new(Vec::new()) }
     }
 

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Settings of the embedded bus (`[bus.embedded]` in the config file).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedBusConfig {
     /// SQLite file of the queue. Default `.bqsync/bus.db`.
@@ -26,7 +26,7 @@ pub struct EmbeddedBusConfig {
 }
 
 /// SQLite's `synchronous` for publish commits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
     /// fsync before a publish returns.

@@ -3,13 +3,13 @@
 pub mod embedded;
 pub mod pubsub;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use embedded::EmbeddedBusConfig;
 pub use pubsub::PubSubConfig;
 
 /// `[bus]`: which bus carries events.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
     /// `embedded` (default): a durable SQLite queue on this machine. `pubsub`: Google Cloud Pub/Sub
@@ -22,7 +22,7 @@ pub struct BusConfig {
     pub pubsub: PubSubConfig,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BusKind {
     #[default]

@@ -1,12 +1,12 @@
 //! `[bus.pubsub]`: Google Cloud Pub/Sub.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::gcp::Credentials;
 
 /// Settings of the Pub/Sub bus (`[bus.pubsub]`). Resource names may be short (`bqsync-events`) or
 /// full (`projects/P/topics/bqsync-events`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PubSubConfig {
     /// Google Cloud project. Default: `$PUBSUB_PROJECT_ID`, else `$GOOGLE_CLOUD_PROJECT`.

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One `[[sources.files]]` entry: a folder whose complete files are archived to GCS and loaded with
 /// load jobs (free) instead of streamed. Needs `[warehouse] kind = "bigquery"` and a `[gcs]` bucket.
 /// Run by `bqsync load` (a process of its own, like the seed's archive service).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesSourceConfig {
     /// Name of the source (loaded fingerprints are kept per name). Default `files`.

@@ -7,7 +7,7 @@ pub mod outbox;
 pub mod sessions;
 pub mod sqlite;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use files::FilesSourceConfig;
 pub use http::HttpSourceConfig;
@@ -18,7 +18,7 @@ pub use sqlite::{SqliteSourceConfig, SqliteTableConfig, WatermarkMode};
 
 /// `[sources]`: producers. Default: one JSONL source on `./inbox` (files under `inbox/TABLE/` land
 /// in `TABLE`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourcesConfig {
     /// `[[sources.jsonl]]` entries: growing JSONL files (atoms, ID registry).

@@ -3,16 +3,20 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One `[[sources.sessions]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsSourceConfig {
     /// Name of the source (`bqsync sync NAME`).
     pub name: String,
     /// The folder sessions are captured into (watched recursively).
     pub root: PathBuf,
+    /// Create `root` when it does not exist. Default false: a missing root is an error at start-up
+    /// (a mistyped path would otherwise publish nothing and report success).
+    #[serde(default)]
+    pub create_root: bool,
     /// Destination table, an upsert table. Default `zoom_sessions`.
     #[serde(default = "default_table")]
     pub table: String,

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One `[[sources.sqlite]]` entry: a SQLite file and the tables synced from it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteSourceConfig {
     /// Name of the source (keys its watermarks; `bqsync sync NAME`).
@@ -25,7 +25,7 @@ pub struct SqliteSourceConfig {
 }
 
 /// One table of a SQLite source.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteTableConfig {
     /// Table (or view) name in the SQLite file.
@@ -58,7 +58,7 @@ pub struct SqliteTableConfig {
 }
 
 /// How a table's new rows are found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WatermarkMode {
     Rowid,

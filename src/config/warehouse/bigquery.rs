@@ -1,13 +1,13 @@
 //! `[warehouse.bigquery]`: Google BigQuery.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::gcp::Credentials;
 
 use super::cost::CostConfig;
 
 /// Settings of the BigQuery warehouse (`[warehouse.bigquery]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BigQueryConfig {
     /// Project that owns the dataset and pays for jobs. Default: `$BIGQUERY_PROJECT`, else
@@ -117,7 +117,7 @@ const fn default_append_timeout_secs() -> u64 {
 }
 
 /// Where the applier runs (`[warehouse.bigquery] applier`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApplierPlacement {
     /// In every worker process, each table on its interval with jitter.

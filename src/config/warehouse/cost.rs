@@ -1,9 +1,9 @@
 //! `[warehouse.bigquery.cost]`: the guard on BigQuery's bill.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[warehouse.bigquery.cost]`: limits on what bqsync's queries may cost and touch.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CostConfig {
     /// `maximumBytesBilled` of every query job: BigQuery fails a job that would bill more. Default

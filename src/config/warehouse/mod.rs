@@ -4,14 +4,14 @@ pub mod bigquery;
 pub mod cost;
 pub mod duckdb;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use bigquery::BigQueryConfig;
 pub use cost::CostConfig;
 pub use duckdb::DuckDbConfig;
 
 /// `[warehouse]`: where batches land.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WarehouseConfig {
     /// `duckdb` (default): an embedded DuckDB file. `bigquery`: Google BigQuery
@@ -24,7 +24,7 @@ pub struct WarehouseConfig {
     pub bigquery: BigQueryConfig,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WarehouseKind {
     #[default]

@@ -1,7 +1,7 @@
 //! JSONL framing: complete lines only, with bounded memory for over-long ones; BOM and CRLF.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 
 use super::OVERSIZE_SAMPLE_BYTES;
 
@@ -87,13 +87,7 @@ impl LineReader {
                 self.position = newline + 1;
                 let start_offset = self.buffer_offset + start as u64;
                 let end_offset = self.buffer_offset + self.position as u64;
-                let mut content = &self.buffer[start..newline];
-                if content.last() == Some(&b'\r') {
-                    content = &content[..content.len() - 1];
-                }
-                if start_offset == 0 && content.starts_with(&[0xEF, 0xBB, 0xBF]) {
-                    content = &content[3..];
-                }
+                let content = trim_line(start_offset, &self.buffer[start..newline]);
                 if content.len() > self.max_line {
                     self.oversize_sample.clear();
                     self.oversize_sample.extend_from_slice(&content[..OVERSIZE_SAMPLE_BYTES.min(content.len())]);
@@ -119,6 +113,23 @@ impl LineReader {
             }
             searched -= before;
         }
+    }
+
+    /// Whether the file was read to its end and bytes without a newline follow the last line.
+    pub(super) fn has_unterminated(&self) -> bool {
+        self.at_eof && self.position < self.filled
+    }
+
+    /// The bytes after the last newline, taken as a final line (for writers that never end their last
+    /// line), with their start offset; None unless [`LineReader::has_unterminated`].
+    pub(super) fn take_unterminated(&mut self) -> Option<(u64, &[u8])> {
+        if !self.has_unterminated() {
+            return None;
+        }
+        let start = self.position;
+        self.position = self.filled;
+        let start_offset = self.buffer_offset + start as u64;
+        Some((start_offset, trim_line(start_offset, &self.buffer[start..self.filled])))
     }
 
     /// Skips an over-long line without holding it in memory; None when its newline has not come yet.
@@ -153,6 +164,40 @@ impl LineReader {
             }
             scan_from = 0;
         }
+    }
+}
+
+/// The UTF-16 flavour of a line from a UTF-16 file: a byte-order mark, or NUL bytes in a third or
+/// more of it (ASCII text in UTF-16 is every other byte NUL; UTF-8 text has none).
+pub(super) fn utf16_encoding(line: &[u8]) -> Option<&'static str> {
+    match line {
+        [0xFF, 0xFE, ..] => Some("UTF-16LE"),
+        [0xFE, 0xFF, ..] => Some("UTF-16BE"),
+        _ if line.len() >= 4 && memchr::memchr_iter(0, line).count() * 3 >= line.len() => Some("UTF-16"),
+        _ => None,
+    }
+}
+
+/// Lines (newlines) in the first `len` bytes of the file.
+pub(super) fn count_lines(file: &mut File, len: u64) -> std::io::Result<u64> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut prefix = file.take(len);
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut lines = 0;
+    loop {
+        match prefix.read(&mut buffer)? {
+            0 => return Ok(lines),
+            n => lines += memchr::memchr_iter(b'\n', &buffer[..n]).count() as u64,
+        }
+    }
+}
+
+/// A line's content without its `\r` (CRLF endings) and, on the file's first line, a UTF-8 BOM.
+fn trim_line(start_offset: u64, line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    match start_offset {
+        0 => line.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(line),
+        _ => line,
     }
 }
 
@@ -195,6 +240,35 @@ mod tests {
         let contents: Vec<_> = found.iter().map(|(_, _, c)| c.clone().unwrap()).collect();
         assert_eq!(contents, vec![b"a".to_vec(), b"bb".to_vec(), b"".to_vec()]);
         assert_eq!(consumed, 10, "the half-written last line is not consumed");
+    }
+
+    #[test]
+    fn utf16_lines_are_named_as_such_and_utf8_ones_are_not() {
+        assert_eq!(utf16_encoding(b"\xFF\xFE{\0}\0"), Some("UTF-16LE"));
+        assert_eq!(utf16_encoding(b"\xFE\xFF\0{\0}"), Some("UTF-16BE"));
+        assert_eq!(utf16_encoding(b"\0{\0\"\0a\0\"\0:\0\x31\0}"), Some("UTF-16"));
+        assert_eq!(utf16_encoding("{\"name\":\"Zoë\"}".as_bytes()), None);
+    }
+
+    #[test]
+    fn lines_before_an_offset_are_counted() {
+        let mut file = file_with(b"a\nb\n\nccc\nd");
+        assert_eq!(count_lines(&mut file, 0).unwrap(), 0);
+        assert_eq!(count_lines(&mut file, 4).unwrap(), 2);
+        assert_eq!(count_lines(&mut file, 5).unwrap(), 3);
+        assert_eq!(count_lines(&mut file, 11).unwrap(), 4);
+    }
+
+    #[test]
+    fn an_unterminated_last_line_is_taken_only_when_asked() {
+        let mut file = file_with(b"a\nlast\r");
+        let mut reader = LineReader::new(100);
+        assert!(reader.next_line(&mut file).unwrap().is_some());
+        assert!(reader.next_line(&mut file).unwrap().is_none());
+        assert_eq!(reader.consumed(), 2);
+        assert_eq!(reader.take_unterminated(), Some((2, &b"last"[..])));
+        assert_eq!(reader.consumed(), 7);
+        assert!(reader.take_unterminated().is_none(), "taken once");
     }
 
     #[test]

@@ -27,12 +27,12 @@ use async_trait::async_trait;
 
 use super::checkpoint::{CheckpointStore, FileCheckpoint};
 use super::rows::poison;
-use super::{EmitOutcome, Source, SourceError};
+use super::{EmitOutcome, Source, SourceError, UnreadInput, UnreadReason};
 use crate::bus::{attr, OutboundMessage, Publisher};
 use crate::dead_letter::DeadLetterReason;
 use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
-use framing::{LineContent, LineReader};
+use framing::{count_lines, utf16_encoding, LineContent, LineReader};
 pub use record::record_to_message;
 
 /// Bytes at the start of a file hashed to recognise it.
@@ -43,6 +43,15 @@ pub const DELETE_FIELD: &str = "_deleted";
 const OVERSIZE_SAMPLE_BYTES: usize = 4096;
 
 pub use crate::config::sources::jsonl::{JsonlSourceConfig, Route};
+
+/// Where a file under the root goes.
+enum Routed {
+    Table(String),
+    /// Matches an `ignore` glob: never read, by request.
+    Ignored,
+    /// Matches no route: not read, and reported.
+    NoRoute,
+}
 
 /// A file being tailed.
 struct TrackedFile {
@@ -55,6 +64,11 @@ struct TrackedFile {
     fingerprint: u64,
     fingerprint_len: u64,
     offset: u64,
+    /// Lines before `offset`, for line numbers in dead letters; None until counted (a file resumed
+    /// from its checkpoint is counted once, when a pass first reads it).
+    lines: Option<u64>,
+    /// Bytes past `offset` without a newline after the latest pass (a partial last line).
+    waiting: u64,
     /// Seen at its path in the latest scan; otherwise it is drained and then forgotten.
     present: bool,
 }
@@ -71,6 +85,8 @@ pub struct JsonlSource {
     _watcher: Option<notify::RecommendedWatcher>,
     lines_published: u64,
     poison_published: u64,
+    /// Files under the root that no route matches (relative paths), as of the latest scan.
+    unrouted: Vec<String>,
     shutdown: Shutdown,
 }
 
@@ -114,6 +130,19 @@ impl JsonlSource {
         }
         let ignore =
             ignore.build().map_err(|e| SourceError::Config { source_name: name.clone(), problem: e.to_string() })?;
+        super::ensure_root(&name, &config.root, config.create_root)?;
+        // A route to a table without a schema would dead-letter every line it reads: refuse it now.
+        if let Some(route) = config.routes.iter().find(|r| r.table.as_ref().is_some_and(|t| catalog.get(t).is_none())) {
+            return Err(SourceError::Config {
+                source_name: name,
+                problem: format!(
+                    "route `{}` goes to table `{}`, which has no schema (add {}.json to schemas_dir, or correct the route)",
+                    route.glob,
+                    route.table.as_deref().unwrap_or_default(),
+                    route.table.as_deref().unwrap_or_default()
+                ),
+            });
+        }
         if config.publish_batch == 0 || config.max_line_bytes < 16 {
             return Err(SourceError::Config {
                 source_name: name,
@@ -131,6 +160,7 @@ impl JsonlSource {
             _watcher: None,
             lines_published: 0,
             poison_published: 0,
+            unrouted: Vec::new(),
             shutdown: Shutdown::default(),
         })
     }
@@ -139,10 +169,9 @@ impl JsonlSource {
         self.shutdown.is_stopping()
     }
 
-    /// Starts the file-system watcher (creating the root directory if needed).
+    /// Starts the file-system watcher on the root (which [`JsonlSource::new`] checked).
     pub fn watch(&mut self) -> Result<(), SourceError> {
         use notify::Watcher;
-        std::fs::create_dir_all(&self.config.root).map_err(|error| self.io_error(&self.config.root, error))?;
         let wakeup = self.wakeup.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if event.is_ok_and(|e| super::is_change(&e)) {
@@ -165,21 +194,24 @@ impl JsonlSource {
         SourceError::Io { source_name: self.config.name.clone(), path: path.display().to_string(), error }
     }
 
-    /// The table a relative path routes to, or None when no route matches.
-    fn route(&self, relative: &str) -> Option<String> {
+    /// Where a relative path goes: its table, ignored, or no route.
+    fn route(&self, relative: &str) -> Routed {
         let file_name = relative.rsplit('/').next().unwrap_or(relative);
         if self.ignore.is_match(file_name) {
-            return None;
+            return Routed::Ignored;
         }
-        self.routes.iter().find(|(matcher, _)| matcher.is_match(relative)).and_then(|(_, table)| match table {
-            Some(t) => Some(t.clone()),
-            None => relative.split_once('/').map(|(dir, _)| dir.to_string()),
-        })
+        let table =
+            self.routes.iter().find(|(matcher, _)| matcher.is_match(relative)).and_then(|(_, table)| match table {
+                Some(t) => Some(t.clone()),
+                None => relative.split_once('/').map(|(dir, _)| dir.to_string()),
+            });
+        table.map_or(Routed::NoRoute, Routed::Table)
     }
 
-    /// Lists routed files under the root.
-    fn scan(&self) -> Vec<(PathBuf, String, String)> {
+    /// Lists routed files under the root, and notes the files no route matches.
+    fn scan(&mut self) -> Vec<(PathBuf, String, String)> {
         let mut found = Vec::new();
+        let mut unrouted = Vec::new();
         let mut stack = vec![self.config.root.clone()];
         while let Some(dir) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -197,13 +229,20 @@ impl JsonlSource {
                         continue;
                     };
                     let relative = relative.to_string_lossy().replace('\\', "/");
-                    if let Some(table) = self.route(&relative) {
-                        found.push((path, relative, table));
+                    match self.route(&relative) {
+                        Routed::Table(table) => found.push((path, relative, table)),
+                        Routed::NoRoute => unrouted.push(relative),
+                        Routed::Ignored => {}
                     }
                 }
             }
         }
         found.sort();
+        unrouted.sort();
+        for relative in unrouted.iter().filter(|r| !self.unrouted.contains(r)) {
+            tracing::warn!(source = %self.config.name, path = %self.config.root.join(relative).display(), "no route matches this file: not read (files go in ROOT/TABLE/, or add a `routes` entry)");
+        }
+        self.unrouted = unrouted;
         found
     }
 
@@ -263,6 +302,8 @@ impl JsonlSource {
                     fingerprint: file_fingerprint,
                     fingerprint_len,
                     offset,
+                    lines: (offset == 0).then_some(0),
+                    waiting: 0,
                     present: true,
                 },
             );
@@ -311,6 +352,7 @@ impl JsonlSource {
         if size < tracked.offset {
             tracing::warn!(path = %tracked.path.display(), size, offset = tracked.offset, "file truncated; reading it from the start");
             tracked.offset = 0;
+            tracked.lines = Some(0);
             tracked.fingerprint_len = 0;
         } else if tracked.fingerprint_len > 0
             && fingerprint(&mut tracked.file, tracked.fingerprint_len).map_err(|e| self.io_error(&tracked.path, e))?
@@ -318,6 +360,7 @@ impl JsonlSource {
         {
             tracing::warn!(path = %tracked.path.display(), "file content replaced in place; reading it from the start");
             tracked.offset = 0;
+            tracked.lines = Some(0);
             tracked.fingerprint_len = 0;
         }
         if size == tracked.offset {
@@ -329,17 +372,24 @@ impl JsonlSource {
             tracked.fingerprint =
                 fingerprint(&mut tracked.file, tracked.fingerprint_len).map_err(|e| self.io_error(&tracked.path, e))?;
         }
+        let mut line_number = match tracked.lines {
+            Some(lines) => lines,
+            None => count_lines(&mut tracked.file, tracked.offset).map_err(|e| self.io_error(&tracked.path, e))?,
+        };
         tracked.file.seek(SeekFrom::Start(tracked.offset)).map_err(|e| self.io_error(&tracked.path, e))?;
         let read_start = tracked.offset;
         let mut reader = LineReader::new(self.config.max_line_bytes);
         let mut batch = Vec::with_capacity(self.config.publish_batch);
         let produced_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let source_label = format!("jsonl:{}/{}", self.config.name, tracked.relative);
+        let file_label = format!("jsonl:{}", tracked.path.display());
         loop {
             let line = reader.next_line(&mut tracked.file).map_err(|e| self.io_error(&tracked.path, e))?;
             let Some(line) = line else { break };
             let line_offset = read_start + line.start_offset;
             outcome.consumed += 1;
+            line_number += 1;
+            // `path:line`, as compilers print it: `dlq show` points at the input line.
+            let source_label = format!("{file_label}:{line_number}");
             let message = match line.content {
                 LineContent::Complete(bytes) => self.line_to_message(
                     &tracked.table,
@@ -354,7 +404,7 @@ impl JsonlSource {
                     sample,
                     DeadLetterReason::Oversize,
                     format!(
-                        "line of {total_len} bytes exceeds max_line_bytes = {} ({source_label} at byte {line_offset})",
+                        "line of {total_len} bytes exceeds max_line_bytes = {} ({source_label}, byte {line_offset})",
                         self.config.max_line_bytes
                     ),
                     &source_label,
@@ -365,21 +415,52 @@ impl JsonlSource {
             }
             if batch.len() >= self.config.publish_batch {
                 let end = read_start + line.end_offset;
-                self.publish_and_checkpoint(tracked, &mut batch, end, size, publisher, outcome).await?;
+                self.publish_and_checkpoint(tracked, &mut batch, (end, line_number), size, publisher, outcome).await?;
                 if self.stopping() {
                     return Ok(());
                 }
             }
         }
+        if let Some(settled) = self.final_line_settled(tracked, &reader) {
+            if !settled {
+                outcome.pending += 1; // a one-shot run waits for it to settle
+            } else if let Some((start, bytes)) = reader.take_unterminated() {
+                outcome.consumed += 1;
+                line_number += 1;
+                let (offset, source_label) = (read_start + start, format!("{file_label}:{line_number}"));
+                let message = self.line_to_message(
+                    &tracked.table,
+                    tracked.fingerprint,
+                    offset,
+                    bytes,
+                    &source_label,
+                    &produced_at,
+                );
+                batch.extend(message);
+            }
+        }
         let end = read_start + reader.consumed();
-        self.publish_and_checkpoint(tracked, &mut batch, end, size, publisher, outcome).await
+        let eof = tracked.file.metadata().map_err(|e| self.io_error(&tracked.path, e))?.len();
+        tracked.waiting = eof.saturating_sub(end);
+        self.publish_and_checkpoint(tracked, &mut batch, (end, line_number), size, publisher, outcome).await
+    }
+
+    /// With `final_line_after_ms`, whether the file's unterminated last line has settled (its file
+    /// unchanged for that long); None when the option is off or there is no such line.
+    fn final_line_settled(&self, tracked: &TrackedFile, reader: &LineReader) -> Option<bool> {
+        let after = Duration::from_millis(self.config.final_line_after_ms?);
+        if !reader.has_unterminated() {
+            return None;
+        }
+        let modified = tracked.file.metadata().and_then(|m| m.modified()).ok()?;
+        Some(modified.elapsed().unwrap_or_default() >= after)
     }
 
     async fn publish_and_checkpoint(
         &mut self,
         tracked: &mut TrackedFile,
         batch: &mut Vec<OutboundMessage>,
-        new_offset: u64,
+        (new_offset, lines): (u64, u64),
         size: u64,
         publisher: &dyn Publisher,
         outcome: &mut EmitOutcome,
@@ -395,6 +476,7 @@ impl JsonlSource {
             .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
         // Only now, with the events durable on the bus, may the checkpoint move past them.
         tracked.offset = new_offset;
+        tracked.lines = Some(lines);
         self.save_checkpoint(tracked, size)?;
         outcome.published += count;
         self.lines_published += count - poison;
@@ -412,11 +494,21 @@ impl JsonlSource {
         source_label: &str,
         produced_at: &str,
     ) -> Option<OutboundMessage> {
+        if !crate::schema::is_valid_identifier(table) {
+            let detail = format!("{} ({source_label})", crate::dead_letter::unknown_table_detail(table));
+            return Some(poison(table, bytes, DeadLetterReason::UnknownTable, detail, source_label));
+        }
+        if let Some(encoding) = utf16_encoding(bytes) {
+            let detail = format!(
+                "the file is {encoding} text, not UTF-8 ({source_label}, byte {offset}); convert it, e.g. with `iconv -f {encoding} -t UTF-8`"
+            );
+            return Some(poison(table, bytes, DeadLetterReason::Decode, detail, source_label));
+        }
         let text = match std::str::from_utf8(bytes) {
             Ok(text) => text.trim(),
             Err(e) => {
                 let detail =
-                    format!("invalid UTF-8 at byte {} of the line ({source_label} at byte {offset})", e.valid_up_to());
+                    format!("invalid UTF-8 at byte {} of the line ({source_label}, byte {offset})", e.valid_up_to());
                 return Some(poison(table, bytes, DeadLetterReason::Decode, detail, source_label));
             }
         };
@@ -429,7 +521,7 @@ impl JsonlSource {
                 table,
                 text.as_bytes(),
                 reason,
-                format!("{detail} ({source_label} at byte {offset})"),
+                format!("{detail} ({source_label}, byte {offset})"),
                 source_label,
             )),
         }
@@ -458,6 +550,7 @@ impl Source for JsonlSource {
             let outcome = self.drain_file(id, publisher).await?;
             total.consumed += outcome.consumed;
             total.published += outcome.published;
+            total.pending += outcome.pending;
             // A file gone from its path (deleted, or rotated out of the routes) was just drained
             // through its open handle; forget it.
             if !self.files[&id].present {
@@ -471,6 +564,22 @@ impl Source for JsonlSource {
     async fn wait_for_input(&mut self, max_wait: Duration) {
         let wait = max_wait.min(Duration::from_millis(self.config.poll_interval_ms));
         let _ = tokio::time::timeout(wait, self.wakeup.notified()).await;
+    }
+
+    fn unread(&self) -> Vec<UnreadInput> {
+        let mut files: Vec<&TrackedFile> = self.files.values().filter(|f| f.waiting > 0).collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let partial = files.into_iter().map(|f| UnreadInput {
+            source: self.config.name.clone(),
+            path: f.path.display().to_string(),
+            reason: UnreadReason::PartialLastLine { bytes_waiting: f.waiting },
+        });
+        let unrouted = self.unrouted.iter().map(|relative| UnreadInput {
+            source: self.config.name.clone(),
+            path: self.config.root.join(relative).display().to_string(),
+            reason: UnreadReason::NoRoute,
+        });
+        partial.chain(unrouted).collect()
     }
 
     fn observable_state(&self) -> serde_json::Value {

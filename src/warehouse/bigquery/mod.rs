@@ -180,6 +180,9 @@ impl BigQueryWarehouse {
         let guard = Arc::new(CostGuard::new(config.cost.clone()).map_err(config_error)?);
         let endpoint = config.resolved_endpoint();
         let anonymous = crate::gcp::is_anonymous(config.credentials, endpoint.as_deref());
+        if let Some(problem) = (!anonymous).then(crate::gcp::missing_application_default_credentials).flatten() {
+            return Err(WarehouseError::Config(format!("BigQuery: {problem}")));
+        }
         let rest = Rest::connect(config, project.clone(), anonymous, guard.clone()).await?;
         let storage = config.resolved_storage_endpoint();
         let writer = LandingWriter::new(

@@ -153,8 +153,8 @@ pub fn plan_evolution(
                 let (live_type, wanted_type) = (type_of(existing), type_of(&wanted));
                 if bsql::canonical_type(&live_type) != bsql::canonical_type(&wanted_type) {
                     return refuse(format!(
-                        "column `{}` is {live_type} in {where_} but {wanted_type} in schemas/{}.json; type changes need a migration",
-                        column.name, schema.table
+                        "column `{}` is {live_type} in {where_} but {wanted_type} in schemas/{}.json; type changes need a migration: {}",
+                        column.name, schema.table, crate::warehouse::MIGRATION_HINT
                     ));
                 }
                 let live_mode = existing.mode.as_deref().unwrap_or("NULLABLE");
@@ -167,8 +167,8 @@ pub fn plan_evolution(
                     ),
                     (a, b) => {
                         return refuse(format!(
-                            "column `{}` is {a} in {where_} but would be {b} per schemas/{}.json; mode changes need a migration",
-                            column.name, schema.table
+                            "column `{}` is {a} in {where_} but would be {b} per schemas/{}.json; mode changes need a migration: {}",
+                            column.name, schema.table, crate::warehouse::MIGRATION_HINT
                         ))
                     }
                 }

@@ -9,37 +9,72 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-/// BigQuery column types that bqsync understands. Aliases (`INTEGER`, `FLOAT`, `BOOLEAN`) are accepted.
+mod coerce;
+
+pub use coerce::{coerce_row, coerce_value, parse_timestamp_micros, CellValue, SchemaViolation};
+pub(crate) use coerce::{decode_base64, encode_base64};
+
+/// BigQuery column types that bqsync understands, in any case. BigQuery's legacy names (`INTEGER`,
+/// `FLOAT`, `BOOLEAN`, `STRUCT`) are accepted, as `bq show --schema` prints them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[serde(rename_all = "UPPERCASE", try_from = "String")]
 pub enum ColumnType {
-    #[serde(alias = "STRING")]
     String,
-    #[serde(alias = "INTEGER")]
     Int64,
-    #[serde(alias = "FLOAT")]
     Float64,
-    #[serde(alias = "BOOLEAN")]
     Bool,
     Timestamp,
     Date,
     Numeric,
     Json,
     Bytes,
-    #[serde(alias = "STRUCT")]
     Record,
 }
 
-/// BigQuery column modes.
+impl TryFrom<String> for ColumnType {
+    type Error = String;
+    fn try_from(name: String) -> Result<ColumnType, String> {
+        Ok(match name.to_ascii_uppercase().as_str() {
+            "STRING" => ColumnType::String,
+            "INT64" | "INTEGER" => ColumnType::Int64,
+            "FLOAT64" | "FLOAT" => ColumnType::Float64,
+            "BOOL" | "BOOLEAN" => ColumnType::Bool,
+            "TIMESTAMP" => ColumnType::Timestamp,
+            "DATE" => ColumnType::Date,
+            "NUMERIC" => ColumnType::Numeric,
+            "JSON" => ColumnType::Json,
+            "BYTES" => ColumnType::Bytes,
+            "RECORD" | "STRUCT" => ColumnType::Record,
+            _ => {
+                return Err(format!(
+                    "unsupported column type `{name}` (bqsync knows STRING, INT64, FLOAT64, BOOL, TIMESTAMP, DATE, NUMERIC, JSON, BYTES, RECORD)"
+                ))
+            }
+        })
+    }
+}
+
+/// BigQuery column modes, in any case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[serde(rename_all = "UPPERCASE", try_from = "String")]
 pub enum ColumnMode {
     #[default]
     Nullable,
     Required,
     Repeated,
+}
+
+impl TryFrom<String> for ColumnMode {
+    type Error = String;
+    fn try_from(name: String) -> Result<ColumnMode, String> {
+        match name.to_ascii_uppercase().as_str() {
+            "NULLABLE" => Ok(ColumnMode::Nullable),
+            "REQUIRED" => Ok(ColumnMode::Required),
+            "REPEATED" => Ok(ColumnMode::Repeated),
+            _ => Err(format!("unknown column mode `{name}` (NULLABLE, REQUIRED or REPEATED)")),
+        }
+    }
 }
 
 /// How events land in the table.
@@ -295,8 +330,7 @@ impl Catalog {
             }
             let text = std::fs::read_to_string(&path)
                 .map_err(|source| SchemaError::ReadFile { path: path.clone(), source })?;
-            let schema: TableSchema =
-                serde_json::from_str(&text).map_err(|source| SchemaError::Parse { path: path.clone(), source })?;
+            let schema = parse_table_file(&path, &text)?;
             schema.check().map_err(|problem| SchemaError::Invalid { path: path.clone(), problem })?;
             if path.file_stem().and_then(|s| s.to_str()) != Some(schema.table.as_str()) {
                 return Err(SchemaError::Invalid {
@@ -322,232 +356,56 @@ impl Catalog {
     }
 }
 
-/// A payload value after coercion to its column's type.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CellValue {
-    Null,
-    String(String),
-    Int64(i64),
-    Float64(f64),
-    Bool(bool),
-    /// Microseconds since the Unix epoch, UTC.
-    Timestamp(i64),
-    /// Days since the Unix epoch.
-    Date(i32),
-    /// JSON text: JSON, RECORD and REPEATED columns, and NUMERIC as its decimal text.
-    JsonText(String),
-    /// Raw bytes (BYTES columns arrive base64-encoded).
-    Bytes(Vec<u8>),
-}
-
-/// Why a payload does not fit its table: names the column, what was expected and what came.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct SchemaViolation(pub String);
-
-fn describe(value: &Value) -> String {
-    let text = value.to_string();
-    let kind = match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    };
-    if text.len() > 80 {
-        format!("{kind} {}…", &text[..text.char_indices().nth(77).map(|(i, _)| i).unwrap_or(text.len())])
-    } else {
-        format!("{kind} {text}")
+/// One schema file: bqsync's table definition, or BigQuery's own schema JSON (the array of fields
+/// `bq show --schema --format=prettyjson` prints), which becomes an append table named after the
+/// file, so a team can start from its existing tables.
+fn parse_table_file(path: &Path, text: &str) -> Result<TableSchema, SchemaError> {
+    let parse_error = |source| SchemaError::Parse { path: path.into(), source };
+    if !text.trim_start().starts_with('[') {
+        return serde_json::from_str(text).map_err(parse_error);
     }
-}
-
-/// Parses RFC 3339 (`2024-01-01T00:00:00.123456Z`, offsets allowed), `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC)
-/// or epoch seconds into microseconds since the epoch.
-pub fn parse_timestamp_micros(value: &Value) -> Option<i64> {
-    match value {
-        Value::String(s) => {
-            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-                return Some(t.timestamp_micros());
-            }
-            let trimmed = s.trim_end_matches(" UTC");
-            for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
-                if let Ok(t) = chrono::NaiveDateTime::parse_from_str(trimmed, format) {
-                    return Some(t.and_utc().timestamp_micros());
-                }
-            }
-            None
-        }
-        Value::Number(n) => n.as_f64().filter(|f| f.is_finite()).map(|secs| (secs * 1_000_000.0).round() as i64),
-        _ => None,
-    }
-}
-
-fn coerce_scalar(column: &Column, value: &Value) -> Result<CellValue, String> {
-    let mismatch = || format!("column `{}`: expected {:?}, got {}", column.name, column.column_type, describe(value));
-    Ok(match column.column_type {
-        ColumnType::String => match value {
-            Value::String(s) => CellValue::String(s.clone()),
-            Value::Number(n) => CellValue::String(n.to_string()),
-            Value::Bool(b) => CellValue::String(b.to_string()),
-            _ => return Err(mismatch()),
-        },
-        ColumnType::Int64 => match value {
-            Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-                (Some(i), _) => CellValue::Int64(i),
-                (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => CellValue::Int64(f as i64),
-                _ => return Err(mismatch()),
-            },
-            Value::String(s) => CellValue::Int64(s.trim().parse().map_err(|_| mismatch())?),
-            _ => return Err(mismatch()),
-        },
-        ColumnType::Float64 => match value {
-            Value::Number(n) => CellValue::Float64(n.as_f64().ok_or_else(mismatch)?),
-            Value::String(s) => CellValue::Float64(s.trim().parse().map_err(|_| mismatch())?),
-            _ => return Err(mismatch()),
-        },
-        ColumnType::Bool => match value {
-            Value::Bool(b) => CellValue::Bool(*b),
-            Value::String(s) if s.eq_ignore_ascii_case("true") => CellValue::Bool(true),
-            Value::String(s) if s.eq_ignore_ascii_case("false") => CellValue::Bool(false),
-            _ => return Err(mismatch()),
-        },
-        ColumnType::Timestamp => CellValue::Timestamp(parse_timestamp_micros(value).ok_or_else(mismatch)?),
-        ColumnType::Date => match value {
-            Value::String(s) => {
-                let date = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| mismatch())?;
-                let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
-                CellValue::Date((date - epoch).num_days() as i32)
-            }
-            _ => return Err(mismatch()),
-        },
-        ColumnType::Numeric => {
-            let text = match value {
-                Value::Number(n) => n.to_string(),
-                Value::String(s) => s.trim().to_string(),
-                _ => return Err(mismatch()),
-            };
-            if !is_numeric_38_9(&text) {
-                return Err(format!(
-                    "column `{}`: expected NUMERIC (at most 29 integer and 9 fractional digits), got {}",
-                    column.name,
-                    describe(value)
-                ));
-            }
-            CellValue::JsonText(text)
-        }
-        ColumnType::Json => CellValue::JsonText(value.to_string()),
-        ColumnType::Bytes => match value {
-            Value::String(s) => CellValue::Bytes(decode_base64(s).ok_or_else(mismatch)?),
-            _ => return Err(mismatch()),
-        },
-        ColumnType::Record => match value {
-            Value::Object(_) => CellValue::JsonText(value.to_string()),
-            _ => return Err(mismatch()),
-        },
+    let fields: Vec<BigQueryField> = serde_json::from_str(text).map_err(parse_error)?;
+    Ok(TableSchema {
+        table: path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string(),
+        description: None,
+        write_mode: WriteMode::Append,
+        event_id_field: None,
+        primary_key: Vec::new(),
+        version_column: None,
+        partition: None,
+        cluster: Vec::new(),
+        unknown_fields: UnknownFields::default(),
+        cdc: false,
+        cdc_deletes: CdcDeletes::default(),
+        columns: fields.into_iter().map(Column::from).collect(),
     })
 }
 
-/// True for a plain decimal that fits BigQuery's NUMERIC (precision 38, scale 9): checked here so
-/// the warehouse never rejects a whole batch over one value.
-fn is_numeric_38_9(text: &str) -> bool {
-    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-    let (integer, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    !(integer.is_empty() && fraction.is_empty())
-        && all_digits(integer)
-        && all_digits(fraction)
-        && integer.trim_start_matches('0').len() <= 29
-        && fraction.len() <= 9
+/// A field of BigQuery's schema JSON; what bqsync does not use (policy tags, lengths, collation) is
+/// ignored.
+#[derive(Deserialize)]
+struct BigQueryField {
+    name: String,
+    #[serde(rename = "type")]
+    column_type: ColumnType,
+    #[serde(default)]
+    mode: ColumnMode,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    fields: Vec<BigQueryField>,
 }
 
-/// Standard base64 with padding (the `base64` crate), as BigQuery's JSON carries BYTES.
-pub(crate) fn encode_base64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// Standard or URL-safe base64, with or without padding; `None` for anything else.
-pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    use base64::{alphabet, Engine as _};
-    const LENIENT: GeneralPurposeConfig =
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
-    const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
-    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
-    STANDARD.decode(text).or_else(|_| URL_SAFE.decode(text)).ok()
-}
-
-/// Coerces one payload value to its column. `Null` for absent NULLABLE values; REQUIRED columns must
-/// be present unless `allow_missing` (tombstones carry only their key and version).
-pub fn coerce_value(column: &Column, value: Option<&Value>, allow_missing: bool) -> Result<CellValue, SchemaViolation> {
-    let value = match value {
-        None | Some(Value::Null) => {
-            if column.mode == ColumnMode::Required && !allow_missing {
-                return Err(SchemaViolation(format!(
-                    "column `{}` is REQUIRED but {}",
-                    column.name,
-                    if value.is_none() { "absent" } else { "null" }
-                )));
-            }
-            return Ok(if column.mode == ColumnMode::Repeated {
-                CellValue::JsonText("[]".into())
-            } else {
-                CellValue::Null
-            });
-        }
-        Some(v) => v,
-    };
-    if column.mode == ColumnMode::Repeated {
-        let Value::Array(items) = value else {
-            return Err(SchemaViolation(format!(
-                "column `{}`: expected REPEATED {:?} (a JSON array), got {}",
-                column.name,
-                column.column_type,
-                describe(value)
-            )));
-        };
-        let mut normalized = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let cell = coerce_scalar(column, item).map_err(|e| SchemaViolation(format!("{e} (element {i})")))?;
-            normalized.push(cell_to_json(cell, item));
-        }
-        return Ok(CellValue::JsonText(Value::Array(normalized).to_string()));
-    }
-    coerce_scalar(column, value).map_err(SchemaViolation)
-}
-
-/// The JSON form of a coerced array element (so `["1", 2]` in an INT64 list becomes `[1,2]`).
-fn cell_to_json(cell: CellValue, original: &Value) -> Value {
-    match cell {
-        CellValue::String(s) => Value::String(s),
-        CellValue::Int64(i) => Value::from(i),
-        CellValue::Float64(f) => Value::from(f),
-        CellValue::Bool(b) => Value::Bool(b),
-        _ => original.clone(),
-    }
-}
-
-/// Validates a payload object against the table and returns one cell per column, in column order.
-pub fn coerce_row(
-    table: &TableSchema,
-    payload: &serde_json::Map<String, Value>,
-    tombstone: bool,
-) -> Result<Vec<CellValue>, SchemaViolation> {
-    if table.unknown_fields == UnknownFields::Reject {
-        if let Some(unknown) = payload.keys().find(|k| table.column(k).is_none()) {
-            return Err(SchemaViolation(format!(
-                "field `{unknown}` is not a column of table `{}` (add it to schemas/{}.json, or set \"unknown_fields\": \"ignore\")",
-                table.table, table.table
-            )));
+impl From<BigQueryField> for Column {
+    fn from(field: BigQueryField) -> Column {
+        Column {
+            name: field.name,
+            column_type: field.column_type,
+            mode: field.mode,
+            description: field.description,
+            fields: field.fields.into_iter().map(Column::from).collect(),
         }
     }
-    let mut cells = Vec::with_capacity(table.columns.len());
-    for column in &table.columns {
-        let is_key = table.primary_key.contains(&column.name) || table.version_column.as_deref() == Some(&column.name);
-        cells.push(coerce_value(column, payload.get(&column.name), tombstone && !is_key)?);
-    }
-    Ok(cells)
 }
 
 /// The project's `schemas/` folder as a catalog, for unit tests.
@@ -561,10 +419,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn column(name: &str, column_type: ColumnType, mode: ColumnMode) -> Column {
-        Column { name: name.into(), column_type, mode, description: None, fields: vec![] }
-    }
-
     #[test]
     fn identifiers_reject_injection() {
         assert!(is_valid_identifier("contacts_master"));
@@ -575,47 +429,32 @@ mod tests {
     }
 
     #[test]
-    fn coercion_names_the_column_and_the_value() {
-        let c = column("score", ColumnType::Float64, ColumnMode::Nullable);
-        assert_eq!(coerce_value(&c, Some(&json!("1.5")), false).unwrap(), CellValue::Float64(1.5));
-        let err = coerce_value(&c, Some(&json!("abc")), false).unwrap_err();
-        assert_eq!(err.0, "column `score`: expected Float64, got string \"abc\"");
-        let required = column("id", ColumnType::String, ColumnMode::Required);
-        assert!(coerce_value(&required, None, false).unwrap_err().0.contains("REQUIRED but absent"));
-        assert_eq!(coerce_value(&required, None, true).unwrap(), CellValue::Null);
-    }
-
-    #[test]
-    fn timestamps_and_lists() {
-        let ts = column("t", ColumnType::Timestamp, ColumnMode::Nullable);
+    fn bigquery_schema_json_becomes_an_append_table_named_after_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let bq = r#"[
+          {"name": "id", "type": "string", "mode": "REQUIRED", "maxLength": "64"},
+          {"name": "n", "type": "INTEGER", "mode": "nullable", "description": "count"},
+          {"name": "tags", "type": "STRING", "mode": "REPEATED", "policyTags": {"names": []}},
+          {"name": "addr", "type": "RECORD", "fields": [{"name": "city", "type": "STRING"}]}
+        ]"#;
+        std::fs::write(dir.path().join("legacy.json"), bq).unwrap();
+        let catalog = Catalog::load_dir(dir.path()).unwrap();
+        let table = catalog.get("legacy").unwrap();
+        assert_eq!(table.write_mode, WriteMode::Append);
+        let shape: Vec<_> = table.columns.iter().map(|c| (c.name.as_str(), c.column_type, c.mode)).collect();
         assert_eq!(
-            coerce_value(&ts, Some(&json!("1970-01-01T00:00:01.5Z")), false).unwrap(),
-            CellValue::Timestamp(1_500_000)
+            shape,
+            vec![
+                ("id", ColumnType::String, ColumnMode::Required),
+                ("n", ColumnType::Int64, ColumnMode::Nullable),
+                ("tags", ColumnType::String, ColumnMode::Repeated),
+                ("addr", ColumnType::Record, ColumnMode::Nullable),
+            ]
         );
-        assert_eq!(
-            coerce_value(&ts, Some(&json!("1970-01-01 00:00:02")), false).unwrap(),
-            CellValue::Timestamp(2_000_000)
-        );
-        let tags = column("tags", ColumnType::Int64, ColumnMode::Repeated);
-        assert_eq!(coerce_value(&tags, Some(&json!(["1", 2])), false).unwrap(), CellValue::JsonText("[1,2]".into()));
-        assert!(coerce_value(&tags, Some(&json!(["x"])), false).unwrap_err().0.contains("element 0"));
-        assert_eq!(coerce_value(&tags, None, false).unwrap(), CellValue::JsonText("[]".into()));
-    }
-
-    #[test]
-    fn numeric_values_must_fit_precision_38_scale_9() {
-        let c = column("amount", ColumnType::Numeric, ColumnMode::Nullable);
-        assert_eq!(coerce_value(&c, Some(&json!("-12.5")), false).unwrap(), CellValue::JsonText("-12.5".into()));
-        assert_eq!(coerce_value(&c, Some(&json!(7)), false).unwrap(), CellValue::JsonText("7".into()));
-        for bad in [json!(1e40), json!("1.0000000001"), json!("12a"), json!("."), json!(true)] {
-            assert!(coerce_value(&c, Some(&bad), false).is_err(), "{bad} must be refused");
-        }
-    }
-
-    #[test]
-    fn base64_decodes() {
-        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
-        assert!(decode_base64("a*b").is_none());
+        assert_eq!(table.columns[3].fields[0].name, "city");
+        std::fs::write(dir.path().join("legacy.json"), r#"[{"name": "g", "type": "GEOGRAPHY"}]"#).unwrap();
+        let err = Catalog::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("unsupported column type `GEOGRAPHY`"), "{err}");
     }
 
     #[test]
