@@ -2,7 +2,7 @@
 # Installs what bqsync needs to build and run on the embedded default, idempotently:
 #   - the prebuilt DuckDB shared library (libduckdb.so 1.5.6) into .deps/duckdb/, taken from the npm
 #     registry package @duckdb/node-bindings-linux-x64 (building DuckDB from C++ source costs ~25 min
-#     and 8 GB of target dir on 2 cores; see README "Why a prebuilt DuckDB").
+#     and 8 GB of target dir on 2 cores; see docs/emulators.md "Why a prebuilt DuckDB").
 # Needs: cargo, npm (only on first run), tar, python3 (for the benchmark generator only).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

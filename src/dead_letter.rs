@@ -254,7 +254,7 @@ pub struct DeadLetterFilter {
     pub since_micros: Option<i64>,
     /// Last failure before, microseconds since the epoch.
     pub until_micros: Option<i64>,
-    /// Dead-letter ids or event ids (a dead-letter id may be given by a prefix of 8+ characters).
+    /// Dead-letter ids or event ids (a dead-letter id may be given by any prefix of it).
     pub ids: Vec<String>,
     pub limit: Option<usize>,
 }

@@ -181,7 +181,7 @@ enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Every field of one dead letter (by dead-letter id, a prefix of 8+ characters, or event id).
+    /// Every field of one dead letter (by dead-letter id, any prefix of it, or an event id).
     Show {
         id: String,
         #[arg(long)]
@@ -214,7 +214,7 @@ struct FilterArgs {
     /// Last failure before (same forms as --since).
     #[arg(long)]
     until: Option<String>,
-    /// Only these dead-letter ids (or prefixes of 8+ characters) or event ids. Repeatable.
+    /// Only these dead-letter ids (or any prefix of one) or event ids. Repeatable.
     #[arg(long = "id", value_name = "ID")]
     ids: Vec<String>,
     /// At most this many.

@@ -1,7 +1,7 @@
 //! The fault-injection harness: the real binary on loopback, faults injected while input keeps
 //! arriving, then rows counted against what was produced — lost, duplicated, dead-lettered.
 //!
-//! One documented command (README "Fault injection"): `scripts/faults.sh [short|long]` starts the
+//! One documented command (docs/faults.md): `scripts/faults.sh [short|long]` starts the
 //! emulators and runs this test; `scripts/test.sh` (CI) runs the short mode with the rest. The mode
 //! comes from `BQSYNC_FAULTS` (`short`, the default, or `long`). Each scenario is its own test
 //! (they run one at a time); each writes its row of the results table under `target/fault-results/`,
@@ -194,7 +194,7 @@ impl Workload {
 /// raised, and after `max_delivery_attempts` deliveries it is dead-lettered: the bus's guard against a
 /// message that crashes every worker (Pub/Sub counts such deliveries the same way). Hundreds of
 /// random kills hit the same messages several times in a row now and then, and this is what an
-/// operator does about it (README "Replay runbook"). Replay lands through the same idempotent,
+/// operator does about it (docs/google-cloud.md "Replay runbook"). Replay lands through the same idempotent,
 /// version-guarded landing, so an old version replayed after a newer one changes nothing.
 fn replay_exhausted(project: &Project) -> usize {
     let exhausted = dead_letter_reasons(project).get("max_attempts").copied().unwrap_or(0) as usize;

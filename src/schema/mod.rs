@@ -97,7 +97,7 @@ pub enum CdcDeletes {
     #[default]
     Tombstone,
     /// A `DELETE` change: the row leaves the table. An older upsert arriving after BigQuery applied
-    /// the delete may bring the row back (README "CDC upserts").
+    /// the delete may bring the row back (docs/google-cloud.md "CDC upserts").
     Delete,
 }
 

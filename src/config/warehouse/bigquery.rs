@@ -37,7 +37,7 @@ pub struct BigQueryConfig {
     #[serde(default = "default_append_apply_interval_secs")]
     pub append_apply_interval_secs: u64,
     /// How often the applier merges landed rows of an upsert table into the table (a MERGE bills
-    /// the whole table unless partition-pruned: see README "BigQuery cost model"). Default 300 s.
+    /// the whole table unless partition-pruned: see docs/google-cloud.md "BigQuery cost model"). Default 300 s.
     #[serde(default = "default_upsert_apply_interval_secs")]
     pub upsert_apply_interval_secs: u64,
     /// The apply window ends this long before BigQuery's "now": rows whose append is still in flight,

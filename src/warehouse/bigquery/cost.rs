@@ -6,7 +6,7 @@
 //! the state table names), else **estimated**: BigQuery bills at least 10 MB per table a statement
 //! references (Google, "On-demand compute pricing": "minimum 10 MB data processed per table
 //! referenced by the query"), an apply script has [`BILLED_STATEMENTS_PER_APPLY`] such statements,
-//! it reads one interval's landed rows, and an upsert's DELETE bills all of `T` (README "BigQuery
+//! it reads one interval's landed rows, and an upsert's DELETE bills all of `T` (docs/google-cloud.md "BigQuery
 //! cost model").
 //!
 //! Invariant: **a budget steers the apply, never the landing.** With `daily_byte_budget` set, the

@@ -15,7 +15,7 @@
 //! - **Nothing is created, dropped or queried per flush.** Tables, landing tables, state rows and
 //!   views are made by set-up and a worker's start-up ([`schema`]); a flush is appends only, so the
 //!   per-table DML quotas and the 10 MB minimum billed per query are paid per apply interval, not
-//!   per flush (see README "BigQuery cost model").
+//!   per flush (see docs/google-cloud.md "BigQuery cost model").
 //! - Every query job goes through the [`CostGuard`]: `maximumBytesBilled`, budget, protected tables.
 
 pub mod applier;

@@ -6,7 +6,7 @@
 //! event value is ever spliced into SQL text. The only literals are numbers this module computes
 //! (partition bounds).
 //!
-//! Names bqsync reserves in the dataset (see README "BigQuery tables and views"):
+//! Names bqsync reserves in the dataset (see docs/google-cloud.md "BigQuery tables and views"):
 //! - `_bqsync_landing_T`: the landing table of `T` (its user columns and the system columns);
 //! - `_bqsync_apply_state`: one row per table, the applier's watermark;
 //! - `T_live` and `T_current`: the fresh views.
