@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -26,26 +26,28 @@ fn copy_example(name: &str) -> tempfile::TempDir {
     dir
 }
 
-fn schemas() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")
-}
-
-/// Runs the example's steps: `python3 seed.py` when there is one, then `bqsync run --until-drained`.
+/// Runs the example's steps: `python3 seed.py` when there is one (twice: seeds are idempotent), then
+/// `bqsync --config EXAMPLE/bqsync.toml run --until-drained` from another folder, with the example's
+/// own `schemas/` (an example works from any folder, and outside the clone).
 fn run_example(name: &str, env: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = copy_example(name);
     if dir.path().join("seed.py").exists() {
-        let status = Command::new("python3").arg("seed.py").current_dir(dir.path()).stdout(Stdio::null()).status();
-        assert!(status.unwrap().success(), "{name}: seed.py failed");
+        for _ in 0..2 {
+            let status =
+                Command::new("python3").arg("seed.py").current_dir(dir.path()).stdout(Stdio::null()).status();
+            assert!(status.unwrap().success(), "{name}: seed.py failed");
+        }
     }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bqsync.toml");
     let output = Command::new(env!("CARGO_BIN_EXE_bqsync"))
-        .args(["run", "--until-drained"])
-        .current_dir(dir.path())
-        .env("BQSYNC__SCHEMAS_DIR", schemas())
-        .env("BQSYNC__ADMIN__LISTEN", "off")
+        .args(["--config", config.to_str().unwrap(), "run", "--until-drained"])
+        .current_dir(elsewhere.path())
         .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0, "{name}: nothing lands where it was started");
     dir
 }
 

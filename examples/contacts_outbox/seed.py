@@ -1,7 +1,9 @@
 """Creates contacts.db: the application's outbox table, with every row dirty."""
+import os
 import sqlite3
 
-db = sqlite3.connect("contacts.db")
+# Next to this script, wherever it is run from (the example's bqsync.toml names it relative to itself).
+db = sqlite3.connect(os.path.join(os.path.dirname(os.path.abspath(__file__)), "contacts.db"))
 db.executescript("""
 CREATE TABLE IF NOT EXISTS contacts (
   id TEXT PRIMARY KEY, name TEXT, email TEXT, phone TEXT, updated_at TEXT,
