@@ -428,11 +428,7 @@ struct Progress {
 impl Progress {
     /// A bar on stderr, drawn only when stderr is a terminal (indicatif hides it otherwise).
     fn new(total: usize) -> Progress {
-        let bar = indicatif::ProgressBar::new(total as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("replay [{bar:30}] {pos}/{len}") {
-            bar.set_style(style.progress_chars("# "));
-        }
-        Progress { bar }
+        Progress { bar: crate::progress::bar(total as u64, "replay [{bar:30}] {pos}/{len}") }
     }
 
     fn update(&self, done: u64) {

@@ -28,6 +28,7 @@ pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
+pub mod progress;
 pub mod retry;
 pub mod schema;
 pub mod shutdown;

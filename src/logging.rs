@@ -82,6 +82,7 @@ pub fn init() -> Result<(), LogSettingError> {
     let json =
         json_format(std::env::var("BQSYNC_LOG_FORMAT").ok(), std::env::var_os("KUBERNETES_SERVICE_HOST").is_some())?;
     let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"));
+    let _ = JSON_LOGS.set(json);
     let otel = otlp_layer();
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     if json {
@@ -90,6 +91,14 @@ pub fn init() -> Result<(), LogSettingError> {
         registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
     }
     Ok(())
+}
+
+/// Whether logs are JSON lines (set once by [`init`]).
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether logs are JSON lines: progress bars then stay hidden (see [`crate::progress`]).
+pub fn json_logs() -> bool {
+    JSON_LOGS.get().copied().unwrap_or(false)
 }
 
 /// The OTLP providers, kept to flush them at exit.

@@ -470,7 +470,12 @@ async fn run_sources(
     }
     let mode = if until_drained { RunMode::UntilDrained } else { RunMode::Forever };
     let started = std::time::Instant::now();
-    let report = pipeline::run_with(config, mode, role, sources).await?;
+    let progress = until_drained.then(bqsync::progress::RunProgress::start);
+    let report = pipeline::run_with(config, mode, role, sources).await;
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    let report = report?;
     let elapsed = started.elapsed().as_secs_f64();
     let w = &report.worker;
     tracing::info!(

@@ -77,6 +77,15 @@ impl Counted {
     }
 }
 
+/// Totals of a process so far (see [`Metrics::totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub published: u64,
+    pub offered: u64,
+    pub landed_new: u64,
+    pub dead_lettered: u64,
+}
+
 /// The registry.
 pub struct Metrics {
     registry: Registry,
@@ -321,6 +330,25 @@ impl Metrics {
 
     pub fn set_checkpoint_lag(&self, source: &str, bytes: i64) {
         self.checkpoint_lag_bytes.get_or_create(&vec![("source", source.to_string())]).set(bytes);
+    }
+
+    /// Totals over every table and source so far, for a one-shot run's progress line (dead letters
+    /// are not rows offered).
+    pub fn totals(&self) -> Totals {
+        let sum = |counted: &Counted| -> u64 {
+            counted
+                .seen()
+                .iter()
+                .map(|values| counted.get(&values.iter().map(String::as_str).collect::<Vec<_>>()))
+                .sum()
+        };
+        let dead_letter_rows = |counted: &Counted| counted.get(&[crate::dead_letter::DEAD_LETTER_TABLE]);
+        Totals {
+            published: sum(&self.events_published),
+            offered: sum(&self.rows_offered) - dead_letter_rows(&self.rows_offered),
+            landed_new: sum(&self.rows_landed) - dead_letter_rows(&self.rows_landed),
+            dead_lettered: sum(&self.dead_letters),
+        }
     }
 
     /// Rows landed per table so far (for tests and status).

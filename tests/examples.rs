@@ -33,8 +33,7 @@ fn run_example(name: &str, env: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = copy_example(name);
     if dir.path().join("seed.py").exists() {
         for _ in 0..2 {
-            let status =
-                Command::new("python3").arg("seed.py").current_dir(dir.path()).stdout(Stdio::null()).status();
+            let status = Command::new("python3").arg("seed.py").current_dir(dir.path()).stdout(Stdio::null()).status();
             assert!(status.unwrap().success(), "{name}: seed.py failed");
         }
     }

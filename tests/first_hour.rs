@@ -294,3 +294,30 @@ fn a_refused_credential_is_reported_once_not_retried() {
     assert!(stderr.contains("the API refused the credential (401 Unauthorized"), "{stderr}");
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1, "a 401 is not retried: {stderr}");
 }
+
+#[test]
+fn a_one_shot_run_shows_progress_on_a_terminal_only() {
+    let project = Project::new("");
+    let lines: String = (0..20_000).map(|i| atom_line(&format!("t-{i}"), i)).collect();
+    project.append("inbox/atoms/a.jsonl", lines.as_bytes());
+    // `script` gives the run a terminal (a pseudo-terminal) and copies what it draws to stdout.
+    let on_terminal = |env: &[(&str, &str)]| {
+        let command = format!("{} run --until-drained", env!("CARGO_BIN_EXE_bqsync"));
+        let output = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .current_dir(project.path(""))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    let drawn = on_terminal(&[]);
+    assert!(drawn.contains("published 20000, landed 20000 (20000 new), dead-lettered 0"), "{drawn}");
+    std::fs::remove_dir_all(project.path(".bqsync")).unwrap();
+    std::fs::remove_file(project.path("bqsync.duckdb")).unwrap();
+    let json_mode = on_terminal(&[("BQSYNC_LOG_FORMAT", "json")]);
+    assert!(!json_mode.contains("published "), "no bar in JSON-log mode: {json_mode}");
+    let (_, redirected) = run_once(&project, &[("BQSYNC_LOG", "info")]);
+    assert!(!redirected.contains("published "), "no bar when stderr is not a terminal: {redirected}");
+}

@@ -176,11 +176,8 @@ impl Loader {
 
 /// A progress bar on stderr in bytes (drawn only on a terminal).
 pub fn progress_bar(total_bytes: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total_bytes);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
+    crate::progress::bar(
+        total_bytes,
         "{spinner} [{elapsed_precise}] {bar:30} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}) {msg}",
-    ) {
-        bar.set_style(style);
-    }
-    bar
+    )
 }
