@@ -97,6 +97,13 @@ fn glob(pattern: &str, source_name: &str) -> Result<globset::Glob, SourceError> 
     })
 }
 
+/// Replaces the line number at the end of a `jsonl:path:line` label (the path ends at `path_len`).
+fn set_line_number(label: &mut String, path_len: usize, line_number: u64) {
+    use std::fmt::Write;
+    label.truncate(path_len);
+    let _ = write!(label, "{line_number}");
+}
+
 /// Hash of the first `len` bytes of the file.
 fn fingerprint(file: &mut File, len: u64) -> std::io::Result<u64> {
     let mut buffer = vec![0u8; len as usize];
@@ -381,15 +388,17 @@ impl JsonlSource {
         let mut reader = LineReader::new(self.config.max_line_bytes);
         let mut batch = Vec::with_capacity(self.config.publish_batch);
         let produced_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let file_label = format!("jsonl:{}", tracked.path.display());
+        // Each line's source is `jsonl:path:line`, as compilers print it (`dlq show` points at the
+        // input line), written into one buffer for every line of the pass.
+        let mut source_label = format!("jsonl:{}:", tracked.path.display());
+        let file_label_len = source_label.len();
         loop {
             let line = reader.next_line(&mut tracked.file).map_err(|e| self.io_error(&tracked.path, e))?;
             let Some(line) = line else { break };
             let line_offset = read_start + line.start_offset;
             outcome.consumed += 1;
             line_number += 1;
-            // `path:line`, as compilers print it: `dlq show` points at the input line.
-            let source_label = format!("{file_label}:{line_number}");
+            set_line_number(&mut source_label, file_label_len, line_number);
             let message = match line.content {
                 LineContent::Complete(bytes) => self.line_to_message(
                     &tracked.table,
@@ -427,7 +436,8 @@ impl JsonlSource {
             } else if let Some((start, bytes)) = reader.take_unterminated() {
                 outcome.consumed += 1;
                 line_number += 1;
-                let (offset, source_label) = (read_start + start, format!("{file_label}:{line_number}"));
+                set_line_number(&mut source_label, file_label_len, line_number);
+                let offset = read_start + start;
                 let message = self.line_to_message(
                     &tracked.table,
                     tracked.fingerprint,
