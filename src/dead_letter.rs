@@ -15,6 +15,42 @@ use crate::schema::{Catalog, CellValue};
 
 /// Table name of the dead-letter table.
 pub const DEAD_LETTER_TABLE: &str = "dead_letters";
+/// The table of replay marks: one row per dead letter a replay landed (`schemas/dead_letter_replays.json`;
+/// optional: without it, replays are not marked and every dead letter counts as open).
+pub const REPLAY_TABLE: &str = "dead_letter_replays";
+
+/// `FROM` clause of a dead-letters query: `dead_letters` (or its view, `target`) with each one's
+/// replay mark, if any, as `replayed_at` (from `replays`, the marks' table or view; None when there
+/// is none, and every dead letter is open). The same text in both dialects.
+pub fn with_replay_marks(target: &str, replays: Option<&str>) -> String {
+    match replays {
+        Some(replays) => format!(
+            "{target} LEFT JOIN (SELECT dead_letter_id AS replayed_id, MIN(replayed_at) AS replayed_at \
+             FROM {replays} GROUP BY dead_letter_id) marks ON marks.replayed_id = dead_letter_id"
+        ),
+        None => format!(
+            "{target} LEFT JOIN (SELECT '' AS replayed_id, CAST(NULL AS TIMESTAMP) AS replayed_at) marks ON FALSE"
+        ),
+    }
+}
+
+/// The mark that `record` was replayed into `table` now, in the catalog's column order; None when
+/// the catalog has no replay table. Its id is the dead letter's own, so marking twice lands once and
+/// the first replay's time stays.
+pub fn replay_mark(catalog: &Catalog, record: &DeadLetterRecord, table: &str) -> Option<StagedRow> {
+    let schema = catalog.get(REPLAY_TABLE)?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let cell = |column: &str| match column {
+        "dead_letter_id" => CellValue::String(record.dead_letter_id.clone()),
+        "event_id" => record.event_id.clone().map_or(CellValue::Null, CellValue::String),
+        "table_name" => CellValue::String(table.to_string()),
+        "replayed_at" => CellValue::Timestamp(now),
+        _ => CellValue::Null,
+    };
+    let cells = schema.columns.iter().map(|c| cell(&c.name)).collect();
+    let event_id = derive_event_id(&[b"replayed", record.dead_letter_id.as_bytes()]);
+    Some(StagedRow { event_id, op: Op::Insert, version: None, cells })
+}
 
 /// Reason classes of dead letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -243,6 +279,9 @@ pub struct DeadLetterRecord {
     pub first_failed_micros: Option<i64>,
     pub last_failed_micros: i64,
     pub bqsync_version: Option<String>,
+    /// When `bqsync replay` landed it (µs): it is no longer open. None while open, or where the
+    /// `dead_letter_replays` table does not exist.
+    pub replayed_micros: Option<i64>,
 }
 
 /// Which dead letters to read. Empty fields match everything.

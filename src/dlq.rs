@@ -25,7 +25,9 @@ use serde_json::{Map, Value};
 
 use crate::ack::Receipts;
 use crate::batch::{StagedRow, TableBatch};
-use crate::dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterReason, DeadLetterRecord, DEAD_LETTER_TABLE};
+use crate::dead_letter::{
+    replay_mark, DeadLetter, DeadLetterFilter, DeadLetterReason, DeadLetterRecord, DEAD_LETTER_TABLE, REPLAY_TABLE,
+};
 use crate::message::{attr, Attributes, Message};
 use crate::schema::Catalog;
 use crate::sources::jsonl::record_to_message;
@@ -128,6 +130,11 @@ fn keep_end(text: &str, max: usize) -> String {
     "…".to_string() + &text.chars().skip(count - max + 1).collect::<String>()
 }
 
+/// `replayed: ` before the detail of a dead letter a replay landed.
+fn replayed_prefix(r: &DeadLetterRecord) -> String {
+    r.replayed_micros.map_or_else(String::new, |micros| format!("replayed {}: ", format_micros(micros)))
+}
+
 /// `dlq list`: one line a dead letter.
 pub fn render_list(records: &[DeadLetterRecord]) -> String {
     let mut out = format!(
@@ -143,7 +150,7 @@ pub fn render_list(records: &[DeadLetterRecord]) -> String {
             r.reason,
             r.delivery_attempts.map_or("-".into(), |a| a.to_string()),
             keep_end(r.source.as_deref().unwrap_or("-"), 32),
-            shorten(r.detail.as_deref().unwrap_or(""), 80),
+            shorten(&(replayed_prefix(r) + r.detail.as_deref().unwrap_or("")), 80),
         ));
     }
     out.push_str(&format!("{} dead letter(s)\n", records.len()));
@@ -164,6 +171,7 @@ pub fn render_show(r: &DeadLetterRecord) -> String {
     line("first_failed_at", r.first_failed_micros.map_or("-".into(), format_micros));
     line("last_failed_at", format_micros(r.last_failed_micros));
     line("bqsync_version", r.bqsync_version.clone().unwrap_or_else(|| "-".into()));
+    line("replayed_at", r.replayed_micros.map_or("- (open)".into(), format_micros));
     line("attributes", r.attributes.to_string());
     line("message bytes", r.message_bytes.len().to_string());
     out.push_str("message:\n");
@@ -290,6 +298,11 @@ pub async fn replay(
             let (outcome, detail, table, event_id, row) = match classifier.classify(message) {
                 Classified::Row { table, row, .. } => {
                     summary.valid += 1;
+                    // Marked replayed in the same landing (one transaction on DuckDB): a replay
+                    // that dies before it commits leaves the dead letter open, and lands it again.
+                    if let Some(mark) = replay_mark(&catalog, record, &table) {
+                        tables.entry(REPLAY_TABLE.to_string()).or_default().push(mark);
+                    }
                     let id = row.event_id.clone();
                     ("valid".to_string(), String::new(), table, Some(id), row)
                 }
@@ -316,7 +329,7 @@ pub async fn replay(
             let landed = warehouse.land(Arc::new(batches), Receipts::default()).await;
             let (_nothing_to_ack, stats) = landed.map_err(|f| *f.error).context("landing replayed events")?;
             for (table, stat) in stats {
-                if table != DEAD_LETTER_TABLE {
+                if table != DEAD_LETTER_TABLE && table != REPLAY_TABLE {
                     summary.landed_new += stat.rows_changed;
                     summary.already_present += stat.rows_offered - stat.rows_changed;
                 }

@@ -97,7 +97,7 @@ pub fn render(status: &Status) -> String {
     for (table, rows) in &status.rows_per_table {
         out.push_str(&format!("  {table:<24} {rows:>12}\n"));
     }
-    out.push_str("\nDEAD LETTERS\n");
+    out.push_str("\nDEAD LETTERS (open: not replayed)\n");
     if status.dead_letters.is_empty() {
         out.push_str("  none\n");
     }

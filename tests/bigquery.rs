@@ -417,6 +417,20 @@ fn rows_the_write_api_rejects_are_dead_lettered_and_the_rest_lands() {
         assert_eq!(warehouse.dead_letters(&by_id).await.unwrap().len(), 1);
         let other = bqsync::warehouse::DeadLetterFilter { table: Some("atoms".into()), ..Default::default() };
         assert!(warehouse.dead_letters(&other).await.unwrap().is_empty());
+
+        // A replay's mark (what `bqsync replay` lands with each event it lands): the dead letter is
+        // no longer open, in status and in the list, from the live views before any apply.
+        let catalog = self::catalog();
+        let replayed = &records[0];
+        let mark = bqsync::dead_letter::replay_mark(&catalog, replayed, "contacts_master").expect("the marks' table");
+        let marks = land(vec![mark], bqsync::dead_letter::REPLAY_TABLE);
+        let _ = warehouse.land(marks, bqsync::bus::Receipts::default()).await.unwrap();
+        let open: u64 = warehouse.dead_letter_counts().await.unwrap().iter().map(|(_, _, n)| n).sum();
+        assert_eq!(open, 3);
+        let again = warehouse.dead_letters(&filter).await.unwrap();
+        let marked: Vec<&str> =
+            again.iter().filter(|r| r.replayed_micros.is_some()).map(|r| r.dead_letter_id.as_str()).collect();
+        assert_eq!(marked, [replayed.dead_letter_id.as_str()]);
     });
 }
 

@@ -110,6 +110,11 @@ fn schema_fix_then_dry_run_then_replay_lands_once_and_set_fixes_a_field() {
         ),
         20
     );
+    // The 50 are marked replayed, with the time; status counts the 20 and their 20 new dead letters.
+    assert_eq!(open_dead_letters(&project), 40);
+    let shown = stdout_of(&project, &["dlq", "show", &id[..10]]);
+    assert!(shown.contains("replayed_at") && !shown.contains("- (open)"), "{shown}");
+    assert!(stdout_of(&project, &["dlq", "list", "--id", "col-7"]).contains("replayed 20"), "the list says so too");
     // A second replay lands nothing new and records no new dead letters.
     let second = json_of(&project, &["replay", "--json"]);
     assert_eq!((second["landed_new"].as_u64(), second["already_present"].as_u64()), (Some(0), Some(50)), "{second}");
@@ -124,6 +129,13 @@ fn schema_fix_then_dry_run_then_replay_lands_once_and_set_fixes_a_field() {
     assert_eq!(project.query_i64("SELECT count(*) FROM atoms WHERE event_id LIKE 'score-%' AND score = 2.5"), 20);
     assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), 170);
     assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), 170);
+    assert_eq!(open_dead_letters(&project), 0, "every dead letter was replayed");
+}
+
+/// Open dead letters as `bqsync status --json` counts them.
+fn open_dead_letters(project: &Project) -> u64 {
+    let status = json_of(project, &["status", "--json"]);
+    status["dead_letters"].as_array().unwrap().iter().map(|row| row[2].as_u64().unwrap()).sum()
 }
 
 #[test]

@@ -558,14 +558,24 @@ fn bigquery_outage(mode: Mode, rng: &mut fastrand::Rng) -> Outcome {
     // before the kill may be sent again, and the apply counts it once.
     let expected = workload.atom_ids.len() as i64;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let count = format!("SELECT COUNT(DISTINCT event_id) FROM `{BIGQUERY_PROJECT}.{dataset}.atoms`");
+    let count = |sql: &str| -> i64 {
+        let rows = runtime.block_on(bigquery_rows(&emulator.endpoint(), BIGQUERY_PROJECT, sql));
+        rows[0][0].as_str().and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let atoms = format!("SELECT COUNT(DISTINCT event_id) FROM `{BIGQUERY_PROJECT}.{dataset}.atoms`");
     wait_until(Duration::from_secs(300), "every atom landed after BigQuery came back", || {
-        let rows = runtime.block_on(bigquery_rows(&emulator.endpoint(), BIGQUERY_PROJECT, &count));
-        let landed: i64 = rows[0][0].as_str().and_then(|n| n.parse().ok()).unwrap_or(0);
         std::thread::sleep(Duration::from_millis(500));
-        landed >= expected
+        count(&atoms) >= expected
     });
     let recover_secs = resumed.elapsed().as_secs_f64();
+    // The planted poison is applied by the same applier, table by table: wait for it too before the
+    // stop, or a SIGTERM right after the atoms' apply leaves the dead letters landed but unapplied (the
+    // last one-shot run applies only what it landed itself).
+    let dead = format!("SELECT COUNT(*) FROM `{BIGQUERY_PROJECT}.{dataset}.dead_letters`");
+    wait_until(Duration::from_secs(120), "the planted poison applied", || {
+        std::thread::sleep(Duration::from_millis(500));
+        count(&dead) >= workload.poison as i64
+    });
     signal(&child, "TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(60)).success(), "{}", project.log_tail());
     let log = std::fs::read_to_string(project.path("bqsync.log")).unwrap();

@@ -316,9 +316,8 @@ impl Warehouse for DuckDbWarehouse {
 
     async fn dead_letter_counts(&self) -> Result<Vec<(String, String, u64)>, WarehouseError> {
         self.blocking(|this, connection| {
-            let Ok(mut statement) = connection.prepare(
-                "SELECT coalesce(table_name, '?'), reason, count(*) FROM dead_letters GROUP BY ALL ORDER BY ALL",
-            ) else {
+            let Ok(mut statement) = connection.prepare(&sql::count_open_dead_letters(has_replay_marks(connection)))
+            else {
                 return Ok(Vec::new());
             };
             let rows = statement
@@ -331,8 +330,9 @@ impl Warehouse for DuckDbWarehouse {
     }
 
     async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterRecord>, WarehouseError> {
-        let (sql, params) = sql::select_dead_letters(filter);
+        let filter = filter.clone();
         self.blocking(move |this, connection| {
+            let (sql, params) = sql::select_dead_letters(&filter, has_replay_marks(connection));
             let mut statement = connection.prepare(&sql).map_err(this.error("list dead letters"))?;
             let rows = statement
                 .query_map(duckdb::params_from_iter(params.iter()), |r| {
@@ -354,6 +354,7 @@ impl Warehouse for DuckDbWarehouse {
                         first_failed_micros: r.get(9)?,
                         last_failed_micros: r.get(10)?,
                         bqsync_version: r.get(11)?,
+                        replayed_micros: r.get(12)?,
                     })
                 })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -362,4 +363,16 @@ impl Warehouse for DuckDbWarehouse {
         })
         .await
     }
+}
+
+/// Whether the file holds the replay marks' table (created from `schemas/dead_letter_replays.json`;
+/// a file opened read-only may predate it).
+fn has_replay_marks(connection: &duckdb::Connection) -> bool {
+    connection
+        .query_row(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+            [crate::dead_letter::REPLAY_TABLE],
+            |r| r.get::<_, i64>(0),
+        )
+        .is_ok_and(|n| n > 0)
 }

@@ -3,7 +3,7 @@
 //! Every identifier goes through [`quote_ident`] and comes from `schemas/` (already checked by
 //! [`crate::schema::is_valid_identifier`]); no value is ever spliced into SQL text.
 
-use crate::dead_letter::{filter_sql, DeadLetterFilter, Dialect};
+use crate::dead_letter::{filter_sql, with_replay_marks, DeadLetterFilter, Dialect, DEAD_LETTER_TABLE, REPLAY_TABLE};
 use crate::schema::{Column, ColumnMode, ColumnType, TableSchema, WriteMode};
 
 /// System column: the event id that produced the row (append tables deduplicate on it).
@@ -232,18 +232,28 @@ pub fn drop_staging(table: &TableSchema) -> String {
     format!("DROP TABLE IF EXISTS temp.main.{}", quote_ident(&staging_table(table)))
 }
 
+/// Open dead letters (not replayed) by table and reason.
+pub fn count_open_dead_letters(replays: bool) -> String {
+    let from = with_replay_marks(DEAD_LETTER_TABLE, replays.then_some(REPLAY_TABLE));
+    format!(
+        "SELECT coalesce(table_name, '?'), reason, count(*) FROM {from} WHERE marks.replayed_at IS NULL \
+         GROUP BY ALL ORDER BY ALL"
+    )
+}
+
 /// Live rows of a table: tombstones excluded.
 pub fn count_live_rows(table: &TableSchema) -> String {
     format!("SELECT count(*) FROM {} WHERE NOT {}", quote_ident(&table.table), quote_ident(DELETED))
 }
 
 /// The `dead_letters` query for a filter, with its parameters in order (all text).
-pub fn select_dead_letters(filter: &DeadLetterFilter) -> (String, Vec<String>) {
+pub fn select_dead_letters(filter: &DeadLetterFilter, replays: bool) -> (String, Vec<String>) {
     let (tail, params) = filter_sql(filter, Dialect::DuckDb);
+    let from = with_replay_marks(DEAD_LETTER_TABLE, replays.then_some(REPLAY_TABLE));
     let sql = format!(
         "SELECT dead_letter_id, event_id, table_name, reason, detail, source, message_bytes, \
          CAST(attributes AS VARCHAR), delivery_attempts, epoch_us(first_failed_at), epoch_us(last_failed_at), \
-         bqsync_version FROM dead_letters{tail}"
+         bqsync_version, epoch_us(marks.replayed_at) FROM {from}{tail}"
     );
     (sql, params.into_iter().map(|p| p.value).collect())
 }
@@ -304,8 +314,9 @@ mod tests {
             limit: Some(10),
             ..Default::default()
         };
-        let (sql, params) = select_dead_letters(&filter);
+        let (sql, params) = select_dead_letters(&filter, false);
         assert!(!sql.contains("DROP"), "{sql}");
+        assert!(sql.contains("marks ON FALSE"), "no marks table: every dead letter is open: {sql}");
         assert_eq!(sql.matches('?').count(), params.len());
         assert_eq!(params[0], "atoms'; DROP TABLE x; --");
         assert!(sql.ends_with("ORDER BY last_failed_at DESC, dead_letter_id LIMIT 10"), "{sql}");

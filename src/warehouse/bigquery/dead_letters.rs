@@ -57,6 +57,7 @@ pub fn record(r: &[Value]) -> DeadLetterRecord {
         first_failed_micros: int(r.get(9)),
         last_failed_micros: int(r.get(10)).unwrap_or(0),
         bqsync_version: text(r.get(11)),
+        replayed_micros: int(r.get(12)),
     }
 }
 

@@ -173,6 +173,12 @@ pub struct BigQueryWarehouse {
 }
 
 impl BigQueryWarehouse {
+    /// The live view of the replay marks, when the catalog has their table (`bqsync setup` made it).
+    fn replay_marks_view(&self) -> Option<String> {
+        let replays = crate::dead_letter::REPLAY_TABLE;
+        self.catalog.get(replays).map(|_| self.rest.path(&bsql::live_view(replays)))
+    }
+
     /// Connects (nothing is sent until the first call).
     pub async fn connect(config: &BigQueryConfig, catalog: Arc<Catalog>) -> Result<BigQueryWarehouse, WarehouseError> {
         config.check()?;
@@ -439,14 +445,16 @@ impl Warehouse for BigQueryWarehouse {
 
     async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterRecord>, WarehouseError> {
         let view = self.rest.path(&bsql::live_view(DEAD_LETTER_TABLE));
-        let (sql, params) = bsql::select_dead_letters(&view, filter);
+        let replays = self.replay_marks_view();
+        let (sql, params) = bsql::select_dead_letters(&view, replays.as_deref(), filter);
         let rows = self.rest.query_rows(&sql, params, self.max_bytes()).await?;
         Ok(rows.iter().map(|r| dead_letters::record(r)).collect())
     }
 
     async fn dead_letter_counts(&self) -> Result<Vec<(String, String, u64)>, WarehouseError> {
         let view = self.rest.path(&bsql::live_view(DEAD_LETTER_TABLE));
-        let rows = match self.rest.query_rows(&bsql::count_dead_letters(&view), Vec::new(), self.max_bytes()).await {
+        let sql = bsql::count_dead_letters(&view, self.replay_marks_view().as_deref());
+        let rows = match self.rest.query_rows(&sql, Vec::new(), self.max_bytes()).await {
             Ok(rows) => rows,
             Err(WarehouseError::BigQuery { transient: false, .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),

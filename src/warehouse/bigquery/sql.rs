@@ -175,21 +175,28 @@ pub fn count_live_rows(target: &str) -> String {
 }
 
 /// Dead letters by table and reason.
-pub fn count_dead_letters(target: &str) -> String {
+/// Open dead letters (not replayed) by table and reason; `replays` is the marks' live view.
+pub fn count_dead_letters(target: &str, replays: Option<&str>) -> String {
+    let from = crate::dead_letter::with_replay_marks(target, replays);
     format!(
-        "SELECT IFNULL(table_name, '?') AS table_name, reason, COUNT(*) AS n FROM {target} \
-         GROUP BY 1, 2 ORDER BY 1, 2"
+        "SELECT IFNULL(table_name, '?') AS table_name, reason, COUNT(*) AS n FROM {from} \
+         WHERE marks.replayed_at IS NULL GROUP BY 1, 2 ORDER BY 1, 2"
     )
 }
 
 /// The `dead_letters` query for a filter, with its named STRING/INT64 parameters: (SQL, [(name,
 /// type, value)]). Values never enter the SQL text.
-pub fn select_dead_letters(target: &str, filter: &DeadLetterFilter) -> (String, Vec<(String, &'static str, String)>) {
+pub fn select_dead_letters(
+    target: &str,
+    replays: Option<&str>,
+    filter: &DeadLetterFilter,
+) -> (String, Vec<(String, &'static str, String)>) {
     let (tail, params) = filter_sql(filter, Dialect::BigQuery);
+    let from = crate::dead_letter::with_replay_marks(target, replays);
     let sql = format!(
         "SELECT dead_letter_id, event_id, table_name, reason, detail, source, message_bytes, \
          TO_JSON_STRING(attributes), delivery_attempts, UNIX_MICROS(first_failed_at), UNIX_MICROS(last_failed_at), \
-         bqsync_version FROM {target}{tail}"
+         bqsync_version, UNIX_MICROS(marks.replayed_at) FROM {from}{tail}"
     );
     (sql, params.into_iter().map(|p| (p.name, p.kind.bigquery_name(), p.value)).collect())
 }
@@ -240,8 +247,12 @@ mod tests {
             limit: Some(10),
             ..Default::default()
         };
-        let (sql, params) = select_dead_letters("`p.d.dead_letters`", &filter);
+        let (sql, params) = select_dead_letters("`p.d.dead_letters`", Some("`p.d.dead_letter_replays_live`"), &filter);
         assert!(!sql.contains("DROP"), "{sql}");
+        assert!(
+            sql.contains("FROM `p.d.dead_letters` LEFT JOIN (SELECT dead_letter_id AS replayed_id, MIN(replayed_at) AS replayed_at FROM `p.d.dead_letter_replays_live` GROUP BY dead_letter_id) marks"),
+            "{sql}"
+        );
         assert!(sql.contains("table_name = @table AND last_failed_at >= TIMESTAMP_MICROS(@since)"), "{sql}");
         assert!(sql.contains("(STARTS_WITH(dead_letter_id, @id1) OR event_id = @id1)"), "{sql}");
         assert!(sql.ends_with("ORDER BY last_failed_at DESC, dead_letter_id LIMIT 10"), "{sql}");
