@@ -38,11 +38,7 @@ impl RunProgress {
         let ticking = bar.clone();
         let ticker = tokio::spawn(async move {
             loop {
-                let totals = crate::metrics::global().totals();
-                ticking.set_message(format!(
-                    "published {}, landed {} ({} new), dead-lettered {}",
-                    totals.published, totals.offered, totals.landed_new, totals.dead_lettered
-                ));
+                ticking.set_message(totals_line());
                 ticking.tick();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -50,8 +46,19 @@ impl RunProgress {
         RunProgress { bar, ticker }
     }
 
+    /// Stops the spinner and leaves the final totals on the terminal (a run shorter than a tick
+    /// still shows what it did).
     pub fn finish(self) {
         self.ticker.abort();
-        self.bar.finish_and_clear();
+        self.bar.finish_with_message(totals_line());
     }
+}
+
+/// The process's totals so far, in words.
+fn totals_line() -> String {
+    let totals = crate::metrics::global().totals();
+    format!(
+        "published {}, landed {} ({} new), dead-lettered {}",
+        totals.published, totals.offered, totals.landed_new, totals.dead_lettered
+    )
 }
