@@ -393,13 +393,9 @@ impl Worker {
                 self.stats.flushes += 1;
                 metrics.flush(in_flight.started.elapsed().as_secs_f64(), true);
                 let now = chrono::Utc::now().timestamp_micros();
-                let lags: BTreeMap<&str, Vec<f64>> = in_flight
-                    .produced
-                    .iter()
-                    .map(|(table, produced)| {
-                        (table.as_str(), produced.iter().map(|micros| (now - micros) as f64 / 1e6).collect())
-                    })
-                    .collect();
+                for (table, produced) in &in_flight.produced {
+                    metrics.lag(table, produced.iter().map(|micros| (now - micros) as f64 / 1e6));
+                }
                 for (table, stats) in &outcome.stats {
                     metrics.landed(table, stats.rows_offered, stats.rows_changed);
                 }
@@ -407,11 +403,9 @@ impl Worker {
                     self.stats.offered += stats.rows_offered;
                     self.stats.landed_new += stats.rows_changed;
                     self.stats.already_present += stats.rows_offered - stats.rows_changed;
-                    let lag = lags.get(table.as_str());
-                    self.progress.record(table, stats, lag.and_then(|l| l.iter().copied().reduce(f64::max)));
-                }
-                for (table, lag) in lags {
-                    metrics.lag(table, lag);
+                    // The largest lag is the oldest event's.
+                    let oldest = in_flight.produced.iter().find(|(t, _)| t == table).and_then(|(_, p)| p.iter().min());
+                    self.progress.record(table, stats, oldest.map(|micros| (now - micros) as f64 / 1e6));
                 }
                 self.progress.log_if_due();
                 self.ack(committed).await
