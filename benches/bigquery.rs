@@ -176,6 +176,7 @@ fn event(schema: &TableSchema, i: usize) -> StagedRow {
         op: if upsert { Op::Upsert } else { Op::Insert },
         version: upsert.then_some(i as i64),
         cells,
+        absent: Vec::new(),
     }
 }
 

@@ -49,7 +49,7 @@ pub fn replay_mark(catalog: &Catalog, record: &DeadLetterRecord, table: &str) ->
     };
     let cells = schema.columns.iter().map(|c| cell(&c.name)).collect();
     let event_id = derive_event_id(&[b"replayed", record.dead_letter_id.as_bytes()]);
-    Some(StagedRow { event_id, op: Op::Insert, version: None, cells })
+    Some(StagedRow::whole(event_id, Op::Insert, None, cells))
 }
 
 /// Reason classes of dead letters.
@@ -197,7 +197,7 @@ impl DeadLetter {
             Some(schema) => schema.columns.iter().map(|c| value_of(&c.name)).collect(),
             None => Vec::new(),
         };
-        StagedRow { event_id: dead_letter_id, op: Op::Insert, version: None, cells }
+        StagedRow::whole(dead_letter_id, Op::Insert, None, cells)
     }
 }
 

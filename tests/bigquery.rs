@@ -81,7 +81,7 @@ fn atom(schema: &TableSchema, id: &str, day: i64) -> StagedRow {
             _ => CellValue::Null,
         })
         .collect();
-    StagedRow { event_id: id.into(), op: Op::Insert, version: None, cells }
+    StagedRow::whole(id.into(), Op::Insert, None, cells)
 }
 
 fn contact(schema: &TableSchema, key: &str, version: i64, email: Option<&str>, deleted: bool) -> StagedRow {

@@ -16,6 +16,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::message::Message;
 use crate::schema::Catalog;
 use crate::sources::jsonl::record_to_message;
+use crate::warehouse::bigquery::sql::ABSENT;
 use crate::warehouse::bigquery::{format_timestamp, payload_json};
 use crate::warehouse::sql::{DELETED, EVENT_ID, LANDED_AT, VERSION};
 use crate::worker::classify::{Classified, Classifier};
@@ -116,6 +117,10 @@ pub fn prepare(catalog: &Catalog, table: &str, source: &str, bytes: &[u8], max_e
                 line.insert(VERSION.into(), row.version.map_or(Value::Null, |v| v.to_string().into()));
                 line.insert(DELETED.into(), (row.op == crate::envelope::Op::Delete).into());
                 line.insert(LANDED_AT.into(), landed_at.clone().into());
+                if schema.patches() {
+                    let absent = row.absent.iter().map(|&i| Value::from(schema.columns[i].name.as_str()));
+                    line.insert(ABSENT.into(), Value::Array(absent.collect()));
+                }
                 serde_json::to_writer(&mut prepared.ndjson, &line).expect("a map serializes");
                 prepared.ndjson.push(b'\n');
                 prepared.rows += 1;
@@ -157,6 +162,24 @@ mod tests {
         let array = records(b" [ {\"a\":1}, {\"a\":[2]} ]").unwrap();
         assert_eq!(array, [(0, "{\"a\":1}"), (1, "{\"a\":[2]}")]);
         assert!(records(b"[{\"a\":1},").is_err());
+    }
+
+    #[test]
+    fn patch_lines_name_the_columns_they_do_not_carry() {
+        let tables = crate::schema::project_catalog().tables().cloned().collect::<Vec<_>>();
+        let catalog = Catalog::from_tables(tables.into_iter().map(|mut t| {
+            if t.table == "contacts_master" {
+                t.upsert = crate::schema::UpsertMode::Patch;
+            }
+            t
+        }));
+        let file = "{\"contact_id\":\"k\",\"email\":null,\"version\":2}\n";
+        let prepared = prepare(&catalog, "contacts_master", "test", file.as_bytes(), 1 << 20);
+        let line: serde_json::Map<String, Value> =
+            serde_json::from_slice(prepared.ndjson.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(line[ABSENT], serde_json::json!(["name", "phone", "updated_at"]), "{line:?}");
+        let whole = prepare(&crate::schema::project_catalog(), "contacts_master", "test", file.as_bytes(), 1 << 20);
+        assert!(!String::from_utf8_lossy(&whole.ndjson).contains(ABSENT), "replace tables have no such column");
     }
 
     #[test]

@@ -87,6 +87,20 @@ pub enum WriteMode {
     Upsert,
 }
 
+/// What an upsert does to the columns its record does not carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpsertMode {
+    /// The record is the whole row: a column it does not carry becomes NULL.
+    #[default]
+    Replace,
+    /// The record updates only the columns it carries (an explicit `null` sets NULL); the others keep
+    /// their stored values. Records of one key that arrive together are folded in version order, column
+    /// by column. A delete still clears the row, and a record older than the stored version is still
+    /// ignored, even for columns newer records did not touch: the guard is one version per row.
+    Patch,
+}
+
 /// How a CDC table (`"cdc": true`) writes deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -196,6 +210,10 @@ pub struct TableSchema {
     /// "CDC upserts" for the limits. Default false. The embedded warehouse ignores it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cdc: bool,
+    /// Upsert tables: `replace` (default: a record is the whole row, missing columns become NULL) or
+    /// `patch` (a record updates only the columns it carries). See [`UpsertMode`].
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub upsert: UpsertMode,
     /// How a CDC table writes deletes: `tombstone` (default) or `delete`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub cdc_deletes: CdcDeletes,
@@ -228,6 +246,11 @@ pub fn is_valid_identifier(name: &str) -> bool {
 }
 
 impl TableSchema {
+    /// Whether an upsert updates only the columns its record carries (`"upsert": "patch"`).
+    pub fn patches(&self) -> bool {
+        self.write_mode == WriteMode::Upsert && self.upsert == UpsertMode::Patch
+    }
+
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
@@ -288,6 +311,11 @@ impl TableSchema {
                 if !matches!(column.column_type, ColumnType::Int64 | ColumnType::Timestamp) {
                     return Err(format!("version column `{version}` must be INT64 or TIMESTAMP"));
                 }
+                // A CDC `UPSERT` replaces the whole row with the same key (Google, "Stream table
+                // updates with change data capture"): there is no write that keeps absent columns.
+                if self.cdc && self.upsert == UpsertMode::Patch {
+                    return Err("`\"upsert\": \"patch\"` cannot be combined with `cdc` (a CDC UPSERT replaces the whole row); drop one of them".into());
+                }
                 // Google, "Stream table updates with change data capture": a composite primary
                 // key of at most 16 columns.
                 if self.cdc && self.primary_key.len() > 16 {
@@ -300,6 +328,9 @@ impl TableSchema {
             WriteMode::Append => {
                 if self.cdc {
                     return Err("`cdc` applies to write_mode `upsert` only".into());
+                }
+                if self.upsert != UpsertMode::default() {
+                    return Err("`upsert` applies to write_mode `upsert` only".into());
                 }
                 if !self.primary_key.is_empty() || self.version_column.is_some() {
                     return Err("`primary_key` and `version_column` apply to write_mode `upsert` only".into());
@@ -376,6 +407,7 @@ fn parse_table_file(path: &Path, text: &str) -> Result<TableSchema, SchemaError>
         cluster: Vec::new(),
         unknown_fields: UnknownFields::default(),
         cdc: false,
+        upsert: UpsertMode::default(),
         cdc_deletes: CdcDeletes::default(),
         columns: fields.into_iter().map(Column::from).collect(),
     })
@@ -455,6 +487,25 @@ mod tests {
         std::fs::write(dir.path().join("legacy.json"), r#"[{"name": "g", "type": "GEOGRAPHY"}]"#).unwrap();
         let err = Catalog::load_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("unsupported column type `GEOGRAPHY`"), "{err}");
+    }
+
+    #[test]
+    fn patch_upserts_are_checked() {
+        let mut contacts = project_catalog().get("contacts_master").unwrap().clone();
+        assert!(!contacts.patches(), "replace is the default");
+        contacts.upsert = UpsertMode::Patch;
+        assert!(contacts.check().is_ok() && contacts.patches());
+        contacts.cdc = true;
+        assert!(contacts.check().unwrap_err().contains("cannot be combined with `cdc`"));
+        let mut atoms = project_catalog().get("atoms").unwrap().clone();
+        atoms.upsert = UpsertMode::Patch;
+        assert_eq!(atoms.check().unwrap_err(), "`upsert` applies to write_mode `upsert` only");
+        let parsed: TableSchema = serde_json::from_value(json!({
+            "table": "t", "write_mode": "upsert", "upsert": "patch", "primary_key": ["k"], "version_column": "v",
+            "columns": [{"name": "k", "type": "STRING"}, {"name": "v", "type": "INT64"}]
+        }))
+        .unwrap();
+        assert_eq!(parsed.upsert, UpsertMode::Patch);
     }
 
     #[test]

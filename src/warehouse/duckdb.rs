@@ -155,6 +155,7 @@ impl DuckDbWarehouse {
         }
         let apply = match table.write_mode {
             WriteMode::Append => sql::insert_new_events(table),
+            WriteMode::Upsert if table.patches() => sql::merge_patch(table),
             WriteMode::Upsert => sql::merge_versioned(table),
         };
         let changed = tx.execute(&apply, []).map_err(self.error(format!("apply batch to {}", table.table)))?;
@@ -200,6 +201,14 @@ fn to_record_batch(table: &TableSchema, batch: &TableBatch) -> RecordBatch {
         let (data_type, array) = column_array(staging, cells, n);
         fields.push(Field::new(&column.name, data_type, true));
         arrays.push(array);
+    }
+    if table.patches() {
+        for index in 0..table.columns.len() {
+            let mut carries = BooleanBuilder::with_capacity(n);
+            batch.rows.iter().for_each(|row| carries.append_value(row.carries(index)));
+            fields.push(Field::new(sql::stage_carries(index), DataType::Boolean, false));
+            arrays.push(Arc::new(carries.finish()));
+        }
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).expect("arrays match the staging schema")
 }

@@ -160,6 +160,9 @@ pub fn create_staging(table: &TableSchema) -> String {
         format!("{STAGE_SEQUENCE} BIGINT"),
     ];
     columns.extend(table.columns.iter().map(|c| format!("{} {}", quote_ident(&c.name), staging_type(c).sql())));
+    if table.patches() {
+        columns.extend((0..table.columns.len()).map(|i| format!("{} BOOLEAN", stage_carries(i))));
+    }
     format!("CREATE OR REPLACE TEMP TABLE {} ({})", quote_ident(&staging_table(table)), columns.join(", "))
 }
 
@@ -202,12 +205,7 @@ pub fn merge_versioned(table: &TableSchema) -> String {
         .iter()
         .filter(|c| !table.primary_key.contains(&c.name))
         .map(|c| format!("{} = {}", quote_ident(&c.name), cast_from_stage(c)))
-        .chain([
-            format!("{version} = s.{STAGE_VERSION}"),
-            format!("{} = s.{STAGE_DELETED}", quote_ident(DELETED)),
-            format!("{} = s.{STAGE_EVENT_ID}", quote_ident(EVENT_ID)),
-            format!("{} = now()::TIMESTAMP", quote_ident(LANDED_AT)),
-        ])
+        .chain(system_updates())
         .collect::<Vec<_>>()
         .join(", ");
     format!(
@@ -225,6 +223,77 @@ pub fn merge_versioned(table: &TableSchema) -> String {
         landed = quote_ident(LANDED_AT),
         casts = cast_list(table),
     )
+}
+
+/// Staging column of a patch table: whether the record carried schema column `index`.
+pub fn stage_carries(index: usize) -> String {
+    format!("_p{index}")
+}
+
+/// Patch tables (`"upsert": "patch"`): as [`merge_versioned`], but each column takes the value of the
+/// newest record of the batch that carried it, and keeps its stored value when none did.
+///
+/// Records at or below the stored version are dropped before the fold (the version guard), so a
+/// late, older patch changes nothing. The newest record sets the version, the tombstone flag and
+/// the event id; a tombstone carries every column (as NULL), so what came before it is cleared.
+pub fn merge_patch(table: &TableSchema) -> String {
+    assert!(table.patches(), "merge_patch is for patch tables");
+    let target = quote_ident(&table.table);
+    let keys: Vec<String> = table.primary_key.iter().map(|k| quote_ident(k)).collect();
+    let on = keys.iter().map(|k| format!("t.{k} = s.{k}")).collect::<Vec<_>>().join(" AND ");
+    let version = quote_ident(VERSION);
+    let newest = format!("s.{STAGE_VERSION} DESC, s.{STAGE_DELETED} DESC, s.{STAGE_EVENT_ID} DESC");
+    let folded: Vec<String> = table
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !table.primary_key.contains(&c.name))
+        .map(|(i, c)| {
+            let (name, carries) = (quote_ident(&c.name), stage_carries(i));
+            format!("first(s.{name} ORDER BY s.{carries} DESC, {newest}) AS {name}, bool_or(s.{carries}) AS {carries}")
+        })
+        .chain([STAGE_VERSION, STAGE_DELETED, STAGE_EVENT_ID].map(|m| format!("first(s.{m} ORDER BY {newest}) AS {m}")))
+        .collect();
+    let source = format!(
+        "SELECT {group}, {folded} FROM {stage} s LEFT JOIN {target} t ON ({on}) \
+         WHERE t.{version} IS NULL OR s.{STAGE_VERSION} > t.{version} GROUP BY {group}",
+        group = keys.iter().map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "),
+        folded = folded.join(", "),
+        stage = quote_ident(&staging_table(table)),
+    );
+    let updates = table
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !table.primary_key.contains(&c.name))
+        .map(|(i, c)| {
+            let name = quote_ident(&c.name);
+            format!("{name} = CASE WHEN s.{} THEN {} ELSE t.{name} END", stage_carries(i), cast_from_stage(c))
+        })
+        .chain(system_updates())
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "MERGE INTO {target} t USING ({source}) s ON ({on}) \
+         WHEN MATCHED AND s.{STAGE_VERSION} > t.{version} THEN UPDATE SET {updates} \
+         WHEN NOT MATCHED THEN INSERT ({columns}, {version}, {deleted}, {event_id}, {landed}) \
+         VALUES ({casts}, s.{STAGE_VERSION}, s.{STAGE_DELETED}, s.{STAGE_EVENT_ID}, now()::TIMESTAMP)",
+        columns = column_list(table),
+        deleted = quote_ident(DELETED),
+        event_id = quote_ident(EVENT_ID),
+        landed = quote_ident(LANDED_AT),
+        casts = cast_list(table),
+    )
+}
+
+/// The system columns an upsert sets from the staged winner.
+fn system_updates() -> [String; 4] {
+    [
+        format!("{} = s.{STAGE_VERSION}", quote_ident(VERSION)),
+        format!("{} = s.{STAGE_DELETED}", quote_ident(DELETED)),
+        format!("{} = s.{STAGE_EVENT_ID}", quote_ident(EVENT_ID)),
+        format!("{} = now()::TIMESTAMP", quote_ident(LANDED_AT)),
+    ]
 }
 
 /// Drops a staging table after its rows were applied (same transaction).
@@ -302,6 +371,18 @@ mod tests {
         assert!(sql.contains("WHEN MATCHED AND s._v > t.\"_bqsync_version\" THEN UPDATE SET"), "{sql}");
         assert!(sql.contains("PARTITION BY \"contact_id\" ORDER BY _v DESC, _d DESC, _e DESC"), "{sql}");
         assert!(!sql.contains("\"contact_id\" = s.\"contact_id\","), "keys are never updated: {sql}");
+    }
+
+    #[test]
+    fn patch_merge_folds_each_column_from_its_newest_carrier_above_the_stored_version() {
+        let mut contacts = catalog().get("contacts_master").unwrap().clone();
+        contacts.upsert = crate::schema::UpsertMode::Patch;
+        let sql = merge_patch(&contacts);
+        assert!(sql.contains("first(s.\"email\" ORDER BY s._p2 DESC, s._v DESC, s._d DESC, s._e DESC) AS \"email\", bool_or(s._p2) AS _p2"), "{sql}");
+        assert!(sql.contains("LEFT JOIN \"contacts_master\" t ON (t.\"contact_id\" = s.\"contact_id\") WHERE t.\"_bqsync_version\" IS NULL OR s._v > t.\"_bqsync_version\" GROUP BY s.\"contact_id\""), "{sql}");
+        assert!(sql.contains("\"email\" = CASE WHEN s._p2 THEN s.\"email\" ELSE t.\"email\" END"), "{sql}");
+        assert!(!sql.contains("_p0"), "the key is matched, never folded: {sql}");
+        assert!(create_staging(&contacts).ends_with("_p5 BOOLEAN)"), "{}", create_staging(&contacts));
     }
 
     #[test]

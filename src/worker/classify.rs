@@ -113,7 +113,13 @@ impl Classifier<'_> {
                 }
             }
         }
-        let row = StagedRow { event_id: event.event_id, op: event.op, version: event.version, cells };
+        // A patch carries only some columns; a tombstone clears them all, so it carries every one.
+        let absent = if schema.patches() && event.op == Op::Upsert {
+            (0..schema.columns.len()).filter(|&i| !event.payload.contains_key(&schema.columns[i].name)).collect()
+        } else {
+            Vec::new()
+        };
+        let row = StagedRow { event_id: event.event_id, op: event.op, version: event.version, cells, absent };
         Ok((table_name, row, event.produced_micros))
     }
 }

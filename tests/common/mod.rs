@@ -488,5 +488,6 @@ pub fn staged_contact(
         op: if deleted { bqsync::envelope::Op::Delete } else { bqsync::envelope::Op::Upsert },
         version: Some(version),
         cells,
+        absent: Vec::new(),
     }
 }

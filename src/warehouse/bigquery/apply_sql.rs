@@ -20,7 +20,7 @@
 //! conflicting transactions are cancelled" (BigQuery, "Multi-statement transactions"), and the
 //! compare-and-set rolls back the one that lost the race but was not cancelled.
 
-use super::sql::{quote_ident, DELETED, EVENT_ID, LANDED_AT, VERSION};
+use super::sql::{quote_ident, ABSENT, DELETED, EVENT_ID, LANDED_AT, VERSION};
 use crate::schema::{ColumnType, TableSchema, WriteMode};
 
 /// What the applier needs to know about a table's window besides its schema.
@@ -78,7 +78,10 @@ pub fn seed_state(state: &str, table: &str) -> String {
 /// still lines up.
 fn window(table: &TableSchema, w: &ApplyWindow) -> String {
     let landed_at = quote_ident(LANDED_AT);
-    let columns = format!("{}, {}", column_list(table, ""), system_list(""));
+    let mut columns = format!("{}, {}", column_list(table, ""), system_list(""));
+    if table.patches() {
+        columns.push_str(&format!(", {}", quote_ident(ABSENT)));
+    }
     let mut sql = format!("SELECT {columns} FROM {} WHERE {landed_at} > lo AND {landed_at} <= hi", w.landing);
     for staged in w.staged {
         sql.push_str(&format!(" UNION ALL SELECT {columns} FROM {staged}"));
@@ -177,6 +180,84 @@ fn upsert_versioned(table: &TableSchema, w: &ApplyWindow) -> String {
     )
 }
 
+/// Patch tables (`"upsert": "patch"`): the rows `source`'s records make of `target`'s, one per key
+/// they move to a higher version, with the columns of `target` then the system columns.
+///
+/// Records at or below the stored version are dropped first (the version guard). Each column takes
+/// the value of the newest remaining record that carried it (ordering the carriers first, then as
+/// the replace path orders records), or keeps the stored value when none did; the newest record sets
+/// the version, tombstone flag and event id. A tombstone carries every column (as NULL). `landed`:
+/// the landing time written, an expression over `w` (the newest record: `e`, `v`, `d`, `l`).
+///
+/// Written with `ARRAY_AGG(… ORDER BY … LIMIT 1)[OFFSET(0)]` per column rather than
+/// `IGNORE NULLS`, which would drop a carried NULL (and which the emulator mishandles on STRUCTs).
+fn patched_rows(table: &TableSchema, source: &str, target: &str, landed: &str) -> String {
+    let keys: Vec<String> = table.primary_key.iter().map(|k| quote_ident(k)).collect();
+    let (version, deleted, event_id, absent) =
+        (quote_ident(VERSION), quote_ident(DELETED), quote_ident(EVENT_ID), quote_ident(ABSENT));
+    let newest = format!("s.{version} DESC, s.{deleted} DESC, s.{event_id} DESC");
+    let others: Vec<&crate::schema::Column> =
+        table.columns.iter().filter(|c| !table.primary_key.contains(&c.name)).collect();
+    let folded: Vec<String> = others
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (name, literal) = (quote_ident(&c.name), column_literal(&c.name));
+            format!(
+                "ARRAY_AGG(STRUCT(s.{name} AS v) ORDER BY IF({literal} IN UNNEST(s.{absent}), 0, 1) DESC, {newest} LIMIT 1)[OFFSET(0)].v AS v{i}, \
+                 LOGICAL_OR({literal} NOT IN UNNEST(s.{absent})) AS p{i}"
+            )
+        })
+        .collect();
+    let merged = table.columns.iter().map(|c| match others.iter().position(|o| o.name == c.name) {
+        Some(i) => format!("IF(a.p{i}, a.v{i}, t.{name}) AS {name}", name = quote_ident(&c.name)),
+        None => format!("a.{name} AS {name}", name = quote_ident(&c.name)),
+    });
+    let on = |alias: &str| keys.iter().map(|k| format!("t.{k} = {alias}.{k}")).collect::<Vec<_>>().join(" AND ");
+    format!(
+        "SELECT {merged}, a.w.e AS {event_id}, a.w.v AS {version}, a.w.d AS {deleted}, {landed} AS {landed_at} FROM (\
+         SELECT {group}, ARRAY_AGG(STRUCT(s.{event_id} AS e, s.{version} AS v, s.{deleted} AS d, s.{landed_at} AS l) \
+         ORDER BY {newest} LIMIT 1)[OFFSET(0)] AS w, {folded} \
+         FROM ({source}) s LEFT JOIN {target} t ON {on_s} WHERE t.{version} IS NULL OR s.{version} > t.{version} \
+         GROUP BY {group}) a LEFT JOIN {target} t ON {on_a}",
+        merged = merged.collect::<Vec<_>>().join(", "),
+        group = keys.iter().map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "),
+        folded = folded.join(", "),
+        landed_at = quote_ident(LANDED_AT),
+        on_s = on("s"),
+        on_a = on("a"),
+    )
+}
+
+/// A column name as a SQL string literal (names are identifiers, checked when the catalog loads).
+fn column_literal(name: &str) -> String {
+    assert!(crate::schema::is_valid_identifier(name), "column names are identifiers: {name}");
+    format!("'{name}'")
+}
+
+/// Patch tables: the window's rows folded onto the stored ones ([`patched_rows`]) are inserted,
+/// then the rows they supersede deleted (the same DELETE as [`upsert_versioned`]: the inserted rows
+/// are at the window's highest version, so only the older ones go). Insert first, because the fold
+/// reads the stored values. Counts the inserted rows.
+fn upsert_patched(table: &TableSchema, w: &ApplyWindow) -> String {
+    let keys: Vec<String> = table.primary_key.iter().map(|k| quote_ident(k)).collect();
+    let on = keys.iter().map(|k| format!("t.{k} = s.{k}")).collect::<Vec<_>>().join(" AND ");
+    let (version, deleted, event_id) = (quote_ident(VERSION), quote_ident(DELETED), quote_ident(EVENT_ID));
+    let window = window(table, w);
+    format!(
+        "INSERT INTO {target} ({columns}, {system}) {rows}; \
+         SET applied = @@row_count; \
+         DELETE FROM {target} t WHERE EXISTS (SELECT 1 FROM (SELECT * FROM ({window}) WHERE TRUE QUALIFY \
+         ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {version} DESC, {deleted} DESC, {event_id} DESC) = 1) s \
+         WHERE {on} AND s.{version} > t.{version});",
+        target = w.target,
+        columns = column_list(table, ""),
+        system = system_list(""),
+        rows = patched_rows(table, &window, w.target, "CURRENT_TIMESTAMP()"),
+        keys = keys.join(", "),
+    )
+}
+
 /// The error an apply raises when another applier moved the watermark first; the applier tells a
 /// lost race from a failure by it.
 pub fn watermark_moved(table: &str) -> String {
@@ -189,8 +270,9 @@ pub fn apply_script(table: &TableSchema, w: &ApplyWindow) -> String {
     let name = table_literal(&table.table);
     let state = w.state;
     let dml = match table.write_mode {
-        WriteMode::Append => insert_new_events(table, w),
-        WriteMode::Upsert => upsert_versioned(table, w),
+        WriteMode::Append => format!("{}; SET applied = @@row_count;", insert_new_events(table, w)),
+        WriteMode::Upsert if table.patches() => upsert_patched(table, w),
+        WriteMode::Upsert => format!("{}; SET applied = @@row_count;", upsert_versioned(table, w)),
     };
     let (declare_bounds, bounds) = match table.write_mode {
         WriteMode::Append => partition_bounds(table, w),
@@ -207,8 +289,7 @@ pub fn apply_script(table: &TableSchema, w: &ApplyWindow) -> String {
          SELECT 'skipped' AS outcome, 0 AS applied, UNIX_MICROS(lo) AS watermark; RETURN; END IF; \
          {bounds}\
          BEGIN TRANSACTION; \
-         {dml}; \
-         SET applied = @@row_count; \
+         {dml} \
          UPDATE {state} SET watermark = hi, applied_at = CURRENT_TIMESTAMP(), job_id = '{job_id}', rows_applied = applied \
          WHERE table_name = {name} AND watermark = lo; \
          SELECT IF(@@row_count > 0, 0, ERROR('{moved}')); \
@@ -253,6 +334,20 @@ pub fn create_live_view(view: &str, table: &TableSchema, target: &str, landing: 
             staged = column_list(table, "s."),
             landed_at = quote_ident(LANDED_AT),
         ),
+        WriteMode::Upsert if table.patches() => {
+            let on = table
+                .primary_key
+                .iter()
+                .map(|k| format!("p.{k} = t.{k}", k = quote_ident(k)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let patched = patched_rows(table, &tail, target, "a.w.l");
+            format!(
+                "WITH patched AS ({patched}) \
+                 SELECT {columns}, {system} FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM patched p WHERE {on}) \
+                 UNION ALL SELECT {columns}, {system} FROM patched"
+            )
+        }
         WriteMode::Upsert => {
             let keys = table.primary_key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
             // Ties between the table and the tail keep the table's row, as the MERGE does.
@@ -365,6 +460,36 @@ mod tests {
             "{sql}"
         );
         assert!(!sql.contains("plo"), "no partition bound of its own: {sql}");
+    }
+
+    #[test]
+    fn the_patch_apply_folds_onto_the_stored_row_before_deleting_it() {
+        let mut contacts = crate::schema::project_catalog().get("contacts_master").unwrap().clone();
+        contacts.upsert = crate::schema::UpsertMode::Patch;
+        let sql = apply_script(&contacts, &window("j"));
+        let insert = sql.find("INSERT INTO `p.d.t` (").unwrap();
+        let counted = sql.find("SET applied = @@row_count;").unwrap();
+        let delete = sql.find("DELETE FROM `p.d.t` t WHERE EXISTS").unwrap();
+        assert!(insert < counted && counted < delete && delete < sql.find("UPDATE `p.d._bqsync_apply_state`").unwrap());
+        assert!(sql.contains("`_bqsync_landed_at`, `_bqsync_absent` FROM `p.d._bqsync_landing_t`"), "{sql}");
+        assert!(
+            sql.contains(
+                "ARRAY_AGG(STRUCT(s.`email` AS v) ORDER BY IF('email' IN UNNEST(s.`_bqsync_absent`), 0, 1) DESC"
+            ),
+            "{sql}"
+        );
+        assert!(sql.contains("IF(a.p1, a.v1, t.`email`) AS `email`"), "{sql}");
+        assert!(
+            sql.contains("WHERE t.`_bqsync_version` IS NULL OR s.`_bqsync_version` > t.`_bqsync_version`"),
+            "{sql}"
+        );
+        let live = create_live_view("`v`", &contacts, "`p.d.c`", "`p.d.l`", "`p.d.s`");
+        assert!(live.contains("WITH patched AS (SELECT "), "{live}");
+        assert!(live.contains("a.w.l AS `_bqsync_landed_at`"), "{live}");
+        assert!(
+            live.contains("WHERE NOT EXISTS (SELECT 1 FROM patched p WHERE p.`contact_id` = t.`contact_id`)"),
+            "{live}"
+        );
     }
 
     #[test]

@@ -159,7 +159,7 @@ mod tests {
                 _ => CellValue::Null,
             })
             .collect();
-        let json = payload_json(atoms, &StagedRow { event_id: "e".into(), op: Op::Insert, version: None, cells }, true);
+        let json = payload_json(atoms, &StagedRow::whole("e".into(), Op::Insert, None, cells), true);
         assert_eq!(json["created_at"], "2024-01-01T00:00:00.000001Z");
         assert_eq!(json["tags"], serde_json::json!(["a", "b"]));
         assert_eq!(json["score"], 1.5);

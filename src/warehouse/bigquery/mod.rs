@@ -245,13 +245,13 @@ impl BigQueryWarehouse {
             return self.ensure_cdc_table(schema).await;
         }
         let (live, mut created) = self.rest.get_or_create_table(schema::target_table(&self.rest, schema)).await?;
-        let fields = schema::evolve(&self.rest, schema, live, &schema.table).await?;
+        let fields = schema::evolve(&self.rest, schema, live, &schema.table, &[]).await?;
         let user_fields = schema::user_fields(schema, &fields);
         let landing_name = bsql::landing_table(&schema.table);
         let landing = schema::landing_table(&self.rest, schema, &user_fields, self.config.landing_expiration_days);
         let (landing_live, landing_created) = self.rest.get_or_create_table(landing).await?;
         created |= landing_created;
-        schema::evolve(&self.rest, schema, landing_live, &landing_name).await?;
+        schema::evolve(&self.rest, schema, landing_live, &landing_name, &bsql::landing_only_fields(schema)).await?;
         let max = self.guard.config().maximum_bytes_billed;
         let state = self.rest.path(bsql::STATE_TABLE);
         self.rest.query_rows(&apply_sql::seed_state(&state, &schema.table), Vec::new(), max).await?;
@@ -262,7 +262,11 @@ impl BigQueryWarehouse {
             "projects/{}/datasets/{}/tables/{landing_name}/streams/_default",
             self.rest.project, self.rest.dataset
         );
-        let landing = Landing { stream, codec: RowCodec::new(&user_fields) };
+        let mut codec = RowCodec::new(&user_fields);
+        if schema.patches() {
+            codec = codec.with_absent(schema.columns.iter().map(|c| c.name.clone()).collect());
+        }
+        let landing = Landing { stream, codec };
         self.landings.lock().unwrap_or_else(|p| p.into_inner()).insert(schema.table.clone(), Arc::new(landing));
         Ok(created)
     }
@@ -278,7 +282,7 @@ impl BigQueryWarehouse {
             self.rest.query_rows(&cdc::create_table(&target, schema, minutes), Vec::new(), max).await?;
         }
         let (live, _) = self.rest.get_or_create_table(schema::target_table(&self.rest, schema)).await?;
-        let fields = schema::evolve(&self.rest, schema, live, &schema.table).await?;
+        let fields = schema::evolve(&self.rest, schema, live, &schema.table, &[]).await?;
         if existed {
             self.rest.query_rows(&cdc::set_max_staleness(&target, minutes), Vec::new(), max).await?;
         }

@@ -20,7 +20,7 @@ use prost_types::{DescriptorProto, FieldDescriptorProto};
 use serde_json::Value;
 
 use super::cdc::{change_type, sequence_number, CHANGE_SEQUENCE_NUMBER, CHANGE_TYPE};
-use super::sql::{canonical_type, DELETED, EVENT_ID, LANDED_AT, VERSION};
+use super::sql::{canonical_type, ABSENT, DELETED, EVENT_ID, LANDED_AT, VERSION};
 use crate::batch::StagedRow;
 use crate::envelope::Op;
 use crate::schema::{CdcDeletes, CellValue};
@@ -55,6 +55,8 @@ pub struct RowCodec {
     system: [u32; 4],
     /// CDC tables: the pseudo-columns' field numbers and how deletes are written.
     cdc: Option<CdcColumns>,
+    /// Patch tables: the field number of `_bqsync_absent` and the schema's column names.
+    absent: Option<(u32, Vec<String>)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -127,7 +129,7 @@ impl RowCodec {
                 .zip(system)
                 .map(|((name, kind), number)| FieldCodec { name: name.into(), number, kind, repeated: false });
         let all: Vec<FieldCodec> = user.iter().cloned().chain(system_codecs).collect();
-        RowCodec { descriptor: descriptor("LandingRow", &all), user, system, cdc: None }
+        RowCodec { descriptor: descriptor("LandingRow", &all), user, system, cdc: None, absent: None }
     }
 
     /// This codec writing CDC changes: each row also carries `_CHANGE_TYPE` and
@@ -145,6 +147,22 @@ impl RowCodec {
             });
         }
         self.cdc = Some(cdc);
+        self
+    }
+
+    /// This codec writing a patch table's landing rows: each row also carries the names of the
+    /// columns its record did not carry (`_bqsync_absent`, a repeated `string` after the others).
+    /// `columns`: the schema's column names, which [`StagedRow::absent`] indexes.
+    pub fn with_absent(mut self, columns: Vec<String>) -> RowCodec {
+        let number = self.descriptor.field.iter().filter_map(|f| f.number).max().unwrap_or(0) as u32 + 1;
+        self.descriptor.field.push(FieldDescriptorProto {
+            name: Some(ABSENT.into()),
+            number: Some(number as i32),
+            label: Some(Label::Repeated as i32),
+            r#type: Some(Type::String as i32),
+            ..Default::default()
+        });
+        self.absent = Some((number, columns));
         self
     }
 
@@ -166,6 +184,11 @@ impl RowCodec {
             put_varint(version, v as u64, &mut buf);
         }
         put_varint(deleted, u64::from(row.op == Op::Delete), &mut buf);
+        if let Some((number, columns)) = &self.absent {
+            for name in row.absent.iter().filter_map(|&i| columns.get(i)) {
+                put_bytes(*number, name.as_bytes(), &mut buf);
+            }
+        }
         if let Some(cdc) = self.cdc {
             put_bytes(cdc.change_type, change_type(row.op, cdc.deletes).as_bytes(), &mut buf);
             let sequence = sequence_number(row.version, row.op == Op::Delete, &row.event_id);
@@ -305,7 +328,7 @@ mod tests {
     }
 
     fn row(cells: Vec<CellValue>, op: Op, version: Option<i64>) -> StagedRow {
-        StagedRow { event_id: "e1".into(), op, version, cells }
+        StagedRow::whole("e1".into(), op, version, cells)
     }
 
     /// Bytes computed by hand from the protobuf encoding rules (key = number << 3 | wire type).
@@ -337,6 +360,22 @@ mod tests {
         // NULL cells and a missing version are absent fields; a delete sets the tombstone.
         let bytes = codec.stamp(&codec.encode(&row(vec![CellValue::Null; 4], Op::Delete, None)).unwrap(), 0);
         assert_eq!(bytes, [0x2a, 2, b'e', b'1', 0x38, 0x01, 0x40, 0x00]);
+    }
+
+    /// A patch row names the columns it did not carry in field 7 (after the four system fields), once
+    /// each; a whole row writes nothing there.
+    #[test]
+    fn patch_rows_carry_the_names_of_their_absent_columns() {
+        let fields = [field("a", FieldType::String, "NULLABLE"), field("b", FieldType::String, "NULLABLE")];
+        let codec = RowCodec::new(&fields).with_absent(vec!["a".into(), "b".into()]);
+        let absent = codec.descriptor().field.last().unwrap();
+        assert_eq!((absent.name.as_deref(), absent.number, absent.label), (Some(ABSENT), Some(7), Some(3)));
+        let mut patch = row(vec![CellValue::Null, CellValue::String("x".into())], Op::Upsert, Some(1));
+        patch.absent = vec![0];
+        let bytes = codec.encode(&patch).unwrap();
+        assert!(bytes.ends_with(&[0x3a, 1, b'a']), "{bytes:x?}");
+        let whole = row(vec![CellValue::Null, CellValue::Null], Op::Upsert, Some(1));
+        assert_eq!(codec.encode(&whole).unwrap(), RowCodec::new(&fields).encode(&whole).unwrap());
     }
 
     /// The CDC tail, by hand: field 9 (key 0x4a) "UPSERT", field 10 (key 0x52) the 52-byte sequence

@@ -55,7 +55,7 @@ pub fn landing_table(
 ) -> Table {
     let name = bsql::landing_table(&schema.table);
     let mut table =
-        Table::new(&rest.project, &rest.dataset, &name, BqTableSchema::new(bsql::landing_fields(user_fields)));
+        Table::new(&rest.project, &rest.dataset, &name, BqTableSchema::new(bsql::landing_fields(schema, user_fields)));
     table.description =
         Some(format!("bqsync landing table of {} (appended by workers, read by the applier)", schema.table));
     table.time_partitioning = Some(TimePartitioning {
@@ -85,15 +85,18 @@ pub fn user_fields(schema: &TableSchema, live: &[TableFieldSchema]) -> Vec<Table
     schema.columns.iter().filter_map(|c| live.iter().find(|f| f.name == c.name).cloned()).collect()
 }
 
-/// Brings a live table to `schemas/`: adds what [`plan_evolution`] allows; returns its fields.
+/// Brings a live table to `schemas/`: adds what [`plan_evolution`] allows, and the bqsync columns
+/// of `extra` it lacks (a landing table's own, see [`bsql::landing_only_fields`]); returns its fields.
 pub async fn evolve(
     rest: &Rest,
     schema: &TableSchema,
     live: Table,
     what: &str,
+    extra: &[TableFieldSchema],
 ) -> Result<Vec<TableFieldSchema>, WarehouseError> {
     let live_fields = live.schema.fields.clone().unwrap_or_default();
-    let evolution = plan_evolution(schema, &live_fields, &format!("{}.{what}", rest.dataset))?;
+    let mut evolution = plan_evolution(schema, &live_fields, &format!("{}.{what}", rest.dataset))?;
+    evolution.added.extend(extra.iter().filter(|e| !live_fields.iter().any(|f| f.name == e.name)).cloned());
     if evolution.added.is_empty() {
         return Ok(live_fields);
     }
@@ -177,7 +180,11 @@ pub fn plan_evolution(
     }
     let system = [EVENT_ID, VERSION, DELETED, LANDED_AT];
     for field in live {
-        let known = schema.columns.iter().any(|c| c.name == field.name) || system.contains(&field.name.as_str());
+        // A landing table's own columns are bqsync's; a patch table turned back to replace keeps its
+        // (then unused) column.
+        let known = schema.columns.iter().any(|c| c.name == field.name)
+            || system.contains(&field.name.as_str())
+            || field.name == bsql::ABSENT;
         if !known {
             return refuse(format!(
                 "column `{}` is in {where_} but not in schemas/{}.json; dropping columns needs a migration (or add it back as NULLABLE)",

@@ -153,9 +153,22 @@ pub fn table_fields(table: &TableSchema) -> Vec<TableFieldSchema> {
 
 /// Fields of a landing table: the live table's user columns exactly as they are (so a row the
 /// table would reject is rejected by the append, alone, with BigQuery's message), then the system
-/// columns (the landing time is when the row was appended).
-pub fn landing_fields(live_user_fields: &[TableFieldSchema]) -> Vec<TableFieldSchema> {
-    live_user_fields.iter().cloned().chain(system_fields()).collect()
+/// columns (the landing time is when the row was appended), then the landing-only ones.
+pub fn landing_fields(schema: &TableSchema, live_user_fields: &[TableFieldSchema]) -> Vec<TableFieldSchema> {
+    live_user_fields.iter().cloned().chain(system_fields()).chain(landing_only_fields(schema)).collect()
+}
+
+/// Landing column of patch tables (`"upsert": "patch"`): the names of the columns a record did not
+/// carry, which keep their stored values when it is applied.
+pub const ABSENT: &str = "_bqsync_absent";
+
+/// The columns a landing table has beyond `T`'s: [`ABSENT`] for patch tables.
+pub fn landing_only_fields(schema: &TableSchema) -> Vec<TableFieldSchema> {
+    if schema.patches() {
+        vec![field(ABSENT, "STRING", "REPEATED", Some("Columns the record did not carry (patch upserts; bqsync)."))]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Fields of the applier's state table.
