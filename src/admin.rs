@@ -9,6 +9,13 @@
 //! | `GET /cost` | BigQuery: the cost forecast per table and the apply intervals in force (`bqsync cost --json`) |
 //! | `GET /tables` | the tables of `schemas/` with their write mode and live rows |
 //! | `POST /sync`, `POST /sync/tables` | run sources now: all, those named in `{"sources": [...]}`, or those feeding `{"tables": [...]}` (bearer token) |
+//! | `POST /warehouse/dead-letters` | dead letters matching a filter, with their bytes (bearer token) |
+//! | `POST /warehouse/land` | lands table batches in one transaction, as `bqsync replay` does (bearer token) |
+//! | `POST /warehouse/sql` | one read-only query, `{"sql": "SELECT …"}` (bearer token) |
+//!
+//! The `/warehouse` endpoints let `bqsync status`, `dlq`, `replay` and `sql` work while this process
+//! holds the embedded warehouse (see [`crate::warehouse::remote`]); the process writes its address to
+//! the state folder for them.
 //!
 //! Invariants: mutating endpoints need `Authorization: Bearer TOKEN`, the token read from an
 //! environment variable or a secret file, never the config file; without a token configured they
@@ -27,6 +34,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use crate::schema::Catalog;
+use crate::warehouse::remote::{SqlRequest, WireDeadLetter, WireFilter};
 use crate::warehouse::Warehouse;
 
 pub use crate::config::admin::{AdminConfig, Listen};
@@ -78,6 +86,9 @@ pub async fn serve(state: AdminState) -> anyhow::Result<Option<SocketAddr>> {
             )
         })?;
     let address = listener.local_addr()?;
+    if let Err(e) = crate::warehouse::remote::write_address(&state.state_path, address) {
+        tracing::warn!(error = %e, "cannot write the admin address file: other bqsync commands will not find this process");
+    }
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -87,6 +98,9 @@ pub async fn serve(state: AdminState) -> anyhow::Result<Option<SocketAddr>> {
         .route("/cost", get(cost))
         .route("/sync", post(sync))
         .route("/sync/tables", post(sync_tables))
+        .route("/warehouse/dead-letters", post(warehouse_dead_letters))
+        .route("/warehouse/land", post(warehouse_land))
+        .route("/warehouse/sql", post(warehouse_sql))
         .with_state(Arc::new(state));
     tracing::info!(%address, "admin server listening");
     tokio::spawn(async move {
@@ -249,6 +263,77 @@ async fn sync_tables(State(state): State<Arc<AdminState>>, headers: HeaderMap, b
     let triggered = state.triggers.trigger_tables(&request.tables);
     (StatusCode::ACCEPTED, Json(serde_json::json!({ "triggered": triggered, "tables": request.tables })))
         .into_response()
+}
+
+/// The warehouse behind a `/warehouse` endpoint, once the token is checked.
+fn warehouse_for(state: &AdminState, headers: &HeaderMap) -> Result<Arc<dyn Warehouse>, (StatusCode, &'static str)> {
+    authorize(state, headers)?;
+    state.warehouse.clone().ok_or((StatusCode::NOT_FOUND, "no warehouse in this process\n"))
+}
+
+fn bad_request(expected: &str, e: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("expected {expected}: {e}\n")).into_response()
+}
+
+fn failed(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+}
+
+/// `POST /warehouse/dead-letters`: a filter in, the matching dead letters out.
+async fn warehouse_dead_letters(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: String) -> Response {
+    let warehouse = match warehouse_for(&state, &headers) {
+        Ok(w) => w,
+        Err(refused) => return refused.into_response(),
+    };
+    let filter =
+        match serde_json::from_str::<WireFilter>(&body).map_err(|e| e.to_string()).and_then(WireFilter::into_filter) {
+            Ok(f) => f,
+            Err(e) => return bad_request("a dead-letter filter", e),
+        };
+    match warehouse.dead_letters(&filter).await {
+        Ok(records) => Json(records.into_iter().map(WireDeadLetter::from).collect::<Vec<_>>()).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// `POST /warehouse/land`: table batches, landed in one transaction like any landing of this process.
+async fn warehouse_land(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: String) -> Response {
+    let warehouse = match warehouse_for(&state, &headers) {
+        Ok(w) => w,
+        Err(refused) => return refused.into_response(),
+    };
+    let batches: Vec<crate::warehouse::TableBatch> = match serde_json::from_str(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request("a list of table batches", e),
+    };
+    if let Some(unknown) = batches.iter().find(|b| state.catalog.get(&b.table).is_none()) {
+        return (StatusCode::BAD_REQUEST, format!("no schema for `{}`\n", unknown.table)).into_response();
+    }
+    let rows: usize = batches.iter().map(|b| b.rows.len()).sum();
+    // No bus deliveries ride on it: the caller holds what it landed and acks nothing.
+    match warehouse.land(Arc::new(batches), crate::ack::Receipts::default()).await {
+        Ok((_nothing_to_ack, stats)) => {
+            tracing::info!(rows, "landed rows sent through the admin API");
+            Json(stats).into_response()
+        }
+        Err(failure) => failed(failure.error),
+    }
+}
+
+/// `POST /warehouse/sql`: one read-only query (see `crate::warehouse::duckdb_query`).
+async fn warehouse_sql(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: String) -> Response {
+    let warehouse = match warehouse_for(&state, &headers) {
+        Ok(w) => w,
+        Err(refused) => return refused.into_response(),
+    };
+    let request: SqlRequest = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request("{\"sql\": \"SELECT …\"}", e),
+    };
+    match warehouse.query_read_only(&request.sql).await {
+        Ok(result) => Json(result).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
 }
 
 #[cfg(test)]

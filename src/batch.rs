@@ -4,7 +4,7 @@ use crate::envelope::Op;
 use crate::schema::CellValue;
 
 /// One event, validated and coerced to its table's columns.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StagedRow {
     pub event_id: String,
     pub op: Op,
@@ -30,7 +30,7 @@ impl StagedRow {
 }
 
 /// Rows for one table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TableBatch {
     pub table: String,
     pub rows: Vec<StagedRow>,

@@ -260,7 +260,7 @@ pub fn unknown_table_detail(table: &str) -> String {
 }
 
 /// One row of `dead_letters`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DeadLetterRecord {
     pub dead_letter_id: String,
     pub event_id: Option<String>,
@@ -269,7 +269,7 @@ pub struct DeadLetterRecord {
     pub reason: String,
     pub detail: Option<String>,
     pub source: Option<String>,
-    /// The original message bytes, exactly.
+    /// The original message bytes, exactly (not in JSON output; see `message`).
     #[serde(skip)]
     pub message_bytes: Vec<u8>,
     /// The message as text (invalid UTF-8 replaced), for people and JSON output.

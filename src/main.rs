@@ -144,6 +144,15 @@ enum Command {
         #[command(subcommand)]
         command: InfraCommand,
     },
+    /// Run one read-only SQL query on the embedded warehouse, also while bqsync runs (then through
+    /// the running process's admin API, with the admin token). At most 10,000 rows.
+    Sql {
+        /// The query: one SELECT (or SHOW, DESCRIBE, SUMMARIZE).
+        query: String,
+        /// Print JSON (`{"columns": [...], "rows": [[...]]}`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect dead letters (the warehouse's `dead_letters` table).
     Dlq {
         #[command(subcommand)]
@@ -235,6 +244,7 @@ impl Command {
             self,
             Command::Config { .. }
                 | Command::Dlq { .. }
+                | Command::Sql { .. }
                 | Command::Status { .. }
                 | Command::Infra { .. }
                 | Command::Cost { .. }
@@ -317,6 +327,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 warehouse: &config.warehouse,
                 gcs: &config.gcs,
                 state_path: &config.state_path,
+                admin_token: config.admin.token()?,
             };
             let status = bqsync::status::collect(inputs, catalog).await?;
             if json {
@@ -331,10 +342,14 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             print!("{}", bqsync::infra::terraform_tables_text(pipeline::load_catalog(&config)?.as_ref()));
         }
         Command::Dlq { command } => dlq(config, command).await?,
+        Command::Sql { query, json } => sql(config, &query, json).await?,
         Command::Replay { filter, dry_run, set, drop, rename, json } => {
             let edits = bqsync::dlq::Edits::parse(&set, &drop, &rename)?;
             let catalog = pipeline::load_catalog(&config)?;
-            let warehouse = if dry_run {
+            let running = running_warehouse(&config)?;
+            let warehouse = if let Some(running) = running {
+                running
+            } else if dry_run {
                 read_only_warehouse(&config, catalog.clone()).await?
             } else {
                 let warehouse = bqsync::warehouse::open(&config.warehouse, &config.gcs, catalog.clone())
@@ -372,11 +387,21 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The warehouse for reading: `dlq` and `replay --dry-run` change nothing (DuckDB: opened read-only).
+/// The warehouse of a bqsync running in this project with the embedded warehouse, if one runs.
+fn running_warehouse(config: &Config) -> anyhow::Result<Option<Arc<dyn Warehouse>>> {
+    let token = config.admin.token()?;
+    Ok(bqsync::warehouse::remote::running_warehouse(&config.warehouse, &config.state_path, token))
+}
+
+/// The warehouse for reading: `dlq`, `sql` and `replay --dry-run` change nothing (DuckDB: the running
+/// process's, or the file opened read-only).
 async fn read_only_warehouse(
     config: &Config,
     catalog: Arc<bqsync::schema::Catalog>,
 ) -> anyhow::Result<Arc<dyn Warehouse>> {
+    if let Some(running) = running_warehouse(config)? {
+        return Ok(running);
+    }
     if config.warehouse.kind == bqsync::config::WarehouseKind::Bigquery {
         let warehouse = bqsync::warehouse::bigquery::BigQueryWarehouse::connect(&config.warehouse.bigquery, catalog)
             .await
@@ -386,9 +411,26 @@ async fn read_only_warehouse(
     let path = &config.warehouse.duckdb.path;
     anyhow::ensure!(path.exists(), "no warehouse at {} yet", path.display());
     let warehouse = DuckDbWarehouse::open_read_only(path, catalog).with_context(|| {
-        format!("reading {} (DuckDB allows one process at a time: a running bqsync holds it)", path.display())
+        format!(
+            "reading {} (DuckDB allows one process at a time; a bqsync holding it is reached through its admin API, \
+             which needs `admin.listen` on and the admin token set for both)",
+            path.display()
+        )
     })?;
     Ok(Arc::new(warehouse))
+}
+
+/// `bqsync sql QUERY`.
+async fn sql(config: Config, query: &str, json: bool) -> anyhow::Result<()> {
+    let catalog = pipeline::load_catalog(&config)?;
+    let warehouse = read_only_warehouse(&config, catalog).await?;
+    let result = warehouse.query_read_only(query).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", bqsync::status::render_query(&result));
+    }
+    Ok(())
 }
 
 /// `bqsync dlq list | show | stats`.

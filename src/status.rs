@@ -1,8 +1,9 @@
 //! `bqsync status`: queue depth, dead letters by reason, rows per table and checkpoint lag.
 //!
-//! It reads the bus and checkpoint files (SQLite allows readers beside a running bqsync) and opens the
-//! DuckDB file read-only; DuckDB refuses that while a `bqsync run` holds the file, and status then says
-//! so instead of failing.
+//! It reads the bus and checkpoint files (SQLite allows readers beside a running bqsync). The DuckDB
+//! warehouse it reads through the running bqsync's admin API when one runs (DuckDB lets one process
+//! hold the file), else opens the file read-only; when neither works, status says so instead of
+//! failing.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -48,6 +49,8 @@ pub struct StatusInputs<'a> {
     pub warehouse: &'a WarehouseConfig,
     pub gcs: &'a GcsConfig,
     pub state_path: &'a Path,
+    /// The admin token, for a running process's admin API.
+    pub admin_token: Option<String>,
 }
 
 pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow::Result<Status> {
@@ -60,6 +63,13 @@ pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow:
         let warehouse = crate::warehouse::open(inputs.warehouse, inputs.gcs, catalog).await?;
         status.rows_per_table = warehouse.row_counts().await?;
         status.dead_letters = warehouse.dead_letter_counts().await?;
+    } else if let Some(running) =
+        crate::warehouse::remote::running_warehouse(inputs.warehouse, inputs.state_path, inputs.admin_token.clone())
+    {
+        match (running.row_counts().await, running.dead_letter_counts().await) {
+            (Ok(rows), Ok(dead_letters)) => (status.rows_per_table, status.dead_letters) = (rows, dead_letters),
+            (Err(e), _) | (_, Err(e)) => status.warehouse_note = Some(format!("warehouse not readable now: {e}")),
+        }
     } else if path.exists() {
         match DuckDbWarehouse::open_read_only(path, catalog) {
             Ok(warehouse) => {
@@ -75,6 +85,38 @@ pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow:
     }
     status.checkpoints = checkpoint_lags(inputs.state_path)?;
     Ok(status)
+}
+
+/// Renders a query's answer as a plain-text table (`bqsync sql`): a header, then one line a row,
+/// columns padded to their widest value (cut at 60 characters).
+pub fn render_query(result: &crate::warehouse::QueryResult) -> String {
+    let cell = |v: &serde_json::Value| -> String {
+        let text = match v {
+            serde_json::Value::Null => "NULL".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if text.chars().count() > 60 {
+            format!("{}…", text.chars().take(59).collect::<String>())
+        } else {
+            text
+        }
+    };
+    let rows: Vec<Vec<String>> = result.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
+    let widths: Vec<usize> = result
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| rows.iter().map(|r| r.get(i).map_or(0, |v| v.chars().count())).max().unwrap_or(0).max(c.len()))
+        .collect();
+    let line = |values: &[String]| {
+        let padded: Vec<String> = values.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(&result.columns);
+    rows.iter().for_each(|r| out.push_str(&line(r)));
+    out.push_str(&format!("({} row{})\n", rows.len(), if rows.len() == 1 { "" } else { "s" }));
+    out
 }
 
 /// Renders the status as plain-text tables.

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::{Column, ColumnMode, ColumnType, TableSchema, UnknownFields};
 
 /// A payload value after coercion to its column's type.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum CellValue {
     Null,
     String(String),

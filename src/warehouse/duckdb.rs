@@ -302,6 +302,14 @@ impl Warehouse for DuckDbWarehouse {
         seal(landed, receipts)
     }
 
+    async fn query_read_only(&self, sql: &str) -> Result<super::QueryResult, WarehouseError> {
+        let sql = sql.to_string();
+        self.blocking(move |this, connection| {
+            super::duckdb_query::run(connection, &sql, &this.inner.path.display().to_string())
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), WarehouseError> {
         self.blocking(|this, connection| {
             connection.execute_batch("SELECT 1").map_err(this.error("ping"))?;

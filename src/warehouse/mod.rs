@@ -14,6 +14,8 @@ pub mod archive;
 pub mod bigquery;
 pub mod cost_guard;
 pub mod duckdb;
+pub mod duckdb_query;
+pub mod remote;
 pub mod sql;
 
 use async_trait::async_trait;
@@ -51,8 +53,15 @@ fn seal(result: Result<Vec<(String, LandStats)>, WarehouseError>, receipts: Rece
     }
 }
 
+/// The answer to [`Warehouse::query_read_only`]: column names, then rows of JSON values.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+}
+
 /// What one landing changed, per table.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LandStats {
     /// Rows inserted or updated (append: new event ids; upsert: keys whose version advanced).
     pub rows_changed: u64,
@@ -133,7 +142,7 @@ pub async fn open(
     catalog: std::sync::Arc<crate::schema::Catalog>,
 ) -> Result<std::sync::Arc<dyn Warehouse>, WarehouseError> {
     let warehouse: std::sync::Arc<dyn Warehouse> = match config.kind {
-        WarehouseKind::Duckdb => std::sync::Arc::new(duckdb::DuckDbWarehouse::open(&config.duckdb, catalog.clone())?),
+        WarehouseKind::Duckdb => std::sync::Arc::new(open_duckdb_waiting(&config.duckdb, &catalog).await?),
         WarehouseKind::Bigquery => {
             std::sync::Arc::new(bigquery::BigQueryWarehouse::connect(&config.bigquery, catalog.clone()).await?)
         }
@@ -145,6 +154,41 @@ pub async fn open(
         Some(gcs) => Ok(std::sync::Arc::new(archive::ArchivingWarehouse::new(warehouse, gcs, catalog))),
         None => Ok(warehouse),
     }
+}
+
+/// Opens the DuckDB warehouse, waiting as long as another process (a notebook, a DuckDB shell) holds
+/// the file: bqsync pauses rather than exits, and says every 30 s which process holds it. Nothing is
+/// consumed meanwhile (the warehouse is opened before the worker starts), so nothing can be lost.
+async fn open_duckdb_waiting(
+    config: &duckdb::DuckDbConfig,
+    catalog: &std::sync::Arc<crate::schema::Catalog>,
+) -> Result<duckdb::DuckDbWarehouse, WarehouseError> {
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+    const SAY_EVERY: u32 = 30;
+    let mut attempts = 0u32;
+    loop {
+        match duckdb::DuckDbWarehouse::open(config, catalog.clone()) {
+            Err(WarehouseError::DuckDb { source, .. }) if lock_holder(&source.to_string()).is_some() => {
+                if attempts.is_multiple_of(SAY_EVERY) {
+                    let holder = lock_holder(&source.to_string()).unwrap_or_default();
+                    tracing::warn!(
+                        path = %config.path.display(), %holder,
+                        "the warehouse file is held by another process; waiting for it to let go (close its connection)"
+                    );
+                }
+                attempts += 1;
+                tokio::time::sleep(RETRY).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The process DuckDB names as holding a file's lock ("Conflicting lock is held in PROGRAM (PID N)
+/// by user U"), from its error message; None when the error is not a lock conflict.
+pub fn lock_holder(message: &str) -> Option<String> {
+    let (_, holder) = message.split_once("Conflicting lock is held in ")?;
+    Some(holder.split(". See also").next().unwrap_or(holder).trim().to_string())
 }
 
 /// One line naming the configured warehouse, for people.
@@ -191,5 +235,12 @@ pub trait Warehouse: Send + Sync {
     async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterRecord>, WarehouseError> {
         let _ = filter;
         Err(WarehouseError::Task("this warehouse cannot list dead letters".into()))
+    }
+    /// One read-only SQL query (`bqsync sql`): nothing it does is kept.
+    async fn query_read_only(&self, sql: &str) -> Result<QueryResult, WarehouseError> {
+        let _ = sql;
+        Err(WarehouseError::Task(
+            "`bqsync sql` reads the embedded DuckDB warehouse; query BigQuery with `bq query` or the console".into(),
+        ))
     }
 }

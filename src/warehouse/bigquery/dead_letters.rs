@@ -111,7 +111,7 @@ pub fn format_timestamp(micros: i64) -> String {
         .unwrap_or_else(|| micros.to_string())
 }
 
-fn format_date(days: i32) -> String {
+pub fn format_date(days: i32) -> String {
     chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
         .map(|d| d.format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| days.to_string())

@@ -40,7 +40,7 @@ use serde_json::Value;
 
 pub use self::client::EmulatorToken;
 use self::client::{number, request_policy, Rest};
-pub use self::dead_letters::{format_timestamp, payload_json};
+pub use self::dead_letters::{format_date, format_timestamp, payload_json};
 use self::proto::RowCodec;
 use self::sql as bsql;
 use self::writer::{EncodedRow, LandingWriter};
