@@ -218,7 +218,12 @@ struct SyncSources {
 }
 
 /// `POST /sync`: every source, or those named in `{"sources": [...]}`.
-async fn sync(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: String) -> Response {
+async fn sync(
+    State(state): State<Arc<AdminState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     if let Err(refused) = authorize(&state, &headers) {
         return refused.into_response();
     }
@@ -233,13 +238,31 @@ async fn sync(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: St
             }
         }
     };
-    match state.triggers.trigger(&request.sources) {
+    let full = match full_requested(&uri) {
+        Ok(full) => full,
+        Err(refused) => return (StatusCode::BAD_REQUEST, refused).into_response(),
+    };
+    match state.triggers.trigger(&request.sources, full) {
         Ok(triggered) => {
-            tracing::info!(?triggered, "sync triggered through the admin API");
-            (StatusCode::ACCEPTED, Json(serde_json::json!({ "triggered": triggered }))).into_response()
+            tracing::info!(?triggered, full, "sync triggered through the admin API");
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "triggered": triggered, "full": full }))).into_response()
         }
         Err(unknown) => (StatusCode::NOT_FOUND, format!("{unknown}\n")).into_response(),
     }
+}
+
+/// `?full=true` (or `1`): a full re-sync rather than a regular pass. Other query parameters are
+/// refused, so a typo is not a silent regular pass.
+fn full_requested(uri: &axum::http::Uri) -> Result<bool, String> {
+    let mut full = false;
+    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "true")) {
+            ("full", "true" | "1") => full = true,
+            ("full", "false" | "0") => full = false,
+            _ => return Err(format!("unknown query `{pair}`: only `full=true` or `full=false`\n")),
+        }
+    }
+    Ok(full)
 }
 
 #[derive(Deserialize)]
@@ -248,7 +271,12 @@ struct SyncTables {
 }
 
 /// `POST /sync/tables`: the sources that feed the tables in `{"tables": [...]}`.
-async fn sync_tables(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: String) -> Response {
+async fn sync_tables(
+    State(state): State<Arc<AdminState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     if let Err(refused) = authorize(&state, &headers) {
         return refused.into_response();
     }
@@ -260,8 +288,12 @@ async fn sync_tables(State(state): State<Arc<AdminState>>, headers: HeaderMap, b
     if !unknown.is_empty() {
         return (StatusCode::BAD_REQUEST, format!("no schema for {unknown:?}\n")).into_response();
     }
-    let triggered = state.triggers.trigger_tables(&request.tables);
-    (StatusCode::ACCEPTED, Json(serde_json::json!({ "triggered": triggered, "tables": request.tables })))
+    let full = match full_requested(&uri) {
+        Ok(full) => full,
+        Err(refused) => return (StatusCode::BAD_REQUEST, refused).into_response(),
+    };
+    let triggered = state.triggers.trigger_tables(&request.tables, full);
+    (StatusCode::ACCEPTED, Json(serde_json::json!({ "triggered": triggered, "tables": request.tables, "full": full })))
         .into_response()
 }
 

@@ -282,7 +282,7 @@ async fn drive_source(
     publisher: Arc<dyn Publisher>,
     shutdown: Shutdown,
     mode: RunMode,
-    sync_now: Arc<tokio::sync::Notify>,
+    sync_now: Arc<crate::sources::SyncRequest>,
 ) -> anyhow::Result<SourceResult> {
     // A one-shot run waits this long between passes for input still being written (pending).
     const PENDING_RECHECK: Duration = Duration::from_millis(250);
@@ -310,9 +310,10 @@ async fn drive_source(
                 if mode == RunMode::Forever && outcome.consumed == 0 {
                     tokio::select! {
                         _ = source.wait_for_input(Duration::from_secs(1)) => {}
-                        _ = sync_now.notified() => {
-                            tracing::info!(source = source.name(), "sync requested");
-                            source.trigger();
+                        _ = sync_now.notify.notified() => {
+                            let full = sync_now.take_full();
+                            tracing::info!(source = source.name(), full, "sync requested");
+                            if full { source.trigger_full() } else { source.trigger() }
                         }
                     }
                 }

@@ -18,13 +18,14 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use super::checkpoint::CheckpointStore;
 use super::rows::{now_rfc3339, poison, row_event, RowMapping};
+use super::schedule::{last_full_resync, record_full_resync, PassClock, Schedule};
 use super::{EmitOutcome, Source, SourceError};
 use crate::bus::{attr, Publisher};
 use crate::dead_letter::DeadLetterReason;
@@ -43,7 +44,10 @@ pub struct HttpSource {
     mapping: RowMapping,
     checkpoints: Arc<CheckpointStore>,
     client: reqwest::Client,
-    next_due: Instant,
+    /// When the next pass is due, and whether it is a full re-sync.
+    clock: PassClock,
+    /// The pass under way is a full re-sync: it starts from `initial_cursor`.
+    full_pass: bool,
     requests: u64,
     retries: u64,
     published: u64,
@@ -74,12 +78,19 @@ impl HttpSource {
             .user_agent(concat!("bqsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| problem(format!("HTTP client: {e}")))?;
+        let schedule = Schedule::new(&config.schedule(), Duration::from_secs(config.interval_secs)).map_err(problem)?;
+        let mut last_full = last_full_resync(&checkpoints, &config.name)?;
+        if config.full_schedule.is_some() && last_full.is_none() {
+            record_full_resync(&checkpoints, &config.name)?;
+            last_full = Some(chrono::Utc::now());
+        }
         Ok(HttpSource {
+            clock: PassClock::new(schedule, last_full),
+            full_pass: false,
             config,
             mapping,
             checkpoints,
             client,
-            next_due: Instant::now(),
             requests: 0,
             retries: 0,
             published: 0,
@@ -117,6 +128,9 @@ impl HttpSource {
                 .state(&self.config.name, key)
                 .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })
         };
+        if self.full_pass {
+            return Ok(CursorState { value: self.config.initial_cursor.clone(), ids: HashSet::new() });
+        }
         let value = state(CURSOR_KEY)?.or_else(|| self.config.initial_cursor.clone());
         let ids = state(CURSOR_IDS_KEY)?.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default();
         Ok(CursorState { value, ids })
@@ -341,25 +355,36 @@ impl Source for HttpSource {
     }
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
-        if Instant::now() < self.next_due {
+        if !self.clock.due() {
             return Ok(EmitOutcome::default());
+        }
+        self.full_pass = self.clock.full_now();
+        if self.full_pass {
+            tracing::info!(source = %self.config.name, "full re-sync: every record is fetched again from the initial cursor");
         }
         let result = self.pass(publisher).await;
         // A failed pass is retried by the driver's backoff; a finished one waits for its schedule.
         if result.is_ok() {
-            self.next_due = Instant::now() + Duration::from_secs(self.config.interval_secs);
+            let full = self.full_pass && !self.shutdown.is_stopping();
+            if full {
+                record_full_resync(&self.checkpoints, &self.config.name)?;
+            }
+            self.clock.finished(full);
         }
         let published = result?;
         Ok(EmitOutcome { consumed: published, published, pending: 0 })
     }
 
     async fn wait_for_input(&mut self, max_wait: Duration) {
-        let until_due = self.next_due.saturating_duration_since(Instant::now());
-        tokio::time::sleep(max_wait.min(until_due).max(Duration::from_millis(10))).await;
+        tokio::time::sleep(max_wait.min(self.clock.until_due()).max(Duration::from_millis(10))).await;
     }
 
     fn trigger(&mut self) {
-        self.next_due = Instant::now();
+        self.clock.trigger();
+    }
+
+    fn trigger_full(&mut self) {
+        self.clock.trigger_full();
     }
 
     fn tables(&self) -> Vec<String> {
@@ -372,6 +397,7 @@ impl Source for HttpSource {
             "requests": self.requests,
             "retries": self.retries,
             "published": self.published,
+            "schedule": self.clock.observable(),
         })
     }
 }

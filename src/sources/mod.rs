@@ -10,6 +10,7 @@ pub mod http;
 pub mod jsonl;
 pub mod outbox;
 pub mod rows;
+pub mod schedule;
 pub mod sessions;
 pub mod sqlite;
 
@@ -122,6 +123,12 @@ pub trait Source: Send {
     fn set_shutdown(&mut self, shutdown: Shutdown);
     /// A pass was requested (CLI, admin API): a scheduled source runs its next pass now.
     fn trigger(&mut self) {}
+    /// A full re-sync was requested (`POST /sync?full=true`): sources that have one run it next;
+    /// the others run a regular pass.
+    fn trigger_full(&mut self) {
+        tracing::info!(source = self.name(), "this kind of source has no full re-sync: running a regular pass");
+        self.trigger();
+    }
     /// Input seen and not published (a partial last line, a file no route matches).
     fn unread(&self) -> Vec<UnreadInput> {
         Vec::new()
@@ -135,15 +142,29 @@ pub trait Source: Send {
 /// "Sync now" triggers, one per source (CLI, admin API), with the tables each source feeds.
 #[derive(Default, Clone)]
 pub struct Triggers {
-    sources: Vec<(String, Vec<String>, Arc<tokio::sync::Notify>)>,
+    sources: Vec<(String, Vec<String>, Arc<SyncRequest>)>,
+}
+
+/// A source's "sync now": wakes its driver; `full` asks for a full re-sync.
+#[derive(Default)]
+pub struct SyncRequest {
+    pub notify: tokio::sync::Notify,
+    pub full: std::sync::atomic::AtomicBool,
+}
+
+impl SyncRequest {
+    /// Takes the request's kind: whether a full re-sync was asked for since the last take.
+    pub fn take_full(&self) -> bool {
+        self.full.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Triggers {
-    /// Registers a source; the returned trigger wakes its driver.
-    pub fn add(&mut self, name: &str, tables: Vec<String>) -> Arc<tokio::sync::Notify> {
-        let notify = Arc::new(tokio::sync::Notify::new());
-        self.sources.push((name.to_string(), tables, notify.clone()));
-        notify
+    /// Registers a source; the returned request wakes its driver.
+    pub fn add(&mut self, name: &str, tables: Vec<String>) -> Arc<SyncRequest> {
+        let request = Arc::new(SyncRequest::default());
+        self.sources.push((name.to_string(), tables, request.clone()));
+        request
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -152,25 +173,28 @@ impl Triggers {
 
     /// Triggers the named sources (all when `names` is empty). Unknown names are an error, and
     /// then nothing is triggered.
-    pub fn trigger(&self, names: &[String]) -> Result<Vec<String>, String> {
+    pub fn trigger(&self, names: &[String], full: bool) -> Result<Vec<String>, String> {
         let unknown: Vec<&String> = names.iter().filter(|n| !self.sources.iter().any(|(s, _, _)| s == *n)).collect();
         if !unknown.is_empty() {
             return Err(format!("no source named {unknown:?}; sources: {:?}", self.names()));
         }
-        Ok(self.fire(|name, _| names.is_empty() || names.iter().any(|n| n == name)))
+        Ok(self.fire(|name, _| names.is_empty() || names.iter().any(|n| n == name), full))
     }
 
     /// Triggers the sources that feed any of `tables` (and those that route files to any table).
-    pub fn trigger_tables(&self, tables: &[String]) -> Vec<String> {
-        self.fire(|_, feeds| feeds.is_empty() || feeds.iter().any(|t| tables.contains(t)))
+    pub fn trigger_tables(&self, tables: &[String], full: bool) -> Vec<String> {
+        self.fire(|_, feeds| feeds.is_empty() || feeds.iter().any(|t| tables.contains(t)), full)
     }
 
-    fn fire(&self, select: impl Fn(&str, &[String]) -> bool) -> Vec<String> {
+    fn fire(&self, select: impl Fn(&str, &[String]) -> bool, full: bool) -> Vec<String> {
         let mut fired = Vec::new();
-        for (name, tables, notify) in &self.sources {
+        for (name, tables, request) in &self.sources {
             if select(name, tables) {
+                if full {
+                    request.full.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 // A stored permit: a source busy with a pass runs one more right after it.
-                notify.notify_one();
+                request.notify.notify_one();
                 fired.push(name.clone());
             }
         }
@@ -213,12 +237,14 @@ mod tests {
         let inbox = triggers.add("inbox", vec![]);
         let crm = triggers.add("crm", vec!["contacts_master".into()]);
         triggers.add("idp", vec!["idp_users".into()]);
-        assert!(triggers.trigger(&["nope".into()]).unwrap_err().contains("nope"));
-        assert_eq!(triggers.trigger(&["crm".into()]).unwrap(), vec!["crm".to_string()]);
+        assert!(triggers.trigger(&["nope".into()], false).unwrap_err().contains("nope"));
+        assert_eq!(triggers.trigger(&["crm".into()], true).unwrap(), vec!["crm".to_string()]);
         // The permit is stored: a source busy with a pass runs again right after it.
-        tokio::time::timeout(Duration::from_millis(100), crm.notified()).await.unwrap();
-        assert_eq!(triggers.trigger_tables(&["idp_users".into()]), vec!["inbox".to_string(), "idp".to_string()]);
-        tokio::time::timeout(Duration::from_millis(100), inbox.notified()).await.unwrap();
-        assert_eq!(triggers.trigger(&[]).unwrap().len(), 3);
+        tokio::time::timeout(Duration::from_millis(100), crm.notify.notified()).await.unwrap();
+        assert!(crm.take_full() && !crm.take_full(), "a full request is taken once");
+        assert_eq!(triggers.trigger_tables(&["idp_users".into()], false), vec!["inbox".to_string(), "idp".to_string()]);
+        tokio::time::timeout(Duration::from_millis(100), inbox.notify.notified()).await.unwrap();
+        assert!(!inbox.take_full());
+        assert_eq!(triggers.trigger(&[], false).unwrap().len(), 3);
     }
 }

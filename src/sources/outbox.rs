@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::rows::{now_rfc3339, poison, row_event, RowMapping, SqlValue};
+use super::schedule::{PassClock, Schedule};
 use super::sqlite::{quote, read_rows, ReadRows};
 use super::{EmitOutcome, Source, SourceError};
 use crate::bus::{OutboundMessage, Publisher};
@@ -103,6 +104,8 @@ pub struct OutboxSource {
     published: u64,
     cleared: u64,
     kept_dirty: u64,
+    /// With a `schedule`: when the next pass is due (without one, every change and poll is a pass).
+    clock: Option<PassClock>,
     shutdown: Shutdown,
 }
 
@@ -125,7 +128,24 @@ impl OutboxSource {
             OutboxEngine::Sqlite
         });
         let statements = Statements::new(&config, &mapping, &version);
+        if config.full_schedule.is_some() {
+            return Err(SourceError::Config {
+                source_name: config.name.clone(),
+                problem: "`full_schedule` does not apply to an outbox: it publishes the rows the application marks; \
+                          to re-sync everything, mark every row (UPDATE … SET dirty = 1) on your schedule"
+                    .into(),
+            });
+        }
+        let clock = match config.schedule {
+            Some(_) => Some(PassClock::new(
+                Schedule::new(&config.schedule(), Duration::from_millis(config.poll_interval_ms))
+                    .map_err(|problem| SourceError::Config { source_name: config.name.clone(), problem })?,
+                None,
+            )),
+            None => None,
+        };
         Ok(OutboxSource {
+            clock,
             config,
             engine,
             mapping,
@@ -427,6 +447,9 @@ impl Source for OutboxSource {
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
         let mut outcome = EmitOutcome::default();
+        if self.clock.as_ref().is_some_and(|c| !c.due()) {
+            return Ok(outcome);
+        }
         let mut after = i64::MIN;
         while !self.shutdown.is_stopping() {
             let page = self.read_page(after).await?;
@@ -455,12 +478,26 @@ impl Source for OutboxSource {
                 break;
             }
         }
+        if let Some(clock) = &mut self.clock {
+            clock.finished(false);
+        }
         Ok(outcome)
     }
 
     async fn wait_for_input(&mut self, max_wait: Duration) {
+        if let Some(clock) = &self.clock {
+            // On a schedule, changes to the file wait for the next tick.
+            tokio::time::sleep(max_wait.min(clock.until_due()).max(Duration::from_millis(10))).await;
+            return;
+        }
         let wait = max_wait.min(Duration::from_millis(self.config.poll_interval_ms));
         let _ = tokio::time::timeout(wait, self.wakeup.notified()).await;
+    }
+
+    fn trigger(&mut self) {
+        if let Some(clock) = &mut self.clock {
+            clock.trigger();
+        }
     }
 
     fn tables(&self) -> Vec<String> {

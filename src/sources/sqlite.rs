@@ -29,6 +29,7 @@ type Db = std::sync::Mutex<Connection>;
 
 use super::checkpoint::CheckpointStore;
 use super::rows::{now_rfc3339, poison, row_event, tombstone_event, RowMapping, SqlValue};
+use super::schedule::{last_full_resync, record_full_resync, PassClock, Schedule};
 use super::{EmitOutcome, Source, SourceError};
 use crate::bus::{OutboundMessage, Publisher};
 use crate::schema::Catalog;
@@ -111,8 +112,10 @@ pub struct SqliteSource {
     tables: Vec<SyncedTable>,
     checkpoints: Arc<CheckpointStore>,
     published: u64,
-    /// When the next scheduled pass is due.
-    next_due: std::time::Instant,
+    /// When the next pass is due, and whether it is a full re-sync.
+    clock: PassClock,
+    /// The pass under way is a full re-sync: watermarks ignored, unchanged rows published again.
+    full_pass: bool,
     shutdown: Shutdown,
 }
 
@@ -147,12 +150,21 @@ impl SqliteSource {
                 warned_ignored: false,
             });
         }
+        let schedule =
+            Schedule::new(&config.schedule(), Duration::from_secs(config.poll_interval_secs)).map_err(problem)?;
+        let mut last_full = last_full_resync(&checkpoints, &config.name)?;
+        if config.full_schedule.is_some() && last_full.is_none() {
+            // The first start with a full schedule: re-syncs missed from now on are owed.
+            record_full_resync(&checkpoints, &config.name)?;
+            last_full = Some(chrono::Utc::now());
+        }
         Ok(SqliteSource {
+            clock: PassClock::new(schedule, last_full),
+            full_pass: false,
             config,
             tables,
             checkpoints,
             published: 0,
-            next_due: std::time::Instant::now(),
             shutdown: Shutdown::default(),
         })
     }
@@ -200,7 +212,7 @@ impl SqliteSource {
         let name = self.config.name.clone();
         let state_key = self.tables[index].state_key();
         let saved = self.checkpoints.state(&name, &state_key).map_err(|e| self.checkpoint_error(e))?;
-        let saved: Option<SqlValue> = saved.as_deref().and_then(decode_watermark);
+        let saved: Option<SqlValue> = saved.as_deref().and_then(decode_watermark).filter(|_| !self.full_pass);
         if self.tables[index].mode == WatermarkMode::UpdatedAt && self.tables[index].synced.is_none() {
             let keys = self
                 .checkpoints
@@ -300,7 +312,7 @@ impl SqliteSource {
             match row_event(&table.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {
                 Ok(event) => {
                     if let (Some(key), Some(version), Some(synced)) = (&event.key_text, event.version, &table.synced) {
-                        if synced.get(key) == Some(&version) {
+                        if synced.get(key) == Some(&version) && !self.full_pass {
                             continue; // re-read in the overlap window, already published
                         }
                         keys.push((key.clone(), Some(version)));
@@ -455,8 +467,12 @@ impl Source for SqliteSource {
     }
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
-        if std::time::Instant::now() < self.next_due {
+        if !self.clock.due() {
             return Ok(EmitOutcome::default());
+        }
+        self.full_pass = self.clock.full_now();
+        if self.full_pass {
+            tracing::info!(source = %self.config.name, "full re-sync: every row is published again");
         }
         let connection = std::sync::Mutex::new(self.open()?);
         let mut outcome = EmitOutcome::default();
@@ -465,18 +481,24 @@ impl Source for SqliteSource {
             outcome.consumed += published;
             outcome.published += published;
         }
+        if self.full_pass && !self.shutdown.is_stopping() {
+            record_full_resync(&self.checkpoints, &self.config.name)?;
+        }
         // A failed pass returned above and is retried by the driver; a finished one waits its turn.
-        self.next_due = std::time::Instant::now() + Duration::from_secs(self.config.poll_interval_secs);
+        self.clock.finished(self.full_pass && !self.shutdown.is_stopping());
         Ok(outcome)
     }
 
     async fn wait_for_input(&mut self, max_wait: Duration) {
-        let until_due = self.next_due.saturating_duration_since(std::time::Instant::now());
-        tokio::time::sleep(max_wait.min(until_due).max(Duration::from_millis(10))).await;
+        tokio::time::sleep(max_wait.min(self.clock.until_due()).max(Duration::from_millis(10))).await;
     }
 
     fn trigger(&mut self) {
-        self.next_due = std::time::Instant::now();
+        self.clock.trigger();
+    }
+
+    fn trigger_full(&mut self) {
+        self.clock.trigger_full();
     }
 
     fn tables(&self) -> Vec<String> {
@@ -484,7 +506,7 @@ impl Source for SqliteSource {
     }
 
     fn observable_state(&self) -> Value {
-        serde_json::json!({ "source": self.config.name, "published": self.published })
+        serde_json::json!({ "source": self.config.name, "published": self.published, "schedule": self.clock.observable() })
     }
 }
 

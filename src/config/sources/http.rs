@@ -48,9 +48,19 @@ pub struct HttpSourceConfig {
     /// The API returns records in cursor order: save the cursor after every page. Default false.
     #[serde(default)]
     pub sorted: bool,
-    /// Seconds between passes. Default 300.
+    /// Seconds between passes. Default 300. Ignored when `schedule` is set.
     #[serde(default = "default_interval_secs")]
     pub interval_secs: u64,
+    /// Run passes on this cron instead of every `interval_secs` (as for `[[sources.sqlite]]`).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// A full re-sync on this cron: one pass from `initial_cursor`, every record published again
+    /// (it lands once). One missed while bqsync was down runs once at start-up.
+    #[serde(default)]
+    pub full_schedule: Option<String>,
+    /// IANA time zone of `schedule` and `full_schedule`. Default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
     /// Record field → destination column, for names that differ (e.g. `modifiedTime = "modified_at"`).
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
@@ -63,6 +73,17 @@ pub struct HttpSourceConfig {
     /// Timeout of one request, in seconds. Default 30.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+}
+
+impl HttpSourceConfig {
+    /// The schedule fields.
+    pub fn schedule(&self) -> super::ScheduleConfig {
+        super::ScheduleConfig {
+            schedule: self.schedule.clone(),
+            full_schedule: self.full_schedule.clone(),
+            timezone: self.timezone.clone(),
+        }
+    }
 }
 
 fn default_auth_header() -> String {

@@ -16,6 +16,15 @@ pub use outbox::{OutboxEngine, OutboxSourceConfig};
 pub use sessions::SessionsSourceConfig;
 pub use sqlite::{SqliteSourceConfig, SqliteTableConfig, WatermarkMode};
 
+/// The schedule fields of a polling source (SQLite tables, outbox, HTTP), gathered from its section
+/// (see `crate::sources::schedule`).
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleConfig {
+    pub schedule: Option<String>,
+    pub full_schedule: Option<String>,
+    pub timezone: Option<String>,
+}
+
 /// `[sources]`: producers. Default: one JSONL source on `./inbox` (files under `inbox/TABLE/` land
 /// in `TABLE`).
 #[derive(Debug, Clone, Deserialize, Serialize)]

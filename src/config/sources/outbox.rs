@@ -31,9 +31,19 @@ pub struct OutboxSourceConfig {
     /// Source column → destination column, for names that differ.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
-    /// Milliseconds between passes; a change to the file also starts one. Default 1000.
+    /// Milliseconds between passes; a change to the file also starts one. Default 1000. Ignored
+    /// when `schedule` is set.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// Run passes only on this cron (as for `[[sources.sqlite]]`), not on every change.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Not for outboxes: the application marks what changed; refused with the way to re-sync.
+    #[serde(default)]
+    pub full_schedule: Option<String>,
+    /// IANA time zone of `schedule`. Default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
     /// Rows per page (one publish and one clear transaction a page). Default 5000.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
@@ -49,6 +59,17 @@ pub struct OutboxSourceConfig {
 pub enum OutboxEngine {
     Sqlite,
     Duckdb,
+}
+
+impl OutboxSourceConfig {
+    /// The schedule fields.
+    pub fn schedule(&self) -> super::ScheduleConfig {
+        super::ScheduleConfig {
+            schedule: self.schedule.clone(),
+            full_schedule: self.full_schedule.clone(),
+            timezone: self.timezone.clone(),
+        }
+    }
 }
 
 fn default_dirty_column() -> String {

@@ -14,14 +14,37 @@ pub struct SqliteSourceConfig {
     /// The SQLite database file. Opened read-only; writers are never blocked for longer than one page
     /// read.
     pub path: PathBuf,
-    /// Seconds between passes. Default 60.
+    /// Seconds between passes. Default 60. Ignored when `schedule` is set.
     #[serde(default = "default_poll_interval_secs")]
     pub poll_interval_secs: u64,
+    /// Run passes on this cron instead of every `poll_interval_secs`: `MIN HOUR DOM MON DOW` (or
+    /// with seconds first), e.g. `"*/15 * * * *"`. A source always runs one pass when it starts.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// A full re-sync on this cron, e.g. `"0 2 * * *"`: the watermarks are ignored for one pass,
+    /// every row is published again (it lands once) and deleted rows are found. One missed while
+    /// bqsync was down runs once at start-up.
+    #[serde(default)]
+    pub full_schedule: Option<String>,
+    /// IANA time zone of `schedule` and `full_schedule`, e.g. `"Asia/Kolkata"`. Default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
     /// Rows per page (one publish and one state write per page). Default 5000.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
     /// `[[sources.sqlite.tables]]`: the tables to sync.
     pub tables: Vec<SqliteTableConfig>,
+}
+
+impl SqliteSourceConfig {
+    /// The schedule fields.
+    pub fn schedule(&self) -> super::ScheduleConfig {
+        super::ScheduleConfig {
+            schedule: self.schedule.clone(),
+            full_schedule: self.full_schedule.clone(),
+            timezone: self.timezone.clone(),
+        }
+    }
 }
 
 /// One table of a SQLite source.
