@@ -83,6 +83,15 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Forget where a source, or one table of it, stands: its next pass publishes everything again
+    /// (it lands once). `SOURCE` or `SOURCE:TABLE`. Keys deleted at the source before the reset
+    /// still get their tombstones. A running service's SQLite and HTTP sources pick it up at their
+    /// next pass, JSONL and sessions at the next start.
+    Reset {
+        /// `SOURCE` or `SOURCE:TABLE` (the table's name in the source, or its destination table).
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
     /// Create the bus resources from the config (Pub/Sub topics and subscriptions with their
     /// dead-letter and retry policies) and the warehouse tables; idempotent.
     Setup,
@@ -314,6 +323,15 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Work { until_drained, admin } => run(config, until_drained, admin, Role::Work).await?,
         Command::Sync { sources, full, land, admin } => sync(config, sources, full, land, admin).await?,
         Command::Setup => setup(config).await?,
+        Command::Reset { targets } => {
+            let store = bqsync::sources::checkpoint::CheckpointStore::open(&config.state_path)
+                .context("opening the checkpoint store")?;
+            for target in &targets {
+                let done =
+                    bqsync::sources::reset::reset(&config.sources, &store, target).map_err(anyhow::Error::msg)?;
+                println!("{done}");
+            }
+        }
         Command::Apply { json } => bigquery_commands::apply(config, json).await?,
         Command::Cost { json } => bigquery_commands::cost(config, json).await?,
         Command::Backfill { paths, table, no_apply, json } => {

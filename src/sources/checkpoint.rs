@@ -200,20 +200,50 @@ impl CheckpointStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
-    /// Forgets everything a source saved (`bqsync sync --full`): its next pass starts from the beginning.
+    /// Forgets where a source stands (`bqsync sync --full`, `bqsync reset SOURCE`): its watermarks,
+    /// cursors and file checkpoints go, and it is marked to publish every row again
+    /// ([`REPUBLISH_ALL`]). The keys it published (`synced_keys`) stay, so keys deleted at the
+    /// source before the reset still get their tombstones.
     pub fn reset_source(&self, source: &str) -> Result<(), CheckpointError> {
         let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let now = chrono::Utc::now().timestamp_micros();
         connection
             .execute_batch("BEGIN")
             .and_then(|_| connection.execute("DELETE FROM source_state WHERE source = ?1", params![source]))
-            .and_then(|_| connection.execute("DELETE FROM synced_keys WHERE source = ?1", params![source]))
             .and_then(|_| connection.execute("DELETE FROM file_checkpoints WHERE source = ?1", params![source]))
+            .and_then(|_| {
+                connection.execute(
+                    "INSERT INTO source_state (source, key, value, updated_micros) VALUES (?1, ?2, '1', ?3)",
+                    params![source, REPUBLISH_ALL, now],
+                )
+            })
             .and_then(|_| connection.execute_batch("COMMIT"))
             .map(|_| ())
             .map_err(|e| {
                 let _ = connection.execute_batch("ROLLBACK");
                 self.err(e)
             })
+    }
+
+    /// Forgets one table's watermark or cursor (`bqsync reset SOURCE:TABLE`): `keys` are its state
+    /// keys; `republish` is its mark ([`republish_key`]), so its next pass publishes every row again.
+    /// Its synced keys stay (see [`CheckpointStore::reset_source`]).
+    pub fn reset_table(&self, source: &str, keys: &[String], republish: Option<String>) -> Result<(), CheckpointError> {
+        let mut states: Vec<(String, Option<String>)> = keys.iter().map(|k| (k.clone(), None)).collect();
+        states.extend(republish.map(|mark| (mark, Some("1".to_string()))));
+        self.save_progress(source, &states, "", &[])
+    }
+
+    /// Forgets the file checkpoints of `source` whose path starts with `prefix` (their files are read
+    /// again from the start); returns how many.
+    pub fn forget_files(&self, source: &str, prefix: &str) -> Result<usize, CheckpointError> {
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        connection
+            .execute(
+                "DELETE FROM file_checkpoints WHERE source = ?1 AND substr(path, 1, length(?2)) = ?2",
+                params![source, prefix],
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// All file checkpoints, for `bqsync status`.
@@ -240,6 +270,14 @@ impl CheckpointStore {
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
+}
+
+/// State key marking a whole source to publish every row again on its next pass (set by a reset).
+pub const REPUBLISH_ALL: &str = "republish:*";
+
+/// State key marking one table of a source (by its name in the source) to publish every row again.
+pub fn republish_key(source_table: &str) -> String {
+    format!("republish:{source_table}")
 }
 
 #[cfg(test)]
@@ -280,6 +318,7 @@ mod tests {
         assert_eq!(store.synced_keys("s", "t").unwrap(), vec![("k2".to_string(), 2)]);
         store.reset_source("s").unwrap();
         assert_eq!(store.state("s", "wm:t").unwrap(), None);
-        assert!(store.synced_keys("s", "t").unwrap().is_empty());
+        assert_eq!(store.state("s", REPUBLISH_ALL).unwrap().as_deref(), Some("1"), "marked to publish everything");
+        assert_eq!(store.synced_keys("s", "t").unwrap(), vec![("k2".to_string(), 2)], "deletes are still found");
     }
 }

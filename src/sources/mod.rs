@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod http;
 pub mod jsonl;
 pub mod outbox;
+pub mod reset;
 pub mod rows;
 pub mod schedule;
 pub mod sessions;

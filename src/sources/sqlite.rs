@@ -27,7 +27,7 @@ use serde_json::Value;
 /// The open database; locked only while a query runs, never across a publish.
 type Db = std::sync::Mutex<Connection>;
 
-use super::checkpoint::CheckpointStore;
+use super::checkpoint::{republish_key, CheckpointStore, REPUBLISH_ALL};
 use super::rows::{now_rfc3339, poison, row_event, tombstone_event, RowMapping, SqlValue};
 use super::schedule::{last_full_resync, record_full_resync, PassClock, Schedule};
 use super::{EmitOutcome, Source, SourceError};
@@ -98,6 +98,8 @@ struct SyncedTable {
     /// Synced key → version (updated_at mode), loaded from the state file on the first pass.
     synced: Option<HashMap<String, i64>>,
     warned_ignored: bool,
+    /// The pass under way publishes every row again (a full re-sync, or a reset).
+    republish: bool,
 }
 
 impl SyncedTable {
@@ -148,6 +150,7 @@ impl SqliteSource {
                 watermark,
                 synced: None,
                 warned_ignored: false,
+                republish: false,
             });
         }
         let schedule =
@@ -212,7 +215,17 @@ impl SqliteSource {
         let name = self.config.name.clone();
         let state_key = self.tables[index].state_key();
         let saved = self.checkpoints.state(&name, &state_key).map_err(|e| self.checkpoint_error(e))?;
-        let saved: Option<SqlValue> = saved.as_deref().and_then(decode_watermark).filter(|_| !self.full_pass);
+        // A full re-sync, or a reset of the source or this table, publishes every row again.
+        let republish = self.full_pass
+            || [REPUBLISH_ALL.to_string(), republish_key(&self.tables[index].config.source_table)]
+                .iter()
+                .map(|key| self.checkpoints.state(&name, key))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.checkpoint_error(e))?
+                .iter()
+                .any(Option::is_some);
+        self.tables[index].republish = republish;
+        let saved: Option<SqlValue> = saved.as_deref().and_then(decode_watermark).filter(|_| !republish);
         if self.tables[index].mode == WatermarkMode::UpdatedAt && self.tables[index].synced.is_none() {
             let keys = self
                 .checkpoints
@@ -267,6 +280,11 @@ impl SqliteSource {
                 break;
             }
         }
+        if republish && !self.shutdown.is_stopping() {
+            let mark = republish_key(&self.tables[index].config.source_table);
+            self.checkpoints.save_progress(&name, &[(mark, None)], "", &[]).map_err(|e| self.checkpoint_error(e))?;
+            self.tables[index].republish = false;
+        }
         if mode == WatermarkMode::UpdatedAt
             && self.tables[index].config.detect_deletes
             && self.tables[index].mapping.is_upsert()
@@ -312,7 +330,7 @@ impl SqliteSource {
             match row_event(&table.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {
                 Ok(event) => {
                     if let (Some(key), Some(version), Some(synced)) = (&event.key_text, event.version, &table.synced) {
-                        if synced.get(key) == Some(&version) && !self.full_pass {
+                        if synced.get(key) == Some(&version) && !table.republish {
                             continue; // re-read in the overlap window, already published
                         }
                         keys.push((key.clone(), Some(version)));
@@ -476,10 +494,32 @@ impl Source for SqliteSource {
         }
         let connection = std::sync::Mutex::new(self.open()?);
         let mut outcome = EmitOutcome::default();
+        // A table that fails does not stop the others: each is tried, and the pass fails after them
+        // (the driver retries it with backoff; the tables that went through resume from their
+        // watermarks, so the retry costs them one empty query).
+        let mut failed = None;
         for index in 0..self.tables.len() {
-            let published = self.sync_table(index, &connection, publisher).await?;
-            outcome.consumed += published;
-            outcome.published += published;
+            match self.sync_table(index, &connection, publisher).await {
+                Ok(published) => {
+                    outcome.consumed += published;
+                    outcome.published += published;
+                }
+                Err(e) => {
+                    tracing::error!(source = %self.config.name, table = %self.tables[index].config.source_table, error = %e, "table sync failed; the other tables go on");
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(error) = failed {
+            // The driver counts only a pass that succeeded: count what the others published here.
+            crate::metrics::global().published(&self.config.name, outcome.published);
+            return Err(error);
+        }
+        if !self.shutdown.is_stopping() {
+            // Every table went through: a reset of the whole source is done.
+            self.checkpoints
+                .save_progress(&self.config.name, &[(REPUBLISH_ALL.to_string(), None)], "", &[])
+                .map_err(|e| self.checkpoint_error(e))?;
         }
         if self.full_pass && !self.shutdown.is_stopping() {
             record_full_resync(&self.checkpoints, &self.config.name)?;
