@@ -142,6 +142,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
 
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let checkpoints = crate::status::checkpoint_lags(&state.state_path).unwrap_or_default();
+    let sync = crate::status::sync_states(&state.state_path).unwrap_or_default();
     let dead_letters = match &state.warehouse {
         Some(w) => w.dead_letter_counts().await.map_err(|e| e.to_string()),
         None => Ok(Vec::new()),
@@ -150,6 +151,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         "tables": crate::metrics::global().table_status(),
         "sources": state.triggers.names(),
         "checkpoints": checkpoints,
+        "sync": sync,
         "dead_letters": dead_letters.as_ref().map(|d| d.iter().map(|(t, r, n)| serde_json::json!({"table": t, "reason": r, "count": n})).collect::<Vec<_>>()).ok(),
         "errors": dead_letters.err(),
     });

@@ -92,6 +92,17 @@ enum Command {
         #[arg(required = true)]
         targets: Vec<String>,
     },
+    /// The last passes of the sources (newest first): when, how long, events published, outcome.
+    History {
+        /// `SOURCE` or `SOURCE:TABLE` (a SQLite source's table; `SOURCE:*` its whole passes).
+        target: Option<String>,
+        /// At most this many passes. Default 50.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create the bus resources from the config (Pub/Sub topics and subscriptions with their
     /// dead-letter and retry policies) and the warehouse tables; idempotent.
     Setup,
@@ -252,6 +263,7 @@ impl Command {
         matches!(
             self,
             Command::Config { .. }
+                | Command::History { .. }
                 | Command::Dlq { .. }
                 | Command::Sql { .. }
                 | Command::Status { .. }
@@ -323,6 +335,20 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Work { until_drained, admin } => run(config, until_drained, admin, Role::Work).await?,
         Command::Sync { sources, full, land, admin } => sync(config, sources, full, land, admin).await?,
         Command::Setup => setup(config).await?,
+        Command::History { target, limit, json } => {
+            let store = bqsync::sources::checkpoint::CheckpointStore::open(&config.state_path)
+                .context("opening the checkpoint store")?;
+            let (source, table) = match target.as_deref().map(|t| t.split_once(':').unwrap_or((t, ""))) {
+                Some((source, table)) => (Some(source), Some(table).filter(|t| !t.is_empty())),
+                None => (None, None),
+            };
+            let passes = bqsync::sources::history::passes(&store, source, table, limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&passes)?);
+            } else {
+                print!("{}", bqsync::sources::history::render(&passes));
+            }
+        }
         Command::Reset { targets } => {
             let store = bqsync::sources::checkpoint::CheckpointStore::open(&config.state_path)
                 .context("opening the checkpoint store")?;

@@ -28,6 +28,8 @@ pub struct Status {
     pub dead_letters: Vec<(String, String, u64)>,
     pub warehouse_note: Option<String>,
     pub checkpoints: Vec<CheckpointLag>,
+    /// Per source (`*`) and per table of a SQLite source: the last pass, failures, position, next run.
+    pub sources: Vec<crate::sources::history::SyncState>,
 }
 
 /// How far a file's checkpoint trails the file.
@@ -84,6 +86,7 @@ pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow:
         status.warehouse_note = Some(format!("no warehouse file yet at {}", path.display()));
     }
     status.checkpoints = checkpoint_lags(inputs.state_path)?;
+    status.sources = sync_states(inputs.state_path)?;
     Ok(status)
 }
 
@@ -149,6 +152,35 @@ pub fn render(status: &Status) -> String {
     if let Some(note) = &status.warehouse_note {
         out.push_str(&format!("  ({note})\n"));
     }
+    out.push_str("\nSOURCES (last pass; `bqsync history` lists them)\n");
+    if status.sources.is_empty() {
+        out.push_str("  no pass recorded yet\n");
+    }
+    for s in &status.sources {
+        let what = if s.table == crate::sources::history::WHOLE_SOURCE {
+            s.source.clone()
+        } else {
+            format!("{}:{}", s.source, s.table)
+        };
+        let outcome = match (&s.last_error, s.consecutive_failures) {
+            (_, 0) => "ok".to_string(),
+            (Some(e), n) => {
+                format!("failing ({n} in a row; last at {}): {e}", s.last_error_at.as_deref().unwrap_or("?"))
+            }
+            (None, n) => format!("failing ({n} in a row)"),
+        };
+        out.push_str(&format!(
+            "  {what:<28} {} published {:>8}  {outcome}\n",
+            s.last_finished.as_deref().unwrap_or("-"),
+            s.last_published.unwrap_or(0)
+        ));
+        if let Some(position) = &s.position {
+            out.push_str(&format!("  {:<28} at {position}\n", ""));
+        }
+        if let Some(next) = &s.next_pass {
+            out.push_str(&format!("  {:<28} next pass {next}\n", ""));
+        }
+    }
     out.push_str("\nCHECKPOINTS\n");
     if status.checkpoints.is_empty() {
         out.push_str("  none\n");
@@ -188,6 +220,14 @@ pub fn checkpoint_lags(state_path: &Path) -> anyhow::Result<Vec<CheckpointLag>> 
         }
     }
     Ok(lags)
+}
+
+/// The sync state of every source and table with recorded passes (none before the first run).
+pub fn sync_states(state_path: &Path) -> anyhow::Result<Vec<crate::sources::history::SyncState>> {
+    if !state_path.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::sources::history::states(&CheckpointStore::open(state_path)?)?)
 }
 
 /// Whether the file holds a newline past `offset` (read up to 1 MiB: a longer tail is lag anyway).

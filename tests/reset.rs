@@ -100,4 +100,35 @@ fn a_failing_table_does_not_stop_the_others() {
     assert!(!ok, "a one-shot run still reports the failing table");
     assert!(stderr.contains("registry"), "{stderr}");
     assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), 20, "the other table synced all the same");
+
+    // The failure is visible per table: status counts it, history lists it.
+    let (ok, stdout, stderr) = bqsync(&project, &["status", "--json"]);
+    assert!(ok, "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let state = |table: &str| {
+        status["sources"].as_array().unwrap().iter().find(|s| s["source"] == "db" && s["table"] == table).cloned()
+    };
+    let registry = state("registry").unwrap_or_else(|| panic!("{status}"));
+    assert!(registry["consecutive_failures"].as_u64().unwrap() >= 1, "{registry}");
+    assert!(registry["last_error"].as_str().unwrap().contains("registry"), "{registry}");
+    let events = state("events").unwrap();
+    assert_eq!(events["consecutive_failures"], 0, "{events}");
+    assert_eq!(events["last_published"].as_u64(), Some(0), "the retries found nothing new: {events}");
+    assert!(events["position"].as_str().is_some(), "its watermark: {events}");
+    let (_, text, _) = bqsync(&project, &["status"]);
+    assert!(text.contains("db:registry") && text.contains("failing ("), "{text}");
+    let (ok, stdout, _) = bqsync(&project, &["history", "db:events", "--json"]);
+    let passes: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert!(ok && passes.iter().any(|p| p["published"] == 20), "the first pass published 20: {stdout}");
+    let (_, text, _) = bqsync(&project, &["history", "db:registry"]);
+    assert!(text.contains("failed: "), "{text}");
+
+    // Fixed: the next pass succeeds and the failure count goes back to 0.
+    db.execute_batch("ALTER TABLE registry_old RENAME TO registry").unwrap();
+    assert_eq!(sync(&project), 20);
+    let (_, stdout, _) = bqsync(&project, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let registry = status["sources"].as_array().unwrap().iter().find(|s| s["table"] == "registry").unwrap().clone();
+    assert_eq!(registry["consecutive_failures"], 0, "{registry}");
+    assert_eq!(registry["last_published"], 20, "{registry}");
 }

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
 use crate::sources::checkpoint::CheckpointStore;
-use crate::sources::{Source, SourceError};
+use crate::sources::{EmitOutcome, Source, SourceError};
 use crate::warehouse::Warehouse;
 use crate::worker::{Worker, WorkerStats};
 use backends::BusEnds;
@@ -101,6 +101,8 @@ pub struct Opened {
     gcs: Option<crate::gcs::Gcs>,
     warehouse: Option<Arc<dyn Warehouse>>,
     sources: Vec<Box<dyn Source>>,
+    /// The state file, where the sources' passes are recorded.
+    checkpoints: Option<Arc<CheckpointStore>>,
 }
 
 /// Opens what `role` needs: the bus ends, the warehouse (for a worker) and the sources (for a
@@ -115,11 +117,13 @@ pub async fn open(config: &Config, mode: RunMode, role: Role, only_sources: &[St
         _ => None,
     };
     let mut sources = Vec::new();
+    let mut store = None;
     if bus.publisher.is_some() {
         let checkpoints = Arc::new(CheckpointStore::open(&config.state_path).context("opening the checkpoint store")?);
         sources = backends::build_sources(config, &catalog, &checkpoints, mode, only_sources, claim_checks)?;
+        store = Some(checkpoints);
     }
-    Ok(Opened { catalog, bus, gcs, warehouse, sources })
+    Ok(Opened { catalog, bus, gcs, warehouse, sources, checkpoints: store })
 }
 
 /// Tasks of a run.
@@ -144,7 +148,7 @@ pub async fn spawn(
     role: Role,
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
-    let Opened { catalog, bus, gcs, warehouse, sources } = parts;
+    let Opened { catalog, bus, gcs, warehouse, sources, checkpoints } = parts;
     let worker = match (&bus.subscription, &warehouse) {
         (Some(subscription), Some(warehouse)) => {
             let mut worker = Worker::new(
@@ -166,7 +170,8 @@ pub async fn spawn(
         for mut source in sources {
             source.set_shutdown(shutdown.clone());
             let trigger = triggers.add(source.name(), source.tables());
-            source_tasks.spawn(drive_source(source, publisher.clone(), shutdown.clone(), mode, trigger));
+            let history = checkpoints.clone();
+            source_tasks.spawn(drive_source(source, publisher.clone(), shutdown.clone(), mode, trigger, history));
         }
     }
     let upkeep = warehouse.clone().filter(|_| worker.is_some()).map(|warehouse| {
@@ -283,6 +288,7 @@ async fn drive_source(
     shutdown: Shutdown,
     mode: RunMode,
     sync_now: Arc<crate::sources::SyncRequest>,
+    history: Option<Arc<CheckpointStore>>,
 ) -> anyhow::Result<SourceResult> {
     // A one-shot run waits this long between passes for input still being written (pending).
     const PENDING_RECHECK: Duration = Duration::from_millis(250);
@@ -292,7 +298,12 @@ async fn drive_source(
     // Between failing passes: 200 ms growing to 30 s (see crate::retry), reset by a good pass.
     let mut pacer = crate::retry::Policy::exponential(Duration::from_millis(200), Duration::from_secs(30)).pacer();
     while !shutdown.is_stopping() {
-        match source.emit(publisher.as_ref()).await {
+        let started = chrono::Utc::now().timestamp_micros();
+        let result = source.emit(publisher.as_ref()).await;
+        if let Some(store) = &history {
+            record_pass(store, source.as_ref(), started, &result);
+        }
+        match result {
             Ok(outcome) => {
                 failures = 0;
                 published += outcome.published;
@@ -340,6 +351,28 @@ async fn drive_source(
         tracing::warn!(source = source.name(), "not landed: {input}");
     }
     Ok(SourceResult { published, unread })
+}
+
+/// Records a whole-source pass in the history when it did work, failed, or was a scheduled pass of a
+/// polling source (see `crate::sources::history`). A failure to record is logged, never fatal.
+fn record_pass(store: &CheckpointStore, source: &dyn Source, started: i64, result: &Result<EmitOutcome, SourceError>) {
+    let (published, error, full) = match result {
+        Ok(o) if o.skipped || (o.consumed == 0 && !source.records_empty_passes()) => return,
+        Ok(o) => (o.published, None, o.full),
+        Err(e) => (0, Some(e.to_string()), false),
+    };
+    let pass = crate::sources::history::Pass {
+        source: source.name().to_string(),
+        table: crate::sources::history::WHOLE_SOURCE.into(),
+        started_micros: started,
+        finished_micros: chrono::Utc::now().timestamp_micros(),
+        published,
+        error,
+        full,
+    };
+    if let Err(e) = crate::sources::history::record(store, &pass) {
+        tracing::warn!(source = source.name(), error = %e, "cannot record the pass in the history");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

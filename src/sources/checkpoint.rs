@@ -62,7 +62,12 @@ impl CheckpointStore {
                    PRIMARY KEY (source, key));
                  CREATE TABLE IF NOT EXISTS synced_keys (
                    source TEXT NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL,
-                   PRIMARY KEY (source, tbl, key));",
+                   PRIMARY KEY (source, tbl, key));
+                 CREATE TABLE IF NOT EXISTS passes (
+                   source TEXT NOT NULL, tbl TEXT NOT NULL, started_micros INTEGER NOT NULL,
+                   finished_micros INTEGER NOT NULL, published INTEGER NOT NULL, error TEXT,
+                   full INTEGER NOT NULL DEFAULT 0);
+                 CREATE INDEX IF NOT EXISTS passes_by_table ON passes (source, tbl, started_micros);",
             )
             .map_err(err)?;
         Ok(CheckpointStore { path: path.to_path_buf(), connection: Mutex::new(connection) })
@@ -70,6 +75,15 @@ impl CheckpointStore {
 
     fn err(&self, source: rusqlite::Error) -> CheckpointError {
         CheckpointError { path: self.path.clone(), source }
+    }
+
+    /// Runs `f` on the state file's connection (for the pass history, `super::history`).
+    pub(crate) fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, CheckpointError> {
+        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut connection).map_err(|e| self.err(e))
     }
 
     pub fn file(&self, source: &str, device: u64, inode: u64) -> Result<Option<FileCheckpoint>, CheckpointError> {

@@ -356,7 +356,7 @@ impl Source for HttpSource {
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
         if !self.clock.due() {
-            return Ok(EmitOutcome::default());
+            return Ok(EmitOutcome { skipped: true, ..EmitOutcome::default() });
         }
         self.full_pass = self.clock.full_now();
         if self.full_pass {
@@ -370,9 +370,14 @@ impl Source for HttpSource {
                 record_full_resync(&self.checkpoints, &self.config.name)?;
             }
             self.clock.finished(full);
+            if let Err(e) =
+                super::history::record_next_pass(&self.checkpoints, &self.config.name, self.clock.next_due_micros())
+            {
+                tracing::warn!(source = %self.config.name, error = %e, "cannot record the next pass");
+            }
         }
         let published = result?;
-        Ok(EmitOutcome { consumed: published, published, pending: 0 })
+        Ok(EmitOutcome { consumed: published, published, full: self.full_pass, ..EmitOutcome::default() })
     }
 
     async fn wait_for_input(&mut self, max_wait: Duration) {
@@ -385,6 +390,10 @@ impl Source for HttpSource {
 
     fn trigger_full(&mut self) {
         self.clock.trigger_full();
+    }
+
+    fn records_empty_passes(&self) -> bool {
+        true
     }
 
     fn tables(&self) -> Vec<String> {

@@ -6,6 +6,7 @@
 //! event before it.
 
 pub mod checkpoint;
+pub mod history;
 pub mod http;
 pub mod jsonl;
 pub mod outbox;
@@ -33,6 +34,10 @@ pub struct EmitOutcome {
     /// Input seen but not publishable yet (a session still being written): a one-shot run waits
     /// for it instead of ending.
     pub pending: u64,
+    /// No pass ran: a scheduled source was not due yet.
+    pub skipped: bool,
+    /// The pass was a full re-sync.
+    pub full: bool,
 }
 
 /// Input a source saw and did not publish: reported at the end of a one-shot run (log and JSON
@@ -133,6 +138,11 @@ pub trait Source: Send {
     /// Input seen and not published (a partial last line, a file no route matches).
     fn unread(&self) -> Vec<UnreadInput> {
         Vec::new()
+    }
+    /// Whether a pass that found nothing is worth a line in the history: scheduled polling passes
+    /// are; a watcher's or an outbox's many empty passes are not.
+    fn records_empty_passes(&self) -> bool {
+        false
     }
     /// The tables this source feeds; empty when files route to any table (JSONL).
     fn tables(&self) -> Vec<String> {

@@ -448,7 +448,7 @@ impl Source for OutboxSource {
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
         let mut outcome = EmitOutcome::default();
         if self.clock.as_ref().is_some_and(|c| !c.due()) {
-            return Ok(outcome);
+            return Ok(EmitOutcome { skipped: true, ..outcome });
         }
         let mut after = i64::MIN;
         while !self.shutdown.is_stopping() {

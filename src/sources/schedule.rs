@@ -133,6 +133,11 @@ impl PassClock {
         }
     }
 
+    /// When the next regular pass is due, µs since the epoch.
+    pub fn next_due_micros(&self) -> i64 {
+        self.next_due.timestamp_micros()
+    }
+
     /// Time until the next pass of either kind is due.
     pub fn until_due(&self) -> Duration {
         let next = self.next_full.map_or(self.next_due, |f| f.min(self.next_due));

@@ -30,7 +30,7 @@ type Db = std::sync::Mutex<Connection>;
 use super::checkpoint::{republish_key, CheckpointStore, REPUBLISH_ALL};
 use super::rows::{now_rfc3339, poison, row_event, tombstone_event, RowMapping, SqlValue};
 use super::schedule::{last_full_resync, record_full_resync, PassClock, Schedule};
-use super::{EmitOutcome, Source, SourceError};
+use super::{history, EmitOutcome, Source, SourceError};
 use crate::bus::{OutboundMessage, Publisher};
 use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
@@ -170,6 +170,22 @@ impl SqliteSource {
             published: 0,
             shutdown: Shutdown::default(),
         })
+    }
+
+    /// Records one table's part of a pass in the history (never fatal).
+    fn record_table_pass(&self, index: usize, started: i64, result: &Result<u64, SourceError>) {
+        let pass = history::Pass {
+            source: self.config.name.clone(),
+            table: self.tables[index].config.source_table.clone(),
+            started_micros: started,
+            finished_micros: chrono::Utc::now().timestamp_micros(),
+            published: *result.as_ref().unwrap_or(&0),
+            error: result.as_ref().err().map(ToString::to_string),
+            full: self.tables[index].republish || self.full_pass,
+        };
+        if let Err(e) = history::record(&self.checkpoints, &pass) {
+            tracing::warn!(source = %self.config.name, error = %e, "cannot record the pass in the history");
+        }
     }
 
     fn open(&self) -> Result<Connection, SourceError> {
@@ -486,7 +502,7 @@ impl Source for SqliteSource {
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
         if !self.clock.due() {
-            return Ok(EmitOutcome::default());
+            return Ok(EmitOutcome { skipped: true, ..EmitOutcome::default() });
         }
         self.full_pass = self.clock.full_now();
         if self.full_pass {
@@ -499,7 +515,10 @@ impl Source for SqliteSource {
         // watermarks, so the retry costs them one empty query).
         let mut failed = None;
         for index in 0..self.tables.len() {
-            match self.sync_table(index, &connection, publisher).await {
+            let started = chrono::Utc::now().timestamp_micros();
+            let result = self.sync_table(index, &connection, publisher).await;
+            self.record_table_pass(index, started, &result);
+            match result {
                 Ok(published) => {
                     outcome.consumed += published;
                     outcome.published += published;
@@ -526,6 +545,10 @@ impl Source for SqliteSource {
         }
         // A failed pass returned above and is retried by the driver; a finished one waits its turn.
         self.clock.finished(self.full_pass && !self.shutdown.is_stopping());
+        if let Err(e) = history::record_next_pass(&self.checkpoints, &self.config.name, self.clock.next_due_micros()) {
+            tracing::warn!(source = %self.config.name, error = %e, "cannot record the next pass");
+        }
+        outcome.full = self.full_pass;
         Ok(outcome)
     }
 
@@ -539,6 +562,10 @@ impl Source for SqliteSource {
 
     fn trigger_full(&mut self) {
         self.clock.trigger_full();
+    }
+
+    fn records_empty_passes(&self) -> bool {
+        true
     }
 
     fn tables(&self) -> Vec<String> {
