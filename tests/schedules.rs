@@ -73,6 +73,13 @@ mode = "rowid"
     assert!(body.contains("\"full\":true"), "{body}");
     wait_until(Duration::from_secs(10), "the requested full re-sync", || published(port) >= before + 15);
     let status: serde_json::Value = serde_json::from_str(&http(port, "GET", "/status", None).unwrap().1).unwrap();
+    // The sync state over HTTP: the whole source's last pass and its next scheduled one (on the
+    // 2-second cron), and the table's watermark.
+    let sync = status["sync"].as_array().unwrap_or_else(|| panic!("{status}"));
+    let whole = sync.iter().find(|s| s["source"] == "db" && s["table"] == "*").unwrap_or_else(|| panic!("{status}"));
+    assert!(whole["next_pass"].as_str().is_some() && whole["consecutive_failures"] == 0, "{whole}");
+    let events = sync.iter().find(|s| s["table"] == "events").unwrap_or_else(|| panic!("{status}"));
+    assert!(events["position"].as_str().is_some_and(|p| p.contains("15")), "rowid watermark at 15: {events}");
     signal(&child, "TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success(), "{}", project.log_tail());
     assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), 15, "re-published rows land once: {status}");
