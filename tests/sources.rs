@@ -495,6 +495,8 @@ next_page_path = "nextPageToken"
 sorted = true
 interval_secs = 3600
 max_backoff_secs = 2
+deleted_field = "status"
+deleted_values = ["deprovisioned"]
 columns = {{ id = "user_id", displayName = "display_name", created = "created_at", modifiedTime = "modified_at" }}
 "#
     ));
@@ -536,9 +538,14 @@ columns = {{ id = "user_id", displayName = "display_name", created = "created_at
         for i in 10_000..10_015 {
             users.push(user(i, 4000, "active"));
         }
+        // Deleted at the identity provider: reported with a status, they become tombstones.
+        for i in 0..5 {
+            users[i * 7 + 1] = user(i * 7 + 1, 4000, "deprovisioned");
+        }
     }
-    assert_eq!(run_until_drained_published(&project, &env), 45);
-    assert_eq!(project.query_i64("SELECT count(*) FROM idp_users"), 10_015);
+    assert_eq!(run_until_drained_published(&project, &env), 50);
+    assert_eq!(project.query_i64("SELECT count(*) FROM idp_users WHERE NOT _bqsync_deleted"), 10_010);
+    assert_eq!(project.query_i64("SELECT count(*) FROM idp_users WHERE _bqsync_deleted AND status IS NULL"), 5);
     assert_eq!(project.query_i64("SELECT count(*) FROM idp_users WHERE status = 'suspended'"), 30);
 
     // Without the credential the pass fails with a clear error, and publishes nothing.

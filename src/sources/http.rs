@@ -68,6 +68,9 @@ impl HttpSource {
     ) -> Result<HttpSource, SourceError> {
         let problem = |problem: String| SourceError::Config { source_name: config.name.clone(), problem };
         let mapping = RowMapping::new(catalog, &config.table, &config.columns).map_err(problem)?;
+        if config.deleted_field.is_some() == config.deleted_values.is_empty() {
+            return Err(problem("set `deleted_field` and `deleted_values` together".into()));
+        }
         if config.auth_env.is_some() && config.auth_file.is_some() {
             return Err(problem("set auth_env or auth_file, not both".into()));
         }
@@ -185,6 +188,12 @@ impl HttpSource {
         })
     }
 
+    /// Whether `deleted_field` marks the record deleted.
+    fn is_deleted(&self, record: &Value) -> bool {
+        let Some(field) = &self.config.deleted_field else { return false };
+        lookup(record, field).is_some_and(|value| self.config.deleted_values.contains(value))
+    }
+
     /// One page's records made into events; updates `cursor` with the records seen.
     fn page_messages(
         &self,
@@ -214,7 +223,8 @@ impl HttpSource {
             }
             let record_text = record.to_string();
             let fallback: [&[u8]; 2] = [self.config.name.as_bytes(), record_text.as_bytes()];
-            let message = match row_event(&self.mapping, &payload, false, &fallback, &source_label, &produced_at) {
+            let deleted = self.is_deleted(record);
+            let message = match row_event(&self.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {
                 Ok(event) => event.message,
                 Err((reason, detail)) => {
                     poison(&self.mapping.table, record_text.as_bytes(), reason, detail, &source_label)

@@ -61,6 +61,14 @@ pub struct HttpSourceConfig {
     /// IANA time zone of `schedule` and `full_schedule`. Default UTC.
     #[serde(default)]
     pub timezone: Option<String>,
+    /// Record field (dot path) that marks a deleted record, e.g. `status`: a record whose value is
+    /// one of `deleted_values` becomes a tombstone (identity providers report deleted users so).
+    #[serde(default)]
+    pub deleted_field: Option<String>,
+    /// The values of `deleted_field` that mean deleted, e.g. `["deprovisioned"]` (JSON values:
+    /// strings, `true`, numbers).
+    #[serde(default)]
+    pub deleted_values: Vec<serde_json::Value>,
     /// Record field → destination column, for names that differ (e.g. `modifiedTime = "modified_at"`).
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
