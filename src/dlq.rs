@@ -397,7 +397,11 @@ fn rebuild_record(record: &DeadLetterRecord, edits: &Edits, catalog: &Catalog, a
     let text = Value::Object(object).to_string();
     let source = format!("replay:{}", record.dead_letter_id);
     let produced_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    match record_to_message(catalog, &table, 0, 0, &text, &source, &produced_at) {
+    // A record a producer transformed already is not transformed again (a hash of a hash).
+    let transformed = record.attributes.get(attr::TRANSFORMED).and_then(Value::as_str) == Some("1");
+    let origin =
+        crate::sources::jsonl::Origin { file_fingerprint: 0, offset: 0, source: &source, produced_at: &produced_at };
+    match record_to_message(catalog, &table, origin, &text, !transformed) {
         Ok(message) => {
             attributes.extend(message.attributes);
             message.data

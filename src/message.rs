@@ -19,6 +19,9 @@ pub mod attr {
     pub const POISON_DETAIL: &str = "bqsync_poison_detail";
     /// The producer (source name and location of the record).
     pub const SOURCE: &str = "bqsync_source";
+    /// On a poison record of a table with transforms: its bytes were transformed already (a replay
+    /// must not transform them again).
+    pub const TRANSFORMED: &str = "bqsync_transformed";
     /// On a dead letter: the reason class (`decode`, `schema`, …, `max_attempts`).
     pub const DEAD_LETTER_REASON: &str = "bqsync_dead_letter_reason";
     /// On a dead letter: what was wrong and where.

@@ -97,7 +97,13 @@ pub fn prepare(catalog: &Catalog, table: &str, source: &str, bytes: &[u8], max_e
     };
     for (offset, text) in records {
         prepared.records += 1;
-        let message = match record_to_message(catalog, table, fp64, offset, text, source, &produced_at) {
+        let message = match record_to_message(
+            catalog,
+            table,
+            crate::sources::jsonl::Origin { file_fingerprint: fp64, offset, source, produced_at: &produced_at },
+            text,
+            true,
+        ) {
             Ok(message) => message,
             Err((reason, detail)) => {
                 prepared.dead_letters.push(dead_letter(catalog, table, reason, detail, text.as_bytes(), &attributes));

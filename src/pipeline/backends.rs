@@ -101,6 +101,11 @@ pub(super) fn build_sources(
     only: &[String],
     claim_checks: bool,
 ) -> anyhow::Result<Vec<Box<dyn Source>>> {
+    // A salt missing would publish hashes nobody can match later: refuse to start instead.
+    for table in catalog.tables() {
+        crate::schema::transform::check_salts(&table.transforms)
+            .map_err(|problem| anyhow::anyhow!("schemas/{}.json: {problem}", table.table))?;
+    }
     let names = config.sources.names();
     if let Some(unknown) = only.iter().find(|n| !names.contains(n)) {
         anyhow::bail!("no source named `{unknown}` in the config; sources: {}", names.join(", "));

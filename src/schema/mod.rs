@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 mod coerce;
 
+pub mod transform;
+
 pub use coerce::{coerce_row, coerce_value, parse_timestamp_micros, CellValue, SchemaViolation};
 pub(crate) use coerce::{decode_base64, encode_base64};
 
@@ -214,6 +216,10 @@ pub struct TableSchema {
     /// `patch` (a record updates only the columns it carries). See [`UpsertMode`].
     #[serde(default, skip_serializing_if = "is_default")]
     pub upsert: UpsertMode,
+    /// What producers do to fields before publishing (`hash`, `redact`, `drop`, `rename`), so raw
+    /// values never leave them. See [`transform`].
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub transforms: transform::Transforms,
     /// How a CDC table writes deletes: `tombstone` (default) or `delete`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub cdc_deletes: CdcDeletes,
@@ -299,6 +305,7 @@ impl TableSchema {
         for c in &self.cluster {
             require_column("cluster", c)?;
         }
+        transform::check(self)?;
         match self.write_mode {
             WriteMode::Upsert => {
                 if self.primary_key.is_empty() {
@@ -408,6 +415,7 @@ fn parse_table_file(path: &Path, text: &str) -> Result<TableSchema, SchemaError>
         unknown_fields: UnknownFields::default(),
         cdc: false,
         upsert: UpsertMode::default(),
+        transforms: Default::default(),
         cdc_deletes: CdcDeletes::default(),
         columns: fields.into_iter().map(Column::from).collect(),
     })

@@ -209,7 +209,7 @@ impl HttpSource {
                 let detail = format!("record is not a JSON object ({source_label})");
                 messages.push(poison(
                     &self.mapping.table,
-                    record.to_string().as_bytes(),
+                    &self.mapping.shielded(record.to_string().as_bytes()),
                     DeadLetterReason::Decode,
                     detail,
                     &source_label,
@@ -221,7 +221,13 @@ impl HttpSource {
             for (name, value) in fields {
                 payload.insert(self.config.columns.get(name).cloned().unwrap_or_else(|| name.clone()), value.clone());
             }
-            let record_text = record.to_string();
+            self.mapping.transform(&mut payload);
+            // The record as published: transformed (its raw text may hold what the transforms hide).
+            let record_text = if !self.mapping.has_transforms() {
+                record.to_string()
+            } else {
+                Value::Object(payload.clone()).to_string()
+            };
             let fallback: [&[u8]; 2] = [self.config.name.as_bytes(), record_text.as_bytes()];
             let deleted = self.is_deleted(record);
             let message = match row_event(&self.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {

@@ -145,6 +145,11 @@ impl RowMapping {
         let mut ignored = Vec::new();
         for (name, value) in columns {
             let destination = self.rename.get(name).map_or(name, String::as_str);
+            // A `rename` transform names the destination too (the field itself is not a column).
+            let destination = match self.schema.transforms.get(destination) {
+                Some(crate::schema::transform::Transform::Rename(to)) => to.as_str(),
+                _ => destination,
+            };
             match self.schema.column(destination) {
                 Some(column) => {
                     payload.insert(destination.to_string(), value.to_json(column.column_type, column.mode));
@@ -152,7 +157,30 @@ impl RowMapping {
                 None => ignored.push(name.to_string()),
             }
         }
+        self.transform(&mut payload);
         (payload, ignored)
+    }
+
+    /// Applies the table's transforms to a payload (see [`crate::schema::transform`]); the
+    /// sources that build payloads themselves call it before anything is published.
+    pub fn transform(&self, payload: &mut Map<String, Value>) {
+        if !self.schema.transforms.is_empty() {
+            crate::schema::transform::apply(&self.schema.transforms, payload);
+        }
+    }
+
+    /// Whether the table has transforms.
+    pub fn has_transforms(&self) -> bool {
+        !self.schema.transforms.is_empty()
+    }
+
+    /// The bytes a poison message of this table may carry for a record that is not a JSON object.
+    pub fn shielded(&self, bytes: &[u8]) -> Vec<u8> {
+        if self.schema.transforms.is_empty() {
+            bytes.to_vec()
+        } else {
+            crate::schema::transform::withheld(bytes)
+        }
     }
 }
 

@@ -199,6 +199,7 @@ impl SessionsSource {
         }
         let produced_at = now_rfc3339();
         let fallback: [&[u8]; 2] = [self.config.name.as_bytes(), relative.as_bytes()];
+        self.mapping.transform(&mut payload);
         let message = match row_event(&self.mapping, &payload, false, &fallback, &source_label, &produced_at) {
             Ok(event) => event.message,
             Err((reason, detail)) => poison(table, &bytes, reason, detail, &source_label),

@@ -33,7 +33,7 @@ use crate::dead_letter::DeadLetterReason;
 use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
 use framing::{count_lines, utf16_encoding, LineContent, LineReader};
-pub use record::record_to_message;
+pub use record::{record_to_message, Origin};
 
 /// Bytes at the start of a file hashed to recognise it.
 pub const FINGERPRINT_BYTES: u64 = 256;
@@ -410,7 +410,7 @@ impl JsonlSource {
                 ),
                 LineContent::Oversize { sample, total_len } => Some(poison(
                     &tracked.table,
-                    sample,
+                    &self.shielded(&tracked.table, sample),
                     DeadLetterReason::Oversize,
                     format!(
                         "line of {total_len} bytes exceeds max_line_bytes = {} ({source_label}, byte {line_offset})",
@@ -494,6 +494,15 @@ impl JsonlSource {
         Ok(())
     }
 
+    /// The bytes a poison message of `table` may carry: the record itself, or, for a table with
+    /// transforms, the record transformed (or withheld when it cannot be).
+    fn shielded<'b>(&self, table: &str, bytes: &'b [u8]) -> std::borrow::Cow<'b, [u8]> {
+        match self.catalog.get(table).filter(|s| !s.transforms.is_empty()) {
+            Some(schema) => std::borrow::Cow::Owned(crate::schema::transform::shield(&schema.transforms, bytes)),
+            None => std::borrow::Cow::Borrowed(bytes),
+        }
+    }
+
     /// Builds the message for one complete line; None for a blank line.
     fn line_to_message(
         &self,
@@ -512,28 +521,41 @@ impl JsonlSource {
             let detail = format!(
                 "the file is {encoding} text, not UTF-8 ({source_label}, byte {offset}); convert it, e.g. with `iconv -f {encoding} -t UTF-8`"
             );
-            return Some(poison(table, bytes, DeadLetterReason::Decode, detail, source_label));
+            return Some(poison(table, &self.shielded(table, bytes), DeadLetterReason::Decode, detail, source_label));
         }
         let text = match std::str::from_utf8(bytes) {
             Ok(text) => text.trim(),
             Err(e) => {
                 let detail =
                     format!("invalid UTF-8 at byte {} of the line ({source_label}, byte {offset})", e.valid_up_to());
-                return Some(poison(table, bytes, DeadLetterReason::Decode, detail, source_label));
+                return Some(poison(
+                    table,
+                    &self.shielded(table, bytes),
+                    DeadLetterReason::Decode,
+                    detail,
+                    source_label,
+                ));
             }
         };
         if text.is_empty() {
             return None;
         }
-        match record_to_message(&self.catalog, table, file_fingerprint, offset, text, source_label, produced_at) {
+        let origin = record::Origin { file_fingerprint, offset, source: source_label, produced_at };
+        match record_to_message(&self.catalog, table, origin, text, true) {
             Ok(message) => Some(message),
-            Err((reason, detail)) => Some(poison(
-                table,
-                text.as_bytes(),
-                reason,
-                format!("{detail} ({source_label}, byte {offset})"),
-                source_label,
-            )),
+            Err((reason, detail)) => {
+                let mut message = poison(
+                    table,
+                    &self.shielded(table, text.as_bytes()),
+                    reason,
+                    format!("{detail} ({source_label}, byte {offset})"),
+                    source_label,
+                );
+                if self.catalog.get(table).is_some_and(|s| !s.transforms.is_empty()) {
+                    message.attributes.insert(crate::bus::attr::TRANSFORMED.into(), "1".into());
+                }
+                Some(message)
+            }
         }
     }
 }

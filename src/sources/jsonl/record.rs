@@ -11,17 +11,41 @@ use crate::dead_letter::DeadLetterReason;
 use crate::envelope::{derive_event_id, identify, ordering_key, ChangeEvent, Op};
 use crate::schema::Catalog;
 
+/// Where a record comes from: its file (fingerprint and byte offset, which identify a record without
+/// an id), the source label and the produce time.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub file_fingerprint: u64,
+    pub offset: u64,
+    pub source: &'a str,
+    pub produced_at: &'a str,
+}
+
 /// Builds the change event for one JSONL record (a JSON object as text) of `table`. Replay uses it
-/// for records that were dead-lettered before they became events.
+/// for records that were dead-lettered before they became events. `transform`: apply the table's
+/// transforms (false for a record that went through them already).
 pub fn record_to_message(
     catalog: &Catalog,
     table: &str,
-    file_fingerprint: u64,
-    offset: u64,
+    origin: Origin<'_>,
     text: &str,
-    source: &str,
-    produced_at: &str,
+    transform: bool,
 ) -> Result<OutboundMessage, (DeadLetterReason, String)> {
+    let Origin { file_fingerprint, offset, source, produced_at } = origin;
+    // Tables with transforms: the record is transformed first, and only its transformed text goes on.
+    let transformed;
+    let text = match catalog.get(table).filter(|s| transform && !s.transforms.is_empty()) {
+        Some(schema) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(mut record)) => {
+                crate::schema::transform::apply(&schema.transforms, &mut record);
+                transformed = Value::Object(record).to_string();
+                transformed.as_str()
+            }
+            // No part of the line in the detail: it may hold the raw value.
+            _ => return Err((DeadLetterReason::Decode, "line is not a JSON object".into())),
+        },
+        None => text,
+    };
     // Top-level fields borrowed as raw JSON: validates the line and allocates only the index;
     // the few fields identity needs are parsed on demand. Keys with escapes take the slow path.
     let fields = match serde_json::from_str::<HashMap<&str, &RawValue>>(text) {
