@@ -12,11 +12,10 @@ use clap::{Args, Parser, Subcommand};
 
 use bqsync::config::{BusKind, Config};
 use bqsync::pipeline::{self, Role, RunMode};
-use bqsync::warehouse::duckdb::DuckDbWarehouse;
-use bqsync::warehouse::Warehouse;
-use std::sync::Arc;
 
 mod bigquery_commands;
+mod schema_commands;
+mod warehouse_commands;
 
 /// Syncs local and operational data into a warehouse, exactly once in effect.
 #[derive(Parser)]
@@ -27,6 +26,27 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Draft `schemas/TABLE.json` from a SQLite or DuckDB table, a JSONL file or the table's
+    /// `unknown_table` dead letters; prints it, with a diff against the existing file.
+    Infer {
+        /// The table to draft (the file's name).
+        table: String,
+        #[command(flatten)]
+        from: schema_commands::InferFrom,
+        /// The table's name in the database, when it differs.
+        #[arg(long = "from", value_name = "TABLE")]
+        source_table: Option<String>,
+        /// Records read from a JSONL file or the dead letters. Default 1000.
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
+        /// Write the draft to schemas/TABLE.json (never without it).
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -158,6 +178,11 @@ enum Command {
         /// Print JSON instead.
         #[arg(long)]
         json: bool,
+    },
+    /// Draft schema files.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
     },
     /// Generate infrastructure files from `schemas/`.
     Infra {
@@ -335,6 +360,9 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Work { until_drained, admin } => run(config, until_drained, admin, Role::Work).await?,
         Command::Sync { sources, full, land, admin } => sync(config, sources, full, land, admin).await?,
         Command::Setup => setup(config).await?,
+        Command::Schema { command: SchemaCommand::Infer { table, from, source_table, sample, write } } => {
+            schema_commands::infer(config, table, from, source_table, sample, write).await?
+        }
         Command::History { target, limit, json } => {
             let store = bqsync::sources::checkpoint::CheckpointStore::open(&config.state_path)
                 .context("opening the checkpoint store")?;
@@ -385,137 +413,10 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Infra { command: InfraCommand::TerraformTables } => {
             print!("{}", bqsync::infra::terraform_tables_text(pipeline::load_catalog(&config)?.as_ref()));
         }
-        Command::Dlq { command } => dlq(config, command).await?,
-        Command::Sql { query, json } => sql(config, &query, json).await?,
+        Command::Dlq { command } => warehouse_commands::dlq(config, command).await?,
+        Command::Sql { query, json } => warehouse_commands::sql(config, &query, json).await?,
         Command::Replay { filter, dry_run, set, drop, rename, json } => {
-            let edits = bqsync::dlq::Edits::parse(&set, &drop, &rename)?;
-            let catalog = pipeline::load_catalog(&config)?;
-            let running = running_warehouse(&config)?;
-            let warehouse = if let Some(running) = running {
-                running
-            } else if dry_run {
-                read_only_warehouse(&config, catalog.clone()).await?
-            } else {
-                let warehouse = bqsync::warehouse::open(&config.warehouse, &config.gcs, catalog.clone())
-                    .await
-                    .context("opening the warehouse (DuckDB: a running bqsync holds it: stop it to replay)")?;
-                warehouse.ensure_tables().await.context("creating tables from schemas/")?;
-                warehouse
-            };
-            let records = warehouse.dead_letters(&filter.into_filter()?).await?;
-            let summary = bqsync::dlq::replay(records, &edits, catalog, warehouse, dry_run, json).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                for event in &summary.events {
-                    println!(
-                        "{:<14} {:<16} {:<14} {}",
-                        &event.dead_letter_id[..12],
-                        event.table.as_deref().unwrap_or("?"),
-                        event.outcome,
-                        event.detail
-                    );
-                }
-                println!(
-                    "{}selected {}, valid {}, landed new {}, already present {}, still failing {}",
-                    if dry_run { "dry run (nothing changed): " } else { "" },
-                    summary.selected,
-                    summary.valid,
-                    summary.landed_new,
-                    summary.already_present,
-                    summary.still_failing
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The warehouse of a bqsync running in this project with the embedded warehouse, if one runs.
-fn running_warehouse(config: &Config) -> anyhow::Result<Option<Arc<dyn Warehouse>>> {
-    let token = config.admin.token()?;
-    Ok(bqsync::warehouse::remote::running_warehouse(&config.warehouse, &config.state_path, token))
-}
-
-/// The warehouse for reading: `dlq`, `sql` and `replay --dry-run` change nothing (DuckDB: the running
-/// process's, or the file opened read-only).
-async fn read_only_warehouse(
-    config: &Config,
-    catalog: Arc<bqsync::schema::Catalog>,
-) -> anyhow::Result<Arc<dyn Warehouse>> {
-    if let Some(running) = running_warehouse(config)? {
-        return Ok(running);
-    }
-    if config.warehouse.kind == bqsync::config::WarehouseKind::Bigquery {
-        let warehouse = bqsync::warehouse::bigquery::BigQueryWarehouse::connect(&config.warehouse.bigquery, catalog)
-            .await
-            .context("connecting to BigQuery")?;
-        return Ok(Arc::new(warehouse));
-    }
-    let path = &config.warehouse.duckdb.path;
-    anyhow::ensure!(path.exists(), "no warehouse at {} yet", path.display());
-    let warehouse = DuckDbWarehouse::open_read_only(path, catalog).with_context(|| {
-        format!(
-            "reading {} (DuckDB allows one process at a time; a bqsync holding it is reached through its admin API, \
-             which needs `admin.listen` on and the admin token set for both)",
-            path.display()
-        )
-    })?;
-    Ok(Arc::new(warehouse))
-}
-
-/// `bqsync sql QUERY`.
-async fn sql(config: Config, query: &str, json: bool) -> anyhow::Result<()> {
-    let catalog = pipeline::load_catalog(&config)?;
-    let warehouse = read_only_warehouse(&config, catalog).await?;
-    let result = warehouse.query_read_only(query).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print!("{}", bqsync::status::render_query(&result));
-    }
-    Ok(())
-}
-
-/// `bqsync dlq list | show | stats`.
-async fn dlq(config: Config, command: DlqCommand) -> anyhow::Result<()> {
-    let catalog = pipeline::load_catalog(&config)?;
-    let warehouse = read_only_warehouse(&config, catalog).await?;
-    match command {
-        DlqCommand::List { filter, json } => {
-            let records = warehouse.dead_letters(&filter.into_filter()?).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&records)?);
-            } else {
-                print!("{}", bqsync::dlq::render_list(&records));
-            }
-        }
-        DlqCommand::Show { id, json } => {
-            let filter = bqsync::warehouse::DeadLetterFilter { ids: vec![id.clone()], ..Default::default() };
-            let records = warehouse.dead_letters(&filter).await?;
-            anyhow::ensure!(!records.is_empty(), "no dead letter with id or event id {id:?}");
-            anyhow::ensure!(
-                records.len() == 1,
-                "{} dead letters match {id:?}; give more of the id: {}",
-                records.len(),
-                records.iter().map(|r| &r.dead_letter_id[..16]).collect::<Vec<_>>().join(", ")
-            );
-            if json {
-                println!("{}", serde_json::to_string_pretty(&records[0])?);
-            } else {
-                print!("{}", bqsync::dlq::render_show(&records[0]));
-            }
-        }
-        DlqCommand::Stats { filter, json, prometheus } => {
-            let records = warehouse.dead_letters(&filter.into_filter()?).await?;
-            let stats = bqsync::dlq::stats(&records);
-            if prometheus {
-                print!("{}", bqsync::dlq::render_prometheus(&stats));
-            } else if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
-            } else {
-                print!("{}", bqsync::dlq::render_stats(&stats));
-            }
+            warehouse_commands::replay(config, filter, dry_run, (&set, &drop, &rename), json).await?
         }
     }
     Ok(())

@@ -88,7 +88,16 @@ fn hashed_and_redacted_values_never_leave_the_producer() {
 
     // Replayed with its id set, the record without one lands hashed once (not a hash of the hash).
     let replay = project
-        .command(&["replay", "--json", "--reason", "schema", "--set", "event_id=\"noid\"", "--set", "created_at=\"2024-01-01T00:00:00Z\""])
+        .command(&[
+            "replay",
+            "--json",
+            "--reason",
+            "schema",
+            "--set",
+            "event_id=\"noid\"",
+            "--set",
+            "created_at=\"2024-01-01T00:00:00Z\"",
+        ])
         .env(SALT.0, SALT.1)
         .output()
         .unwrap();

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod coerce;
 
+pub mod infer;
 pub mod transform;
 
 pub use coerce::{coerce_row, coerce_value, parse_timestamp_micros, CellValue, SchemaViolation};
@@ -266,7 +267,7 @@ impl TableSchema {
     }
 
     /// Semantic checks that serde cannot express; the error names the field.
-    fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), String> {
         if !is_valid_identifier(&self.table) {
             return Err(format!("table name `{}` is not a valid identifier", self.table));
         }

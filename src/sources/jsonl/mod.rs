@@ -32,7 +32,7 @@ use crate::bus::{attr, OutboundMessage, Publisher};
 use crate::dead_letter::DeadLetterReason;
 use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
-use framing::{count_lines, utf16_encoding, LineContent, LineReader};
+use framing::{count_lines, LineContent, LineReader};
 pub use record::{record_to_message, Origin};
 
 /// Bytes at the start of a file hashed to recognise it.
@@ -400,17 +400,18 @@ impl JsonlSource {
             line_number += 1;
             set_line_number(&mut source_label, file_label_len, line_number);
             let message = match line.content {
-                LineContent::Complete(bytes) => self.line_to_message(
-                    &tracked.table,
-                    tracked.fingerprint,
-                    line_offset,
-                    bytes,
-                    &source_label,
-                    &produced_at,
-                ),
+                LineContent::Complete(bytes) => {
+                    let origin = Origin {
+                        file_fingerprint: tracked.fingerprint,
+                        offset: line_offset,
+                        source: &source_label,
+                        produced_at: &produced_at,
+                    };
+                    record::line_to_message(&self.catalog, &tracked.table, origin, bytes)
+                }
                 LineContent::Oversize { sample, total_len } => Some(poison(
                     &tracked.table,
-                    &self.shielded(&tracked.table, sample),
+                    &record::shielded(&self.catalog, &tracked.table, sample),
                     DeadLetterReason::Oversize,
                     format!(
                         "line of {total_len} bytes exceeds max_line_bytes = {} ({source_label}, byte {line_offset})",
@@ -438,14 +439,13 @@ impl JsonlSource {
                 line_number += 1;
                 set_line_number(&mut source_label, file_label_len, line_number);
                 let offset = read_start + start;
-                let message = self.line_to_message(
-                    &tracked.table,
-                    tracked.fingerprint,
+                let origin = Origin {
+                    file_fingerprint: tracked.fingerprint,
                     offset,
-                    bytes,
-                    &source_label,
-                    &produced_at,
-                );
+                    source: &source_label,
+                    produced_at: &produced_at,
+                };
+                let message = record::line_to_message(&self.catalog, &tracked.table, origin, bytes);
                 batch.extend(message);
             }
         }
@@ -492,71 +492,6 @@ impl JsonlSource {
         self.lines_published += count - poison;
         self.poison_published += poison;
         Ok(())
-    }
-
-    /// The bytes a poison message of `table` may carry: the record itself, or, for a table with
-    /// transforms, the record transformed (or withheld when it cannot be).
-    fn shielded<'b>(&self, table: &str, bytes: &'b [u8]) -> std::borrow::Cow<'b, [u8]> {
-        match self.catalog.get(table).filter(|s| !s.transforms.is_empty()) {
-            Some(schema) => std::borrow::Cow::Owned(crate::schema::transform::shield(&schema.transforms, bytes)),
-            None => std::borrow::Cow::Borrowed(bytes),
-        }
-    }
-
-    /// Builds the message for one complete line; None for a blank line.
-    fn line_to_message(
-        &self,
-        table: &str,
-        file_fingerprint: u64,
-        offset: u64,
-        bytes: &[u8],
-        source_label: &str,
-        produced_at: &str,
-    ) -> Option<OutboundMessage> {
-        if !crate::schema::is_valid_identifier(table) {
-            let detail = format!("{} ({source_label})", crate::dead_letter::unknown_table_detail(table));
-            return Some(poison(table, bytes, DeadLetterReason::UnknownTable, detail, source_label));
-        }
-        if let Some(encoding) = utf16_encoding(bytes) {
-            let detail = format!(
-                "the file is {encoding} text, not UTF-8 ({source_label}, byte {offset}); convert it, e.g. with `iconv -f {encoding} -t UTF-8`"
-            );
-            return Some(poison(table, &self.shielded(table, bytes), DeadLetterReason::Decode, detail, source_label));
-        }
-        let text = match std::str::from_utf8(bytes) {
-            Ok(text) => text.trim(),
-            Err(e) => {
-                let detail =
-                    format!("invalid UTF-8 at byte {} of the line ({source_label}, byte {offset})", e.valid_up_to());
-                return Some(poison(
-                    table,
-                    &self.shielded(table, bytes),
-                    DeadLetterReason::Decode,
-                    detail,
-                    source_label,
-                ));
-            }
-        };
-        if text.is_empty() {
-            return None;
-        }
-        let origin = record::Origin { file_fingerprint, offset, source: source_label, produced_at };
-        match record_to_message(&self.catalog, table, origin, text, true) {
-            Ok(message) => Some(message),
-            Err((reason, detail)) => {
-                let mut message = poison(
-                    table,
-                    &self.shielded(table, text.as_bytes()),
-                    reason,
-                    format!("{detail} ({source_label}, byte {offset})"),
-                    source_label,
-                );
-                if self.catalog.get(table).is_some_and(|s| !s.transforms.is_empty()) {
-                    message.attributes.insert(crate::bus::attr::TRANSFORMED.into(), "1".into());
-                }
-                Some(message)
-            }
-        }
     }
 }
 

@@ -5,11 +5,13 @@ use std::collections::HashMap;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::framing::utf16_encoding;
 use super::DELETE_FIELD;
 use crate::bus::{attr, Attributes, OutboundMessage};
 use crate::dead_letter::DeadLetterReason;
 use crate::envelope::{derive_event_id, identify, ordering_key, ChangeEvent, Op};
 use crate::schema::Catalog;
+use crate::sources::rows::poison;
 
 /// Where a record comes from: its file (fingerprint and byte offset, which identify a record without
 /// an id), the source label and the produce time.
@@ -94,6 +96,68 @@ pub fn record_to_message(
     attributes.insert(attr::TABLE.into(), table.into());
     attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
     Ok(OutboundMessage { data: event.to_bytes(), attributes, ordering_key })
+}
+
+/// The bytes a poison message of `table` may carry: the record itself, or, for a table with
+/// transforms, the record transformed (or withheld when it cannot be).
+pub(super) fn shielded<'b>(catalog: &Catalog, table: &str, bytes: &'b [u8]) -> std::borrow::Cow<'b, [u8]> {
+    match catalog.get(table).filter(|s| !s.transforms.is_empty()) {
+        Some(schema) => std::borrow::Cow::Owned(crate::schema::transform::shield(&schema.transforms, bytes)),
+        None => std::borrow::Cow::Borrowed(bytes),
+    }
+}
+
+/// Builds the message for one complete line; None for a blank line.
+pub(super) fn line_to_message(
+    catalog: &Catalog,
+    table: &str,
+    origin: Origin<'_>,
+    bytes: &[u8],
+) -> Option<OutboundMessage> {
+    let (source_label, offset) = (origin.source, origin.offset);
+    if !crate::schema::is_valid_identifier(table) {
+        let detail = format!("{} ({source_label})", crate::dead_letter::unknown_table_detail(table));
+        return Some(poison(table, bytes, DeadLetterReason::UnknownTable, detail, source_label));
+    }
+    if let Some(encoding) = utf16_encoding(bytes) {
+        let detail = format!(
+            "the file is {encoding} text, not UTF-8 ({source_label}, byte {offset}); convert it, e.g. with `iconv -f {encoding} -t UTF-8`"
+        );
+        return Some(poison(table, &shielded(catalog, table, bytes), DeadLetterReason::Decode, detail, source_label));
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text.trim(),
+        Err(e) => {
+            let detail =
+                format!("invalid UTF-8 at byte {} of the line ({source_label}, byte {offset})", e.valid_up_to());
+            return Some(poison(
+                table,
+                &shielded(catalog, table, bytes),
+                DeadLetterReason::Decode,
+                detail,
+                source_label,
+            ));
+        }
+    };
+    if text.is_empty() {
+        return None;
+    }
+    match record_to_message(catalog, table, origin, text, true) {
+        Ok(message) => Some(message),
+        Err((reason, detail)) => {
+            let mut message = poison(
+                table,
+                &shielded(catalog, table, text.as_bytes()),
+                reason,
+                format!("{detail} ({source_label}, byte {offset})"),
+                source_label,
+            );
+            if catalog.get(table).is_some_and(|s| !s.transforms.is_empty()) {
+                message.attributes.insert(attr::TRANSFORMED.into(), "1".into());
+            }
+            Some(message)
+        }
+    }
 }
 
 /// A line's top-level fields.
