@@ -28,6 +28,11 @@ pub struct OutboxSourceConfig {
     /// A column that, when true, makes the row a delete (tombstone). Default: none.
     #[serde(default)]
     pub deleted_column: Option<String>,
+    /// Hard deletes: a table of the same file that an `AFTER DELETE` trigger fills with the deleted
+    /// row's key and a version above its last one (`old.version + 1`); each pass publishes its rows
+    /// as tombstones and removes them. Default: none (hard deletes do not reach the warehouse).
+    #[serde(default)]
+    pub delete_log_table: Option<String>,
     /// Source column → destination column, for names that differ.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,

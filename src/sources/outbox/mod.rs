@@ -13,8 +13,10 @@
 //!   own transactions. DuckDB allows one process per file: the source opens the file for a page read
 //!   or a clear and closes it right after (never across a publish), retrying while the application
 //!   holds it; the application should likewise retry on a lock error (or keep its outbox in SQLite).
-//! - Hard deletes leave no dirty row behind: use `deleted_column` (soft deletes) for deletes to reach
-//!   the warehouse.
+//! - Hard deletes leave no dirty row behind: use `deleted_column` (soft deletes), or a delete log fed
+//!   by a trigger (`delete_log_table`, see [`deletes`]), for deletes to reach the warehouse.
+
+mod deletes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,14 +60,7 @@ impl Statements {
         let is_dirty = format!("COALESCE(CAST({dirty} AS INTEGER), 0) <> 0");
         let staged: Vec<&str> =
             mapping.key_columns.iter().map(String::as_str).chain(std::iter::once(version)).collect();
-        let mut conditions: Vec<String> = mapping
-            .key_columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{} IS NOT DISTINCT FROM ?{}", quote(c), i + 1))
-            .collect();
-        conditions.push(format!("{} IS NOT DISTINCT FROM ?{}", quote(version), mapping.key_columns.len() + 1));
-        conditions.push(is_dirty.clone());
+        let conditions = [key_conditions(&mapping.key_columns, version), is_dirty.clone()];
         Statements {
             select_page: format!(
                 "SELECT rowid AS __bqsync_rowid, * FROM {table} WHERE {is_dirty} AND rowid > ?1 ORDER BY rowid LIMIT ?2"
@@ -91,6 +86,20 @@ impl Statements {
     }
 }
 
+/// `k1 IS NOT DISTINCT FROM ?1 AND … AND version IS NOT DISTINCT FROM ?n`: the compare of a
+/// compare-and-clear, bound with [`clear_params`].
+fn key_conditions(key_columns: &[String], version: &str) -> String {
+    let mut conditions: Vec<String> =
+        key_columns.iter().enumerate().map(|(i, c)| format!("{} IS NOT DISTINCT FROM ?{}", quote(c), i + 1)).collect();
+    conditions.push(format!("{} IS NOT DISTINCT FROM ?{}", quote(version), key_columns.len() + 1));
+    conditions.join(" AND ")
+}
+
+/// The parameters of [`key_conditions`] for one row (SQLite).
+fn clear_params(key: &ClearKey) -> Vec<&dyn rusqlite::ToSql> {
+    key.key.iter().chain([&key.version]).map(|v| v as &dyn rusqlite::ToSql).collect()
+}
+
 /// The outbox source.
 pub struct OutboxSource {
     config: OutboxSourceConfig,
@@ -106,6 +115,8 @@ pub struct OutboxSource {
     kept_dirty: u64,
     /// With a `schedule`: when the next pass is due (without one, every change and poll is a pass).
     clock: Option<PassClock>,
+    /// With a `delete_log_table`: its statements (see [`deletes`]).
+    log_statements: Option<deletes::LogStatements>,
     shutdown: Shutdown,
 }
 
@@ -144,8 +155,13 @@ impl OutboxSource {
             )),
             None => None,
         };
+        let log_statements = config
+            .delete_log_table
+            .as_deref()
+            .map(|log| deletes::LogStatements::new(log, &mapping.key_columns, &version));
         Ok(OutboxSource {
             clock,
+            log_statements,
             config,
             engine,
             mapping,
@@ -231,9 +247,7 @@ impl OutboxSource {
                     let outcome = (|| -> rusqlite::Result<()> {
                         let mut statement = connection.prepare_cached(&sql)?;
                         for key in keys {
-                            let params: Vec<&dyn rusqlite::ToSql> =
-                                key.key.iter().chain([&key.version]).map(|v| v as &dyn rusqlite::ToSql).collect();
-                            cleared += statement.execute(params.as_slice())? as u64;
+                            cleared += statement.execute(clear_params(key).as_slice())? as u64;
                         }
                         Ok(())
                     })();
@@ -259,8 +273,6 @@ impl OutboxSource {
         let produced_at = now_rfc3339();
         let source_label = format!("outbox:{}/{}", self.config.name, self.config.source_table);
         let position = |name: &str| page.names.iter().position(|n| n == name);
-        let key_positions: Vec<Option<usize>> = self.mapping.key_columns.iter().map(|c| position(c)).collect();
-        let version_position = self.mapping.version_column.as_deref().and_then(position);
         let deleted_position = self.config.deleted_column.as_deref().and_then(position);
         let mut messages = Vec::with_capacity(page.rows.len());
         let mut keys = Vec::with_capacity(page.rows.len());
@@ -281,13 +293,19 @@ impl OutboxSource {
                     messages.push(poison(&self.mapping.table, text.as_bytes(), reason, detail, &source_label));
                 }
             }
-            let value = |p: Option<usize>| p.map_or(SqlValue::Null, |i| row[i].clone());
-            keys.push(ClearKey {
-                key: key_positions.iter().map(|p| value(*p)).collect(),
-                version: value(version_position),
-            });
+            keys.push(self.clear_key(&page.names, row));
         }
         (messages, keys)
+    }
+
+    /// The (key, version) of a row read with `names`, for its compare-and-clear.
+    fn clear_key(&self, names: &[String], row: &[SqlValue]) -> ClearKey {
+        let position = |name: &str| names.iter().position(|n| n == name);
+        let value = |p: Option<usize>| p.map_or(SqlValue::Null, |i| row[i].clone());
+        ClearKey {
+            key: self.mapping.key_columns.iter().map(|c| value(position(c))).collect(),
+            version: value(self.mapping.version_column.as_deref().and_then(position)),
+        }
     }
 }
 
@@ -477,6 +495,12 @@ impl Source for OutboxSource {
             if page.rows.len() < self.config.batch_rows {
                 break;
             }
+        }
+        if !self.shutdown.is_stopping() {
+            let tombstones = self.publish_deletes(publisher).await?;
+            self.published += tombstones;
+            outcome.consumed += tombstones;
+            outcome.published += tombstones;
         }
         if let Some(clock) = &mut self.clock {
             clock.finished(false);
