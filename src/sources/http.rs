@@ -46,6 +46,10 @@ pub struct HttpSource {
     client: reqwest::Client,
     /// When the next pass is due, and whether it is a full re-sync.
     clock: PassClock,
+    /// `auth_secret`: the Secret Manager value, cached.
+    secret: Option<Arc<super::secret::SecretCredential>>,
+    /// The last request's credential was refused (401/403).
+    credential_refused: bool,
     /// The pass under way is a full re-sync: it starts from `initial_cursor`.
     full_pass: bool,
     requests: u64,
@@ -71,9 +75,14 @@ impl HttpSource {
         if config.deleted_field.is_some() == config.deleted_values.is_empty() {
             return Err(problem("set `deleted_field` and `deleted_values` together".into()));
         }
-        if config.auth_env.is_some() && config.auth_file.is_some() {
-            return Err(problem("set auth_env or auth_file, not both".into()));
+        let ways = [config.auth_env.is_some(), config.auth_file.is_some(), config.auth_secret.is_some()];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err(problem("set one of auth_env, auth_file and auth_secret".into()));
         }
+        let secret = match &config.auth_secret {
+            Some(name) => Some(Arc::new(super::secret::SecretCredential::new(name).map_err(problem)?)),
+            None => None,
+        };
         reqwest::Url::parse(&config.url).map_err(|e| problem(format!("url `{}`: {e}", config.url)))?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.timeout_secs))
@@ -88,6 +97,8 @@ impl HttpSource {
             last_full = Some(chrono::Utc::now());
         }
         Ok(HttpSource {
+            secret,
+            credential_refused: false,
             clock: PassClock::new(schedule, last_full),
             full_pass: false,
             config,
@@ -109,9 +120,13 @@ impl HttpSource {
         }
     }
 
-    /// The credential header's value, read now from the environment or the secret file.
-    fn credential(&self) -> Result<Option<String>, SourceError> {
+    /// The credential header's value, read now from the environment or the secret file, or the
+    /// Secret Manager value (cached).
+    async fn credential(&self) -> Result<Option<String>, SourceError> {
         let config_error = |problem: String| SourceError::Config { source_name: self.config.name.clone(), problem };
+        if let Some(secret) = &self.secret {
+            return secret.value().await.map(Some).map_err(config_error);
+        }
         if let Some(variable) = &self.config.auth_env {
             return std::env::var(variable)
                 .map(Some)
@@ -151,7 +166,21 @@ impl HttpSource {
     /// GET with retries on 429, 5xx and connection errors (honouring `Retry-After`); returns the
     /// parsed JSON body.
     async fn get(&mut self, query: &[(String, String)]) -> Result<Value, SourceError> {
-        let credential = self.credential()?;
+        let first = self.get_once(query).await;
+        match (&first, &self.secret) {
+            // A refused Secret Manager value may have been rotated: read it again, once.
+            (Err(SourceError::Config { .. }), Some(secret)) if self.credential_refused => {
+                tracing::info!(source = %self.config.name, "the API refused the secret's value: reading the secret again");
+                secret.forget().await;
+                self.get_once(query).await
+            }
+            _ => first,
+        }
+    }
+
+    async fn get_once(&mut self, query: &[(String, String)]) -> Result<Value, SourceError> {
+        self.credential_refused = false;
+        let credential = self.credential().await?;
         let policy = Policy::exponential(Duration::from_millis(500), Duration::from_secs(self.config.max_backoff_secs))
             .with_max_attempts(self.config.max_attempts as usize);
         // Every request but the first of a call is a retry.
@@ -173,6 +202,7 @@ impl HttpSource {
         let requests = requests.into_inner();
         self.requests += requests;
         self.retries += requests.saturating_sub(1);
+        self.credential_refused = result.as_ref().is_err_and(|f| f.credential_refused);
         result.map_err(|failed| match (failed.transient, failed.credential_refused) {
             (true, _) => self.error(format!("{} (gave up after {requests} attempts)", failed.problem)),
             // A refused credential does not get better by asking again: a config error, which a
@@ -180,7 +210,7 @@ impl HttpSource {
             (false, true) => SourceError::Config {
                 source_name: self.config.name.clone(),
                 problem: format!(
-                    "the API refused the credential ({}); check the token that `auth_env` or `auth_file` provides, and `auth_header`",
+                    "the API refused the credential ({}); check the token that `auth_env`, `auth_file` or `auth_secret` provides, and `auth_header`",
                     failed.problem
                 ),
             },

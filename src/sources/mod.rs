@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod reset;
 pub mod rows;
 pub mod schedule;
+pub mod secret;
 pub mod sessions;
 pub mod sqlite;
 

@@ -28,6 +28,11 @@ pub struct HttpSourceConfig {
     /// every pass, so a rotated secret is picked up.
     #[serde(default)]
     pub auth_file: Option<PathBuf>,
+    /// Google Secret Manager secret version holding the header's value, e.g.
+    /// `projects/P/secrets/idp-token/versions/latest` (read with Application Default Credentials,
+    /// cached, read again when the API refuses it). Untested against the service (no emulator).
+    #[serde(default)]
+    pub auth_secret: Option<String>,
     /// Query parameter carrying the cursor, e.g. `fromModifiedTime`.
     pub cursor_param: String,
     /// Record field (dot path) whose largest value becomes the next cursor, e.g. `modifiedTime`.
