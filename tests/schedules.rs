@@ -65,6 +65,11 @@ mode = "rowid"
     // land once.
     let before = published(port);
     wait_until(Duration::from_secs(30), "a full re-sync on its cron", || published(port) >= before + 15);
+    // The seed's endpoints over HTTP: tables listed without a token; syncing needs it.
+    let tables = http(port, "GET", "/tables", None).unwrap();
+    assert!(tables.0 == 200 && tables.1.contains("\"atoms\""), "{tables:?}");
+    assert_eq!(http(port, "POST", "/sync/tables?full=true", None).unwrap().0, 401);
+    assert_eq!(http(port, "POST", "/sync?full=true", Some("wrong")).unwrap().0, 403);
     // On request: `?full=true`, and a query that means nothing is refused.
     assert_eq!(http(port, "POST", "/sync?fulll=1", Some("t0ken")).unwrap().0, 400);
     let before = published(port);
