@@ -79,3 +79,38 @@ fn a_duckdb_outbox_reads_a_delete_log_its_application_writes() {
     let logged: i64 = db.query_row("SELECT count(*) FROM contacts_deleted", [], |r| r.get(0)).unwrap();
     assert_eq!(logged, 0);
 }
+
+/// A full re-sync of an outbox publishes every row, dirty or not; one missed while bqsync was down runs
+/// once at start-up.
+#[test]
+fn an_outbox_full_resync_publishes_every_row_once() {
+    let project = Project::new(&(config("app.db") + "full_schedule = \"0 2 * * *\"\n"));
+    let db = rusqlite::Connection::open(project.path("app.db")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE contacts (id TEXT PRIMARY KEY, name TEXT, email TEXT, version INTEGER NOT NULL, dirty INTEGER NOT NULL DEFAULT 1);
+         CREATE TABLE contacts_deleted (id TEXT, version INTEGER);",
+    )
+    .unwrap();
+    for i in 0..10 {
+        db.execute("INSERT INTO contacts (id, name, version) VALUES (?1, 'n', 1)", [format!("c{i}")]).unwrap();
+    }
+    let published = |project: &Project| -> u64 {
+        let output = project.command(&["sync", "crm", "--land"]).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        report["report"]["events_published"].as_u64().unwrap()
+    };
+    assert_eq!(published(&project), 10);
+    assert_eq!(published(&project), 0, "no dirty row, no full re-sync due");
+    let state = rusqlite::Connection::open(project.path(".bqsync/state.db")).unwrap();
+    let two_days_ago = chrono::Utc::now().timestamp_micros() - 2 * 86_400_000_000;
+    state
+        .execute(
+            "UPDATE source_state SET value = ?1 WHERE source = 'crm' AND key = 'schedule:last_full_micros'",
+            [two_days_ago.to_string()],
+        )
+        .unwrap();
+    assert_eq!(published(&project), 10, "the missed full re-sync publishes every row");
+    assert_eq!(published(&project), 0);
+    assert_eq!(live_and_deleted(&project), (10, 0));
+}

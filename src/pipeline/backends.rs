@@ -123,7 +123,7 @@ pub(super) fn build_sources(
         sources.push(Box::new(SqliteSource::new(source_config.clone(), catalog, checkpoints.clone())?));
     }
     for source_config in config.sources.outbox.iter().filter(|s| wanted(&s.name)) {
-        let mut source = OutboxSource::new(source_config.clone(), catalog)?;
+        let mut source = OutboxSource::new(source_config.clone(), catalog, checkpoints.clone())?;
         if mode == RunMode::Forever {
             source.watch()?;
         }

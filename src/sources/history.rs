@@ -7,6 +7,7 @@
 //! so the history stays a history of work.
 
 use serde::Serialize;
+use serde_json::Value;
 
 use super::checkpoint::{CheckpointError, CheckpointStore};
 
@@ -42,7 +43,8 @@ pub struct SyncState {
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
     pub consecutive_failures: u64,
-    /// Watermark or cursor, as saved (JSON `[type, value]` for a watermark).
+    /// Watermark or cursor: the value a pass resumes after (a SQLite watermark's value, without the
+    /// type it is saved with).
     pub position: Option<String>,
     /// When the next scheduled pass is due (saved by the source after each pass).
     pub next_pass: Option<String>,
@@ -132,12 +134,24 @@ pub fn states(store: &CheckpointStore) -> Result<Vec<SyncState>, CheckpointError
                 last_error: r.get(5)?,
                 last_error_at: r.get::<_, Option<i64>>(6)?.map(time),
                 consecutive_failures: r.get::<_, i64>(7)? as u64,
-                position: r.get(8)?,
+                position: r.get::<_, Option<String>>(8)?.map(|saved| human_position(&saved)),
                 next_pass: next.and_then(|n| n.parse().ok()).map(time),
             })
         })?;
         rows.collect()
     })
+}
+
+/// A saved watermark (`["integer", 15]`, `["text", "2024-05-01 10:00:00"]`) as its value; a cursor as
+/// it is.
+fn human_position(saved: &str) -> String {
+    match serde_json::from_str::<Value>(saved) {
+        Ok(Value::Array(pair)) if pair.len() == 2 => match &pair[1] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        },
+        _ => saved.to_string(),
+    }
 }
 
 /// Records when `source`'s next scheduled pass is due (shown by status from any process).
@@ -199,7 +213,7 @@ mod tests {
         let registry = states.iter().find(|s| s.table == "registry").unwrap();
         assert_eq!(registry.consecutive_failures, 2);
         assert_eq!(registry.last_error.as_deref(), Some("gone again"));
-        assert_eq!(registry.position.as_deref(), Some("[\"text\",\"2024\"]"));
+        assert_eq!(registry.position.as_deref(), Some("2024"), "the watermark's value");
         let events = states.iter().find(|s| s.table == "events").unwrap();
         assert_eq!((events.consecutive_failures, events.last_error.as_deref()), (0, None));
         for i in 0..KEPT + 20 {

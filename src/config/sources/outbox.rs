@@ -43,10 +43,11 @@ pub struct OutboxSourceConfig {
     /// Run passes only on this cron (as for `[[sources.sqlite]]`), not on every change.
     #[serde(default)]
     pub schedule: Option<String>,
-    /// Not for outboxes: the application marks what changed; refused with the way to re-sync.
+    /// A full re-sync on this cron: one pass publishes every row, dirty or not (it lands once). One
+    /// missed while bqsync was down runs once at start-up.
     #[serde(default)]
     pub full_schedule: Option<String>,
-    /// IANA time zone of `schedule`. Default UTC.
+    /// IANA time zone of `schedule` and `full_schedule`. Default UTC.
     #[serde(default)]
     pub timezone: Option<String>,
     /// Rows per page (one publish and one clear transaction a page). Default 5000.

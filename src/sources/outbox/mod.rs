@@ -25,8 +25,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
+use super::checkpoint::CheckpointStore;
 use super::rows::{now_rfc3339, poison, row_event, RowMapping, SqlValue};
-use super::schedule::{PassClock, Schedule};
+use super::schedule::{last_full_resync, record_full_resync, PassClock, Schedule};
 use super::sqlite::{quote, read_rows, ReadRows};
 use super::{EmitOutcome, Source, SourceError};
 use crate::bus::{OutboundMessage, Publisher};
@@ -44,6 +45,8 @@ struct ClearKey {
 /// The SQL of one outbox, for both engines (both understand it).
 struct Statements {
     select_page: String,
+    /// A full re-sync's page: every row, dirty or not.
+    select_all_page: String,
     /// SQLite: one indexed UPDATE a row (the primary key is an index).
     clear_row: String,
     /// DuckDB (no index on the key): the page's keys go into a temporary table, then one UPDATE
@@ -65,6 +68,7 @@ impl Statements {
             select_page: format!(
                 "SELECT rowid AS __bqsync_rowid, * FROM {table} WHERE {is_dirty} AND rowid > ?1 ORDER BY rowid LIMIT ?2"
             ),
+            select_all_page: format!("SELECT rowid AS __bqsync_rowid, * FROM {table} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"),
             clear_row: format!("UPDATE {table} SET {dirty} = false WHERE {}", conditions.join(" AND ")),
             clear_staging: format!(
                 "CREATE OR REPLACE TEMP TABLE __bqsync_clear AS SELECT {columns} FROM {table} LIMIT 0",
@@ -113,15 +117,24 @@ pub struct OutboxSource {
     published: u64,
     cleared: u64,
     kept_dirty: u64,
-    /// With a `schedule`: when the next pass is due (without one, every change and poll is a pass).
+    /// With a `schedule` or `full_schedule`: when the next pass is due (without a `schedule`, every
+    /// change and poll is a pass too).
     clock: Option<PassClock>,
+    /// The state file (the time of the last full re-sync).
+    checkpoints: Arc<CheckpointStore>,
+    /// A full re-sync was asked for (`POST /sync?full=true`).
+    full_requested: bool,
     /// With a `delete_log_table`: its statements (see [`deletes`]).
     log_statements: Option<deletes::LogStatements>,
     shutdown: Shutdown,
 }
 
 impl OutboxSource {
-    pub fn new(config: OutboxSourceConfig, catalog: &Catalog) -> Result<OutboxSource, SourceError> {
+    pub fn new(
+        config: OutboxSourceConfig,
+        catalog: &Catalog,
+        checkpoints: Arc<CheckpointStore>,
+    ) -> Result<OutboxSource, SourceError> {
         let problem = |problem: String| SourceError::Config { source_name: config.name.clone(), problem };
         let destination = config.table.clone().unwrap_or_else(|| config.source_table.clone());
         let mapping = RowMapping::new(catalog, &destination, &config.columns).map_err(problem)?;
@@ -139,21 +152,17 @@ impl OutboxSource {
             OutboxEngine::Sqlite
         });
         let statements = Statements::new(&config, &mapping, &version);
-        if config.full_schedule.is_some() {
-            return Err(SourceError::Config {
-                source_name: config.name.clone(),
-                problem: "`full_schedule` does not apply to an outbox: it publishes the rows the application marks; \
-                          to re-sync everything, mark every row (UPDATE … SET dirty = 1) on your schedule"
-                    .into(),
-            });
-        }
-        let clock = match config.schedule {
-            Some(_) => Some(PassClock::new(
-                Schedule::new(&config.schedule(), Duration::from_millis(config.poll_interval_ms))
-                    .map_err(|problem| SourceError::Config { source_name: config.name.clone(), problem })?,
-                None,
-            )),
-            None => None,
+        let clock = if config.schedule.is_some() || config.full_schedule.is_some() {
+            let schedule = Schedule::new(&config.schedule(), Duration::from_millis(config.poll_interval_ms))
+                .map_err(|problem| SourceError::Config { source_name: config.name.clone(), problem })?;
+            let mut last_full = last_full_resync(&checkpoints, &config.name)?;
+            if config.full_schedule.is_some() && last_full.is_none() {
+                record_full_resync(&checkpoints, &config.name)?;
+                last_full = Some(chrono::Utc::now());
+            }
+            Some(PassClock::new(schedule, last_full))
+        } else {
+            None
         };
         let log_statements = config
             .delete_log_table
@@ -161,6 +170,8 @@ impl OutboxSource {
             .map(|log| deletes::LogStatements::new(log, &mapping.key_columns, &version));
         Ok(OutboxSource {
             clock,
+            checkpoints,
+            full_requested: false,
             log_statements,
             config,
             engine,
@@ -213,11 +224,11 @@ impl OutboxSource {
         open_duckdb_waiting(path, Duration::from_millis(busy)).await.map_err(|e| self.db_error(e))
     }
 
-    async fn read_page(&mut self, after_rowid: i64) -> Result<ReadRows, SourceError> {
+    async fn read_page(&mut self, after_rowid: i64, full: bool) -> Result<ReadRows, SourceError> {
         let limit = self.config.batch_rows as i64;
+        let sql = if full { &self.statements.select_all_page } else { &self.statements.select_page }.clone();
         match self.engine {
             OutboxEngine::Sqlite => {
-                let sql = self.statements.select_page.clone();
                 let result = read_rows(self.sqlite()?, &sql, &[&after_rowid, &limit]);
                 result.map_err(|e| {
                     self.sqlite = None; // reopen on the next pass (the file may have been replaced)
@@ -226,8 +237,7 @@ impl OutboxSource {
             }
             OutboxEngine::Duckdb => {
                 let connection = self.duckdb().await?;
-                read_duckdb_rows(&connection, &self.statements.select_page, after_rowid, limit)
-                    .map_err(|e| self.db_error(e))
+                read_duckdb_rows(&connection, &sql, after_rowid, limit).map_err(|e| self.db_error(e))
             }
         }
     }
@@ -465,12 +475,19 @@ impl Source for OutboxSource {
 
     async fn emit(&mut self, publisher: &dyn Publisher) -> Result<EmitOutcome, SourceError> {
         let mut outcome = EmitOutcome::default();
-        if self.clock.as_ref().is_some_and(|c| !c.due()) {
+        let scheduled = self.config.schedule.is_some();
+        if scheduled && self.clock.as_ref().is_some_and(|c| !c.due()) {
             return Ok(EmitOutcome { skipped: true, ..outcome });
+        }
+        // A full re-sync publishes every row, dirty or not (it lands once), and clears the flags of
+        // the dirty ones as any pass does.
+        let full = std::mem::take(&mut self.full_requested) || self.clock.as_ref().is_some_and(PassClock::full_now);
+        if full {
+            tracing::info!(source = %self.config.name, "full re-sync: every row is published again");
         }
         let mut after = i64::MIN;
         while !self.shutdown.is_stopping() {
-            let page = self.read_page(after).await?;
+            let page = self.read_page(after, full).await?;
             let Some(last) = page.rows.last() else { break };
             after = match last[0] {
                 SqlValue::Integer(i) => i,
@@ -502,26 +519,40 @@ impl Source for OutboxSource {
             outcome.consumed += tombstones;
             outcome.published += tombstones;
         }
-        if let Some(clock) = &mut self.clock {
-            clock.finished(false);
+        let full = full && !self.shutdown.is_stopping();
+        if full {
+            record_full_resync(&self.checkpoints, &self.config.name)?;
         }
+        if let Some(clock) = &mut self.clock {
+            clock.finished(full);
+        }
+        outcome.full = full;
         Ok(outcome)
     }
 
     async fn wait_for_input(&mut self, max_wait: Duration) {
-        if let Some(clock) = &self.clock {
+        match &self.clock {
             // On a schedule, changes to the file wait for the next tick.
-            tokio::time::sleep(max_wait.min(clock.until_due()).max(Duration::from_millis(10))).await;
-            return;
+            Some(clock) if self.config.schedule.is_some() => {
+                tokio::time::sleep(max_wait.min(clock.until_due()).max(Duration::from_millis(10))).await;
+            }
+            clock => {
+                let until_full = clock.as_ref().map_or(max_wait, PassClock::until_due);
+                let wait = max_wait.min(Duration::from_millis(self.config.poll_interval_ms)).min(until_full);
+                let _ = tokio::time::timeout(wait, self.wakeup.notified()).await;
+            }
         }
-        let wait = max_wait.min(Duration::from_millis(self.config.poll_interval_ms));
-        let _ = tokio::time::timeout(wait, self.wakeup.notified()).await;
     }
 
     fn trigger(&mut self) {
         if let Some(clock) = &mut self.clock {
             clock.trigger();
         }
+    }
+
+    fn trigger_full(&mut self) {
+        self.full_requested = true;
+        self.trigger();
     }
 
     fn tables(&self) -> Vec<String> {
