@@ -114,3 +114,45 @@ fn an_outbox_full_resync_publishes_every_row_once() {
     assert_eq!(published(&project), 0);
     assert_eq!(live_and_deleted(&project), (10, 0));
 }
+
+/// SIGKILL while the delete log drains (between a page's publish and its clear, among others): after
+/// a clean last run every deleted key is a tombstone exactly once, the others live, the log empty.
+#[test]
+fn sigkill_while_the_delete_log_drains_loses_no_delete() {
+    let project = Project::new(&(config("app.db") + "batch_rows = 10\n"));
+    let db = rusqlite::Connection::open(project.path("app.db")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE contacts (id TEXT PRIMARY KEY, name TEXT, email TEXT, version INTEGER NOT NULL, dirty INTEGER NOT NULL DEFAULT 1);
+         CREATE TABLE contacts_deleted (id TEXT, version INTEGER);
+         CREATE TRIGGER contacts_hard_delete AFTER DELETE ON contacts
+         BEGIN INSERT INTO contacts_deleted (id, version) VALUES (old.id, old.version + 1); END;",
+    )
+    .unwrap();
+    db.execute_batch("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 1999) INSERT INTO contacts (id, name, version) SELECT 'c' || i, 'n', 1 FROM n")
+        .unwrap();
+    sync(&project);
+    assert_eq!(live_and_deleted(&project), (2000, 0));
+    db.execute("DELETE FROM contacts WHERE CAST(substr(id, 2) AS INTEGER) % 4 <> 0", []).unwrap();
+    let logged = || -> i64 { db.query_row("SELECT count(*) FROM contacts_deleted", [], |r| r.get(0)).unwrap() };
+    let mut mid_drain = 0;
+    for _ in 0..5 {
+        let before = logged();
+        let mut child = project.spawn_run(&[], &[]);
+        // Killed once the drain has started, at a random point of it.
+        common::wait_until(std::time::Duration::from_secs(30), "the drain to start", || {
+            logged() < before || before == 0
+        });
+        std::thread::sleep(std::time::Duration::from_millis(fastrand::u64(0..40)));
+        common::signal(&child, "KILL");
+        let _ = common::wait_exit(&mut child, std::time::Duration::from_secs(10));
+        mid_drain += i64::from(logged() > 0 && logged() < before);
+    }
+    assert!(mid_drain > 0, "at least one kill landed mid-drain");
+    sync(&project);
+    // Killed again and again right after leasing them, some tombstones reached max_delivery_attempts
+    // and wait in the dead letters, as on Pub/Sub; a replay lands them.
+    let replay = project.command(&["replay", "--reason", "max_attempts"]).output().unwrap();
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert_eq!(live_and_deleted(&project), (500, 1500), "one row per key: nothing lost, nothing twice");
+    assert_eq!(logged(), 0);
+}
