@@ -3,7 +3,9 @@
 //!
 //! The value is read on first use and cached; a credential the API refuses (401/403) makes the
 //! caller [`SecretCredential::forget`] it, so the next request reads the secret again (a rotated
-//! secret is picked up without a restart). The value is never logged, printed or put in a message:
+//! secret is picked up without a restart). Why cached: access requests are a per-project quota
+//! shared by every application (90,000 a minute; Google, "Secret Manager quotas and limits"), and a
+//! value is at most 64 KiB, so one read per process and rotation is both enough and cheap. The value is never logged, printed or put in a message:
 //! errors name the secret's resource name only.
 //!
 //! Untested against the service: no emulator exists. The request (the resource name, checked here)
