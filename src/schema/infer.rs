@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::{Column, ColumnMode, ColumnType, TableSchema, UnknownFields, UpsertMode, WriteMode};
+use super::{Column, ColumnMode, ColumnType, TableSchema, WriteMode};
 
 /// One column as a database describes it.
 #[derive(Debug, Clone)]
@@ -57,25 +57,6 @@ fn column(name: &str, column_type: ColumnType, mode: ColumnMode) -> Column {
     Column { name: name.to_string(), column_type, mode, description: None, fields: Vec::new() }
 }
 
-fn draft(table: &str, write_mode: WriteMode, columns: Vec<Column>) -> TableSchema {
-    TableSchema {
-        table: table.to_string(),
-        description: None,
-        write_mode,
-        event_id_field: None,
-        primary_key: Vec::new(),
-        version_column: None,
-        partition: None,
-        cluster: Vec::new(),
-        unknown_fields: UnknownFields::default(),
-        cdc: false,
-        upsert: UpsertMode::default(),
-        transforms: Default::default(),
-        cdc_deletes: Default::default(),
-        columns,
-    }
-}
-
 /// A draft from a database table's columns. The note says what could not be decided.
 pub fn from_table(table: &str, columns: &[DbColumn]) -> (TableSchema, Option<String>) {
     let mut keys: Vec<&DbColumn> = columns.iter().filter(|c| c.key_position > 0).collect();
@@ -93,7 +74,7 @@ pub fn from_table(table: &str, columns: &[DbColumn]) -> (TableSchema, Option<Str
             column(&c.name, column_type, if required { ColumnMode::Required } else { ColumnMode::Nullable })
         })
         .collect();
-    let mut schema = draft(table, if upsert { WriteMode::Upsert } else { WriteMode::Append }, drafted);
+    let mut schema = TableSchema::plain(table, if upsert { WriteMode::Upsert } else { WriteMode::Append }, drafted);
     let note = match (keys.is_empty(), version) {
         (false, Some(version)) => {
             schema.primary_key = keys.iter().map(|c| c.name.clone()).collect();
@@ -176,7 +157,7 @@ pub fn from_records<'a>(table: &str, records: impl IntoIterator<Item = &'a Value
             column(name, column_type, mode)
         })
         .collect();
-    let mut schema = draft(table, WriteMode::Append, columns);
+    let mut schema = TableSchema::plain(table, WriteMode::Append, columns);
     schema.event_id_field = ["event_id", "id"]
         .into_iter()
         .find(|id| fields.iter().any(|(name, kind, count)| name == id && *count == total && kind.is_some()))

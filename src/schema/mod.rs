@@ -253,6 +253,27 @@ pub fn is_valid_identifier(name: &str) -> bool {
 }
 
 impl TableSchema {
+    /// A table with `columns` and every option at its default (no key, version, partitioning,
+    /// clustering or transforms): what a BigQuery schema file or a drafted schema starts from.
+    pub fn plain(table: &str, write_mode: WriteMode, columns: Vec<Column>) -> TableSchema {
+        TableSchema {
+            table: table.to_string(),
+            description: None,
+            write_mode,
+            event_id_field: None,
+            primary_key: Vec::new(),
+            version_column: None,
+            partition: None,
+            cluster: Vec::new(),
+            unknown_fields: UnknownFields::default(),
+            cdc: false,
+            upsert: UpsertMode::default(),
+            transforms: Default::default(),
+            cdc_deletes: CdcDeletes::default(),
+            columns,
+        }
+    }
+
     /// Whether an upsert updates only the columns its record carries (`"upsert": "patch"`).
     pub fn patches(&self) -> bool {
         self.write_mode == WriteMode::Upsert && self.upsert == UpsertMode::Patch
@@ -404,22 +425,8 @@ fn parse_table_file(path: &Path, text: &str) -> Result<TableSchema, SchemaError>
         return serde_json::from_str(text).map_err(parse_error);
     }
     let fields: Vec<BigQueryField> = serde_json::from_str(text).map_err(parse_error)?;
-    Ok(TableSchema {
-        table: path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string(),
-        description: None,
-        write_mode: WriteMode::Append,
-        event_id_field: None,
-        primary_key: Vec::new(),
-        version_column: None,
-        partition: None,
-        cluster: Vec::new(),
-        unknown_fields: UnknownFields::default(),
-        cdc: false,
-        upsert: UpsertMode::default(),
-        transforms: Default::default(),
-        cdc_deletes: CdcDeletes::default(),
-        columns: fields.into_iter().map(Column::from).collect(),
-    })
+    let table = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    Ok(TableSchema::plain(table, WriteMode::Append, fields.into_iter().map(Column::from).collect()))
 }
 
 /// A field of BigQuery's schema JSON; what bqsync does not use (policy tags, lengths, collation) is

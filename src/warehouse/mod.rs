@@ -167,20 +167,23 @@ async fn open_duckdb_waiting(
     const SAY_EVERY: u32 = 30;
     let mut attempts = 0u32;
     loop {
-        match duckdb::DuckDbWarehouse::open(config, catalog.clone()) {
-            Err(WarehouseError::DuckDb { source, .. }) if lock_holder(&source.to_string()).is_some() => {
-                if attempts.is_multiple_of(SAY_EVERY) {
-                    let holder = lock_holder(&source.to_string()).unwrap_or_default();
-                    tracing::warn!(
-                        path = %config.path.display(), %holder,
-                        "the warehouse file is held by another process; waiting for it to let go (close its connection)"
-                    );
-                }
-                attempts += 1;
-                tokio::time::sleep(RETRY).await;
-            }
-            other => return other,
+        let error = match duckdb::DuckDbWarehouse::open(config, catalog.clone()) {
+            Ok(warehouse) => return Ok(warehouse),
+            Err(error) => error,
+        };
+        let holder = match &error {
+            WarehouseError::DuckDb { source, .. } => lock_holder(&source.to_string()),
+            _ => None,
+        };
+        let Some(holder) = holder else { return Err(error) };
+        if attempts.is_multiple_of(SAY_EVERY) {
+            tracing::warn!(
+                path = %config.path.display(), %holder,
+                "the warehouse file is held by another process; waiting for it to let go (close its connection)"
+            );
         }
+        attempts += 1;
+        tokio::time::sleep(RETRY).await;
     }
 }
 
