@@ -17,6 +17,7 @@ use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::Connection;
 
+use super::duckdb_append::{self, Landed, SeenEvents};
 use super::sql::{self, StagingType};
 use super::{seal, DeadLetterFilter, DeadLetterRecord, LandResult, LandStats, TableBatch, Warehouse, WarehouseError};
 use crate::ack::Receipts;
@@ -35,6 +36,10 @@ struct Inner {
     path: PathBuf,
     connection: Mutex<Connection>,
     catalog: Arc<Catalog>,
+    /// Event-id hashes of the append tables (see [`super::duckdb_append`]); used under the
+    /// connection's lock.
+    seen: Mutex<SeenEvents>,
+    event_index_max_rows: u64,
 }
 
 impl DuckDbWarehouse {
@@ -59,7 +64,15 @@ impl DuckDbWarehouse {
                 config.checkpoint_threshold.replace('\'', "")
             ))
             .map_err(err("settings"))?;
-        Ok(DuckDbWarehouse { inner: Arc::new(Inner { path, connection: Mutex::new(connection), catalog }) })
+        Ok(DuckDbWarehouse {
+            inner: Arc::new(Inner {
+                path,
+                connection: Mutex::new(connection),
+                catalog,
+                seen: Mutex::default(),
+                event_index_max_rows: config.event_index_max_rows,
+            }),
+        })
     }
 
     /// Opens an existing file read-only (for `bqsync status`).
@@ -73,7 +86,13 @@ impl DuckDbWarehouse {
             source,
         })?;
         Ok(DuckDbWarehouse {
-            inner: Arc::new(Inner { path: path.to_path_buf(), connection: Mutex::new(connection), catalog }),
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                connection: Mutex::new(connection),
+                catalog,
+                seen: Mutex::default(),
+                event_index_max_rows: 0,
+            }),
         })
     }
 
@@ -138,9 +157,43 @@ impl DuckDbWarehouse {
         Ok(())
     }
 
-    fn land_table(&self, tx: &duckdb::Transaction, batch: &TableBatch) -> Result<LandStats, WarehouseError> {
+    /// Lands one table's batch in the caller's transaction; for append tables, also the event-id
+    /// hashes to add to the index once it committed.
+    fn land_table(
+        &self,
+        tx: &duckdb::Transaction,
+        batch: &TableBatch,
+        seen: &mut SeenEvents,
+    ) -> Result<(LandStats, Option<Landed>), WarehouseError> {
         let table =
             self.inner.catalog.get(&batch.table).ok_or_else(|| WarehouseError::UnknownTable(batch.table.clone()))?;
+        if !duckdb_append::appendable(table) {
+            return Ok((self.stage_and_apply(tx, table, batch)?, None));
+        }
+        let error = || self.error(format!("append to {}", table.table));
+        let max_rows = self.inner.event_index_max_rows;
+        let (stats, hashes) =
+            match duckdb_append::new_events_only(seen, tx, table, &batch.rows, max_rows).map_err(error())? {
+                Some(hashes) => {
+                    let appended = duckdb_append::append(tx, table, &batch.rows).map_err(error())?;
+                    (LandStats { rows_changed: appended as u64, rows_offered: batch.rows.len() as u64 }, hashes)
+                }
+                // Some event may be stored already: the exact path, then every id of the batch is stored.
+                None => (
+                    self.stage_and_apply(tx, table, batch)?,
+                    batch.rows.iter().map(|r| duckdb_append::event_hash(&r.event_id)).collect(),
+                ),
+            };
+        Ok((stats, Some(Landed { table: table.table.clone(), hashes })))
+    }
+
+    /// The SQL path: stage the batch, then one set-based statement (see [`super::sql`]).
+    fn stage_and_apply(
+        &self,
+        tx: &duckdb::Transaction,
+        table: &TableSchema,
+        batch: &TableBatch,
+    ) -> Result<LandStats, WarehouseError> {
         let record_batch = to_record_batch(table, batch);
         // A fresh staging table per landing, dropped after: rows deleted from a TEMP table are never
         // vacuumed, so reusing one kept every staged row in memory (RSS grew with the data landed).
@@ -215,7 +268,7 @@ fn to_record_batch(table: &TableSchema, batch: &TableBatch) -> RecordBatch {
 
 /// One Arrow column. Cells were coerced to the column's type before, so a mismatch is a bug: it lands
 /// as NULL rather than panicking the worker.
-fn column_array<'a>(
+pub(super) fn column_array<'a>(
     staging: StagingType,
     cells: impl Iterator<Item = &'a CellValue>,
     n: usize,
@@ -284,12 +337,18 @@ impl Warehouse for DuckDbWarehouse {
     async fn land(&self, batches: Arc<Vec<TableBatch>>, receipts: Receipts) -> LandResult {
         let landed = self
             .blocking(move |this, connection| {
+                let mut seen = this.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
                 let tx = connection.transaction().map_err(this.error("begin"))?;
                 let mut stats = Vec::with_capacity(batches.len());
+                let mut landed = Vec::new();
                 for batch in batches.iter().filter(|b| !b.rows.is_empty()) {
-                    stats.push((batch.table.clone(), this.land_table(&tx, batch)?));
+                    let (table_stats, hashes) = this.land_table(&tx, batch, &mut seen)?;
+                    stats.push((batch.table.clone(), table_stats));
+                    landed.extend(hashes);
                 }
                 tx.commit().map_err(this.error("commit"))?;
+                // Only now are these events stored (see the invariant in `duckdb_append`).
+                seen.commit(landed);
                 if tracing::enabled!(tracing::Level::TRACE) {
                     let used: Result<i64, _> =
                         connection

@@ -14,6 +14,7 @@ pub mod archive;
 pub mod bigquery;
 pub mod cost_guard;
 pub mod duckdb;
+mod duckdb_append;
 pub mod duckdb_query;
 pub mod remote;
 pub mod sql;

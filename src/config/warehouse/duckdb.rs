@@ -24,6 +24,11 @@ pub struct DuckDbConfig {
     /// held ~250 MB more).
     #[serde(default = "default_checkpoint_threshold")]
     pub checkpoint_threshold: String,
+    /// Append tables up to this many rows keep an in-memory index of their event ids (about 20 bytes
+    /// a row), so a flush of new events is appended without reading the table; larger tables
+    /// deduplicate with an anti-join over the stored event ids on each flush. Default 50000000.
+    #[serde(default = "default_event_index_max_rows")]
+    pub event_index_max_rows: u64,
 }
 
 fn default_path() -> PathBuf {
@@ -42,6 +47,10 @@ fn default_checkpoint_threshold() -> String {
     "64MB".into()
 }
 
+const fn default_event_index_max_rows() -> u64 {
+    50_000_000
+}
+
 impl Default for DuckDbConfig {
     fn default() -> Self {
         DuckDbConfig {
@@ -49,6 +58,7 @@ impl Default for DuckDbConfig {
             threads: default_threads(),
             memory_limit: default_memory_limit(),
             checkpoint_threshold: default_checkpoint_threshold(),
+            event_index_max_rows: default_event_index_max_rows(),
         }
     }
 }

@@ -1,0 +1,111 @@
+//! Append tables on DuckDB: a batch of new events goes straight into the table (Arrow appender, an
+//! in-memory index of event-id hashes); any batch that may hold a stored event takes the exact SQL
+//! path. Either way each event id is stored once, and both paths store the same values.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bqsync::envelope::Op;
+use bqsync::schema::{Catalog, CellValue};
+use bqsync::warehouse::duckdb::{DuckDbConfig, DuckDbWarehouse};
+use bqsync::warehouse::{StagedRow, TableBatch, Warehouse};
+
+fn catalog() -> Catalog {
+    Catalog::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap()
+}
+
+/// An atom whose values derive from `n`: text, score, tags (an empty list for every 5th) and time.
+fn atom(n: u32) -> StagedRow {
+    let tags = if n % 5 == 0 { "[]".to_string() } else { format!("[\"t{n}\",\"x\"]") };
+    StagedRow::whole(
+        format!("e{n}"),
+        Op::Insert,
+        None,
+        vec![
+            CellValue::String(format!("e{n}")),
+            CellValue::String(format!("ent-{}", n % 7)),
+            if n % 3 == 0 { CellValue::Null } else { CellValue::String("click".into()) },
+            CellValue::String(format!("it's \"{n}\"")),
+            CellValue::Float64(n as f64 / 4.0),
+            CellValue::JsonText(tags),
+            CellValue::Timestamp(1_700_000_000_000_000 + n as i64),
+        ],
+    )
+}
+
+fn batch(ids: impl IntoIterator<Item = u32>) -> Arc<Vec<TableBatch>> {
+    Arc::new(vec![TableBatch { table: "atoms".into(), rows: ids.into_iter().map(atom).collect() }])
+}
+
+fn land(warehouse: &DuckDbWarehouse, ids: impl IntoIterator<Item = u32>) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        warehouse.ensure_tables().await.unwrap();
+        let (_, stats) = warehouse.land(batch(ids), Default::default()).await.unwrap();
+        stats.iter().map(|(_, s)| s.rows_changed).sum()
+    })
+}
+
+/// Every stored atom as text, ordered by event id; panics on a duplicate.
+fn stored(path: &Path) -> Vec<String> {
+    let connection = duckdb::Connection::open(path).unwrap();
+    let mut statement = connection
+        .prepare(
+            "SELECT concat_ws('|', event_id, entity_id, kind, text, score, tags::VARCHAR, created_at,
+                     _bqsync_event_id, _bqsync_version, _bqsync_deleted, _bqsync_landed_at IS NOT NULL)
+             FROM atoms ORDER BY event_id",
+        )
+        .unwrap();
+    let rows: Vec<String> = statement.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.split('|').next().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), rows.len(), "an event id is stored twice");
+    rows
+}
+
+fn expected(ids: impl IntoIterator<Item = u32>) -> Vec<String> {
+    // Landed once through the SQL path only (no index), as the reference.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reference.duckdb");
+    let config = DuckDbConfig { path: path.clone(), event_index_max_rows: 0, ..Default::default() };
+    let warehouse = DuckDbWarehouse::open(&config, Arc::new(catalog())).unwrap();
+    land(&warehouse, ids);
+    drop(warehouse);
+    stored(&path)
+}
+
+#[test]
+fn appends_land_each_event_once_whichever_path_they_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.duckdb");
+    let config = DuckDbConfig { path: path.clone(), ..Default::default() };
+    let warehouse = DuckDbWarehouse::open(&config, Arc::new(catalog())).unwrap();
+    assert_eq!(land(&warehouse, 0..100), 100, "new events: the direct append");
+    assert_eq!(land(&warehouse, 0..100), 0, "a redelivery: nothing new");
+    assert_eq!(land(&warehouse, 50..150), 50, "half stored: only the new half");
+    assert_eq!(land(&warehouse, [150, 151, 150, 152]), 3, "an id twice in one batch lands once");
+    assert_eq!(land(&warehouse, 153..160), 7, "after the exact path, new events append again");
+    drop(warehouse);
+    // A new process loads the index from the table: a redelivery after a restart is still a no-op.
+    let warehouse = DuckDbWarehouse::open(&config, Arc::new(catalog())).unwrap();
+    assert_eq!(land(&warehouse, 140..170), 10);
+    drop(warehouse);
+    // The same values as the SQL path stores (lists, NULLs, quotes, times, system columns).
+    assert_eq!(stored(&path), expected(0..170));
+}
+
+#[test]
+fn tables_above_the_index_limit_deduplicate_in_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.duckdb");
+    let config = DuckDbConfig { path: path.clone(), event_index_max_rows: 10, ..Default::default() };
+    let warehouse = DuckDbWarehouse::open(&config, Arc::new(catalog())).unwrap();
+    assert_eq!(land(&warehouse, 0..20), 20);
+    drop(warehouse);
+    // 20 rows > 10: this process keeps the SQL path for atoms, with the same result.
+    let warehouse = DuckDbWarehouse::open(&config, Arc::new(catalog())).unwrap();
+    assert_eq!(land(&warehouse, 10..30), 10);
+    assert_eq!(land(&warehouse, 10..30), 0);
+    drop(warehouse);
+    assert_eq!(stored(&path), expected(0..30));
+}
