@@ -16,7 +16,7 @@ fn catalog() -> Catalog {
 
 /// An atom whose values derive from `n`: text, score, tags (an empty list for every 5th) and time.
 fn atom(n: u32) -> StagedRow {
-    let tags = if n % 5 == 0 { "[]".to_string() } else { format!("[\"t{n}\",\"x\"]") };
+    let tags = if n.is_multiple_of(5) { "[]".to_string() } else { format!("[\"t{n}\",\"x\"]") };
     StagedRow::whole(
         format!("e{n}"),
         Op::Insert,
@@ -24,7 +24,7 @@ fn atom(n: u32) -> StagedRow {
         vec![
             CellValue::String(format!("e{n}")),
             CellValue::String(format!("ent-{}", n % 7)),
-            if n % 3 == 0 { CellValue::Null } else { CellValue::String("click".into()) },
+            if n.is_multiple_of(3) { CellValue::Null } else { CellValue::String("click".into()) },
             CellValue::String(format!("it's \"{n}\"")),
             CellValue::Float64(n as f64 / 4.0),
             CellValue::JsonText(tags),
