@@ -21,6 +21,8 @@ pub(crate) enum AckInner {
     /// Pub/Sub: the client's handler (it keeps extending the lease until acked or nacked; dropping it
     /// nacks).
     PubSub { handler: google_cloud_pubsub::subscriber::handler::Handler, message_id: String },
+    /// A message of the in-process bus: the publish it belongs to.
+    Direct { publish: u64 },
 }
 
 /// Which of a worker's subscriptions a delivery came from.

@@ -365,7 +365,7 @@ fn embedded_handles(handles: Vec<AckHandle>) -> Result<Vec<(i64, i64)>, BusError
         .into_iter()
         .map(|h| match h.inner {
             AckInner::Embedded { seq, lease_token } => Ok((seq, lease_token)),
-            AckInner::PubSub { .. } => Err(BusError::ForeignHandle),
+            _ => Err(BusError::ForeignHandle),
         })
         .collect()
 }
@@ -497,6 +497,7 @@ mod tests {
             ack_deadline_secs: deadline,
             max_delivery_attempts: attempts,
             synchronous: crate::config::bus::embedded::Synchronous::Normal,
+            ..Default::default()
         };
         EmbeddedBus::open(&config).unwrap()
     }

@@ -10,9 +10,11 @@
 //!   the invariant in [`crate::worker`]).
 
 pub mod claim_check;
+pub mod direct;
 pub mod embedded;
 pub mod pubsub;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -90,6 +92,57 @@ pub enum BusError {
 pub trait Publisher: Send + Sync {
     /// Returns once every message is durable on the bus (all or none on error).
     async fn publish(&self, messages: Vec<OutboundMessage>) -> Result<(), BusError>;
+
+    /// Hands the messages to the bus and returns a [`Ticket`] that resolves once they are durable,
+    /// so a producer may read on meanwhile; it checkpoints each publish after its ticket, in order.
+    /// Buses whose `publish` is durable on return give a resolved ticket.
+    async fn publish_pipelined(&self, messages: Vec<OutboundMessage>) -> Result<Ticket, BusError> {
+        self.publish(messages).await.map(|()| Ticket::ready())
+    }
+}
+
+/// A publish handed to the bus: [`Ticket::landed`] resolves once its messages are durable (for the
+/// in-process bus: landed in the warehouse).
+#[derive(Debug)]
+pub struct Ticket {
+    pending: Option<(LandedSignal, std::sync::Arc<AtomicUsize>)>,
+}
+
+/// Where the bus says that a publish landed, or why it never will.
+pub type LandedSignal = tokio::sync::oneshot::Receiver<Result<(), BusError>>;
+
+impl Ticket {
+    /// A publish that was durable on return.
+    pub fn ready() -> Ticket {
+        Ticket { pending: None }
+    }
+
+    /// A publish that is durable once `landed` says so; `waiters` counts the producers waiting.
+    pub fn pending(landed: LandedSignal, waiters: std::sync::Arc<AtomicUsize>) -> Ticket {
+        Ticket { pending: Some((landed, waiters)) }
+    }
+
+    /// Whether the messages were durable when the publish returned.
+    pub fn is_resolved(&self) -> bool {
+        self.pending.is_none()
+    }
+
+    /// Waits until the messages are durable, or the bus gave them up.
+    pub async fn landed(self) -> Result<(), BusError> {
+        let Some((landed, waiters)) = self.pending else {
+            return Ok(());
+        };
+        /// Counts this producer as waiting while it waits (the worker then lands what it holds).
+        struct Waiting(std::sync::Arc<AtomicUsize>);
+        impl Drop for Waiting {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        waiters.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(waiters);
+        landed.await.unwrap_or_else(|_| Err(BusError::Io("the bus closed before these events landed".into())))
+    }
 }
 
 /// Depth figures for `bqsync status`.
@@ -132,6 +185,11 @@ pub trait Subscription: Send + Sync {
         let handles = items.into_iter().map(|i| i.handle).collect();
         self.nack(handles).await?;
         Err(BusError::Config("this bus has no dead-letter topic of its own".into()))
+    }
+    /// Whether producers are waiting for what was already pulled to land (the in-process bus): the
+    /// worker then lands what it holds at once rather than wait for a full batch or its age.
+    fn flush_requested(&self) -> bool {
+        false
     }
     /// Stops receiving and sends pending acks; unacked deliveries are released.
     async fn close(&self) {}

@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use super::{Role, RunMode};
 use crate::bus::claim_check::ClaimCheckPublisher;
+use crate::bus::direct::DirectBus;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::pubsub::{PubSubPublisher, PubSubSubscription};
 use crate::bus::{Publisher, Subscription};
@@ -42,7 +43,13 @@ pub(super) async fn open_bus(config: &Config, role: Role) -> anyhow::Result<BusE
                 ends.subscription = Some(Arc::new(bus.subscription()));
                 ends.dead_letters = Some(Arc::new(bus.dead_letter_subscription()));
             }
-            if role.produces() {
+            if role == Role::All && in_process(config) {
+                // Sources and worker in one process: events go from one to the other in memory, and
+                // the queue file is still drained beside (see `crate::bus::direct`).
+                let direct = DirectBus::new(config.bus.embedded.in_process_capacity, bus.subscription());
+                ends.subscription = Some(Arc::new(direct.clone()));
+                ends.publisher = Some(Arc::new(direct));
+            } else if role.produces() {
                 ends.publisher = Some(Arc::new(bus));
             }
             Ok(ends)
@@ -68,6 +75,13 @@ pub(super) async fn open_bus(config: &Config, role: Role) -> anyhow::Result<BusE
             Ok(ends)
         }
     }
+}
+
+/// Whether `run` hands events from sources to worker in memory: on, with the DuckDB warehouse. With
+/// BigQuery a landing can be refused for minutes (quotas, outages), and the durable queue file then
+/// holds what the sources read meanwhile instead of the sources waiting.
+fn in_process(config: &Config) -> bool {
+    config.bus.embedded.in_process && config.warehouse.kind == crate::config::warehouse::WarehouseKind::Duckdb
 }
 
 /// Wraps the publisher in the GCS claim check when `[gcs]` has a bucket and a threshold; returns

@@ -178,11 +178,13 @@ impl Worker {
             }
             self.note_unacked();
             let idle = !got_any;
-            self.flush_due(max_age, idle && drained).await;
+            // Producers of this process wait on what was pulled (the in-process bus): land it now.
+            let requested = self.subscription.flush_requested();
+            self.flush_due(max_age, (idle && drained) || requested).await;
             // Ack a finished landing now, not at the next flush: when input pauses there may be no
             // next flush for a while, and unacked deliveries would come back after their lease.
             let landed = self.in_flight.as_ref().is_some_and(|f| f.landing.is_finished());
-            if landed || (idle && self.pending.is_empty()) {
+            if landed || requested || (idle && self.pending.is_empty()) {
                 self.finish_in_flight().await;
             }
             if idle && drained && self.pending.is_empty() && self.bus_is_empty().await {

@@ -129,7 +129,7 @@ impl PubSubSubscription {
                     tracing::trace!(%message_id, action, "settled");
                     Ok(handler)
                 }
-                AckInner::Embedded { .. } => Err(BusError::ForeignHandle),
+                _ => Err(BusError::ForeignHandle),
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.outstanding.fetch_sub(count, Ordering::Relaxed);

@@ -23,6 +23,17 @@ pub struct EmbeddedBusConfig {
     /// as a no-op. Default `full`.
     #[serde(default)]
     pub synchronous: Synchronous,
+    /// `bqsync run` with the DuckDB warehouse hands events from its sources to its worker in memory
+    /// (`src/bus/direct.rs`): a source's checkpoint moves only once the warehouse committed the
+    /// events, so no queue file is needed between them in one process. The queue file stays for
+    /// `produce`/`work`, and `run` still drains what is left in it. `false` keeps the queue file
+    /// between sources and worker in `run` too. Default `true`.
+    #[serde(default = "default_in_process")]
+    pub in_process: bool,
+    /// Events the in-process path holds published but not yet pulled by the worker; a source waits
+    /// beyond it. Default 50000.
+    #[serde(default = "default_in_process_capacity")]
+    pub in_process_capacity: usize,
 }
 
 /// SQLite's `synchronous` for publish commits.
@@ -50,6 +61,14 @@ fn default_path() -> PathBuf {
     PathBuf::from(".bqsync/bus.db")
 }
 
+const fn default_in_process() -> bool {
+    true
+}
+
+const fn default_in_process_capacity() -> usize {
+    50_000
+}
+
 const fn default_ack_deadline_secs() -> u64 {
     60
 }
@@ -65,6 +84,8 @@ impl Default for EmbeddedBusConfig {
             ack_deadline_secs: default_ack_deadline_secs(),
             max_delivery_attempts: default_max_delivery_attempts(),
             synchronous: Synchronous::Full,
+            in_process: default_in_process(),
+            in_process_capacity: default_in_process_capacity(),
         }
     }
 }

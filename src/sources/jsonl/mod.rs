@@ -15,7 +15,7 @@
 mod framing;
 mod record;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use super::checkpoint::{CheckpointStore, FileCheckpoint};
 use super::rows::poison;
 use super::{EmitOutcome, Source, SourceError, UnreadInput, UnreadReason};
-use crate::bus::{attr, OutboundMessage, Publisher};
+use crate::bus::{attr, OutboundMessage, Publisher, Ticket};
 use crate::dead_letter::DeadLetterReason;
 use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
@@ -355,6 +355,21 @@ impl JsonlSource {
         publisher: &dyn Publisher,
         outcome: &mut EmitOutcome,
     ) -> Result<(), SourceError> {
+        let mut in_flight = VecDeque::new();
+        let read = self.read_and_publish(tracked, publisher, outcome, &mut in_flight).await;
+        // What was handed to the bus is checkpointed once durable, even when reading stopped early
+        // or failed after it.
+        let settled = self.settle(tracked, &mut in_flight, 0, outcome).await;
+        read.and(settled)
+    }
+
+    async fn read_and_publish(
+        &mut self,
+        tracked: &mut TrackedFile,
+        publisher: &dyn Publisher,
+        outcome: &mut EmitOutcome,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<(), SourceError> {
         let size = tracked.file.metadata().map_err(|e| self.io_error(&tracked.path, e))?.len();
         if size < tracked.offset {
             tracing::warn!(path = %tracked.path.display(), size, offset = tracked.offset, "file truncated; reading it from the start");
@@ -425,7 +440,7 @@ impl JsonlSource {
             }
             if batch.len() >= self.config.publish_batch {
                 let end = read_start + line.end_offset;
-                self.publish_and_checkpoint(tracked, &mut batch, (end, line_number), size, publisher, outcome).await?;
+                self.hand_off(tracked, &mut batch, (end, line_number), size, publisher, outcome, in_flight).await?;
                 if self.stopping() {
                     return Ok(());
                 }
@@ -452,7 +467,7 @@ impl JsonlSource {
         let end = read_start + reader.consumed();
         let eof = tracked.file.metadata().map_err(|e| self.io_error(&tracked.path, e))?.len();
         tracked.waiting = eof.saturating_sub(end);
-        self.publish_and_checkpoint(tracked, &mut batch, (end, line_number), size, publisher, outcome).await
+        self.hand_off(tracked, &mut batch, (end, line_number), size, publisher, outcome, in_flight).await
     }
 
     /// With `final_line_after_ms`, whether the file's unterminated last line has settled (its file
@@ -466,7 +481,11 @@ impl JsonlSource {
         Some(modified.elapsed().unwrap_or_default() >= after)
     }
 
-    async fn publish_and_checkpoint(
+    /// Hands a batch to the bus; checkpoints the publishes whose events are durable, keeping at
+    /// most [`IN_FLIGHT_EVENTS`] handed off and not yet durable (the in-process bus lands them
+    /// while the next lines are read).
+    #[allow(clippy::too_many_arguments)]
+    async fn hand_off(
         &mut self,
         tracked: &mut TrackedFile,
         batch: &mut Vec<OutboundMessage>,
@@ -474,25 +493,66 @@ impl JsonlSource {
         size: u64,
         publisher: &dyn Publisher,
         outcome: &mut EmitOutcome,
+        in_flight: &mut VecDeque<InFlight>,
     ) -> Result<(), SourceError> {
-        if new_offset == tracked.offset {
+        if new_offset == in_flight.back().map_or(tracked.offset, |f| f.offset) {
             return Ok(());
         }
         let count = batch.len() as u64;
         let poison = batch.iter().filter(|m| m.attributes.contains_key(attr::POISON_REASON)).count() as u64;
-        publisher
-            .publish(std::mem::take(batch))
+        let ticket = publisher
+            .publish_pipelined(std::mem::take(batch))
             .await
             .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
-        // Only now, with the events durable on the bus, may the checkpoint move past them.
-        tracked.offset = new_offset;
-        tracked.lines = Some(lines);
-        self.save_checkpoint(tracked, size)?;
-        outcome.published += count;
-        self.lines_published += count - poison;
-        self.poison_published += poison;
+        in_flight.push_back(InFlight { ticket, offset: new_offset, lines, size, count, poison });
+        self.settle(tracked, in_flight, IN_FLIGHT_EVENTS, outcome).await
+    }
+
+    /// Checkpoints handed-off publishes in order, each once its events are durable: those already
+    /// durable, then the oldest ones until at most `keep` events are left waiting.
+    async fn settle(
+        &mut self,
+        tracked: &mut TrackedFile,
+        in_flight: &mut VecDeque<InFlight>,
+        keep: u64,
+        outcome: &mut EmitOutcome,
+    ) -> Result<(), SourceError> {
+        let mut waiting: u64 = in_flight.iter().map(|f| f.count).sum();
+        while let Some(oldest) = in_flight.pop_front() {
+            if !oldest.ticket.is_resolved() && waiting <= keep {
+                in_flight.push_front(oldest);
+                break;
+            }
+            waiting -= oldest.count;
+            oldest
+                .ticket
+                .landed()
+                .await
+                .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+            // Only now, with the events durable, may the checkpoint move past them.
+            tracked.offset = oldest.offset;
+            tracked.lines = Some(oldest.lines);
+            self.save_checkpoint(tracked, oldest.size)?;
+            outcome.published += oldest.count;
+            self.lines_published += oldest.count - oldest.poison;
+            self.poison_published += oldest.poison;
+        }
         Ok(())
     }
+}
+
+/// Events a file may have handed to the bus and not yet seen durable (the in-process bus).
+const IN_FLIGHT_EVENTS: u64 = 50_000;
+
+/// A publish handed to the bus, not yet checkpointed: where the file's checkpoint goes once it is
+/// durable.
+struct InFlight {
+    ticket: Ticket,
+    offset: u64,
+    lines: u64,
+    size: u64,
+    count: u64,
+    poison: u64,
 }
 
 #[async_trait]

@@ -1,0 +1,389 @@
+//! The in-process bus of `bqsync run` on one machine: the sources hand their events straight to the
+//! worker of the same process, with no queue file between them.
+//!
+//! Why: in one process, a durable queue between a source and the worker adds nothing to exactly
+//! once. What must hold is that a source's checkpoint never passes an event the warehouse does not
+//! hold. Here a publish resolves only once the worker's landing committed, so the checkpoint that
+//! follows it covers landed rows only. A crash loses the in-memory queue and nothing else: the
+//! sources read again from their checkpoints, and the warehouse deduplicates by event id what it
+//! already holds. The file queue cost `run` a third of its time (a row, a lease and a delete per
+//! event, on both sides).
+//!
+//! Invariants:
+//! - A [`Ticket`] resolves `Ok` only after every message of its publish was acked, i.e. after the
+//!   landing that holds it (as rows or as dead letters) committed.
+//! - Nothing here is durable. When the worker gives a message up (a nack: its landing kept failing)
+//!   or stops, the publishes it did not land resolve with an error; their producers keep their
+//!   checkpoints and read those events again on their next pass or start.
+//! - At most `capacity` messages wait unpulled; a publish beyond that waits (backpressure).
+//! - The file queue stays a second subscription: messages left in it (by `bqsync produce`, or by
+//!   an older run) are pulled and acked through it as before, with its leases and attempts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::{oneshot, Notify};
+
+use super::embedded::EmbeddedSubscription;
+use super::{AckHandle, BusError, Committed, Delivery, OutboundMessage, Publisher, QueueStats, Subscription, Ticket};
+use crate::ack::AckInner;
+
+/// How often the file queue is polled while the in-process queue has messages.
+const FILE_QUEUE_POLL: Duration = Duration::from_secs(1);
+
+/// Both ends of the in-process bus, with the file queue's subscription beside it.
+#[derive(Clone)]
+pub struct DirectBus {
+    shared: Arc<Shared>,
+    file_queue: EmbeddedSubscription,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Messages that may wait unpulled.
+    capacity: usize,
+    /// `take` made room in the queue, or the bus closed.
+    space: Notify,
+    /// A publish queued messages.
+    published: Notify,
+    /// Producers waiting for a ticket: the worker lands what it holds rather than wait for a full
+    /// batch (see [`Subscription::flush_requested`]).
+    waiters: Arc<AtomicUsize>,
+    last_file_poll: Mutex<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    /// Publishes not landed yet, by id.
+    publishes: HashMap<u64, Pending>,
+    next_seq: u64,
+    next_publish: u64,
+    leased: usize,
+    closed: bool,
+}
+
+struct Queued {
+    seq: u64,
+    publish: u64,
+    message: OutboundMessage,
+    queued_micros: i64,
+}
+
+struct Pending {
+    unacked: usize,
+    done: oneshot::Sender<Result<(), BusError>>,
+}
+
+impl DirectBus {
+    /// An in-process bus holding at most `capacity` unpulled messages, next to the file queue's
+    /// subscription.
+    pub fn new(capacity: usize, file_queue: EmbeddedSubscription) -> DirectBus {
+        DirectBus {
+            shared: Arc::new(Shared {
+                state: Mutex::default(),
+                capacity: capacity.max(1),
+                space: Notify::new(),
+                published: Notify::new(),
+                waiters: Arc::default(),
+                last_file_poll: Mutex::new(Instant::now()),
+            }),
+            file_queue,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Up to `max` queued messages as deliveries.
+    fn take(&self, max: usize) -> Vec<Delivery> {
+        let mut state = self.state();
+        let count = max.min(state.queue.len());
+        let deliveries: Vec<Delivery> = state
+            .queue
+            .drain(..count)
+            .map(|q| Delivery {
+                message_id: format!("p{}", q.seq),
+                data: q.message.data,
+                attributes: q.message.attributes,
+                delivery_attempt: 1,
+                first_attempt_micros: q.queued_micros,
+                handle: AckHandle { inner: AckInner::Direct { publish: q.publish } },
+            })
+            .collect();
+        state.leased += count;
+        drop(state);
+        if count > 0 {
+            self.shared.space.notify_waiters();
+        }
+        deliveries
+    }
+
+    /// Whether the file queue is due a poll: when nothing is queued here, else once a second.
+    fn file_queue_due(&self, took: usize) -> bool {
+        let mut last = self.shared.last_file_poll.lock().unwrap_or_else(|p| p.into_inner());
+        if took == 0 || last.elapsed() >= FILE_QUEUE_POLL {
+            *last = Instant::now();
+            return true;
+        }
+        false
+    }
+
+    /// Fails every publish not landed yet, and refuses new ones.
+    fn close_queue(&self) {
+        let mut state = self.state();
+        state.closed = true;
+        state.queue.clear();
+        for (_, pending) in state.publishes.drain() {
+            let _ = pending.done.send(Err(stopped()));
+        }
+        drop(state);
+        self.shared.space.notify_waiters();
+    }
+}
+
+fn stopped() -> BusError {
+    BusError::Io(
+        "the worker stopped before these events landed; the source reads them again from its checkpoint".into(),
+    )
+}
+
+/// Splits handles into the in-process publishes they belong to and the file queue's handles.
+fn split(handles: Vec<AckHandle>) -> (Vec<u64>, Vec<AckHandle>) {
+    let mut publishes = Vec::new();
+    let mut file_queue = Vec::new();
+    for handle in handles {
+        match handle.inner {
+            AckInner::Direct { publish } => publishes.push(publish),
+            _ => file_queue.push(handle),
+        }
+    }
+    (publishes, file_queue)
+}
+
+#[async_trait]
+impl Publisher for DirectBus {
+    async fn publish(&self, messages: Vec<OutboundMessage>) -> Result<(), BusError> {
+        self.publish_pipelined(messages).await?.landed().await
+    }
+
+    async fn publish_pipelined(&self, mut messages: Vec<OutboundMessage>) -> Result<Ticket, BusError> {
+        if messages.is_empty() {
+            return Ok(Ticket::ready());
+        }
+        loop {
+            // Created before the check, so a `take` between the check and the wait still wakes it.
+            let space = self.shared.space.notified();
+            match self.try_enqueue(messages)? {
+                Ok(ticket) => return Ok(ticket),
+                Err(full) => messages = full,
+            }
+            space.await;
+        }
+    }
+}
+
+impl DirectBus {
+    /// Queues the messages as one publish, or gives them back when the queue is too full. A publish
+    /// larger than the whole capacity waits for an empty queue, then goes in whole.
+    #[allow(clippy::type_complexity)]
+    fn try_enqueue(&self, messages: Vec<OutboundMessage>) -> Result<Result<Ticket, Vec<OutboundMessage>>, BusError> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(stopped());
+        }
+        if !state.queue.is_empty() && state.queue.len() + messages.len() > self.shared.capacity {
+            return Ok(Err(messages));
+        }
+        let (done, landed) = oneshot::channel();
+        let publish = state.next_publish;
+        state.next_publish += 1;
+        state.publishes.insert(publish, Pending { unacked: messages.len(), done });
+        let queued_micros = chrono::Utc::now().timestamp_micros();
+        for message in messages {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.queue.push_back(Queued { seq, publish, message, queued_micros });
+        }
+        drop(state);
+        self.shared.published.notify_one();
+        Ok(Ok(Ticket::pending(landed, self.shared.waiters.clone())))
+    }
+}
+
+#[async_trait]
+impl Subscription for DirectBus {
+    async fn pull(&self, max_messages: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.shared.published.notified();
+            let mut deliveries = self.take(max_messages);
+            if deliveries.len() < max_messages && self.file_queue_due(deliveries.len()) {
+                let more = self.file_queue.pull(max_messages - deliveries.len(), Duration::ZERO).await?;
+                deliveries.extend(more);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if !deliveries.is_empty() || remaining.is_zero() {
+                return Ok(deliveries);
+            }
+            // Woken by a publish; the file queue is polled again after at most 100 ms.
+            let _ = tokio::time::timeout(remaining.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+
+    async fn ack(&self, committed: Committed<Vec<AckHandle>>) -> Result<(), BusError> {
+        let (publishes, file_queue) = split(committed.into_receipts());
+        {
+            let mut state = self.state();
+            state.leased -= publishes.len().min(state.leased);
+            for publish in publishes {
+                let Some(pending) = state.publishes.get_mut(&publish) else { continue };
+                pending.unacked -= 1;
+                if pending.unacked == 0 {
+                    let pending = state.publishes.remove(&publish).expect("present");
+                    let _ = pending.done.send(Ok(()));
+                }
+            }
+        }
+        if file_queue.is_empty() {
+            return Ok(());
+        }
+        self.file_queue.ack(Committed::new(file_queue)).await
+    }
+
+    async fn nack(&self, handles: Vec<AckHandle>) -> Result<(), BusError> {
+        let (publishes, file_queue) = split(handles);
+        {
+            let mut state = self.state();
+            state.leased -= publishes.len().min(state.leased);
+            for publish in publishes {
+                // The landing gave up: the producer reads these events again from its checkpoint.
+                if let Some(pending) = state.publishes.remove(&publish) {
+                    let _ = pending.done.send(Err(BusError::Io(
+                        "landing these events kept failing; the source reads them again from its checkpoint".into(),
+                    )));
+                    state.queue.retain(|q| q.publish != publish);
+                }
+            }
+        }
+        if file_queue.is_empty() {
+            return Ok(());
+        }
+        self.file_queue.nack(file_queue).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, BusError> {
+        let mut stats = self.file_queue.stats().await?;
+        let state = self.state();
+        stats.pending += state.queue.len() as u64;
+        stats.leased += state.leased as u64;
+        if let Some(front) = state.queue.front() {
+            stats.oldest_publish_micros =
+                Some(stats.oldest_publish_micros.map_or(front.queued_micros, |o| o.min(front.queued_micros)));
+        }
+        Ok(stats)
+    }
+
+    fn flush_requested(&self) -> bool {
+        self.shared.waiters.load(Ordering::Acquire) > 0 && self.state().queue.is_empty()
+    }
+
+    async fn close(&self) {
+        self.close_queue();
+        self.file_queue.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::embedded::EmbeddedBus;
+    use crate::bus::Attributes;
+    use crate::config::bus::EmbeddedBusConfig;
+
+    fn bus(dir: &std::path::Path, capacity: usize) -> (DirectBus, EmbeddedBus) {
+        let config = EmbeddedBusConfig { path: dir.join("bus.db"), ..Default::default() };
+        let file_queue = EmbeddedBus::open(&config).unwrap();
+        (DirectBus::new(capacity, file_queue.subscription()), file_queue)
+    }
+
+    fn messages(n: usize) -> Vec<OutboundMessage> {
+        (0..n).map(|i| OutboundMessage::new(format!("m{i}").into_bytes(), Attributes::new())).collect()
+    }
+
+    fn handles(deliveries: Vec<Delivery>) -> Vec<AckHandle> {
+        deliveries.into_iter().map(|d| d.handle).collect()
+    }
+
+    #[tokio::test]
+    async fn a_ticket_resolves_only_once_every_message_of_its_publish_is_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, _) = bus(dir.path(), 100);
+        let ticket = bus.publish_pipelined(messages(3)).await.unwrap();
+        assert!(!ticket.is_resolved());
+        let mut landed = tokio::spawn(ticket.landed());
+        let first = bus.pull(2, Duration::ZERO).await.unwrap();
+        let rest = bus.pull(10, Duration::ZERO).await.unwrap();
+        assert_eq!((first.len(), rest.len()), (2, 1));
+        // A producer waits and nothing is left to pull: the worker is asked to land what it holds.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(bus.flush_requested());
+        bus.ack(Committed::new(handles(first))).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut landed).await.is_err(), "one message unacked");
+        bus.ack(Committed::new(handles(rest))).await.unwrap();
+        landed.await.unwrap().unwrap();
+        assert!(!bus.flush_requested());
+        assert!(bus.is_drained().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_nack_fails_the_publish_and_drops_its_unpulled_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, _) = bus(dir.path(), 100);
+        let failing = bus.publish_pipelined(messages(3)).await.unwrap();
+        let other = bus.publish_pipelined(messages(1)).await.unwrap();
+        let pulled = bus.pull(1, Duration::ZERO).await.unwrap();
+        bus.nack(handles(pulled)).await.unwrap();
+        assert!(failing.landed().await.is_err(), "the producer must not checkpoint past it");
+        let rest = bus.pull(10, Duration::ZERO).await.unwrap();
+        assert_eq!(rest.len(), 1, "only the other publish is left");
+        bus.ack(Committed::new(handles(rest))).await.unwrap();
+        other.landed().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_publishers_wait_and_closing_fails_what_is_not_landed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, _) = bus(dir.path(), 4);
+        let first = bus.publish_pipelined(messages(3)).await.unwrap();
+        let waiting = {
+            let bus = bus.clone();
+            tokio::spawn(async move { bus.publish_pipelined(messages(3)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "3 + 3 > 4: the second publish waits for room");
+        let pulled = bus.pull(10, Duration::ZERO).await.unwrap();
+        assert_eq!(pulled.len(), 3);
+        let second = waiting.await.unwrap().unwrap();
+        bus.close().await;
+        assert!(first.landed().await.is_err());
+        assert!(second.landed().await.is_err());
+        assert!(bus.publish_pipelined(messages(1)).await.is_err(), "a closed bus takes nothing");
+    }
+
+    #[tokio::test]
+    async fn messages_left_in_the_queue_file_are_delivered_and_acked_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, file_queue) = bus(dir.path(), 100);
+        file_queue.publish(messages(2)).await.unwrap();
+        let pulled = bus.pull(10, Duration::ZERO).await.unwrap();
+        assert_eq!(pulled.len(), 2);
+        assert!(!bus.is_drained().await.unwrap(), "leased in the file queue");
+        bus.ack(Committed::new(handles(pulled))).await.unwrap();
+        assert!(bus.is_drained().await.unwrap());
+    }
+}
