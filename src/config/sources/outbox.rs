@@ -50,7 +50,9 @@ pub struct OutboxSourceConfig {
     /// IANA time zone of `schedule` and `full_schedule`. Default UTC.
     #[serde(default)]
     pub timezone: Option<String>,
-    /// Rows per page (one publish and one clear transaction a page). Default 5000.
+    /// Rows per page (one publish and one clear transaction a page). A page holds the application's
+    /// file twice, briefly (read, then compare-and-clear), never across the publish; larger pages open
+    /// it less often. Default 20000 (200k DuckDB rows: 4.4 s at 5000, 3.0 s at 20000).
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
     /// How long to wait for the application's locks (SQLite busy timeout; DuckDB: retrying the
@@ -87,7 +89,7 @@ const fn default_poll_interval_ms() -> u64 {
 }
 
 const fn default_batch_rows() -> usize {
-    5000
+    20_000
 }
 
 const fn default_busy_timeout_ms() -> u64 {

@@ -52,7 +52,6 @@ struct Statements {
     /// DuckDB (no index on the key): the page's keys go into a temporary table, then one UPDATE
     /// joins it; row by row would scan the table once a row.
     clear_staging: String,
-    stage_row: String,
     clear_joined: String,
 }
 
@@ -73,10 +72,6 @@ impl Statements {
             clear_staging: format!(
                 "CREATE OR REPLACE TEMP TABLE __bqsync_clear AS SELECT {columns} FROM {table} LIMIT 0",
                 columns = staged.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
-            ),
-            stage_row: format!(
-                "INSERT INTO __bqsync_clear VALUES ({})",
-                (1..=staged.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
             ),
             clear_joined: format!(
                 "UPDATE {table} SET {dirty} = false FROM __bqsync_clear c WHERE {} AND COALESCE(CAST({table}.{dirty} AS INTEGER), 0) <> 0",
@@ -426,11 +421,14 @@ fn clear_duckdb(
     let transaction = connection.transaction()?;
     transaction.execute_batch(&statements.clear_staging)?;
     {
-        let mut stage = transaction.prepare(&statements.stage_row)?;
+        // The appender, not one INSERT a key: a statement costs DuckDB ~0.1 ms, which made the clear
+        // of a 5,000-row page take half a second.
+        let mut stage = transaction.appender_to_catalog_and_db("__bqsync_clear", "temp", "main")?;
         for key in keys {
             let params: Vec<duckdb::types::Value> = key.key.iter().chain([&key.version]).map(duckdb_param).collect();
-            stage.execute(duckdb::params_from_iter(params.iter()))?;
+            stage.append_row(duckdb::appender_params_from_iter(params))?;
         }
+        stage.flush()?;
     }
     let cleared = transaction.execute(&statements.clear_joined, [])? as u64;
     transaction.execute_batch("DROP TABLE __bqsync_clear")?;
