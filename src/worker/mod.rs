@@ -147,7 +147,10 @@ impl Worker {
                 break;
             }
             let drained = shutdown.is_drained();
-            let wait = self.time_to_next_flush(max_age).min(Duration::from_millis(200));
+            // Once input is drained, only what is already on the bus is left: short waits, so a
+            // one-shot run ends when its last landing does.
+            let longest_wait = Duration::from_millis(if drained { 10 } else { 200 });
+            let wait = self.time_to_next_flush(max_age).min(longest_wait);
             if self.circuit_is_open() {
                 // The warehouse is failing: pull nothing more (it would only sit leased) until the
                 // landing being retried commits or gives up.
