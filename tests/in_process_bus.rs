@@ -76,3 +76,51 @@ fn run_drains_the_queue_file_beside_the_in_process_path() {
         assert_eq!(project.bus_depth(), Some(0), "in_process = {in_process}: the queue file is drained");
     }
 }
+
+/// The same crash point on a SQLite table source: pages landed past the saved watermark.
+#[test]
+fn a_kill_after_pages_landed_past_the_watermark_lands_each_row_once() {
+    let project = Project::new(
+        "[sources]\njsonl = []\n\n[[sources.sqlite]]\nname = \"app\"\npath = \"app.db\"\n\n\
+         [[sources.sqlite.tables]]\nsource_table = \"activity\"\ntable = \"atoms\"\nmode = \"rowid\"\n",
+    );
+    let rows = 120_000i64;
+    let db = rusqlite::Connection::open(project.path("app.db")).unwrap();
+    db.execute_batch(&format!(
+        "CREATE TABLE activity (event_id TEXT, kind TEXT, text TEXT, created_at TEXT NOT NULL);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {rows})
+         INSERT INTO activity SELECT printf('ev-%07d', i), 'click', 'lorem ipsum dolor sit amet',
+           strftime('%Y-%m-%d %H:%M:%S', 1704067200 + i, 'unixepoch') FROM c;"
+    ))
+    .unwrap();
+    drop(db);
+    let env = [("BQSYNC__WORKER__MAX_BATCH_ROWS", "500"), ("BQSYNC__SOURCES__SQLITE__0__BATCH_ROWS", "250")];
+    let watermark = || -> Option<i64> {
+        let state = rusqlite::Connection::open(project.path(".bqsync/state.db")).ok()?;
+        let saved: String = state
+            .query_row("SELECT value FROM source_state WHERE source = 'app' AND key = 'wm:activity'", [], |r| r.get(0))
+            .ok()?;
+        // Saved as JSON `[type, value]`.
+        serde_json::from_str::<serde_json::Value>(&saved).ok()?[1].as_i64()
+    };
+    let mut child = project.spawn_run(&["--until-drained"], &env);
+    wait_until(Duration::from_secs(60), "a first watermark", || watermark().is_some());
+    let state = rusqlite::Connection::open(project.path(".bqsync/state.db")).unwrap();
+    state.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, "KILL");
+    let _ = wait_exit(&mut child, Duration::from_secs(10));
+    state.execute_batch("ROLLBACK").unwrap();
+    drop(state);
+    let saved = watermark().expect("watermark");
+    let landed = project.query_i64("SELECT count(*) FROM atoms");
+    assert!(
+        landed > saved,
+        "the kill must come after pages landed past the watermark: {landed} rows landed, watermark {saved}; log:\n{}",
+        project.log_tail()
+    );
+    eprintln!("killed with {landed} rows landed and the watermark at row {saved}");
+    project.run_until_drained(&env);
+    assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), rows, "log:\n{}", project.log_tail());
+    assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), rows);
+}

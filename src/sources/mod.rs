@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod history;
 pub mod http;
+pub mod in_flight;
 pub mod jsonl;
 pub mod outbox;
 pub mod reset;

@@ -15,7 +15,7 @@
 mod framing;
 mod record;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -26,9 +26,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::checkpoint::{CheckpointStore, FileCheckpoint};
+use super::in_flight::{InFlight, IN_FLIGHT_EVENTS};
 use super::rows::poison;
 use super::{EmitOutcome, Source, SourceError, UnreadInput, UnreadReason};
-use crate::bus::{attr, OutboundMessage, Publisher, Ticket};
+use crate::bus::{attr, OutboundMessage, Publisher};
 use crate::dead_letter::DeadLetterReason;
 use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
@@ -355,7 +356,7 @@ impl JsonlSource {
         publisher: &dyn Publisher,
         outcome: &mut EmitOutcome,
     ) -> Result<(), SourceError> {
-        let mut in_flight = VecDeque::new();
+        let mut in_flight = InFlight::default();
         let read = self.read_and_publish(tracked, publisher, outcome, &mut in_flight).await;
         // What was handed to the bus is checkpointed once durable, even when reading stopped early
         // or failed after it.
@@ -368,7 +369,7 @@ impl JsonlSource {
         tracked: &mut TrackedFile,
         publisher: &dyn Publisher,
         outcome: &mut EmitOutcome,
-        in_flight: &mut VecDeque<InFlight>,
+        in_flight: &mut InFlight<FilePosition>,
     ) -> Result<(), SourceError> {
         let size = tracked.file.metadata().map_err(|e| self.io_error(&tracked.path, e))?.len();
         if size < tracked.offset {
@@ -489,69 +490,54 @@ impl JsonlSource {
         &mut self,
         tracked: &mut TrackedFile,
         batch: &mut Vec<OutboundMessage>,
-        (new_offset, lines): (u64, u64),
+        (offset, lines): (u64, u64),
         size: u64,
         publisher: &dyn Publisher,
         outcome: &mut EmitOutcome,
-        in_flight: &mut VecDeque<InFlight>,
+        in_flight: &mut InFlight<FilePosition>,
     ) -> Result<(), SourceError> {
-        if new_offset == in_flight.back().map_or(tracked.offset, |f| f.offset) {
+        if offset == in_flight.last().map_or(tracked.offset, |p| p.offset) {
             return Ok(());
         }
-        let count = batch.len() as u64;
         let poison = batch.iter().filter(|m| m.attributes.contains_key(attr::POISON_REASON)).count() as u64;
+        let count = batch.len() as u64;
         let ticket = publisher
             .publish_pipelined(std::mem::take(batch))
             .await
             .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
-        in_flight.push_back(InFlight { ticket, offset: new_offset, lines, size, count, poison });
+        in_flight.push(ticket, count, FilePosition { offset, lines, size, poison });
         self.settle(tracked, in_flight, IN_FLIGHT_EVENTS, outcome).await
     }
 
-    /// Checkpoints handed-off publishes in order, each once its events are durable: those already
-    /// durable, then the oldest ones until at most `keep` events are left waiting.
+    /// Checkpoints the handed-off publishes that are durable, in order, waiting for the oldest ones
+    /// until at most `keep` events are left waiting.
     async fn settle(
         &mut self,
         tracked: &mut TrackedFile,
-        in_flight: &mut VecDeque<InFlight>,
+        in_flight: &mut InFlight<FilePosition>,
         keep: u64,
         outcome: &mut EmitOutcome,
     ) -> Result<(), SourceError> {
-        let mut waiting: u64 = in_flight.iter().map(|f| f.count).sum();
-        while let Some(oldest) = in_flight.pop_front() {
-            if !oldest.ticket.is_resolved() && waiting <= keep {
-                in_flight.push_front(oldest);
-                break;
-            }
-            waiting -= oldest.count;
-            oldest
-                .ticket
-                .landed()
-                .await
-                .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+        while let Some(durable) = in_flight.next_durable(keep).await {
+            let (count, position) =
+                durable.map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
             // Only now, with the events durable, may the checkpoint move past them.
-            tracked.offset = oldest.offset;
-            tracked.lines = Some(oldest.lines);
-            self.save_checkpoint(tracked, oldest.size)?;
-            outcome.published += oldest.count;
-            self.lines_published += oldest.count - oldest.poison;
-            self.poison_published += oldest.poison;
+            tracked.offset = position.offset;
+            tracked.lines = Some(position.lines);
+            self.save_checkpoint(tracked, position.size)?;
+            outcome.published += count;
+            self.lines_published += count - position.poison;
+            self.poison_published += position.poison;
         }
         Ok(())
     }
 }
 
-/// Events a file may have handed to the bus and not yet seen durable (the in-process bus).
-const IN_FLIGHT_EVENTS: u64 = 50_000;
-
-/// A publish handed to the bus, not yet checkpointed: where the file's checkpoint goes once it is
-/// durable.
-struct InFlight {
-    ticket: Ticket,
+/// Where a file's checkpoint goes once a publish is durable: past its last line.
+struct FilePosition {
     offset: u64,
     lines: u64,
     size: u64,
-    count: u64,
     poison: u64,
 }
 

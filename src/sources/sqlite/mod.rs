@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
@@ -28,6 +27,7 @@ use serde_json::Value;
 type Db = std::sync::Mutex<Connection>;
 
 use super::checkpoint::{republish_key, CheckpointStore, REPUBLISH_ALL};
+use super::in_flight::{InFlight, IN_FLIGHT_EVENTS};
 use super::rows::{now_rfc3339, poison, row_event, tombstone_event, RowMapping, SqlValue};
 use super::schedule::{last_full_resync, record_full_resync, PassClock, Schedule};
 use super::{history, EmitOutcome, Source, SourceError};
@@ -36,57 +36,10 @@ use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
 
 pub use crate::config::sources::sqlite::{SqliteSourceConfig, SqliteTableConfig, WatermarkMode};
+use values::{decode_watermark, encode_watermark, overlap_bound};
+pub(crate) use values::{quote, read_rows, ReadRows};
 
-/// A SQLite identifier, quoted.
-pub(crate) fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-pub(crate) fn sqlite_value(value: ValueRef<'_>) -> SqlValue {
-    match value {
-        ValueRef::Null => SqlValue::Null,
-        ValueRef::Integer(i) => SqlValue::Integer(i),
-        ValueRef::Real(f) => SqlValue::Real(f),
-        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
-    }
-}
-
-impl rusqlite::ToSql for SqlValue {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        use rusqlite::types::{ToSqlOutput, Value as V};
-        Ok(ToSqlOutput::Owned(match self {
-            SqlValue::Null => V::Null,
-            SqlValue::Integer(i) | SqlValue::Timestamp(i) => V::Integer(*i),
-            SqlValue::Real(f) => V::Real(*f),
-            SqlValue::Text(s) => V::Text(s.clone()),
-            SqlValue::Blob(b) => V::Blob(b.clone()),
-        }))
-    }
-}
-
-/// Rows of a query: column names once, then values. The first `hidden` columns are bqsync's own
-/// (watermark, rowid) and are returned apart.
-pub(crate) struct ReadRows {
-    pub names: Vec<String>,
-    pub rows: Vec<Vec<SqlValue>>,
-}
-
-pub(crate) fn read_rows(
-    connection: &Connection,
-    sql: &str,
-    params: &[&dyn rusqlite::ToSql],
-) -> rusqlite::Result<ReadRows> {
-    let mut statement = connection.prepare_cached(sql)?;
-    let names: Vec<String> = statement.column_names().into_iter().map(String::from).collect();
-    let width = names.len();
-    let mut rows = Vec::new();
-    let mut cursor = statement.query(params)?;
-    while let Some(row) = cursor.next()? {
-        rows.push((0..width).map(|i| row.get_ref(i).map(sqlite_value)).collect::<rusqlite::Result<Vec<_>>>()?);
-    }
-    Ok(ReadRows { names, rows })
-}
+mod values;
 
 /// A table being synced.
 struct SyncedTable {
@@ -250,12 +203,44 @@ impl SqliteSource {
             self.tables[index].synced = Some(keys.into_iter().collect());
         }
         let table = &self.tables[index];
-        let (mode, watermark) = (table.mode, table.watermark.clone());
-        let from = quote(&table.config.source_table);
-        let mut lower = match (&saved, mode) {
+        let mode = table.mode;
+        let lower = match (&saved, mode) {
             (Some(value), WatermarkMode::UpdatedAt) => Some(overlap_bound(value, table.config.overlap_secs)),
             (value, _) => value.clone(),
         };
+        let mut in_flight = InFlight::default();
+        let paged = self.publish_pages(index, connection, publisher, lower, &mut in_flight).await;
+        // What was handed to the bus is checkpointed once durable, even when a later page failed.
+        let settled = self.settle(index, &mut in_flight, 0).await;
+        let mut published = paged? + settled?;
+        if republish && !self.shutdown.is_stopping() {
+            let mark = republish_key(&self.tables[index].config.source_table);
+            self.checkpoints.save_progress(&name, &[(mark, None)], "", &[]).map_err(|e| self.checkpoint_error(e))?;
+            self.tables[index].republish = false;
+        }
+        if mode == WatermarkMode::UpdatedAt
+            && self.tables[index].config.detect_deletes
+            && self.tables[index].mapping.is_upsert()
+            && !self.shutdown.is_stopping()
+        {
+            published += self.publish_deletes(index, connection, publisher).await?;
+        }
+        Ok(published)
+    }
+
+    /// Reads the table page by page from `lower` and hands each page to the bus. Returns the events
+    /// of the pages checkpointed meanwhile.
+    async fn publish_pages(
+        &mut self,
+        index: usize,
+        connection: &Db,
+        publisher: &dyn Publisher,
+        mut lower: Option<SqlValue>,
+        in_flight: &mut InFlight<PageProgress>,
+    ) -> Result<u64, SourceError> {
+        let table = &self.tables[index];
+        let (mode, watermark) = (table.mode, table.watermark.clone());
+        let from = quote(&table.config.source_table);
         let mut last_rowid = i64::MIN;
         let batch = self.config.batch_rows as i64;
         let mut published = 0;
@@ -290,33 +275,23 @@ impl SqliteSource {
                 _ => i64::MIN,
             };
             let full_page = page.rows.len() as i64 == batch;
-            published += self.publish_page(index, &page, publisher).await?;
+            published += self.publish_page(index, &page, publisher, in_flight).await?;
             lower = Some(next_lower);
             if !full_page {
                 break;
             }
         }
-        if republish && !self.shutdown.is_stopping() {
-            let mark = republish_key(&self.tables[index].config.source_table);
-            self.checkpoints.save_progress(&name, &[(mark, None)], "", &[]).map_err(|e| self.checkpoint_error(e))?;
-            self.tables[index].republish = false;
-        }
-        if mode == WatermarkMode::UpdatedAt
-            && self.tables[index].config.detect_deletes
-            && self.tables[index].mapping.is_upsert()
-            && !self.shutdown.is_stopping()
-        {
-            published += self.publish_deletes(index, connection, publisher).await?;
-        }
         Ok(published)
     }
 
-    /// Publishes one page, then records its watermark and keys. Returns events published.
+    /// Hands one page to the bus; its watermark and keys are recorded once it is durable (see
+    /// [`Self::settle`]). Returns the events of the pages checkpointed meanwhile.
     async fn publish_page(
         &mut self,
         index: usize,
         page: &ReadRows,
         publisher: &dyn Publisher,
+        in_flight: &mut InFlight<PageProgress>,
     ) -> Result<u64, SourceError> {
         let produced_at = now_rfc3339();
         let table = &mut self.tables[index];
@@ -360,26 +335,42 @@ impl SqliteSource {
             }
         }
         let count = messages.len() as u64;
-        if count > 0 {
-            publisher
-                .publish(messages)
-                .await
-                .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
-        }
-        // Only now, with the page durable on the bus, may the watermark move past it.
-        let last = page.rows.last().expect("non-empty page");
-        let table = &mut self.tables[index];
-        let states = [(table.state_key(), Some(encode_watermark(&last[0])))];
-        self.checkpoints
-            .save_progress(&self.config.name, &states, &table.mapping.table, &keys)
-            .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })?;
-        if let Some(synced) = &mut table.synced {
-            for (key, version) in keys {
-                synced.insert(key, version.expect("set above"));
+        let ticket = publisher
+            .publish_pipelined(messages)
+            .await
+            .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+        let watermark = encode_watermark(&page.rows.last().expect("non-empty page")[0]);
+        in_flight.push(ticket, count, PageProgress { watermark, keys });
+        self.settle(index, in_flight, IN_FLIGHT_EVENTS).await
+    }
+
+    /// Records the watermark and keys of the handed-off pages that are durable, in order, waiting
+    /// for the oldest ones until at most `keep` events are left waiting. Returns their events.
+    async fn settle(
+        &mut self,
+        index: usize,
+        in_flight: &mut InFlight<PageProgress>,
+        keep: u64,
+    ) -> Result<u64, SourceError> {
+        let mut settled = 0;
+        while let Some(durable) = in_flight.next_durable(keep).await {
+            let (count, PageProgress { watermark, keys }) =
+                durable.map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+            // Only now, with the page durable on the bus, may the watermark move past it.
+            let table = &mut self.tables[index];
+            let states = [(table.state_key(), Some(watermark))];
+            self.checkpoints
+                .save_progress(&self.config.name, &states, &table.mapping.table, &keys)
+                .map_err(|error| SourceError::Checkpoint { source_name: self.config.name.clone(), error })?;
+            if let Some(synced) = &mut table.synced {
+                for (key, version) in keys {
+                    synced.insert(key, version.expect("set when pushed"));
+                }
             }
+            self.published += count;
+            settled += count;
         }
-        self.published += count;
-        Ok(count)
+        Ok(settled)
     }
 
     /// Tombstones for synced keys no longer in the source table.
@@ -437,57 +428,10 @@ impl SqliteSource {
     }
 }
 
-/// Watermarks are saved as JSON `[type, value]`.
-fn encode_watermark(value: &SqlValue) -> String {
-    match value {
-        SqlValue::Integer(i) => serde_json::json!(["i", i]),
-        SqlValue::Real(f) => serde_json::json!(["r", f]),
-        SqlValue::Text(s) => serde_json::json!(["t", s]),
-        SqlValue::Timestamp(t) => serde_json::json!(["ts", t]),
-        SqlValue::Null | SqlValue::Blob(_) => serde_json::json!(["null"]),
-    }
-    .to_string()
-}
-
-fn decode_watermark(text: &str) -> Option<SqlValue> {
-    let value: Value = serde_json::from_str(text).ok()?;
-    match (value.get(0)?.as_str()?, value.get(1)) {
-        ("i", Some(v)) => v.as_i64().map(SqlValue::Integer),
-        ("r", Some(v)) => v.as_f64().map(SqlValue::Real),
-        ("t", Some(v)) => v.as_str().map(|s| SqlValue::Text(s.to_string())),
-        ("ts", Some(v)) => v.as_i64().map(SqlValue::Timestamp),
-        _ => None,
-    }
-}
-
-/// The watermark minus the overlap, in the watermark's own representation (so the comparison in
-/// SQL stays a plain, indexable one).
-fn overlap_bound(watermark: &SqlValue, overlap_secs: u64) -> SqlValue {
-    let overlap = overlap_secs as i64;
-    match watermark {
-        SqlValue::Integer(i) => {
-            let unit = match i.unsigned_abs() {
-                n if n > 100_000_000_000_000 => 1_000_000, // microseconds
-                n if n > 100_000_000_000 => 1_000,         // milliseconds
-                _ => 1,
-            };
-            SqlValue::Integer(i.saturating_sub(overlap.saturating_mul(unit)))
-        }
-        SqlValue::Real(f) => SqlValue::Real(f - overlap as f64),
-        SqlValue::Timestamp(t) => SqlValue::Timestamp(t.saturating_sub(overlap.saturating_mul(1_000_000))),
-        SqlValue::Text(s) => {
-            let Some(micros) = crate::schema::parse_timestamp_micros(&Value::String(s.clone())) else {
-                return watermark.clone();
-            };
-            let separator = if s.as_bytes().get(10) == Some(&b' ') { ' ' } else { 'T' };
-            let bound = chrono::DateTime::from_timestamp_micros(micros - overlap * 1_000_000)
-                .expect("in range")
-                .format(&format!("%Y-%m-%d{separator}%H:%M:%S"))
-                .to_string();
-            SqlValue::Text(bound)
-        }
-        other => other.clone(),
-    }
+/// What a page allows once durable: its last watermark (encoded) and the keys it published.
+struct PageProgress {
+    watermark: String,
+    keys: Vec<(String, Option<i64>)>,
 }
 
 #[async_trait]
@@ -574,27 +518,5 @@ impl Source for SqliteSource {
 
     fn observable_state(&self) -> Value {
         serde_json::json!({ "source": self.config.name, "published": self.published, "schedule": self.clock.observable() })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn overlap_bounds_keep_the_watermark_format() {
-        assert_eq!(
-            overlap_bound(&SqlValue::Text("2024-01-01 10:00:00.5".into()), 60),
-            SqlValue::Text("2024-01-01 09:59:00".into())
-        );
-        assert_eq!(
-            overlap_bound(&SqlValue::Text("2024-01-01T10:00:00Z".into()), 60),
-            SqlValue::Text("2024-01-01T09:59:00".into())
-        );
-        assert_eq!(overlap_bound(&SqlValue::Integer(1_700_000_000), 60), SqlValue::Integer(1_699_999_940));
-        assert_eq!(overlap_bound(&SqlValue::Integer(1_700_000_000_000), 1), SqlValue::Integer(1_699_999_999_000));
-        for value in [SqlValue::Integer(-3), SqlValue::Text("x".into()), SqlValue::Real(1.5), SqlValue::Timestamp(9)] {
-            assert_eq!(decode_watermark(&encode_watermark(&value)), Some(value));
-        }
     }
 }
