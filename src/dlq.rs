@@ -421,7 +421,7 @@ fn rebuild_envelope(record: &DeadLetterRecord, edits: &Edits) -> Vec<u8> {
     let Ok(event) = crate::envelope::decode(&record.message_bytes) else {
         return record.message_bytes.clone();
     };
-    let mut payload = event.payload;
+    let mut payload = event.payload.to_map();
     edits.apply(&mut payload);
     let payload_text = serde_json::to_string(&payload).expect("a JSON object serializes");
     let rebuilt = crate::envelope::ChangeEvent {

@@ -217,8 +217,19 @@ pub fn coerce_row(
     payload: &serde_json::Map<String, Value>,
     tombstone: bool,
 ) -> Result<Vec<CellValue>, SchemaViolation> {
+    coerce_fields(table, payload.keys().map(String::as_str), |name| Ok(payload.get(name).cloned()), tombstone)
+}
+
+/// [`coerce_row`] over any payload: its field names, and each field's value on demand (owned, so a
+/// string moves into its cell instead of being copied), or why it has none.
+pub fn coerce_fields<'a>(
+    table: &TableSchema,
+    mut fields: impl Iterator<Item = &'a str>,
+    value_of: impl Fn(&str) -> Result<Option<Value>, String>,
+    tombstone: bool,
+) -> Result<Vec<CellValue>, SchemaViolation> {
     if table.unknown_fields == UnknownFields::Reject {
-        if let Some(unknown) = payload.keys().find(|k| table.column(k).is_none()) {
+        if let Some(unknown) = fields.find(|k| table.column(k).is_none()) {
             return Err(SchemaViolation(format!(
                 "field `{unknown}` is not a column of table `{}` (add it to schemas/{}.json, or set \"unknown_fields\": \"ignore\")",
                 table.table, table.table
@@ -228,7 +239,17 @@ pub fn coerce_row(
     let mut cells = Vec::with_capacity(table.columns.len());
     for column in &table.columns {
         let is_key = table.primary_key.contains(&column.name) || table.version_column.as_deref() == Some(&column.name);
-        cells.push(coerce_value(column, payload.get(&column.name), tombstone && !is_key)?);
+        let value = value_of(&column.name).map_err(SchemaViolation)?;
+        let cell = match value {
+            // A string for a STRING column is taken as it is: no copy.
+            Some(Value::String(text))
+                if column.column_type == ColumnType::String && column.mode != ColumnMode::Repeated =>
+            {
+                CellValue::String(text)
+            }
+            value => coerce_value(column, value.as_ref(), tombstone && !is_key)?,
+        };
+        cells.push(cell);
     }
     Ok(cells)
 }

@@ -15,7 +15,7 @@ mod coerce;
 pub mod infer;
 pub mod transform;
 
-pub use coerce::{coerce_row, coerce_value, parse_timestamp_micros, CellValue, SchemaViolation};
+pub use coerce::{coerce_fields, coerce_row, coerce_value, parse_timestamp_micros, CellValue, SchemaViolation};
 pub(crate) use coerce::{decode_base64, encode_base64};
 
 /// BigQuery column types that bqsync understands, in any case. BigQuery's legacy names (`INTEGER`,

@@ -5,7 +5,7 @@ use crate::batch::StagedRow;
 use crate::dead_letter::{salvage_identity, DeadLetter, DeadLetterReason};
 use crate::envelope::{decode, Op};
 use crate::message::{attr, Message};
-use crate::schema::{coerce_row, Catalog, CellValue, WriteMode};
+use crate::schema::{coerce_fields, Catalog, CellValue, WriteMode};
 
 /// What a delivery becomes.
 #[derive(Debug)]
@@ -83,15 +83,18 @@ impl Classifier<'_> {
                 ))
             }
         }
-        let mut cells = coerce_row(schema, &event.payload, event.op == Op::Delete)
+        let payload = &event.payload;
+        let mut cells = coerce_fields(schema, payload.fields(), |name| payload.value(name), event.op == Op::Delete)
             .map_err(|e| fail(DeadLetterReason::Schema, e.0))?;
         if let Some(key) = &event.key {
             for (column, value) in key {
-                let payload_value = event.payload.get(column);
-                if schema.primary_key.contains(column) && payload_value.is_some_and(|p| p != value) {
+                if !schema.primary_key.contains(column) {
+                    continue;
+                }
+                if let Some(said) = payload.get(column).filter(|p| p != value) {
                     return Err(fail(
                         DeadLetterReason::Schema,
-                        format!("key `{column}` is {value} but the payload says {}", payload_value.expect("checked")),
+                        format!("key `{column}` is {value} but the payload says {said}"),
                     ));
                 }
             }
@@ -115,11 +118,59 @@ impl Classifier<'_> {
         }
         // A patch carries only some columns; a tombstone clears them all, so it carries every one.
         let absent = if schema.patches() && event.op == Op::Upsert {
-            (0..schema.columns.len()).filter(|&i| !event.payload.contains_key(&schema.columns[i].name)).collect()
+            (0..schema.columns.len()).filter(|&i| !event.payload.contains(&schema.columns[i].name)).collect()
         } else {
             Vec::new()
         };
         let row = StagedRow { event_id: event.event_id, op: event.op, version: event.version, cells, absent };
         Ok((table_name, row, event.produced_micros))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::ChangeEvent;
+    use crate::message::Attributes;
+
+    fn classify(payload: &str) -> Classified {
+        let catalog = Catalog::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
+        let event = ChangeEvent {
+            event_id: "e1".into(),
+            table: "atoms",
+            op: Op::Insert,
+            key: None,
+            version: None,
+            payload,
+            source: "test",
+            produced_at: "2024-01-01T00:00:00Z",
+        };
+        let data = event.to_bytes();
+        let attributes = Attributes::new();
+        let message = Message { data: &data, attributes: &attributes, delivery_attempt: 1, first_attempt_micros: 0 };
+        Classifier { catalog: &catalog, max_event_bytes: 1 << 20 }.classify(message)
+    }
+
+    #[test]
+    fn payload_fields_are_read_from_the_raw_message() {
+        let payload = r#"{"event_id":"e1","kind":"a\"b","text":null,"score":"2.5","tags":["x"],"created_at":"1970-01-01T00:00:01Z"}"#;
+        let row = match classify(payload) {
+            Classified::Row { row, .. } => row,
+            Classified::DeadLetter(dead) => panic!("a valid row: {dead:?}"),
+        };
+        assert_eq!(row.cells[0], CellValue::String("e1".into()));
+        assert_eq!(row.cells[2], CellValue::String("a\"b".into()), "escapes decoded");
+        assert_eq!(row.cells[3], CellValue::Null);
+        assert_eq!(row.cells[4], CellValue::Float64(2.5));
+        assert_eq!(row.cells[5], CellValue::JsonText("[\"x\"]".into()));
+        assert_eq!(row.cells[6], CellValue::Timestamp(1_000_000));
+    }
+
+    #[test]
+    fn a_number_beyond_f64_in_a_column_is_a_schema_dead_letter_not_a_panic() {
+        let payload = r#"{"event_id":"e1","score":1e400,"created_at":"1970-01-01T00:00:01Z"}"#;
+        let Classified::DeadLetter(dead) = classify(payload) else { panic!("dead-lettered") };
+        assert_eq!(dead.reason, DeadLetterReason::Schema);
+        assert!(dead.detail.contains("`score`"), "{}", dead.detail);
     }
 }
