@@ -159,7 +159,7 @@ fn record_batch(table: &TableSchema, rows: &[StagedRow], landed_at: i64) -> Reco
         let cells = rows.iter().map(|row| row.cells.get(index).unwrap_or(&CellValue::Null));
         let (data_type, array) = match column.mode {
             ColumnMode::Repeated => list_array(column, cells, n),
-            _ => super::duckdb::column_array(sql::staging_type(column), cells, n),
+            _ => super::duckdb_arrow::column_array(sql::staging_type(column), cells, n),
         };
         fields.push(Field::new(&column.name, data_type, true));
         arrays.push(array);

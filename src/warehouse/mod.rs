@@ -15,6 +15,7 @@ pub mod bigquery;
 pub mod cost_guard;
 pub mod duckdb;
 mod duckdb_append;
+mod duckdb_arrow;
 pub mod duckdb_query;
 pub mod remote;
 pub mod sql;
