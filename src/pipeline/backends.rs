@@ -78,8 +78,10 @@ pub(super) async fn open_bus(config: &Config, role: Role) -> anyhow::Result<BusE
 }
 
 /// Whether `run` hands events from sources to worker in memory: on, with the DuckDB warehouse. With
-/// BigQuery a landing can be refused for minutes (quotas, outages), and the durable queue file then
-/// holds what the sources read meanwhile instead of the sources waiting.
+/// BigQuery a landing can be refused for minutes: the Storage Write API's throughput and concurrent
+/// connections are quotas per project and region, shared by every writer ("Quotas and limits",
+/// cloud.google.com/bigquery/quotas, "Storage Write API"), besides outages. The durable queue file
+/// then holds what the sources read meanwhile, instead of the sources waiting with it in memory.
 fn in_process(config: &Config) -> bool {
     config.bus.embedded.in_process && config.warehouse.kind == crate::config::warehouse::WarehouseKind::Duckdb
 }
