@@ -8,6 +8,17 @@ use std::time::Duration;
 
 use common::{atom_line, signal, wait_exit, wait_until, Project};
 
+/// Holds the state file's write lock, so checkpoints stop where they are while landings go on (up to
+/// the events a source may have in flight), then SIGKILLs the process in that state.
+fn kill_while_checkpoints_are_held(project: &Project, child: &mut std::process::Child) {
+    let state = rusqlite::Connection::open(project.path(".bqsync/state.db")).unwrap();
+    state.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(child, "KILL");
+    let _ = wait_exit(child, Duration::from_secs(10));
+    state.execute_batch("ROLLBACK").unwrap();
+}
+
 fn lines_before(bytes: &[u8], offset: u64) -> i64 {
     bytes[..offset as usize].iter().filter(|&&b| b == b'\n').count() as i64
 }
@@ -27,15 +38,7 @@ fn a_kill_between_commit_and_checkpoint_lands_each_event_once() {
     let file = "inbox/atoms/a.jsonl";
     let size = text.len() as u64;
     wait_until(Duration::from_secs(60), "a first checkpoint", || project.file_lag(file).is_some_and(|lag| lag < size));
-    // Hold the state file's write lock: checkpoints stop where they are, landings go on (up to the
-    // events a source may have in flight). Then kill the process in that state.
-    let state = rusqlite::Connection::open(project.path(".bqsync/state.db")).unwrap();
-    state.execute_batch("BEGIN IMMEDIATE").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    signal(&child, "KILL");
-    let _ = wait_exit(&mut child, Duration::from_secs(10));
-    state.execute_batch("ROLLBACK").unwrap();
-    drop(state);
+    kill_while_checkpoints_are_held(&project, &mut child);
     let offset = size - project.file_lag(file).expect("checkpoint");
     let checkpointed = lines_before(text.as_bytes(), offset);
     let landed = project.query_i64("SELECT count(*) FROM atoms");
@@ -105,13 +108,7 @@ fn a_kill_after_pages_landed_past_the_watermark_lands_each_row_once() {
     };
     let mut child = project.spawn_run(&["--until-drained"], &env);
     wait_until(Duration::from_secs(60), "a first watermark", || watermark().is_some());
-    let state = rusqlite::Connection::open(project.path(".bqsync/state.db")).unwrap();
-    state.execute_batch("BEGIN IMMEDIATE").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    signal(&child, "KILL");
-    let _ = wait_exit(&mut child, Duration::from_secs(10));
-    state.execute_batch("ROLLBACK").unwrap();
-    drop(state);
+    kill_while_checkpoints_are_held(&project, &mut child);
     let saved = watermark().expect("watermark");
     let landed = project.query_i64("SELECT count(*) FROM atoms");
     assert!(
