@@ -421,7 +421,9 @@ fn rebuild_envelope(record: &DeadLetterRecord, edits: &Edits) -> Vec<u8> {
     let Ok(event) = crate::envelope::decode(&record.message_bytes) else {
         return record.message_bytes.clone();
     };
-    let mut payload = event.payload.to_map();
+    let Some(mut payload) = event.payload.to_map() else {
+        return record.message_bytes.clone();
+    };
     edits.apply(&mut payload);
     let payload_text = serde_json::to_string(&payload).expect("a JSON object serializes");
     let rebuilt = crate::envelope::ChangeEvent {

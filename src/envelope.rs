@@ -155,9 +155,10 @@ impl<'a> RawPayload<'a> {
         self.0.keys().map(|k| k.0.as_ref())
     }
 
-    /// The whole payload as a JSON object (for edits and display); an unreadable value is null.
-    pub fn to_map(&self) -> Map<String, Value> {
-        self.fields().map(|f| (f.to_string(), self.get(f).unwrap_or(Value::Null))).collect()
+    /// The whole payload as a JSON object (for edits and display); `None` when a value has no
+    /// `Value` (a number beyond f64's range), rather than a payload with that value changed.
+    pub fn to_map(&self) -> Option<Map<String, Value>> {
+        self.fields().map(|f| Some((f.to_string(), self.value(f).ok()??))).collect()
     }
 }
 
@@ -313,8 +314,17 @@ mod tests {
         assert_eq!((decoded.op, decoded.version, decoded.key), (Op::Delete, Some(-3), Some(key)));
         assert_eq!(decoded.payload.get("n"), Some(Value::from(1)));
         assert_eq!(decoded.payload.get("id"), Some(Value::from("a\"b")));
-        assert_eq!(decoded.payload.to_map(), serde_json::from_str::<Map<String, Value>>(event.payload).unwrap());
+        assert_eq!(decoded.payload.to_map(), serde_json::from_str::<Map<String, Value>>(event.payload).ok());
         assert_eq!(decoded.source, "jsonl:x");
+    }
+
+    #[test]
+    fn a_payload_value_beyond_f64_is_an_error_never_a_changed_value() {
+        let bytes = br#"{"event_id":"e","table":"t","op":"insert","payload":{"n":1e400,"s":"x"},"source":"s","produced_at":"2024-01-01T00:00:00Z"}"#;
+        let decoded = decode(bytes).unwrap();
+        assert!(decoded.payload.value("n").unwrap_err().contains("`n`"));
+        assert_eq!(decoded.payload.value("s"), Ok(Some(Value::from("x"))));
+        assert_eq!(decoded.payload.to_map(), None);
     }
 
     #[test]
