@@ -17,11 +17,14 @@ pub struct AckHandle {
 #[derive(Debug)]
 pub(crate) enum AckInner {
     /// Embedded queue: the message's sequence number and the lease it was delivered under.
+    #[cfg(feature = "embedded")]
     Embedded { seq: i64, lease_token: i64 },
     /// Pub/Sub: the client's handler (it keeps extending the lease until acked or nacked; dropping it
     /// nacks).
+    #[cfg(feature = "gcp")]
     PubSub { handler: google_cloud_pubsub::subscriber::handler::Handler, message_id: String },
     /// A message of the in-process bus: the publish it belongs to.
+    #[cfg(feature = "embedded")]
     Direct { publish: u64 },
 }
 

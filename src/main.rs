@@ -13,13 +13,14 @@ use clap::{Args, Parser, Subcommand};
 use bqsync::config::{BusKind, Config};
 use bqsync::pipeline::{self, Role, RunMode};
 
+#[cfg(feature = "gcp")]
 mod bigquery_commands;
 mod schema_commands;
 mod warehouse_commands;
 
 /// Syncs local and operational data into a warehouse, exactly once in effect.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (features: ", env!("BQSYNC_FEATURES"), ")"), about)]
 struct Cli {
     /// Config file (TOML). Default: ./bqsync.toml if present, else built-in defaults.
     #[arg(long, global = true, env = "BQSYNC_CONFIG")]
@@ -386,12 +387,20 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 println!("{done}");
             }
         }
+        #[cfg(feature = "gcp")]
         Command::Apply { json } => bigquery_commands::apply(config, json).await?,
+        #[cfg(feature = "gcp")]
         Command::Cost { json } => bigquery_commands::cost(config, json).await?,
+        #[cfg(feature = "gcp")]
         Command::Backfill { paths, table, no_apply, json } => {
             bigquery_commands::backfill(config, paths, table, !no_apply, json).await?
         }
+        #[cfg(feature = "gcp")]
         Command::Load { once, json } => bigquery_commands::load(config, once, json).await?,
+        #[cfg(not(feature = "gcp"))]
+        Command::Apply { .. } | Command::Cost { .. } | Command::Backfill { .. } | Command::Load { .. } => {
+            anyhow::bail!(bqsync::features::missing("this BigQuery command", "gcp"))
+        }
         Command::Status { json } => {
             let catalog = pipeline::load_catalog(&config)?;
             let inputs = bqsync::status::StatusInputs {
@@ -410,9 +419,12 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config { json: true } => println!("{}", serde_json::to_string_pretty(&config)?),
         Command::Config { json: false } => print!("{}", toml::to_string_pretty(&config)?),
+        #[cfg(feature = "gcp")]
         Command::Infra { command: InfraCommand::TerraformTables } => {
             print!("{}", bqsync::infra::terraform_tables_text(pipeline::load_catalog(&config)?.as_ref()));
         }
+        #[cfg(not(feature = "gcp"))]
+        Command::Infra { .. } => anyhow::bail!(bqsync::features::missing("`bqsync infra`", "gcp")),
         Command::Dlq { command } => warehouse_commands::dlq(config, command).await?,
         Command::Sql { query, json } => warehouse_commands::sql(config, &query, json).await?,
         Command::Replay { filter, dry_run, set, drop, rename, json } => {
@@ -481,24 +493,42 @@ async fn run_sources(
     Ok(())
 }
 
+#[cfg(feature = "gcp")]
+async fn setup_pubsub(config: &Config) -> anyhow::Result<()> {
+    let lines = bqsync::bus::pubsub::setup(&config.bus.pubsub).await.context("setting up Pub/Sub")?;
+    for line in lines {
+        println!("{:<13} {:<8} {}", line.kind, line.outcome, line.name);
+        for difference in &line.differences {
+            println!("              differs: {difference} (not changed; update it or the config)");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "gcp"))]
+async fn setup_pubsub(_: &Config) -> anyhow::Result<()> {
+    anyhow::bail!(bqsync::features::missing("the Pub/Sub bus (`[bus] kind = \"pubsub\"`)", "gcp"))
+}
+
+#[cfg(feature = "embedded")]
+fn setup_embedded_bus(config: &Config) -> anyhow::Result<()> {
+    let path = &config.bus.embedded.path;
+    let existed = path.exists();
+    bqsync::bus::embedded::EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
+    println!("{:<13} {:<8} {}", "embedded bus", if existed { "exists" } else { "created" }, path.display());
+    Ok(())
+}
+
+#[cfg(not(feature = "embedded"))]
+fn setup_embedded_bus(_: &Config) -> anyhow::Result<()> {
+    anyhow::bail!(bqsync::features::missing("the embedded bus (`[bus] kind = \"embedded\"`)", "embedded"))
+}
+
 /// `bqsync setup`: prints one line per resource, created or already there.
 async fn setup(config: Config) -> anyhow::Result<()> {
     match config.bus.kind {
-        BusKind::Pubsub => {
-            let lines = bqsync::bus::pubsub::setup(&config.bus.pubsub).await.context("setting up Pub/Sub")?;
-            for line in lines {
-                println!("{:<13} {:<8} {}", line.kind, line.outcome, line.name);
-                for difference in &line.differences {
-                    println!("              differs: {difference} (not changed; update it or the config)");
-                }
-            }
-        }
-        BusKind::Embedded => {
-            let path = &config.bus.embedded.path;
-            let existed = path.exists();
-            bqsync::bus::embedded::EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
-            println!("{:<13} {:<8} {}", "embedded bus", if existed { "exists" } else { "created" }, path.display());
-        }
+        BusKind::Pubsub => setup_pubsub(&config).await?,
+        BusKind::Embedded => setup_embedded_bus(&config)?,
     }
     let catalog = pipeline::load_catalog(&config)?;
     let name = bqsync::warehouse::describe(&config.warehouse);

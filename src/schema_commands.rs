@@ -99,6 +99,12 @@ fn sqlite_columns(path: &Path, table: &str) -> anyhow::Result<Vec<DbColumn>> {
     Ok(columns)
 }
 
+#[cfg(not(feature = "embedded"))]
+fn duckdb_columns(_: &Path, _: &str) -> anyhow::Result<Vec<DbColumn>> {
+    anyhow::bail!(bqsync::features::missing("`schema infer --duckdb`", "embedded"))
+}
+
+#[cfg(feature = "embedded")]
 fn duckdb_columns(path: &Path, table: &str) -> anyhow::Result<Vec<DbColumn>> {
     let config = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?;
     let db =

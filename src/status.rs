@@ -11,14 +11,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::bus::{embedded, QueueStats, Subscription};
+use crate::bus::QueueStats;
 use crate::config::bus::EmbeddedBusConfig;
 use crate::config::warehouse::{WarehouseConfig, WarehouseKind};
 use crate::config::GcsConfig;
 use crate::schema::Catalog;
 use crate::sources::checkpoint::CheckpointStore;
-use crate::warehouse::duckdb::DuckDbWarehouse;
-use crate::warehouse::Warehouse;
 
 /// Everything `bqsync status` shows.
 #[derive(Debug, Default, Serialize)]
@@ -56,10 +54,7 @@ pub struct StatusInputs<'a> {
 }
 
 pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow::Result<Status> {
-    let mut status = Status::default();
-    if let Some(bus) = embedded::open_existing(&inputs.bus.path)? {
-        status.queue = Some(bus.subscription().stats().await?);
-    }
+    let mut status = Status { queue: embedded_queue(inputs.bus).await?, ..Status::default() };
     let path = &inputs.warehouse.duckdb.path;
     if inputs.warehouse.kind == WarehouseKind::Bigquery {
         let warehouse = crate::warehouse::open(inputs.warehouse, inputs.gcs, catalog).await?;
@@ -73,14 +68,9 @@ pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow:
             (Err(e), _) | (_, Err(e)) => status.warehouse_note = Some(format!("warehouse not readable now: {e}")),
         }
     } else if path.exists() {
-        match DuckDbWarehouse::open_read_only(path, catalog) {
-            Ok(warehouse) => {
-                status.rows_per_table = warehouse.row_counts().await?;
-                status.dead_letters = warehouse.dead_letter_counts().await?;
-            }
-            Err(e) => {
-                status.warehouse_note = Some(format!("warehouse not readable now (a running bqsync holds it?): {e}"))
-            }
+        match read_duckdb_counts(path, catalog).await? {
+            Ok((rows, dead_letters)) => (status.rows_per_table, status.dead_letters) = (rows, dead_letters),
+            Err(note) => status.warehouse_note = Some(note),
         }
     } else {
         status.warehouse_note = Some(format!("no warehouse file yet at {}", path.display()));
@@ -89,6 +79,42 @@ pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow:
     status.sources = sync_states(inputs.state_path)?;
     Ok(status)
 }
+
+/// The embedded bus file's depth, when there is one.
+#[cfg(feature = "embedded")]
+async fn embedded_queue(bus: &EmbeddedBusConfig) -> anyhow::Result<Option<QueueStats>> {
+    use crate::bus::Subscription;
+    match crate::bus::embedded::open_existing(&bus.path)? {
+        Some(bus) => Ok(Some(bus.subscription().stats().await?)),
+        None => Ok(None),
+    }
+}
+
+/// Without the `embedded` feature there is no bus file to read.
+#[cfg(not(feature = "embedded"))]
+async fn embedded_queue(_: &EmbeddedBusConfig) -> anyhow::Result<Option<QueueStats>> {
+    Ok(None)
+}
+
+/// Rows per table and dead letters of the DuckDB file, opened read-only; `Err(note)` when it cannot
+/// be opened now.
+#[cfg(feature = "embedded")]
+async fn read_duckdb_counts(path: &Path, catalog: Arc<Catalog>) -> anyhow::Result<Result<DuckDbCounts, String>> {
+    use crate::warehouse::duckdb::DuckDbWarehouse;
+    use crate::warehouse::Warehouse;
+    match DuckDbWarehouse::open_read_only(path, catalog) {
+        Ok(warehouse) => Ok(Ok((warehouse.row_counts().await?, warehouse.dead_letter_counts().await?))),
+        Err(e) => Ok(Err(format!("warehouse not readable now (a running bqsync holds it?): {e}"))),
+    }
+}
+
+#[cfg(not(feature = "embedded"))]
+async fn read_duckdb_counts(_: &Path, _: Arc<Catalog>) -> anyhow::Result<Result<DuckDbCounts, String>> {
+    Ok(Err(crate::features::missing("reading the DuckDB warehouse", "embedded")))
+}
+
+/// Rows per table, and dead letters by (table, reason).
+type DuckDbCounts = (Vec<(String, u64)>, Vec<(String, String, u64)>);
 
 /// Renders a query's answer as a plain-text table (`bqsync sql`): a header, then one line a row,
 /// columns padded to their widest value (cut at 60 characters).

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use bqsync::config::Config;
 use bqsync::pipeline;
-use bqsync::warehouse::duckdb::DuckDbWarehouse;
 use bqsync::warehouse::Warehouse;
 
 use crate::{DlqCommand, FilterArgs};
@@ -78,14 +77,19 @@ pub async fn read_only_warehouse(
         return Ok(running);
     }
     if config.warehouse.kind == bqsync::config::WarehouseKind::Bigquery {
-        let warehouse = bqsync::warehouse::bigquery::BigQueryWarehouse::connect(&config.warehouse.bigquery, catalog)
-            .await
-            .context("connecting to BigQuery")?;
-        return Ok(Arc::new(warehouse));
+        // BigQuery takes any number of readers; reading needs no archive (no `[gcs]`).
+        let no_archive = bqsync::config::GcsConfig::default();
+        return Ok(bqsync::warehouse::open(&config.warehouse, &no_archive, catalog).await?);
     }
+    open_duckdb_read_only(config, catalog)
+}
+
+/// The DuckDB file, opened read-only.
+#[cfg(feature = "embedded")]
+fn open_duckdb_read_only(config: &Config, catalog: Arc<bqsync::schema::Catalog>) -> anyhow::Result<Arc<dyn Warehouse>> {
     let path = &config.warehouse.duckdb.path;
     anyhow::ensure!(path.exists(), "no warehouse at {} yet", path.display());
-    let warehouse = DuckDbWarehouse::open_read_only(path, catalog).with_context(|| {
+    let warehouse = bqsync::warehouse::duckdb::DuckDbWarehouse::open_read_only(path, catalog).with_context(|| {
         format!(
             "reading {} (DuckDB allows one process at a time; a bqsync holding it is reached through its admin API, \
              which needs `admin.listen` on and the admin token set for both)",
@@ -93,6 +97,11 @@ pub async fn read_only_warehouse(
         )
     })?;
     Ok(Arc::new(warehouse))
+}
+
+#[cfg(not(feature = "embedded"))]
+fn open_duckdb_read_only(_: &Config, _: Arc<bqsync::schema::Catalog>) -> anyhow::Result<Arc<dyn Warehouse>> {
+    anyhow::bail!(bqsync::features::missing("reading the DuckDB warehouse", "embedded"))
 }
 
 /// `bqsync sql QUERY`.

@@ -1,6 +1,9 @@
 //! The admin API of a running `bqsync run`: its metrics agree with the warehouse, its mutating
 //! endpoints need the token, and SIGTERM under load drains without loss or duplicates.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use std::time::Duration;

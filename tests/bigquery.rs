@@ -3,6 +3,9 @@
 //! (gRPC on the REST port + 10), applies as multi-statement transactions. Each test uses a dataset
 //! of its own. Without an emulator these tests fail; they never skip.
 
+// The embedded default beside the Google backends: built with both features (the default).
+#![cfg(all(feature = "embedded", feature = "gcp"))]
+
 mod common;
 
 use std::sync::Arc;

@@ -2,6 +2,9 @@
 //! path's rows without their pseudo-columns (the emulator has no CDC), and a daily byte budget that
 //! stretches the apply interval while ingestion goes on. Without an emulator these tests fail.
 
+// The embedded default beside the Google backends: built with both features (the default).
+#![cfg(all(feature = "embedded", feature = "gcp"))]
+
 mod common;
 
 use std::sync::Arc;

@@ -3,6 +3,9 @@
 //! reports them valid and changes nothing, a replay lands them once, a second replay lands nothing
 //! new, `--set` fixes a bad field, and a replay killed midway is resumed without duplicates.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use std::time::Duration;

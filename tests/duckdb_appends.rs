@@ -2,6 +2,9 @@
 //! in-memory index of event-id hashes); any batch that may hold a stored event takes the exact SQL
 //! path. Either way each event id is stored once, and both paths store the same values.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -1,6 +1,9 @@
 //! End-to-end tests on the embedded default: the real binary, a real SQLite bus and a real DuckDB file.
 //! Each test counts rows afterwards: nothing lost, nothing duplicated.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use std::collections::HashMap;

@@ -1,6 +1,9 @@
 //! Every folder under `examples/` runs as its README says, on the embedded default, and lands what
 //! its sample input holds.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use std::path::Path;

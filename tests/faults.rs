@@ -22,6 +22,9 @@
 //!   last byte for a while under load, then freed.
 //! - `config-change`: stopped (SIGTERM) mid-stream and restarted with other batch sizes.
 
+// The embedded default beside the Google backends: built with both features (the default).
+#![cfg(all(feature = "embedded", feature = "gcp"))]
+
 mod common;
 
 use std::collections::HashSet;

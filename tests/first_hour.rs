@@ -2,6 +2,9 @@
 //! silently now fail loudly or are reported, settings that mean nothing are refused, logs redirected
 //! to a file are plain text, and the counters say what happened.
 
+// The embedded default beside the Google backends: built with both features (the default).
+#![cfg(all(feature = "embedded", feature = "gcp"))]
+
 mod common;
 
 use std::process::{Command, Output, Stdio};

@@ -2,6 +2,9 @@
 //! `scripts/test.sh`, which exports STORAGE_EMULATOR_HOST), with the real binary and the embedded
 //! default otherwise. Each test uses a bucket of its own. Without an emulator these tests fail.
 
+// The embedded default beside the Google backends: built with both features (the default).
+#![cfg(all(feature = "embedded", feature = "gcp"))]
+
 mod common;
 
 use std::collections::BTreeSet;

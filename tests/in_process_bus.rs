@@ -2,6 +2,9 @@
 //! (`src/bus/direct.rs`). Its new crash point: the warehouse committed events whose source
 //! checkpoint is not written yet. A restart reads them again, and the warehouse must recognise them.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use std::time::Duration;

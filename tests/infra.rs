@@ -3,6 +3,9 @@
 //! machine image; without them these tests fail (providers cannot be downloaded here, so `terraform
 //! validate` is not run).
 
+// Google backends only: built with the `gcp` feature (the default, and the worker image).
+#![cfg(feature = "gcp")]
+
 mod common;
 
 use std::process::Command;

@@ -3,6 +3,9 @@
 //! files (GCS_LOCAL_ROOT). Each test uses a dataset and a bucket of its own. Without the emulators
 //! these tests fail; they never skip.
 
+// The embedded default beside the Google backends: built with both features (the default).
+#![cfg(all(feature = "embedded", feature = "gcp"))]
+
 mod common;
 
 use std::time::Duration;

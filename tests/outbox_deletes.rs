@@ -2,6 +2,9 @@
 //! each pass publishes tombstones and empties it; a DuckDB application (DuckDB has no triggers) writes
 //! the log itself. Deleted rows end as tombstones, the others stay, and the log is cleared.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use common::Project;

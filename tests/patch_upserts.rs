@@ -9,6 +9,9 @@
 //! `scripts/test.sh`, which exports BIGQUERY_EMULATOR_HOST). A last test runs JSONL patches through
 //! the real binary, so the classifier's "which columns did the record carry" is covered too.
 
+// The embedded default beside the Google backends: built with both features (the default).
+#![cfg(all(feature = "embedded", feature = "gcp"))]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,9 @@
 //! test. `scripts/test.sh` starts the emulator and sets `PUBSUB_EMULATOR_HOST`; without it these tests
 //! fail (they never skip). Each test counts rows afterwards: nothing lost, nothing duplicated.
 
+// The embedded default beside the Google backends: built with both features (the default).
+#![cfg(all(feature = "embedded", feature = "gcp"))]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};

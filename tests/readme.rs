@@ -2,6 +2,9 @@
 //! folder (with the repository's `schemas/`, and the built `bqsync` on PATH as step 1 puts it), and
 //! its `duckdb` query then reads what they landed.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 use std::path::Path;
 use std::process::Command;
 

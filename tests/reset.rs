@@ -2,6 +2,9 @@
 //! others nothing; keys deleted before the reset still get their tombstones; what cannot be reset says
 //! why; and a failing table does not stop the other tables of its source.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use common::Project;

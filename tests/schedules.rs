@@ -2,6 +2,9 @@
 //! `full_schedule` re-publishes everything on its own cron (landing once), and `POST /sync?full=true`
 //! asks for one now.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use std::time::Duration;

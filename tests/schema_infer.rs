@@ -2,6 +2,9 @@
 //! from them and written, and a replay lands every row once; drafts from SQLite and DuckDB tables
 //! follow the seed rules; nothing is written without `--write`.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use common::Project;

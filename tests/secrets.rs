@@ -2,6 +2,9 @@
 //! `auth_secret`), a credential's value appears in no log line, no `bqsync config` output and no dead
 //! letter; a Secret Manager secret that cannot be read is named, never shown.
 
+// The embedded default beside the Google backends: built with both features (the default).
+#![cfg(all(feature = "embedded", feature = "gcp"))]
+
 mod common;
 
 use common::Project;

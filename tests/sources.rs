@@ -2,6 +2,9 @@
 //! sync, the dirty-row outbox (SQLite and DuckDB) under concurrent writers, meeting sessions written
 //! in parts, and the incremental HTTP API source.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,9 @@
 //! Column transforms on the real binary: a hashed or redacted value never reaches the bus, a dead
 //! letter, a log line or the warehouse, whichever way its line fails or lands.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use common::{atom_line, Project};

@@ -1,6 +1,9 @@
 //! The embedded warehouse stays usable while bqsync holds it: `status`, `dlq`, `replay` and `sql`
 //! go through the running process's admin API; and bqsync waits for a file another process holds.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use std::process::Output;

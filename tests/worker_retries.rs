@@ -2,6 +2,9 @@
 //! refuses the first landings. Nothing may be acked while landing fails, and once it works again every
 //! event lands exactly once — whether the batch was retried in place or released for redelivery.
 
+// The embedded bus and DuckDB: built with the `embedded` feature (the default).
+#![cfg(feature = "embedded")]
+
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};

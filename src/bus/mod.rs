@@ -10,8 +10,11 @@
 //!   the invariant in [`crate::worker`]).
 
 pub mod claim_check;
+#[cfg(feature = "embedded")]
 pub mod direct;
+#[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "gcp")]
 pub mod pubsub;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

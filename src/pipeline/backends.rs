@@ -7,10 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{Role, RunMode};
-use crate::bus::claim_check::ClaimCheckPublisher;
-use crate::bus::direct::DirectBus;
-use crate::bus::embedded::EmbeddedBus;
-use crate::bus::pubsub::{PubSubPublisher, PubSubSubscription};
+use crate::bus::claim_check::ClaimStore;
 use crate::bus::{Publisher, Subscription};
 use crate::config::{BusKind, Config};
 use crate::schema::Catalog;
@@ -29,54 +26,73 @@ pub(super) struct BusEnds {
     pub(super) publisher: Option<Arc<dyn Publisher>>,
     pub(super) subscription: Option<Arc<dyn Subscription>>,
     pub(super) dead_letters: Option<Arc<dyn Subscription>>,
-    /// Held while this process consumes the embedded bus (one consumer per bus file).
-    pub(super) _consumer_lock: Option<crate::bus::embedded::ConsumerLock>,
+    /// Held while this process consumes the embedded bus (its consumer lock: one consumer per file).
+    pub(super) _consumer_lock: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 pub(super) async fn open_bus(config: &Config, role: Role) -> anyhow::Result<BusEnds> {
     match config.bus.kind {
-        BusKind::Embedded => {
-            let bus = EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
-            let mut ends = BusEnds::default();
-            if role.works() {
-                ends._consumer_lock = Some(bus.claim_consumer().context("claiming the embedded bus")?);
-                ends.subscription = Some(Arc::new(bus.subscription()));
-                ends.dead_letters = Some(Arc::new(bus.dead_letter_subscription()));
-            }
-            if role == Role::All && in_process(config) {
-                // Sources and worker in one process: events go from one to the other in memory, and
-                // the queue file is still drained beside (see `crate::bus::direct`).
-                let direct = DirectBus::new(config.bus.embedded.in_process_capacity, bus.subscription());
-                ends.subscription = Some(Arc::new(direct.clone()));
-                ends.publisher = Some(Arc::new(direct));
-            } else if role.produces() {
-                ends.publisher = Some(Arc::new(bus));
-            }
-            Ok(ends)
-        }
-        BusKind::Pubsub => {
-            let pubsub = &config.bus.pubsub;
-            let mut ends = BusEnds::default();
-            if role.produces() {
-                let publisher = PubSubPublisher::connect(pubsub).await.context("connecting the Pub/Sub publisher")?;
-                ends.publisher = Some(Arc::new(publisher));
-            }
-            if role.works() {
-                let subscription =
-                    PubSubSubscription::open(pubsub).await.context("opening the Pub/Sub subscription")?;
-                ends.subscription = Some(Arc::new(subscription));
-                if pubsub.consume_dead_letters {
-                    let dead = PubSubSubscription::open_dead_letters(pubsub)
-                        .await
-                        .context("opening the Pub/Sub dead-letter subscription")?;
-                    ends.dead_letters = Some(Arc::new(dead));
-                }
-            }
-            Ok(ends)
-        }
+        BusKind::Embedded => open_embedded_bus(config, role),
+        BusKind::Pubsub => open_pubsub_bus(config, role).await,
     }
 }
 
+#[cfg(feature = "gcp")]
+async fn open_pubsub_bus(config: &Config, role: Role) -> anyhow::Result<BusEnds> {
+    use crate::bus::pubsub::{PubSubPublisher, PubSubSubscription};
+    let pubsub = &config.bus.pubsub;
+    let mut ends = BusEnds::default();
+    if role.produces() {
+        let publisher = PubSubPublisher::connect(pubsub).await.context("connecting the Pub/Sub publisher")?;
+        ends.publisher = Some(Arc::new(publisher));
+    }
+    if role.works() {
+        let subscription = PubSubSubscription::open(pubsub).await.context("opening the Pub/Sub subscription")?;
+        ends.subscription = Some(Arc::new(subscription));
+        if pubsub.consume_dead_letters {
+            let dead = PubSubSubscription::open_dead_letters(pubsub)
+                .await
+                .context("opening the Pub/Sub dead-letter subscription")?;
+            ends.dead_letters = Some(Arc::new(dead));
+        }
+    }
+    Ok(ends)
+}
+
+#[cfg(not(feature = "gcp"))]
+async fn open_pubsub_bus(_: &Config, _: Role) -> anyhow::Result<BusEnds> {
+    anyhow::bail!(crate::features::missing("the Pub/Sub bus (`[bus] kind = \"pubsub\"`)", "gcp"))
+}
+
+#[cfg(feature = "embedded")]
+fn open_embedded_bus(config: &Config, role: Role) -> anyhow::Result<BusEnds> {
+    use crate::bus::direct::DirectBus;
+    use crate::bus::embedded::EmbeddedBus;
+    let bus = EmbeddedBus::open(&config.bus.embedded).context("opening the embedded bus")?;
+    let mut ends = BusEnds::default();
+    if role.works() {
+        ends._consumer_lock = Some(Box::new(bus.claim_consumer().context("claiming the embedded bus")?));
+        ends.subscription = Some(Arc::new(bus.subscription()));
+        ends.dead_letters = Some(Arc::new(bus.dead_letter_subscription()));
+    }
+    if role == Role::All && in_process(config) {
+        // Sources and worker in one process: events go from one to the other in memory, and the
+        // queue file is still drained beside (see `crate::bus::direct`).
+        let direct = DirectBus::new(config.bus.embedded.in_process_capacity, bus.subscription());
+        ends.subscription = Some(Arc::new(direct.clone()));
+        ends.publisher = Some(Arc::new(direct));
+    } else if role.produces() {
+        ends.publisher = Some(Arc::new(bus));
+    }
+    Ok(ends)
+}
+
+#[cfg(not(feature = "embedded"))]
+fn open_embedded_bus(_: &Config, _: Role) -> anyhow::Result<BusEnds> {
+    anyhow::bail!(crate::features::missing("the embedded bus (`[bus] kind = \"embedded\"`)", "embedded"))
+}
+
+#[cfg(feature = "embedded")]
 /// Whether `run` hands events from sources to worker in memory: on, with the DuckDB warehouse. With
 /// BigQuery a landing can be refused for minutes: the Storage Write API's throughput and concurrent
 /// connections are quotas per project and region, shared by every writer ("Quotas and limits",
@@ -86,9 +102,32 @@ fn in_process(config: &Config) -> bool {
     config.bus.embedded.in_process && config.warehouse.kind == crate::config::warehouse::WarehouseKind::Duckdb
 }
 
+/// The `[gcs]` bucket, when one is configured.
+#[cfg(feature = "gcp")]
+pub(super) async fn connect_gcs(config: &Config) -> anyhow::Result<Option<ClaimStore>> {
+    crate::gcs::Gcs::connect(&config.gcs).await.context("connecting to GCS ([gcs])")
+}
+
+#[cfg(not(feature = "gcp"))]
+pub(super) async fn connect_gcs(config: &Config) -> anyhow::Result<Option<ClaimStore>> {
+    match &config.gcs.bucket {
+        Some(_) => anyhow::bail!(crate::features::missing("a `[gcs]` bucket", "gcp")),
+        None => Ok(None),
+    }
+}
+
 /// Wraps the publisher in the GCS claim check when `[gcs]` has a bucket and a threshold; returns
 /// whether claim checks are on (the sessions source then sends large captures through them).
-pub(super) fn with_claim_checks(bus: &mut BusEnds, config: &Config, gcs: Option<&crate::gcs::Gcs>) -> bool {
+#[cfg(not(feature = "gcp"))]
+pub(super) fn with_claim_checks(_: &mut BusEnds, _: &Config, gcs: Option<&ClaimStore>) -> bool {
+    gcs.is_some()
+}
+
+/// Wraps the publisher in the GCS claim check when `[gcs]` has a bucket and a threshold; returns
+/// whether claim checks are on (the sessions source then sends large captures through them).
+#[cfg(feature = "gcp")]
+pub(super) fn with_claim_checks(bus: &mut BusEnds, config: &Config, gcs: Option<&ClaimStore>) -> bool {
+    use crate::bus::claim_check::ClaimCheckPublisher;
     let (Some(gcs), true) = (gcs, config.gcs.claim_check_bytes > 0) else {
         return false;
     };

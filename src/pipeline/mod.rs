@@ -98,7 +98,7 @@ pub async fn run_with(config: Config, mode: RunMode, role: Role, only_sources: &
 pub struct Opened {
     catalog: Arc<Catalog>,
     bus: BusEnds,
-    gcs: Option<crate::gcs::Gcs>,
+    gcs: Option<crate::bus::claim_check::ClaimStore>,
     warehouse: Option<Arc<dyn Warehouse>>,
     sources: Vec<Box<dyn Source>>,
     /// The state file, where the sources' passes are recorded.
@@ -110,7 +110,7 @@ pub struct Opened {
 pub async fn open(config: &Config, mode: RunMode, role: Role, only_sources: &[String]) -> anyhow::Result<Opened> {
     let catalog = load_catalog(config)?;
     let mut bus = backends::open_bus(config, role).await?;
-    let gcs = crate::gcs::Gcs::connect(&config.gcs).await.context("connecting to GCS ([gcs])")?;
+    let gcs = backends::connect_gcs(config).await?;
     let claim_checks = backends::with_claim_checks(&mut bus, config, gcs.as_ref());
     let warehouse = match (&bus.subscription, role.works()) {
         (Some(_), true) => Some(backends::open_warehouse(config, &catalog).await?),
@@ -232,6 +232,30 @@ async fn finish(mut running: Running, shutdown: &Shutdown) -> anyhow::Result<Run
     Ok(RunReport { events_published, worker, unread })
 }
 
+/// Readiness of the Pub/Sub bus: its topic and subscription answer (the embedded bus is a local
+/// file: no probe).
+#[cfg(feature = "gcp")]
+fn bus_probe(config: &Config, role: Role) -> Option<(&'static str, crate::admin::Probe)> {
+    if config.bus.kind != crate::config::BusKind::Pubsub {
+        return None;
+    }
+    let pubsub = config.bus.pubsub.clone();
+    let worker = role.works();
+    Some((
+        "bus",
+        Box::new(move || {
+            let pubsub = pubsub.clone();
+            Box::pin(async move { crate::bus::pubsub::ping(&pubsub, worker).await })
+        }),
+    ))
+}
+
+/// Without the `gcp` feature the bus is the embedded one: no probe.
+#[cfg(not(feature = "gcp"))]
+fn bus_probe(_: &Config, _: Role) -> Option<(&'static str, crate::admin::Probe)> {
+    None
+}
+
 /// Starts the admin server with readiness probes for the bus and the warehouse this process uses.
 async fn start_admin(
     config: &Config,
@@ -241,17 +265,7 @@ async fn start_admin(
     triggers: crate::sources::Triggers,
 ) -> anyhow::Result<()> {
     let mut probes: Vec<(&'static str, crate::admin::Probe)> = Vec::new();
-    if config.bus.kind == crate::config::BusKind::Pubsub {
-        let pubsub = config.bus.pubsub.clone();
-        let worker = role.works();
-        probes.push((
-            "bus",
-            Box::new(move || {
-                let pubsub = pubsub.clone();
-                Box::pin(async move { crate::bus::pubsub::ping(&pubsub, worker).await })
-            }),
-        ));
-    }
+    probes.extend(bus_probe(config, role));
     if let Some(warehouse) = &warehouse {
         let warehouse = warehouse.clone();
         probes.push((

@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod reset;
 pub mod rows;
 pub mod schedule;
+#[cfg_attr(not(feature = "gcp"), path = "no_secret.rs")]
 pub mod secret;
 pub mod sessions;
 pub mod sqlite;

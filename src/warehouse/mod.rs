@@ -10,12 +10,19 @@
 //! - A landing takes the batch's [`Receipts`] and returns them inside the [`Committed`] proof once
 //!   its transaction committed, and only then (see the invariant in [`crate::worker`]).
 
+#[cfg(feature = "gcp")]
 pub mod archive;
+#[cfg(feature = "gcp")]
 pub mod bigquery;
+#[cfg(feature = "gcp")]
 pub mod cost_guard;
+#[cfg(feature = "embedded")]
 pub mod duckdb;
+#[cfg(feature = "embedded")]
 mod duckdb_append;
+#[cfg(feature = "embedded")]
 mod duckdb_arrow;
+#[cfg(feature = "embedded")]
 pub mod duckdb_query;
 pub mod remote;
 pub mod sql;
@@ -78,8 +85,12 @@ pub const MIGRATION_HINT: &str = "to change it, add a new NULLABLE column (e.g. 
 /// Errors of warehouse backends.
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
+    #[cfg(feature = "embedded")]
     #[error("duckdb warehouse {path}: {context}: {source}")]
     DuckDb { path: String, context: String, source: ::duckdb::Error },
+    /// A backend or command this binary was built without (see [`crate::features`]).
+    #[error("{0}")]
+    NotBuilt(String),
     #[error("table `{0}` has no schema file (schemas/{0}.json)")]
     UnknownTable(String),
     #[error("schema change refused for table `{table}`: {problem}")]
@@ -103,9 +114,12 @@ impl WarehouseError {
             WarehouseError::UnknownTable(_)
             | WarehouseError::SchemaChange { .. }
             | WarehouseError::CostGuard(_)
-            | WarehouseError::Config(_) => false,
+            | WarehouseError::Config(_)
+            | WarehouseError::NotBuilt(_) => false,
             WarehouseError::BigQuery { transient, .. } => *transient,
-            WarehouseError::DuckDb { .. } | WarehouseError::Task(_) | WarehouseError::Archive(_) => true,
+            #[cfg(feature = "embedded")]
+            WarehouseError::DuckDb { .. } => true,
+            WarehouseError::Task(_) | WarehouseError::Archive(_) => true,
         }
     }
 }
@@ -138,17 +152,39 @@ pub fn batch_id(scope: &str, batch: &TableBatch) -> String {
 
 /// Opens the configured warehouse (tables are not touched: call [`Warehouse::ensure_tables`]),
 /// wrapped in the GCS archive when `[gcs]` has a bucket and `archive` on.
+// With neither feature (the fuzz targets' build) no warehouse exists: every arm returns early.
+#[cfg_attr(not(any(feature = "embedded", feature = "gcp")), allow(unused_variables, unreachable_code))]
 pub async fn open(
     config: &WarehouseConfig,
     gcs: &GcsConfig,
     catalog: std::sync::Arc<crate::schema::Catalog>,
 ) -> Result<std::sync::Arc<dyn Warehouse>, WarehouseError> {
     let warehouse: std::sync::Arc<dyn Warehouse> = match config.kind {
+        #[cfg(feature = "embedded")]
         WarehouseKind::Duckdb => std::sync::Arc::new(open_duckdb_waiting(&config.duckdb, &catalog).await?),
+        #[cfg(not(feature = "embedded"))]
+        WarehouseKind::Duckdb => {
+            return Err(WarehouseError::NotBuilt(crate::features::missing("the DuckDB warehouse", "embedded")))
+        }
+        #[cfg(feature = "gcp")]
         WarehouseKind::Bigquery => {
             std::sync::Arc::new(bigquery::BigQueryWarehouse::connect(&config.bigquery, catalog.clone()).await?)
         }
+        #[cfg(not(feature = "gcp"))]
+        WarehouseKind::Bigquery => {
+            return Err(WarehouseError::NotBuilt(crate::features::missing("the BigQuery warehouse", "gcp")))
+        }
     };
+    with_archive(warehouse, gcs, catalog).await
+}
+
+/// Wraps `warehouse` in the GCS archive when `[gcs]` has a bucket and `archive` on.
+#[cfg(feature = "gcp")]
+async fn with_archive(
+    warehouse: std::sync::Arc<dyn Warehouse>,
+    gcs: &GcsConfig,
+    catalog: std::sync::Arc<crate::schema::Catalog>,
+) -> Result<std::sync::Arc<dyn Warehouse>, WarehouseError> {
     if !gcs.archive {
         return Ok(warehouse);
     }
@@ -158,6 +194,19 @@ pub async fn open(
     }
 }
 
+#[cfg(not(feature = "gcp"))]
+async fn with_archive(
+    warehouse: std::sync::Arc<dyn Warehouse>,
+    gcs: &GcsConfig,
+    _: std::sync::Arc<crate::schema::Catalog>,
+) -> Result<std::sync::Arc<dyn Warehouse>, WarehouseError> {
+    match gcs.archive && gcs.bucket.is_some() {
+        true => Err(WarehouseError::NotBuilt(crate::features::missing("the GCS archive (`[gcs] archive`)", "gcp"))),
+        false => Ok(warehouse),
+    }
+}
+
+#[cfg(feature = "embedded")]
 /// Opens the DuckDB warehouse, waiting as long as another process (a notebook, a DuckDB shell) holds
 /// the file: bqsync pauses rather than exits, and says every 30 s which process holds it. Nothing is
 /// consumed meanwhile (the warehouse is opened before the worker starts), so nothing can be lost.
@@ -202,10 +251,25 @@ pub fn describe(config: &WarehouseConfig) -> String {
         WarehouseKind::Duckdb => format!("duckdb {}", config.duckdb.path.display()),
         WarehouseKind::Bigquery => format!(
             "bigquery {}.{}",
-            config.bigquery.resolved_project().unwrap_or_else(|_| "?".into()),
+            crate::gcp::project(config.bigquery.project.as_deref(), &["BIGQUERY_PROJECT", "GOOGLE_CLOUD_PROJECT"])
+                .unwrap_or_else(|| "?".into()),
             config.bigquery.dataset
         ),
     }
+}
+
+/// A TIMESTAMP as RFC 3339 UTC with microseconds, as BigQuery's JSON and the query answers show it.
+pub fn format_timestamp(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        .unwrap_or_else(|| micros.to_string())
+}
+
+/// A DATE (days since 1970-01-01) as `YYYY-MM-DD`.
+pub fn format_date(days: i32) -> String {
+    chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| days.to_string())
 }
 
 /// A warehouse backend.

@@ -106,7 +106,7 @@ pub struct Worker {
     /// Open while a landing is failing and being retried (the circuit breaker).
     circuit_open: Arc<AtomicBool>,
     /// Where claim-checked events are fetched from.
-    claims: Option<crate::gcs::Gcs>,
+    claims: Option<claim_check::ClaimStore>,
     progress: progress::ProgressLog,
     pub stats: WorkerStats,
 }
@@ -206,7 +206,7 @@ impl Worker {
     }
 
     /// The GCS bucket claim-checked events are read from.
-    pub fn set_claim_store(&mut self, gcs: Option<crate::gcs::Gcs>) {
+    pub fn set_claim_store(&mut self, gcs: Option<claim_check::ClaimStore>) {
         self.claims = gcs;
     }
 

@@ -109,10 +109,12 @@ impl Project {
     }
 
     /// Opens the warehouse (only when no bqsync process holds it).
+    #[cfg(feature = "embedded")]
     pub fn warehouse(&self) -> duckdb::Connection {
         duckdb::Connection::open(self.path("bqsync.duckdb")).expect("open warehouse")
     }
 
+    #[cfg(feature = "embedded")]
     pub fn query_i64(&self, sql: &str) -> i64 {
         self.warehouse().query_row(sql, [], |r| r.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
@@ -204,6 +206,7 @@ pub fn atom_line(id: &str, n: u64) -> String {
     )
 }
 
+#[cfg(feature = "embedded")]
 pub fn dead_letter_reasons(project: &Project) -> HashMap<String, i64> {
     let connection = project.warehouse();
     let mut statement = connection.prepare("SELECT reason, count(*) FROM dead_letters GROUP BY reason").unwrap();
@@ -249,6 +252,7 @@ pub fn contacts(events: usize, keys: usize, seed: u64) -> (String, ContactState)
     (lines.join("\n") + "\n", expected)
 }
 
+#[cfg(feature = "embedded")]
 pub fn assert_contacts_match(project: &Project, expected: &ContactState) {
     let connection = project.warehouse();
     let mut statement =
@@ -342,6 +346,7 @@ impl Drop for OwnBigQuery {
 }
 
 /// A plain client on a BigQuery emulator, to look at what bqsync did.
+#[cfg(feature = "gcp")]
 pub async fn bigquery_client(endpoint: &str) -> gcp_bigquery_client::Client {
     gcp_bigquery_client::client_builder::ClientBuilder::new()
         .with_v2_base_url(format!("{endpoint}/bigquery/v2"))
@@ -351,6 +356,7 @@ pub async fn bigquery_client(endpoint: &str) -> gcp_bigquery_client::Client {
 }
 
 /// The tables and views of a dataset on a BigQuery emulator, sorted.
+#[cfg(feature = "gcp")]
 pub async fn bigquery_table_names(endpoint: &str, project: &str, dataset: &str) -> Vec<String> {
     let tables = bigquery_client(endpoint).await.table().list(project, dataset, Default::default()).await.unwrap();
     let mut names: Vec<String> =
@@ -360,6 +366,7 @@ pub async fn bigquery_table_names(endpoint: &str, project: &str, dataset: &str) 
 }
 
 /// Every row of a query on a BigQuery emulator, as JSON cells (BigQuery returns numbers as strings).
+#[cfg(feature = "gcp")]
 pub async fn bigquery_rows(endpoint: &str, project: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
     let mut request = gcp_bigquery_client::model::query_request::QueryRequest::new(sql);
     request.max_results = Some(1_000_000);

@@ -26,28 +26,6 @@ pub const EMULATOR_HOST_VAR: &str = "PUBSUB_EMULATOR_HOST";
 pub use crate::config::bus::pubsub::PubSubConfig;
 
 impl PubSubConfig {
-    /// Checks ranges Pub/Sub enforces, so a bad value fails at start-up with its field name.
-    pub fn check(&self) -> Result<(), String> {
-        let in_range = |name: &str, value: u64, low: u64, high: u64| {
-            if (low..=high).contains(&value) {
-                Ok(())
-            } else {
-                Err(format!("bus.pubsub.{name} = {value} is outside {low}..={high}"))
-            }
-        };
-        in_range("max_delivery_attempts", self.max_delivery_attempts.into(), 5, 100)?;
-        in_range("ack_deadline_secs", self.ack_deadline_secs.into(), 10, 600)?;
-        in_range("max_backoff_secs", self.max_backoff_secs.into(), 0, 600)?;
-        in_range("min_backoff_secs", self.min_backoff_secs.into(), 0, self.max_backoff_secs.into())?;
-        in_range("streams", self.streams as u64, 1, 64)?;
-        in_range("max_outstanding_messages", self.max_outstanding_messages as u64, 2, 1_000_000)?;
-        in_range("max_outstanding_bytes", self.max_outstanding_bytes as u64, 1 << 20, 1 << 34)?;
-        in_range("publish_batch_messages", self.publish_batch_messages.into(), 1, 1000)?;
-        in_range("publish_timeout_secs", self.publish_timeout_secs, 1, 3600)?;
-        in_range("publish_batch_bytes", self.publish_batch_bytes.into(), 1, 10_000_000)?;
-        Ok(())
-    }
-
     /// The project, from the config or the usual variables.
     pub fn project_id(&self) -> Result<String, BusError> {
         crate::gcp::project(self.project.as_deref(), &["PUBSUB_PROJECT_ID", "GOOGLE_CLOUD_PROJECT"]).ok_or_else(|| {

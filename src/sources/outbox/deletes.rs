@@ -10,7 +10,7 @@
 //! BEGIN INSERT INTO contacts_deleted (id, version) VALUES (old.id, old.version + 1); END;
 //! ```
 
-use super::{clear_params, duckdb_param, key_conditions, read_duckdb_rows, ClearKey, OutboxEngine, OutboxSource};
+use super::{clear_params, key_conditions, ClearKey, OutboxEngine, OutboxSource};
 use crate::bus::{OutboundMessage, Publisher};
 use crate::sources::rows::{now_rfc3339, poison, row_event, SqlValue};
 use crate::sources::sqlite::{quote, read_rows, ReadRows};
@@ -80,8 +80,9 @@ impl OutboxSource {
                 result.map_err(|e| self.db_error(e))
             }
             OutboxEngine::Duckdb => {
-                let connection = self.duckdb().await?;
-                read_duckdb_rows(&connection, &statements.select_page, after, limit).map_err(|e| self.db_error(e))
+                let file = self.duckdb();
+                let page = file.read_page(&statements.select_page, after, limit).await;
+                page.map_err(|e| self.db_error(e))
             }
         }
     }
@@ -125,19 +126,8 @@ impl OutboxSource {
                 result.map_err(|e| self.db_error(e))
             }
             OutboxEngine::Duckdb => {
-                let mut connection = self.duckdb().await?;
-                let result = (|| -> duckdb::Result<()> {
-                    let tx = connection.transaction()?;
-                    {
-                        let mut statement = tx.prepare(&statements.delete_row)?;
-                        for key in keys {
-                            let params: Vec<duckdb::types::Value> =
-                                key.key.iter().chain([&key.version]).map(duckdb_param).collect();
-                            statement.execute(duckdb::params_from_iter(params.iter()))?;
-                        }
-                    }
-                    tx.commit()
-                })();
+                let file = self.duckdb();
+                let result = file.delete_each(&statements.delete_row, keys).await;
                 result.map_err(|e| self.db_error(e))
             }
         }

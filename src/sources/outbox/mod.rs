@@ -17,8 +17,11 @@
 //!   by a trigger (`delete_log_table`, see [`deletes`]), for deletes to reach the warehouse.
 
 mod deletes;
+#[cfg_attr(feature = "embedded", path = "duckdb_engine.rs")]
+#[cfg_attr(not(feature = "embedded"), path = "no_duckdb.rs")]
+mod duckdb_engine;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,6 +149,10 @@ impl OutboxSource {
         } else {
             OutboxEngine::Sqlite
         });
+        #[cfg(not(feature = "embedded"))]
+        if engine == OutboxEngine::Duckdb {
+            return Err(problem(duckdb_engine::not_built()));
+        }
         let statements = Statements::new(&config, &mapping, &version);
         let clock = if config.schedule.is_some() || config.full_schedule.is_some() {
             let schedule = Schedule::new(&config.schedule(), Duration::from_millis(config.poll_interval_ms))
@@ -213,10 +220,9 @@ impl OutboxSource {
         Ok(self.sqlite.as_ref().expect("opened"))
     }
 
-    /// Opens the DuckDB file, waiting while another process holds it.
-    async fn duckdb(&mut self) -> Result<duckdb::Connection, SourceError> {
-        let (path, busy) = (self.config.path.clone(), self.config.busy_timeout_ms);
-        open_duckdb_waiting(path, Duration::from_millis(busy)).await.map_err(|e| self.db_error(e))
+    /// The DuckDB file, for one page read or clear.
+    fn duckdb(&self) -> duckdb_engine::DuckDbFile {
+        duckdb_engine::DuckDbFile::new(&self.config.path, Duration::from_millis(self.config.busy_timeout_ms))
     }
 
     async fn read_page(&mut self, after_rowid: i64, full: bool) -> Result<ReadRows, SourceError> {
@@ -231,8 +237,7 @@ impl OutboxSource {
                 })
             }
             OutboxEngine::Duckdb => {
-                let connection = self.duckdb().await?;
-                read_duckdb_rows(&connection, &sql, after_rowid, limit).map_err(|e| self.db_error(e))
+                self.duckdb().read_page(&sql, after_rowid, limit).await.map_err(|e| self.db_error(e))
             }
         }
     }
@@ -267,8 +272,9 @@ impl OutboxSource {
                 result.map_err(|e| self.db_error(e))
             }
             OutboxEngine::Duckdb => {
-                let mut connection = self.duckdb().await?;
-                clear_duckdb(&mut connection, &self.statements, keys).map_err(|e| self.db_error(e))
+                let file = self.duckdb();
+                let result = file.clear(&self.statements.clear_staging, &self.statements.clear_joined, keys).await;
+                result.map_err(|e| self.db_error(e))
             }
         }
     }
@@ -312,128 +318,6 @@ impl OutboxSource {
             version: value(self.mapping.version_column.as_deref().and_then(position)),
         }
     }
-}
-
-/// Opens a DuckDB file, retrying while another process holds its lock (free of `self` so the
-/// future stays `Send`: the source holds a SQLite connection, which is not `Sync`).
-async fn open_duckdb_waiting(path: PathBuf, busy: Duration) -> Result<duckdb::Connection, String> {
-    if !path.exists() {
-        return Err("database file not found".into());
-    }
-    // Short waits (the application's transactions are short), for at most `busy_timeout_ms`.
-    let policy =
-        crate::retry::Policy::exponential(Duration::from_millis(20), Duration::from_millis(50)).with_budget(busy);
-    crate::retry::retry(
-        policy,
-        |_, _| {},
-        || async {
-            duckdb::Connection::open(&path)
-                .map_err(|e| OpenFailure { locked: e.to_string().contains("lock"), message: e.to_string() })
-        },
-    )
-    .await
-    .map_err(|failure| failure.message)
-}
-
-/// Why a DuckDB file did not open; held by another process's lock is worth waiting for.
-#[derive(Debug)]
-struct OpenFailure {
-    locked: bool,
-    message: String,
-}
-
-impl crate::retry::Transient for OpenFailure {
-    fn is_transient(&self) -> bool {
-        self.locked
-    }
-}
-
-fn duckdb_value(value: duckdb::types::Value) -> SqlValue {
-    use duckdb::types::Value as V;
-    match value {
-        V::Null => SqlValue::Null,
-        V::Boolean(b) => SqlValue::Integer(b as i64),
-        V::TinyInt(i) => SqlValue::Integer(i.into()),
-        V::SmallInt(i) => SqlValue::Integer(i.into()),
-        V::Int(i) => SqlValue::Integer(i.into()),
-        V::BigInt(i) => SqlValue::Integer(i),
-        V::UTinyInt(i) => SqlValue::Integer(i.into()),
-        V::USmallInt(i) => SqlValue::Integer(i.into()),
-        V::UInt(i) => SqlValue::Integer(i.into()),
-        V::UBigInt(i) => i64::try_from(i).map_or(SqlValue::Text(i.to_string()), SqlValue::Integer),
-        V::HugeInt(i) => i64::try_from(i).map_or(SqlValue::Text(i.to_string()), SqlValue::Integer),
-        V::Float(f) => SqlValue::Real(f.into()),
-        V::Double(f) => SqlValue::Real(f),
-        V::Decimal(d) => SqlValue::Text(d.to_string()),
-        V::Timestamp(unit, v) => SqlValue::Timestamp(unit.to_micros(v)),
-        V::Date32(days) => SqlValue::Text(
-            (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid") + chrono::Duration::days(days.into()))
-                .format("%Y-%m-%d")
-                .to_string(),
-        ),
-        V::Text(s) | V::Enum(s) => SqlValue::Text(s),
-        V::Blob(b) => SqlValue::Blob(b),
-        V::List(items) | V::Array(items) => SqlValue::Text(
-            Value::Array(
-                items
-                    .into_iter()
-                    .map(|v| duckdb_value(v).to_json(crate::schema::ColumnType::Json, Default::default()))
-                    .collect(),
-            )
-            .to_string(),
-        ),
-        other => SqlValue::Text(format!("{other:?}")),
-    }
-}
-
-fn duckdb_param(value: &SqlValue) -> duckdb::types::Value {
-    use duckdb::types::{TimeUnit, Value as V};
-    match value {
-        SqlValue::Null => V::Null,
-        SqlValue::Integer(i) => V::BigInt(*i),
-        SqlValue::Real(f) => V::Double(*f),
-        SqlValue::Text(s) => V::Text(s.clone()),
-        SqlValue::Blob(b) => V::Blob(b.clone()),
-        SqlValue::Timestamp(t) => V::Timestamp(TimeUnit::Microsecond, *t),
-    }
-}
-
-fn read_duckdb_rows(connection: &duckdb::Connection, sql: &str, after: i64, limit: i64) -> duckdb::Result<ReadRows> {
-    let mut statement = connection.prepare(sql)?;
-    let mut rows = statement.query(duckdb::params![after, limit])?;
-    let names = rows.as_ref().map(|s| s.column_names()).unwrap_or_default();
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let mut values = Vec::with_capacity(names.len());
-        for i in 0..names.len() {
-            values.push(duckdb_value(row.get::<_, duckdb::types::Value>(i)?));
-        }
-        out.push(values);
-    }
-    Ok(ReadRows { names, rows: out })
-}
-
-fn clear_duckdb(
-    connection: &mut duckdb::Connection,
-    statements: &Statements,
-    keys: &[ClearKey],
-) -> duckdb::Result<u64> {
-    let transaction = connection.transaction()?;
-    transaction.execute_batch(&statements.clear_staging)?;
-    {
-        // The appender, not one INSERT a key: a statement costs DuckDB ~0.1 ms, which made the clear
-        // of a 5,000-row page take half a second.
-        let mut stage = transaction.appender_to_catalog_and_db("__bqsync_clear", "temp", "main")?;
-        for key in keys {
-            let params: Vec<duckdb::types::Value> = key.key.iter().chain([&key.version]).map(duckdb_param).collect();
-            stage.append_row(duckdb::appender_params_from_iter(params))?;
-        }
-        stage.flush()?;
-    }
-    let cleared = transaction.execute(&statements.clear_joined, [])? as u64;
-    transaction.execute_batch("DROP TABLE __bqsync_clear")?;
-    transaction.commit()?;
-    Ok(cleared)
 }
 
 /// A watcher on a database file's directory that wakes on changes to the file or its journals.

@@ -9,6 +9,7 @@ use crate::batch::{StagedRow, TableBatch};
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetterRecord};
 use crate::message::{Attributes, Message};
 use crate::schema::{encode_base64, Catalog, CellValue, Column, ColumnMode, ColumnType, TableSchema};
+pub use crate::warehouse::{format_date, format_timestamp};
 
 /// Dead-letter rows for the rows of `batch` BigQuery rejected: (index in the batch, its message).
 pub fn rejected(
@@ -103,18 +104,6 @@ fn cell_json(column: &Column, cell: &CellValue, json_as_text: bool) -> Option<Va
             }
         }
     })
-}
-
-pub fn format_timestamp(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
-        .unwrap_or_else(|| micros.to_string())
-}
-
-pub fn format_date(days: i32) -> String {
-    chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
-        .map(|d| d.format("%Y-%m-%d").to_string())
-        .unwrap_or_else(|| days.to_string())
 }
 
 /// An envelope for a row BigQuery rejected, so the dead letter can be inspected and replayed.

@@ -13,54 +13,24 @@
 //! - A claim whose object is missing is dead-lettered (`decode`, with the URI); a GCS outage is
 //!   transient: the delivery is nacked and comes back.
 
-use std::sync::Arc;
+#[cfg(feature = "gcp")]
+mod publisher;
 
-use async_trait::async_trait;
-
-use super::{attr, BusError, Delivery, OutboundMessage, Publisher};
+use super::{attr, Delivery};
 use crate::dead_letter::DeadLetterReason;
-use crate::gcs::Gcs;
+#[cfg(feature = "gcp")]
+pub use publisher::ClaimCheckPublisher;
+
+/// Where claim-checked bytes are read from: the `[gcs]` bucket. Without the `gcp` feature there is
+/// none (the type has no values), and a claim check is dead-lettered with the reason.
+#[cfg(feature = "gcp")]
+pub type ClaimStore = crate::gcs::Gcs;
+#[cfg(not(feature = "gcp"))]
+#[derive(Debug, Clone)]
+pub enum ClaimStore {}
 
 /// Attribute holding the `gs://` URI of a claim-checked event.
 pub const CLAIM_CHECK: &str = "bqsync_claim_check";
-
-/// A publisher that moves large messages to GCS.
-pub struct ClaimCheckPublisher {
-    inner: Arc<dyn Publisher>,
-    gcs: Gcs,
-    threshold: usize,
-}
-
-impl ClaimCheckPublisher {
-    pub fn new(inner: Arc<dyn Publisher>, gcs: Gcs, threshold: usize) -> ClaimCheckPublisher {
-        ClaimCheckPublisher { inner, gcs, threshold }
-    }
-
-    async fn check_in(&self, message: &mut OutboundMessage) -> Result<(), BusError> {
-        let table = message.attributes.get(attr::TABLE).map_or("unknown", String::as_str);
-        let hash = crate::envelope::derive_event_id(&[&message.data]);
-        let name = self.gcs.object_name(&format!("claims/{table}/{hash}.json"));
-        let data = std::mem::take(&mut message.data);
-        let size = data.len();
-        self.gcs.put(&name, data, "application/json").await.map_err(|e| BusError::Config(e.to_string()))?;
-        tracing::debug!(uri = %self.gcs.uri(&name), size, "claim check");
-        message.attributes.insert(CLAIM_CHECK.into(), self.gcs.uri(&name));
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Publisher for ClaimCheckPublisher {
-    async fn publish(&self, mut messages: Vec<OutboundMessage>) -> Result<(), BusError> {
-        for message in messages.iter_mut() {
-            // Poison is published as it is: it is dead-lettered from its attributes, not its bytes.
-            if message.data.len() > self.threshold && !message.attributes.contains_key(attr::POISON_REASON) {
-                self.check_in(message).await?;
-            }
-        }
-        self.inner.publish(messages).await
-    }
-}
 
 /// What became of a delivery's claim check.
 pub enum Resolved {
@@ -71,7 +41,7 @@ pub enum Resolved {
 }
 
 /// Fetches the bytes of a claim-checked delivery; others pass through.
-pub async fn resolve(gcs: Option<&Gcs>, mut delivery: Delivery) -> Resolved {
+pub async fn resolve(gcs: Option<&ClaimStore>, mut delivery: Delivery) -> Resolved {
     let Some(uri) = delivery.attributes.get(CLAIM_CHECK).cloned() else {
         return Resolved::Ready(delivery);
     };
@@ -83,7 +53,13 @@ pub async fn resolve(gcs: Option<&Gcs>, mut delivery: Delivery) -> Resolved {
         delivery.attributes.insert(attr::POISON_DETAIL.into(), detail);
     };
     match gcs {
+        None if !cfg!(feature = "gcp") => {
+            poison(&mut delivery, format!("claim check {uri}: {}", crate::features::missing("reading it", "gcp")))
+        }
         None => poison(&mut delivery, format!("claim check {uri}, but this worker has no [gcs] bucket configured")),
+        #[cfg(not(feature = "gcp"))]
+        Some(never) => match *never {},
+        #[cfg(feature = "gcp")]
         Some(gcs) => match gcs.get(&uri).await {
             Ok(bytes) => delivery.data = bytes,
             Err(e) if e.not_found => poison(&mut delivery, format!("claim check object {uri} not found")),
