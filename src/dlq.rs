@@ -346,8 +346,10 @@ pub async fn replay(
 }
 
 /// The dead letter as a message again (bytes and attributes): edits applied, the failure attributes
-/// replaced by lineage.
-fn rebuild(record: &DeadLetterRecord, edits: &Edits, catalog: &Catalog) -> (Vec<u8>, Attributes) {
+/// replaced by lineage. Its bytes come from wherever the dead letter came from: whatever they hold,
+/// the result is a message that lands or fails again with its reason (fuzzed:
+/// fuzz/fuzz_targets/replay_edits.rs).
+pub fn rebuild(record: &DeadLetterRecord, edits: &Edits, catalog: &Catalog) -> (Vec<u8>, Attributes) {
     let original: Attributes = match &record.attributes {
         Value::Object(map) => {
             map.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()

@@ -165,7 +165,7 @@ impl HttpSource {
 
     /// GET with retries on 429, 5xx and connection errors (honouring `Retry-After`); returns the
     /// parsed JSON body.
-    async fn get(&mut self, query: &[(String, String)]) -> Result<Value, SourceError> {
+    async fn get(&mut self, query: &[(String, String)]) -> Result<Vec<u8>, SourceError> {
         let first = self.get_once(query).await;
         match (&first, &self.secret) {
             // A refused Secret Manager value may have been rotated: read it again, once.
@@ -178,7 +178,7 @@ impl HttpSource {
         }
     }
 
-    async fn get_once(&mut self, query: &[(String, String)]) -> Result<Value, SourceError> {
+    async fn get_once(&mut self, query: &[(String, String)]) -> Result<Vec<u8>, SourceError> {
         self.credential_refused = false;
         let credential = self.credential().await?;
         let policy = Policy::exponential(Duration::from_millis(500), Duration::from_secs(self.config.max_backoff_secs))
@@ -196,7 +196,7 @@ impl HttpSource {
             if let Some(value) = &credential {
                 request = request.header(header, value.as_str());
             }
-            fetch_json(request)
+            fetch_body(request)
         })
         .await;
         let requests = requests.into_inner();
@@ -308,22 +308,9 @@ impl HttpSource {
             }
             let body = self.get(&query).await?;
             pages += 1;
-            let records = match &self.config.records_path {
-                Some(path) => lookup(&body, path),
-                None => Some(&body),
-            };
-            let records = match records {
-                Some(Value::Array(items)) => items.clone(),
-                Some(Value::Null) | None => Vec::new(),
-                Some(other) => {
-                    return Err(self.error(format!(
-                        "records_path `{}` is not an array (found {})",
-                        self.config.records_path.as_deref().unwrap_or(""),
-                        other.to_string().chars().take(80).collect::<String>()
-                    )))
-                }
-            };
-            let messages = self.page_messages(&records, &skip, &mut cursor);
+            let page = parse_page(&body, self.config.records_path.as_deref(), self.config.next_page_path.as_deref())
+                .map_err(|problem| self.error(problem))?;
+            let messages = self.page_messages(&page.records, &skip, &mut cursor);
             let count = messages.len() as u64;
             if count > 0 {
                 publisher
@@ -336,13 +323,7 @@ impl HttpSource {
             if self.config.sorted {
                 self.save_cursor(&cursor)?;
             }
-            page_token = self
-                .config
-                .next_page_path
-                .as_deref()
-                .and_then(|path| lookup(&body, path))
-                .and_then(|v| v.as_str().map(String::from))
-                .filter(|token| !token.is_empty());
+            page_token = page.next_page;
             if page_token.is_none() {
                 break;
             }
@@ -352,6 +333,37 @@ impl HttpSource {
         tracing::info!(source = %self.config.name, pages, published, cursor = cursor.value.as_deref().unwrap_or(""), "API pass done");
         Ok(published)
     }
+}
+
+/// One page of an API's answer: its records, and the token of the next page if there is one.
+#[derive(Debug, Default, PartialEq)]
+pub struct Page {
+    pub records: Vec<Value>,
+    pub next_page: Option<String>,
+}
+
+/// Reads a successful response's body: JSON, the records at `records_path` (the body itself without
+/// one; absent or null: no records), and the next page's token at `next_page_path` (a non-empty
+/// string, else the last page). The API's bytes are untrusted: whatever they hold is an error with
+/// the reason, never a panic (fuzzed: fuzz/fuzz_targets/http_response.rs).
+pub fn parse_page(body: &[u8], records_path: Option<&str>, next_page_path: Option<&str>) -> Result<Page, String> {
+    let body: Value = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let records = match records_path.map_or(Some(&body), |path| lookup(&body, path)) {
+        Some(Value::Array(items)) => items.clone(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(other) => {
+            return Err(format!(
+                "records_path `{}` is not an array (found {})",
+                records_path.unwrap_or(""),
+                other.to_string().chars().take(80).collect::<String>()
+            ))
+        }
+    };
+    let next_page = next_page_path
+        .and_then(|path| lookup(&body, path))
+        .and_then(|v| v.as_str().map(String::from))
+        .filter(|token| !token.is_empty());
+    Ok(Page { records, next_page })
 }
 
 /// A field by dot path (`data.items`).
@@ -368,7 +380,7 @@ fn cursor_text(value: &Value) -> Option<String> {
 }
 
 /// Orders cursor values as timestamps when both are, else as numbers, else as text.
-fn compare_cursors(a: &str, b: &str) -> std::cmp::Ordering {
+pub fn compare_cursors(a: &str, b: &str) -> std::cmp::Ordering {
     let time = |s: &str| crate::schema::parse_timestamp_micros(&Value::String(s.to_string()));
     if let (Some(x), Some(y)) = (time(a), time(b)) {
         return x.cmp(&y);
@@ -380,8 +392,8 @@ fn compare_cursors(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 /// `Retry-After`: delay seconds or an HTTP date.
-fn parse_retry_after(value: &reqwest::header::HeaderValue) -> Option<Duration> {
-    let text = value.to_str().ok()?.trim();
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let text = value.trim();
     if let Ok(seconds) = text.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
@@ -478,7 +490,8 @@ impl Transient for ApiFailure {
 }
 
 /// Sends one request and parses its JSON body.
-async fn fetch_json(request: reqwest::RequestBuilder) -> Result<Value, ApiFailure> {
+/// A successful response's body; a failed one as the failure, with whether to retry.
+async fn fetch_body(request: reqwest::RequestBuilder) -> Result<Vec<u8>, ApiFailure> {
     let failed = |problem: String, transient, retry_after| ApiFailure {
         problem,
         transient,
@@ -492,10 +505,9 @@ async fn fetch_json(request: reqwest::RequestBuilder) -> Result<Value, ApiFailur
     let status = response.status();
     if status.is_success() {
         let body = response.bytes().await.map_err(|e| failed(format!("reading the body: {e}"), false, None))?;
-        return serde_json::from_slice(&body)
-            .map_err(|e| failed(format!("{status}: the body is not JSON: {e}"), false, None));
+        return Ok(body.to_vec());
     }
-    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(parse_retry_after);
+    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
     let body = response.text().await.unwrap_or_default();
     let problem = format!("{status}: {}", body.chars().take(300).collect::<String>());
     let transient = status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
@@ -520,10 +532,8 @@ mod tests {
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {
-        let header = reqwest::header::HeaderValue::from_static("7");
-        assert_eq!(parse_retry_after(&header), Some(Duration::from_secs(7)));
-        let past = reqwest::header::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT");
-        assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after(&reqwest::header::HeaderValue::from_static("soon")), None);
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -57,7 +57,7 @@ impl LineReader {
     }
 
     /// Reads more input; false at end of file.
-    pub(super) fn fill(&mut self, file: &mut File) -> std::io::Result<bool> {
+    pub(super) fn fill(&mut self, file: &mut impl Read) -> std::io::Result<bool> {
         if self.at_eof {
             return Ok(false);
         }
@@ -78,7 +78,7 @@ impl LineReader {
         Ok(n > 0)
     }
 
-    pub(super) fn next_line(&mut self, file: &mut File) -> std::io::Result<Option<Line<'_>>> {
+    pub(super) fn next_line(&mut self, file: &mut impl Read) -> std::io::Result<Option<Line<'_>>> {
         let mut searched = self.position;
         loop {
             if let Some(i) = memchr::memchr(b'\n', &self.buffer[searched..self.filled]) {
@@ -133,7 +133,7 @@ impl LineReader {
     }
 
     /// Skips an over-long line without holding it in memory; None when its newline has not come yet.
-    pub(super) fn skip_oversize(&mut self, file: &mut File) -> std::io::Result<Option<Line<'_>>> {
+    pub(super) fn skip_oversize(&mut self, file: &mut impl Read) -> std::io::Result<Option<Line<'_>>> {
         let start_offset = self.buffer_offset + self.position as u64;
         self.oversize_sample.clear();
         self.oversize_sample
@@ -165,6 +165,45 @@ impl LineReader {
             scan_from = 0;
         }
     }
+}
+
+/// One line of [`frame_stream`]: where it starts and ends in the stream, and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framed {
+    pub start_offset: u64,
+    /// Just past its `\n` (for the unterminated last line: the end of the stream).
+    pub end_offset: u64,
+    pub content: FramedContent,
+}
+
+/// What a [`Framed`] line holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FramedContent {
+    /// The line without its `\n`, `\r\n` or a leading BOM.
+    Complete(Vec<u8>),
+    /// A line over `max_line` bytes: its first bytes and its length.
+    Oversize { sample: Vec<u8>, total_len: u64 },
+    /// Bytes after the last newline (a writer still writing, or one that never ends its last line).
+    Unterminated(Vec<u8>),
+}
+
+/// Frames a whole stream the way the JSONL source does, reading it through `reader` in whatever
+/// pieces it returns. The result must not depend on those pieces (the fuzz target checks it).
+pub fn frame_stream(mut reader: impl Read, max_line: usize) -> std::io::Result<Vec<Framed>> {
+    let mut lines = Vec::new();
+    let mut framing = LineReader::new(max_line);
+    while let Some(line) = framing.next_line(&mut reader)? {
+        let content = match line.content {
+            LineContent::Complete(bytes) => FramedContent::Complete(bytes.to_vec()),
+            LineContent::Oversize { sample, total_len } => FramedContent::Oversize { sample: sample.to_vec(), total_len },
+        };
+        lines.push(Framed { start_offset: line.start_offset, end_offset: line.end_offset, content });
+    }
+    let end = framing.buffer_offset + framing.filled as u64;
+    if let Some((start_offset, bytes)) = framing.take_unterminated() {
+        lines.push(Framed { start_offset, end_offset: end, content: FramedContent::Unterminated(bytes.to_vec()) });
+    }
+    Ok(lines)
 }
 
 /// The UTF-16 flavour of a line from a UTF-16 file: a byte-order mark, or NUL bytes in a third or

@@ -34,6 +34,7 @@ use crate::dead_letter::DeadLetterReason;
 use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
 use framing::{count_lines, LineContent, LineReader};
+pub use framing::{frame_stream, Framed, FramedContent};
 pub use record::{record_to_message, Origin};
 
 /// Bytes at the start of a file hashed to recognise it.

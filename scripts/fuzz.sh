@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Fuzzes the code that meets untrusted bytes (fuzz/fuzz_targets/*.rs; README "Fuzzing"):
+#
+#   bash scripts/fuzz.sh [SECONDS] [TARGET ...]     # default: 30 s each, every target
+#
+# Builds the targets with cargo-fuzz (libFuzzer, AddressSanitizer, debug assertions and overflow
+# checks on), seeds each corpus from fuzz/seeds/TARGET (the tests' bad inputs; fuzz/seeds/make_seeds.py),
+# runs each target for SECONDS and prints one line per target: runs, coverage, corpus, outcome. A
+# crash fails the run; its input is in fuzz/artifacts/TARGET/ and its backtrace above. CI runs it for
+# 30 s a target, so a regression of a fixed finding fails the build.
+#
+# cargo-fuzz needs nightly flags (-Z sanitizer); RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-30}
+shift || true
+targets=("$@")
+if [[ ${#targets[@]} == 0 ]]; then
+  targets=(envelope jsonl_framing coercion http_response replay_edits)
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install --locked cargo-fuzz@0.13.2
+fi
+export RUSTC_BOOTSTRAP=1 CARGO_INCREMENTAL=0
+
+status=0
+summary=()
+for target in "${targets[@]}"; do
+  cargo fuzz build -O -a "$target"
+  corpus=fuzz/corpus/$target
+  mkdir -p "$corpus" "fuzz/artifacts/$target"
+  log=$(mktemp)
+  set +e
+  cargo fuzz run -O -a "$target" "$corpus" "fuzz/seeds/$target" -- \
+    -max_total_time="$seconds" -print_final_stats=1 -rss_limit_mb=4096 -max_len=65536 \
+    -artifact_prefix="fuzz/artifacts/$target/" >"$log" 2>&1
+  code=$?
+  set -e
+  runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1)
+  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1)
+  files=$(find "$corpus" -type f | wc -l)
+  if [[ $code == 0 ]]; then
+    outcome=ok
+  else
+    outcome="FAILED (exit $code)"
+    status=1
+    grep -E 'panicked|ERROR: |SUMMARY|Test unit written|^\s+#[0-9]+ .* in (bqsync|fuzz_)' "$log" | head -40 >&2
+  fi
+  summary+=("$(printf '%-14s %4ss  runs %-10s %-22s corpus %-6s %s' "$target" "$seconds" "${runs:-?}" "${cov:-cov: ?}" "$files" "$outcome")")
+  rm -f "$log"
+done
+printf '%s\n' "${summary[@]}"
+exit "$status"
