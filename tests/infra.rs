@@ -41,14 +41,59 @@ fn terraform_is_formatted() {
     assert!(output.status.success(), "terraform fmt -check:\n{}", String::from_utf8_lossy(&output.stdout));
 }
 
-#[test]
-fn kustomize_renders_probes_drain_and_autoscaler() {
+/// `kubectl kustomize` of a folder of infra/k8s.
+fn kustomize(folder: &str) -> String {
     let output = Command::new("kubectl")
-        .args(["kustomize", &format!("{ROOT}/infra/k8s")])
+        .args(["kustomize", &format!("{ROOT}/infra/k8s/{folder}")])
         .output()
         .expect("kubectl is needed (it is on the machine image)");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let rendered = String::from_utf8(output.stdout).unwrap();
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Every container's image is the one scripts/image.sh builds, pinned by digest, and every object is
+/// in the namespace.
+fn assert_images_pinned_and_namespaced(rendered: &str) {
+    let images: Vec<&str> = rendered.lines().filter_map(|l| l.trim().strip_prefix("image: ")).collect();
+    assert!(!images.is_empty());
+    for image in images {
+        assert_eq!(
+            image, "REGION-docker.pkg.dev/PROJECT/bqsync/bqsync@sha256:IMAGE_DIGEST",
+            "every image pinned by digest"
+        );
+    }
+    let objects = rendered.split("\n---\n").filter(|o| !o.contains("kind: Namespace"));
+    for object in objects {
+        assert!(object.contains("namespace: bqsync"), "not in the namespace:\n{object}");
+    }
+}
+
+/// The example overlay adds the optional roles: the applier CronJob (and workers that leave the
+/// apply to it) and the loader; they get the same image and namespace as the rest.
+#[test]
+fn kustomize_overlay_adds_the_applier_and_the_loader() {
+    let rendered = kustomize("overlays/example");
+    assert_images_pinned_and_namespaced(&rendered);
+    assert!(rendered.contains("kind: CronJob"), "{rendered}");
+    assert!(rendered.contains("- apply"), "the CronJob runs `bqsync apply`");
+    assert!(rendered.contains("concurrencyPolicy: Forbid"), "never two applies at once");
+    assert!(rendered.contains("name: bqsync-loader") && rendered.contains("- load"), "the loader runs `bqsync load`");
+    let worker = rendered
+        .split("\n---\n")
+        .find(|o| o.contains("name: bqsync-worker\n") && o.contains("kind: Deployment"))
+        .unwrap();
+    assert!(worker.contains("BQSYNC__WAREHOUSE__BIGQUERY__APPLIER"), "workers leave the apply to the CronJob");
+    let configs: Vec<&str> = rendered.lines().filter(|l| l.trim().starts_with("name: bqsync-config")).collect();
+    assert!(
+        configs.windows(2).all(|w| w[0].trim() == w[1].trim()),
+        "every role mounts the generated ConfigMap: {configs:?}"
+    );
+}
+
+#[test]
+fn kustomize_renders_probes_drain_and_autoscaler() {
+    let rendered = kustomize("");
+    assert_images_pinned_and_namespaced(&rendered);
     for needle in [
         "kind: Deployment",
         "path: /healthz",

@@ -507,7 +507,8 @@ async fn fetch_body(request: reqwest::RequestBuilder) -> Result<Vec<u8>, ApiFail
         let body = response.bytes().await.map_err(|e| failed(format!("reading the body: {e}"), false, None))?;
         return Ok(body.to_vec());
     }
-    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+    let retry_after =
+        response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
     let body = response.text().await.unwrap_or_default();
     let problem = format!("{status}: {}", body.chars().take(300).collect::<String>());
     let transient = status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();

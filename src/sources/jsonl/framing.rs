@@ -195,7 +195,9 @@ pub fn frame_stream(mut reader: impl Read, max_line: usize) -> std::io::Result<V
     while let Some(line) = framing.next_line(&mut reader)? {
         let content = match line.content {
             LineContent::Complete(bytes) => FramedContent::Complete(bytes.to_vec()),
-            LineContent::Oversize { sample, total_len } => FramedContent::Oversize { sample: sample.to_vec(), total_len },
+            LineContent::Oversize { sample, total_len } => {
+                FramedContent::Oversize { sample: sample.to_vec(), total_len }
+            }
         };
         lines.push(Framed { start_offset: line.start_offset, end_offset: line.end_offset, content });
     }
