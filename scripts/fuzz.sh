@@ -2,6 +2,7 @@
 # Fuzzes the code that meets untrusted bytes (fuzz/fuzz_targets/*.rs; README "Fuzzing"):
 #
 #   bash scripts/fuzz.sh [SECONDS] [TARGET ...]     # default: 30 s each, every target
+#   bash scripts/fuzz.sh 0                          # build only
 #
 # Builds the targets with cargo-fuzz (libFuzzer, AddressSanitizer, debug assertions and overflow
 # checks on), seeds each corpus from fuzz/seeds/TARGET (the tests' bad inputs; fuzz/seeds/make_seeds.py),
@@ -23,10 +24,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 export RUSTC_BOOTSTRAP=1 CARGO_INCREMENTAL=0
 
+cargo fuzz build -O -a
+[[ $seconds == 0 ]] && exit 0
 status=0
 summary=()
 for target in "${targets[@]}"; do
-  cargo fuzz build -O -a "$target"
   corpus=fuzz/corpus/$target
   mkdir -p "$corpus" "fuzz/artifacts/$target"
   log=$(mktemp)

@@ -8,6 +8,8 @@
 # non-root user 10001, the schemas, and /var/lib/bqsync. Podman builds it from a folder with no base
 # image to pull and no container to run (vfs storage, chroot isolation: what this sandbox allows).
 #
+# CARGO_TARGET_DIR is honoured (CI builds the image beside the tests, in a folder of its own).
+#
 # Checks (each fails the script): the image is at most MAX_IMAGE_MB (default 40) MB; `podman image
 # inspect` shows user 10001:10001, the entrypoint /usr/local/bin/bqsync and the command `work`; the
 # binary taken back out of the saved image runs `bqsync --version` and says it has no `embedded`.
@@ -45,7 +47,7 @@ command -v podman >/dev/null || apt_install podman
 # The C parts (ring, SQLite, mimalloc) are compiled for musl by musl-gcc.
 export CC_x86_64_unknown_linux_musl=musl-gcc
 cargo build --release --locked --target "$target" --no-default-features --features gcp --bin bqsync >&2
-binary=target/$target/release/bqsync
+binary=${CARGO_TARGET_DIR:-target}/$target/release/bqsync
 
 rm -rf "$out" && mkdir -p "$out/context/rootfs"
 root=$out/context/rootfs

@@ -12,18 +12,37 @@ bash scripts/emulators/gcs.sh install
 export CARGO_INCREMENTAL=0
 cargo fmt --check
 cargo clippy --release --all-targets --locked -- -D warnings
+# The worker image's build: Google backends only, no DuckDB (README "Build features").
+cargo clippy --release --all-targets --locked --no-default-features --features gcp -- -D warnings
 # Build everything before the emulators start, so they do not wait out the compile.
 cargo test --release --locked --no-run
 
 state=$(mktemp -d)
 log=$state/test.log
 cleanup() {
+  [[ -n ${beside:-} ]] && kill "$beside" 2>/dev/null
   bash scripts/emulators/pubsub.sh stop "$state/pubsub" || true
   bash scripts/emulators/bigquery.sh stop "$state/bigquery" || true
   bash scripts/emulators/gcs.sh stop "$state/gcs" || true
   rm -rf "$state"
 }
 trap cleanup EXIT
+
+# Beside the tests, at the lowest priority (the tests mostly wait on emulators; their timing must
+# not suffer): the worker image (scripts/image.sh: the static gcp-only binary, its size and layout
+# checked), the gcp-only build's tests on that same binary, and the fuzz targets. Own target
+# folders, so no build lock is shared with the tests' cargo.
+musl=x86_64-unknown-linux-musl
+export CC_x86_64_unknown_linux_musl=musl-gcc
+gcp_only=(--target "$musl" --no-default-features --features gcp --lib --test bigquery_service --test infra)
+gcp_target=$PWD/target/gcp-only
+(
+  set -e
+  CARGO_TARGET_DIR=$gcp_target nice -n 19 bash scripts/image.sh >"$state/image.out" 2>"$state/image.log"
+  CARGO_TARGET_DIR=$gcp_target nice -n 19 cargo test --release --locked "${gcp_only[@]}" --no-run >>"$state/image.log" 2>&1
+  nice -n 19 bash scripts/fuzz.sh 0 >"$state/fuzz-build.log" 2>&1
+) &
+beside=$!
 PUBSUB_EMULATOR_HOST=$(bash scripts/emulators/pubsub.sh start "$state/pubsub")
 export PUBSUB_EMULATOR_HOST
 echo "pubsub emulator on $PUBSUB_EMULATOR_HOST" >&2
@@ -64,6 +83,27 @@ for test in tests/*.rs; do
   fi
   run_tests --test "$name"
 done
+# The background builds, then what they built.
+if ! wait "$beside"; then
+  status=1
+  echo "FAILED: the image, gcp-only or fuzz build" >>"$state/failures"
+  tail -40 "$state/image.log" "$state/fuzz-build.log" 2>/dev/null || true
+else
+  cat "$state/image.log" | grep -E '^(image|binary):' || true
+  echo "image digest: $(cat "$state/image.out")"
+  # The gcp-only binary (the image's) against the emulators: Pub/Sub workers landing in BigQuery.
+  fresh_bigquery
+  CARGO_TARGET_DIR=$gcp_target run_tests "${gcp_only[@]}"
+  set +e
+  bash scripts/fuzz.sh 30 2>&1 | tee "$state/fuzz.log"
+  code=${PIPESTATUS[0]}
+  set -e
+  if [[ $code != 0 ]]; then
+    status=$code
+    echo "FAILED: scripts/fuzz.sh 30" >>"$state/failures"
+  fi
+fi
+
 # One closing line over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
 [[ -f $state/failures ]] && cat "$state/failures"

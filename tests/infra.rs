@@ -1,5 +1,6 @@
 //! The deployment files: Terraform tables in step with `schemas/`, Terraform formatted, the Kustomize
-//! output rendering with its probes, drain and autoscaler. `terraform` and `kubectl` are on the
+//! output rendering with its probes, drain and autoscaler; and the binary saying what it was built
+//! with (CI runs this file on the worker image's gcp-only binary too). `terraform` and `kubectl` are on the
 //! machine image; without them these tests fail (providers cannot be downloaded here, so `terraform
 //! validate` is not run).
 
@@ -122,4 +123,30 @@ fn kustomize_renders_probes_drain_and_autoscaler() {
     std::fs::write(file.path(), &block).unwrap();
     bqsync::config::Config::load(Some(file.path()), std::iter::empty())
         .unwrap_or_else(|e| panic!("the ConfigMap's config: {e}\n{block}"));
+}
+
+/// `--version` names the build's features.
+#[test]
+fn the_binary_names_its_features() {
+    let output = Command::new(env!("CARGO_BIN_EXE_bqsync")).arg("--version").output().unwrap();
+    let version = String::from_utf8(output.stdout).unwrap();
+    let expected = if cfg!(feature = "embedded") { "(features: embedded, gcp)" } else { "(features: gcp)" };
+    assert!(version.contains(expected), "{version}");
+}
+
+/// The gcp-only build refuses the embedded default at start, naming the feature it needs, and runs
+/// commands that need neither backend.
+#[cfg(not(feature = "embedded"))]
+#[test]
+fn the_gcp_only_build_names_the_feature_the_embedded_default_needs() {
+    let project = common::Project::new("");
+    for args in [&["run", "--until-drained"][..], &["setup"], &["dlq", "list"], &["sql", "SELECT 1"]] {
+        let output = project.command(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "bqsync {args:?} succeeded without DuckDB");
+        assert!(stderr.contains("needs bqsync built with the `embedded` feature"), "bqsync {args:?}: {stderr}");
+        assert!(stderr.contains("built with: gcp"), "bqsync {args:?}: {stderr}");
+    }
+    let output = project.command(&["config"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
