@@ -38,8 +38,8 @@ for target in "${targets[@]}"; do
     -artifact_prefix="fuzz/artifacts/$target/" >"$log" 2>&1
   code=$?
   set -e
-  runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1)
-  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1)
+  runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1 || true)
+  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || true)
   files=$(find "$corpus" -type f | wc -l)
   if [[ $code == 0 ]]; then
     outcome=ok

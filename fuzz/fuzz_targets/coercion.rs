@@ -15,6 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
 #[path = "shared.rs"]
+#[allow(dead_code)] // each target uses part of it
 mod shared;
 
 fuzz_target!(|data: &[u8]| {

@@ -12,6 +12,7 @@ use bqsync::worker::classify::{Classified, Classifier};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "shared.rs"]
+#[allow(dead_code)] // each target uses part of it
 mod shared;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,6 +10,7 @@ use bqsync::sources::http::{compare_cursors, parse_page, parse_retry_after};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "shared.rs"]
+#[allow(dead_code)] // each target uses part of it
 mod shared;
 
 const PATHS: [Option<&str>; 5] = [None, Some("data"), Some("data.items"), Some("items"), Some("next")];

@@ -16,6 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 
 #[path = "shared.rs"]
+#[allow(dead_code)] // each target uses part of it
 mod shared;
 
 fuzz_target!(|input: &[u8]| {

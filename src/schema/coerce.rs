@@ -66,6 +66,23 @@ pub fn parse_timestamp_micros(value: &Value) -> Option<i64> {
     }
 }
 
+/// BigQuery's TIMESTAMP range, 0001-01-01 00:00:00 to 9999-12-31 23:59:59.999999 UTC, in µs since the
+/// epoch; DATE's is the same days ("GoogleSQL data types", cloud.google.com/bigquery/docs/reference/
+/// standard-sql/data-types). A value outside it is a schema violation on both warehouses: BigQuery
+/// would refuse the row at landing, and DuckDB (whose range is wider) would keep what BigQuery cannot.
+/// Found by the coercion fuzz target: epoch seconds of ±9.2e18 saturated to i64::MIN/MAX µs.
+const TIMESTAMP_RANGE_MICROS: std::ops::RangeInclusive<i64> = -62_135_596_800_000_000..=253_402_300_799_999_999;
+const DATE_RANGE_DAYS: std::ops::RangeInclusive<i64> = -719_162..=2_932_896;
+
+fn out_of_range(column: &Column, value: &Value) -> String {
+    format!(
+        "column `{}`: {} is outside {:?}'s range, 0001-01-01 to 9999-12-31 (BigQuery's)",
+        column.name,
+        describe(value),
+        column.column_type
+    )
+}
+
 fn coerce_scalar(column: &Column, value: &Value) -> Result<CellValue, String> {
     let mismatch = || format!("column `{}`: expected {:?}, got {}", column.name, column.column_type, describe(value));
     Ok(match column.column_type {
@@ -95,12 +112,22 @@ fn coerce_scalar(column: &Column, value: &Value) -> Result<CellValue, String> {
             Value::String(s) if s.eq_ignore_ascii_case("false") => CellValue::Bool(false),
             _ => return Err(mismatch()),
         },
-        ColumnType::Timestamp => CellValue::Timestamp(parse_timestamp_micros(value).ok_or_else(mismatch)?),
+        ColumnType::Timestamp => {
+            let micros = parse_timestamp_micros(value).ok_or_else(mismatch)?;
+            if !TIMESTAMP_RANGE_MICROS.contains(&micros) {
+                return Err(out_of_range(column, value));
+            }
+            CellValue::Timestamp(micros)
+        }
         ColumnType::Date => match value {
             Value::String(s) => {
                 let date = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| mismatch())?;
                 let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
-                CellValue::Date((date - epoch).num_days() as i32)
+                let days = (date - epoch).num_days();
+                if !DATE_RANGE_DAYS.contains(&days) {
+                    return Err(out_of_range(column, value));
+                }
+                CellValue::Date(days as i32)
             }
             _ => return Err(mismatch()),
         },
@@ -261,6 +288,30 @@ mod tests {
 
     fn column(name: &str, column_type: ColumnType, mode: ColumnMode) -> Column {
         Column { name: name.into(), column_type, mode, description: None, fields: vec![] }
+    }
+
+    /// Fuzz finding: epoch seconds far out of range saturated to i64::MIN/MAX µs and were accepted; a
+    /// TIMESTAMP or DATE outside BigQuery's range is now a schema violation that names it.
+    #[test]
+    fn timestamps_and_dates_outside_bigquerys_range_are_refused() {
+        let at = column("at", ColumnType::Timestamp, ColumnMode::Nullable);
+        let day = column("day", ColumnType::Date, ColumnMode::Nullable);
+        for value in
+            [json!(-9_223_372_036_854_775_808i64), json!(1e300), json!("0000-12-31T23:59:59Z"), json!(253402300800u64)]
+        {
+            let err = coerce_value(&at, Some(&value), false).unwrap_err();
+            assert!(err.0.contains("outside Timestamp's range"), "{value}: {}", err.0);
+        }
+        for (value, micros) in [
+            (json!("0001-01-01T00:00:00Z"), -62_135_596_800_000_000),
+            (json!("9999-12-31T23:59:59.999999Z"), 253_402_300_799_999_999),
+            (json!(253402300799u64), 253_402_300_799_000_000),
+        ] {
+            assert_eq!(coerce_value(&at, Some(&value), false).unwrap(), CellValue::Timestamp(micros), "{value}");
+        }
+        assert!(coerce_value(&day, Some(&json!("+10000-01-01")), false).is_err());
+        assert_eq!(coerce_value(&day, Some(&json!("9999-12-31")), false).unwrap(), CellValue::Date(2_932_896));
+        assert_eq!(coerce_value(&day, Some(&json!("0001-01-01")), false).unwrap(), CellValue::Date(-719_162));
     }
 
     #[test]

@@ -104,7 +104,11 @@ impl LineReader {
             }
             searched = self.filled;
             let pending = self.filled - self.position;
-            if pending > self.max_line + 2 {
+            // What trimming may take off beside the line: a `\r`, and a BOM on the stream's first line
+            // (without that allowance, a first line within the limit was reported oversize when its
+            // bytes came in pieces: found by the fuzz target).
+            let bom = if self.buffer_offset + self.position as u64 == 0 { 3 } else { 0 };
+            if pending > self.max_line + 1 + bom {
                 return self.skip_oversize(file);
             }
             let before = self.position;
@@ -245,6 +249,31 @@ fn trim_line(start_offset: u64, line: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader handing out one byte per read, as a file still being written can.
+    struct ByteAtATime<'a>(&'a [u8]);
+
+    impl Read for ByteAtATime<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else { return Ok(0) };
+            out[0] = *first;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    /// Fuzz finding: a BOM-prefixed first line within the limit, read in pieces, was reported
+    /// oversize (the BOM counted against `max_line`).
+    #[test]
+    fn a_first_line_with_a_bom_read_in_pieces_is_within_the_limit() {
+        let data = b"\xEF\xBB\xBFabc\r\nabcd\nabcde\n";
+        let expected = [FramedContent::Complete(b"abc".to_vec()), FramedContent::Complete(b"abcd".to_vec())];
+        for lines in [frame_stream(&data[..], 4).unwrap(), frame_stream(ByteAtATime(data), 4).unwrap()] {
+            let contents: Vec<_> = lines.iter().map(|l| l.content.clone()).collect();
+            assert_eq!(contents[..2], expected);
+            assert!(matches!(contents[2], FramedContent::Oversize { total_len: 5, .. }), "{contents:?}");
+        }
+    }
     use std::io::{Seek, SeekFrom, Write};
 
     fn file_with(bytes: &[u8]) -> File {
