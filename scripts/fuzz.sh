@@ -38,7 +38,9 @@ for target in "${targets[@]}"; do
     -artifact_prefix="fuzz/artifacts/$target/" >"$log" 2>&1
   code=$?
   set -e
+  # Executions: the final stats, or (after a crash, which prints none) the last status line's count.
   runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1 || true)
+  [[ -n $runs ]] || runs=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#' || true)
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || true)
   files=$(find "$corpus" -type f | wc -l)
   if [[ $code == 0 ]]; then

@@ -63,12 +63,14 @@ seeds["envelope"] += [
     envelope(good_atom, produced_at="yesterday"),
     b'{"event_id":"e","table":"t","op":"insert","payload":{"a":1},"extra":1}',
 ]
+# b"-9223372036854775808": fuzz finding (fixed), epoch seconds saturating to i64::MIN µs.
 seeds["coercion"] += [b'"2024-01-01T00:00:00Z"', b"-9223372036854775808", b"18446744073709551616",
                       b"1.7976931348623157e308", b'"AAEC"', b"[1,[2]]", b'{"a":{"b":null}}', b"true"]
 for i, line in enumerate(bad_lines):
     # limit byte, pieces byte (how many piece sizes follow), piece sizes, then the stream.
     seeds["jsonl_framing"].append(bytes([i * 7 % 64, 3, 1, 5, 2]) + line)
 seeds["jsonl_framing"].append(bytes([63, 0]) + b"".join(bad_lines))
+# Fuzz finding (fixed): a BOM-prefixed first line within the limit, read in pieces, was oversize.
 seeds["jsonl_framing"].append(bytes([3, 2, 0, 0]) + b"\xef\xbb\xbfabc\r\n")
 for choice, body in [(0, b'[{"id":1,"updated":"2024-01-01T00:00:00Z"}]'),
                      (21, b'{"data":[{"id":1}],"next":"p2"}'),
@@ -88,6 +90,8 @@ replays = [
     (b"=x\nbad\n", envelope(good_atom)),
     (b"score=1e999", envelope(good_atom)),
     (b"score=99999999999999999999", envelope(good_atom)),
+    # Fuzz finding (fixed): a float set by replay read back one ulp off.
+    (b"score=99990000001279143091", envelope(good_atom)),
     (b"!score=2", b'{"event_id":"bad-score","score":"abc","created_at":"2024-01-01T00:00:00Z"}'),
     (b"!text=1\n\ntext", b"{not json"),
 ]
