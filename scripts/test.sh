@@ -20,7 +20,7 @@ cargo test --release --locked --no-run
 state=$(mktemp -d)
 log=$state/test.log
 cleanup() {
-  [[ -n ${beside:-} ]] && kill "$beside" 2>/dev/null
+  kill ${beside[@]+"${beside[@]}"} 2>/dev/null || true
   bash scripts/emulators/pubsub.sh stop "$state/pubsub" || true
   bash scripts/emulators/bigquery.sh stop "$state/bigquery" || true
   bash scripts/emulators/gcs.sh stop "$state/gcs" || true
@@ -36,13 +36,15 @@ musl=x86_64-unknown-linux-musl
 export CC_x86_64_unknown_linux_musl=musl-gcc
 gcp_only=(--target "$musl" --no-default-features --features gcp --lib --test bigquery_service --test infra)
 gcp_target=$PWD/target/gcp-only
+# Two chains, so both cores work while the tests wait.
 (
   set -e
   CARGO_TARGET_DIR=$gcp_target nice -n 19 bash scripts/image.sh >"$state/image.out" 2>"$state/image.log"
   CARGO_TARGET_DIR=$gcp_target nice -n 19 cargo test --release --locked "${gcp_only[@]}" --no-run >>"$state/image.log" 2>&1
-  nice -n 19 bash scripts/fuzz.sh 0 >"$state/fuzz-build.log" 2>&1
 ) &
-beside=$!
+beside=($!)
+nice -n 19 bash scripts/fuzz.sh 0 >"$state/fuzz-build.log" 2>&1 &
+beside+=($!)
 PUBSUB_EMULATOR_HOST=$(bash scripts/emulators/pubsub.sh start "$state/pubsub")
 export PUBSUB_EMULATOR_HOST
 echo "pubsub emulator on $PUBSUB_EMULATOR_HOST" >&2
@@ -84,7 +86,7 @@ for test in tests/*.rs; do
   run_tests --test "$name"
 done
 # The background builds, then what they built.
-if ! wait "$beside"; then
+if ! wait "${beside[0]}" || ! wait "${beside[1]}"; then
   status=1
   echo "FAILED: the image, gcp-only or fuzz build" >>"$state/failures"
   tail -40 "$state/image.log" "$state/fuzz-build.log" 2>/dev/null || true
