@@ -4,7 +4,7 @@ feed: tests/embedded_pipeline.rs (BOM, CRLF, blank lines, not UTF-8, invalid JSO
 oversize, schema violations), tests/admin.rs, tests/transforms.rs, tests/first_hour.rs (UTF-16),
 src/envelope.rs (a number beyond f64), tests/dlq_replay.rs (replay edits). Run it again after
 adding a case; the files are checked in."""
-import json, os, shutil
+import json, os
 
 here = os.path.dirname(os.path.abspath(__file__))
 
@@ -100,8 +100,11 @@ for flags, message in replays:
 
 for target, items in seeds.items():
     folder = os.path.join(here, target)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
+    os.makedirs(folder, exist_ok=True)
+    # seed-NN are written here; seed-regression-* are findings' inputs kept as they were found.
+    for name in os.listdir(folder):
+        if name.startswith("seed-") and not name.startswith("seed-regression-"):
+            os.remove(os.path.join(folder, name))
     for i, data in enumerate(items):
         with open(os.path.join(folder, "seed-%02d" % i), "wb") as f:
             f.write(data)
