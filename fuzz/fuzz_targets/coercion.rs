@@ -20,7 +20,8 @@ mod shared;
 
 fuzz_target!(|data: &[u8]| {
     let catalog = shared::catalog();
-    let value: Value = serde_json::from_slice(data).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(data).into()));
+    let value: Value =
+        serde_json::from_slice(data).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(data).into()));
     for table in catalog.tables() {
         for column in &table.columns {
             let Ok(cell) = coerce_value(column, Some(&value), true) else { continue };
@@ -45,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
         let (op, key, version) = match table.write_mode {
             WriteMode::Append => (Op::Insert, None, None),
             WriteMode::Upsert => {
-                let key = table.primary_key.iter().map(|k| (k.clone(), payload.get(k).cloned().unwrap_or(Value::Null))).collect();
+                let key = table
+                    .primary_key
+                    .iter()
+                    .map(|k| (k.clone(), payload.get(k).cloned().unwrap_or(Value::Null)))
+                    .collect();
                 (Op::Upsert, Some(key), Some(1))
             }
         };

@@ -75,7 +75,9 @@ fn shape(lines: &[Framed]) -> Vec<(u64, u64, Option<&[u8]>)> {
     lines
         .iter()
         .map(|l| match &l.content {
-            FramedContent::Complete(b) | FramedContent::Unterminated(b) => (l.start_offset, l.end_offset, Some(b.as_slice())),
+            FramedContent::Complete(b) | FramedContent::Unterminated(b) => {
+                (l.start_offset, l.end_offset, Some(b.as_slice()))
+            }
             FramedContent::Oversize { .. } => (l.start_offset, l.end_offset, None),
         })
         .collect()
