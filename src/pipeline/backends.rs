@@ -116,8 +116,7 @@ pub(super) async fn connect_gcs(config: &Config) -> anyhow::Result<Option<ClaimS
     }
 }
 
-/// Wraps the publisher in the GCS claim check when `[gcs]` has a bucket and a threshold; returns
-/// whether claim checks are on (the sessions source then sends large captures through them).
+/// Without the `gcp` feature there is no bucket (`ClaimStore` has no values): claim checks are off.
 #[cfg(not(feature = "gcp"))]
 pub(super) fn with_claim_checks(_: &mut BusEnds, _: &Config, gcs: Option<&ClaimStore>) -> bool {
     gcs.is_some()
