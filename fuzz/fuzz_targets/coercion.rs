@@ -3,13 +3,14 @@
 //! - nothing panics;
 //! - a TIMESTAMP that coerces prints as RFC 3339 and reads back to the same microsecond (what
 //!   DuckDB and BigQuery are sent is what was read);
-//! - an INT64 coerced from a JSON integer is that integer.
+//! - an INT64 coerced from a JSON integer is that integer;
+//! - a value coerced from its JSON text (the worker's way) gives what its parsed `Value` gives.
 
 #![no_main]
 
 use bqsync::envelope::{ChangeEvent, Op};
 use bqsync::message::{Attributes, Message};
-use bqsync::schema::{coerce_value, parse_timestamp_micros, CellValue, ColumnType, WriteMode};
+use bqsync::schema::{coerce_raw_value, coerce_value, parse_timestamp_micros, CellValue, ColumnType, WriteMode};
 use bqsync::worker::classify::{Classified, Classifier};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -22,8 +23,20 @@ fuzz_target!(|data: &[u8]| {
     let catalog = shared::catalog();
     let value: Value =
         serde_json::from_slice(data).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(data).into()));
+    let raw = serde_json::from_slice::<&serde_json::value::RawValue>(data)
+        .ok()
+        .filter(|_| serde_json::from_slice::<Value>(data).is_ok());
     for table in catalog.tables() {
         for column in &table.columns {
+            if let Some(raw) = raw {
+                assert_eq!(
+                    coerce_raw_value(column, Some(raw.get()), true),
+                    coerce_value(column, Some(&value), true),
+                    "{} into {}",
+                    raw.get(),
+                    column.name
+                );
+            }
             let Ok(cell) = coerce_value(column, Some(&value), true) else { continue };
             match (&cell, column.column_type) {
                 (CellValue::Timestamp(micros), ColumnType::Timestamp) => {

@@ -18,7 +18,10 @@ pub mod transform;
 #[cfg(feature = "gcp")]
 pub(crate) use coerce::decode_base64;
 pub(crate) use coerce::encode_base64;
-pub use coerce::{coerce_fields, coerce_row, coerce_value, parse_timestamp_micros, CellValue, SchemaViolation};
+pub use coerce::{
+    coerce_fields, coerce_raw_fields, coerce_raw_value, coerce_row, coerce_value, parse_timestamp_micros,
+    parse_timestamp_text, CellValue, SchemaViolation,
+};
 
 /// BigQuery column types that bqsync understands, in any case. BigQuery's legacy names (`INTEGER`,
 /// `FLOAT`, `BOOLEAN`, `STRUCT`) are accepted, as `bq show --schema` prints them.

@@ -5,7 +5,7 @@ use crate::batch::StagedRow;
 use crate::dead_letter::{salvage_identity, DeadLetter, DeadLetterReason};
 use crate::envelope::{decode, Op};
 use crate::message::{attr, Message};
-use crate::schema::{coerce_fields, Catalog, CellValue, WriteMode};
+use crate::schema::{coerce_raw_fields, Catalog, CellValue, WriteMode};
 
 /// What a delivery becomes.
 #[derive(Debug)]
@@ -84,7 +84,7 @@ impl Classifier<'_> {
             }
         }
         let payload = &event.payload;
-        let mut cells = coerce_fields(schema, payload.fields(), |name| payload.value(name), event.op == Op::Delete)
+        let mut cells = coerce_raw_fields(schema, payload.fields(), |name| payload.raw(name), event.op == Op::Delete)
             .map_err(|e| fail(DeadLetterReason::Schema, e.0))?;
         if let Some(key) = &event.key {
             for (column, value) in key {

@@ -50,7 +50,7 @@ pub fn record_to_message(
     };
     // Top-level fields borrowed as raw JSON: validates the line and allocates only the index;
     // the few fields identity needs are parsed on demand. Keys with escapes take the slow path.
-    let fields = match serde_json::from_str::<HashMap<&str, &RawValue>>(text) {
+    let fields = match serde_json::from_str::<HashMap<&str, &RawValue, foldhash::fast::RandomState>>(text) {
         Ok(fields) => LineFields::Borrowed(fields),
         Err(_) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => LineFields::Owned(map),
@@ -164,7 +164,7 @@ pub(super) fn line_to_message(
 pub(super) enum LineFields<'a> {
     /// Borrowed as raw JSON: validates the line and allocates only the index; the few fields that
     /// identity needs are parsed on demand.
-    Borrowed(HashMap<&'a str, &'a RawValue>),
+    Borrowed(HashMap<&'a str, &'a RawValue, foldhash::fast::RandomState>),
     /// Fully parsed: the slow path, for keys with escape sequences.
     Owned(Map<String, Value>),
 }

@@ -97,7 +97,7 @@ pub(super) fn overlap_bound(watermark: &SqlValue, overlap_secs: u64) -> SqlValue
         SqlValue::Real(f) => SqlValue::Real(f - overlap as f64),
         SqlValue::Timestamp(t) => SqlValue::Timestamp(t.saturating_sub(overlap.saturating_mul(1_000_000))),
         SqlValue::Text(s) => {
-            let Some(micros) = crate::schema::parse_timestamp_micros(&Value::String(s.clone())) else {
+            let Some(micros) = crate::schema::parse_timestamp_text(s) else {
                 return watermark.clone();
             };
             let separator = if s.as_bytes().get(10) == Some(&b' ') { ' ' } else { 'T' };
