@@ -355,7 +355,7 @@ fn coerce_raw_scalar(column: &Column, raw: &str) -> Option<CellValue> {
 }
 
 /// The text of a JSON string literal that holds no escape; `None` for anything else.
-pub(crate) fn plain_json_string(raw: &str) -> Option<&str> {
+pub fn plain_json_string(raw: &str) -> Option<&str> {
     let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
     (!inner.contains('\\')).then_some(inner)
 }
