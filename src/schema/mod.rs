@@ -19,8 +19,8 @@ pub mod transform;
 pub(crate) use coerce::decode_base64;
 pub(crate) use coerce::encode_base64;
 pub use coerce::{
-    coerce_fields, coerce_raw_fields, coerce_raw_value, coerce_row, coerce_value, parse_timestamp_micros,
-    parse_timestamp_text, plain_json_string, CellValue, SchemaViolation,
+    coerce_raw_fields, coerce_raw_value, coerce_row, coerce_value, parse_timestamp_micros, parse_timestamp_text,
+    plain_json_string, CellValue, SchemaViolation,
 };
 
 /// BigQuery column types that bqsync understands, in any case. BigQuery's legacy names (`INTEGER`,
