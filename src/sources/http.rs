@@ -381,7 +381,7 @@ fn cursor_text(value: &Value) -> Option<String> {
 
 /// Orders cursor values as timestamps when both are, else as numbers, else as text.
 pub fn compare_cursors(a: &str, b: &str) -> std::cmp::Ordering {
-    let time = |s: &str| crate::schema::parse_timestamp_text(s);
+    let time = crate::schema::parse_timestamp_text;
     if let (Some(x), Some(y)) = (time(a), time(b)) {
         return x.cmp(&y);
     }

@@ -224,9 +224,9 @@ fn string_list_array<'a>(cells: impl Iterator<Item = &'a CellValue>, n: usize) -
         for item in items {
             match crate::schema::plain_json_string(item.get()) {
                 Some(text) => list.values().append_value(text),
-                None => match serde_json::from_str::<Value>(item.get()) {
-                    Ok(Value::String(text)) => list.values().append_value(text),
-                    _ => list.values().append_null(),
+                None => match serde_json::from_str::<String>(item.get()) {
+                    Ok(text) => list.values().append_value(text),
+                    Err(_) => list.values().append_null(),
                 },
             }
         }
