@@ -466,17 +466,6 @@ impl Drop for OwnPubSub {
     }
 }
 
-/// Atoms landed so far (new rows only: each atom counts once), from a running process's metrics.
-fn landed_atoms(port: u16) -> Option<f64> {
-    let (_, body) = admin_http(port, "GET", "/metrics", None)?;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with("bqsync_rows_landed_total{table=\"atoms\"}"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
-}
-
 /// Pub/Sub frozen under load, then back: time until everything landed.
 fn pubsub_outage(mode: Mode, rng: &mut fastrand::Rng) -> Outcome {
     let outage = Duration::from_secs(if mode == Mode::Long { 60 } else { 30 });
@@ -492,7 +481,9 @@ fn pubsub_outage(mode: Mode, rng: &mut fastrand::Rng) -> Outcome {
     for chunk in 0..chunks / 2 {
         workload.append(&project, chunk);
     }
-    wait_until(Duration::from_secs(60), "rows landing before the outage", || landed_atoms(port).unwrap_or(0.0) > 0.0);
+    wait_until(Duration::from_secs(60), "rows landing before the outage", || {
+        landed_rows(port, "atoms").unwrap_or(0.0) > 0.0
+    });
     std::thread::sleep(Duration::from_millis(rng.u64(0..500)));
     emulator.signal("STOP");
     for chunk in chunks / 2..chunks {
@@ -505,7 +496,7 @@ fn pubsub_outage(mode: Mode, rng: &mut fastrand::Rng) -> Outcome {
     // Recovered once every atom landed (contacts are checked in the final count).
     let expected = workload.atom_ids.len() as f64;
     wait_until(Duration::from_secs(300), "every atom landed after the outage", || {
-        landed_atoms(port).unwrap_or(0.0) >= expected
+        landed_rows(port, "atoms").unwrap_or(0.0) >= expected
     });
     let recover_secs = resumed.elapsed().as_secs_f64();
     signal(&child, "TERM");
@@ -547,7 +538,9 @@ fn bigquery_outage(mode: Mode, rng: &mut fastrand::Rng) -> Outcome {
     for chunk in 0..chunks / 2 {
         workload.append(&project, chunk);
     }
-    wait_until(Duration::from_secs(120), "rows landing before the outage", || landed_atoms(port).unwrap_or(0.0) > 0.0);
+    wait_until(Duration::from_secs(120), "rows landing before the outage", || {
+        landed_rows(port, "atoms").unwrap_or(0.0) > 0.0
+    });
     std::thread::sleep(Duration::from_millis(rng.u64(0..1000)));
     emulator.kill();
     for chunk in chunks / 2..chunks {
@@ -634,7 +627,7 @@ fn disk_full(mode: Mode, rng: &mut fastrand::Rng) -> Outcome {
     }
     let expected = workload.atom_ids.len() as f64;
     wait_until(Duration::from_secs(300), "every atom landed after the disk was freed", || {
-        landed_atoms(port).unwrap_or(0.0) >= expected
+        landed_rows(port, "atoms").unwrap_or(0.0) >= expected
     });
     let recover_secs = last_free.elapsed().as_secs_f64();
     signal(&child, "TERM");

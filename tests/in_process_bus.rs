@@ -9,17 +9,48 @@ mod common;
 
 use std::time::Duration;
 
-use common::{atom_line, signal, wait_exit, wait_until, Project};
+use common::{atom_line, free_port, landed_rows, signal, wait_exit, wait_until, Project};
 
-/// Holds the state file's write lock, so checkpoints stop where they are while landings go on (up to
-/// the events a source may have in flight), then SIGKILLs the process in that state.
-fn kill_while_checkpoints_are_held(project: &Project, child: &mut std::process::Child) {
-    let state = rusqlite::Connection::open(project.path(".bqsync/state.db")).unwrap();
-    state.execute_batch("BEGIN IMMEDIATE").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+/// The batch sizes of both kill tests: small, so many landings, each a commit the checkpoint follows.
+const FIRST: u64 = 10_000;
+const TOTAL: u64 = 120_000;
+
+/// Holds the state file's write lock: the source checkpoints stop where they are, while landings go
+/// on (up to the events a source may have in flight). Rolled back on drop.
+struct HeldCheckpoints(rusqlite::Connection);
+
+impl HeldCheckpoints {
+    fn take(project: &Project) -> HeldCheckpoints {
+        let state = rusqlite::Connection::open(project.path(".bqsync/state.db")).unwrap();
+        state.busy_timeout(Duration::from_secs(10)).unwrap();
+        state.execute_batch("BEGIN IMMEDIATE").unwrap();
+        HeldCheckpoints(state)
+    }
+}
+
+impl Drop for HeldCheckpoints {
+    fn drop(&mut self) {
+        let _ = self.0.execute_batch("ROLLBACK");
+    }
+}
+
+/// With the checkpoints held at `FIRST` events, `add_the_rest` adds the other input; once the running
+/// process reports a batch (500 rows) landed past the checkpoint, it is SIGKILLed in that state. The
+/// kill cannot come too late: the checkpoints are held before the input that lands past them exists.
+fn kill_with_landings_past_the_checkpoint(
+    project: &Project,
+    child: &mut std::process::Child,
+    port: u16,
+    add_the_rest: impl FnOnce(),
+) {
+    let held = HeldCheckpoints::take(project);
+    add_the_rest();
+    wait_until(Duration::from_secs(60), "rows landed past the held checkpoint", || {
+        landed_rows(port, "atoms").unwrap_or(0.0) >= (FIRST + 500) as f64
+    });
     signal(child, "KILL");
     let _ = wait_exit(child, Duration::from_secs(10));
-    state.execute_batch("ROLLBACK").unwrap();
+    drop(held);
 }
 
 fn lines_before(bytes: &[u8], offset: u64) -> i64 {
@@ -29,32 +60,38 @@ fn lines_before(bytes: &[u8], offset: u64) -> i64 {
 #[test]
 fn a_kill_between_commit_and_checkpoint_lands_each_event_once() {
     let project = Project::new("");
-    let atoms = 120_000u64;
     let mut text = String::new();
-    for i in 0..atoms {
+    for i in 0..TOTAL {
         text.push_str(&atom_line(&format!("k-{i}"), i));
     }
-    project.append("inbox/atoms/a.jsonl", text.as_bytes());
-    // Small batches: many landings, each one a commit the checkpoint follows.
-    let env = [("BQSYNC__WORKER__MAX_BATCH_ROWS", "500"), ("BQSYNC__SOURCES__JSONL__0__PUBLISH_BATCH", "250")];
-    let mut child = project.spawn_run(&["--until-drained"], &env);
+    let split = text.match_indices('\n').nth(FIRST as usize - 1).unwrap().0 + 1;
     let file = "inbox/atoms/a.jsonl";
-    let size = text.len() as u64;
-    wait_until(Duration::from_secs(60), "a first checkpoint", || project.file_lag(file).is_some_and(|lag| lag < size));
-    kill_while_checkpoints_are_held(&project, &mut child);
-    let offset = size - project.file_lag(file).expect("checkpoint");
+    project.append(file, &text.as_bytes()[..split]);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [
+        ("BQSYNC__WORKER__MAX_BATCH_ROWS", "500"),
+        ("BQSYNC__SOURCES__JSONL__0__PUBLISH_BATCH", "250"),
+        ("BQSYNC__ADMIN__LISTEN", listen.as_str()),
+    ];
+    let mut child = project.spawn_run(&[], &env);
+    wait_until(Duration::from_secs(60), "the first lines checkpointed", || project.file_lag(file) == Some(0));
+    kill_with_landings_past_the_checkpoint(&project, &mut child, port, || {
+        project.append(file, &text.as_bytes()[split..]);
+    });
+    let offset = text.len() as u64 - project.file_lag(file).expect("checkpoint");
     let checkpointed = lines_before(text.as_bytes(), offset);
     let landed = project.query_i64("SELECT count(*) FROM atoms");
+    assert_eq!(checkpointed, FIRST as i64, "the checkpoint was held at the first lines");
     assert!(
         landed > checkpointed,
-        "the kill must come after commits the checkpoint does not cover: {landed} rows landed, \
-         {checkpointed} lines checkpointed; log:\n{}",
+        "{landed} rows landed, {checkpointed} lines checkpointed; log:\n{}",
         project.log_tail()
     );
     eprintln!("killed with {landed} rows landed and {checkpointed} lines checkpointed");
-    project.run_until_drained(&env);
-    assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), atoms as i64, "log:\n{}", project.log_tail());
-    assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), atoms as i64);
+    project.run_until_drained(&env[..2]);
+    assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), TOTAL as i64, "log:\n{}", project.log_tail());
+    assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), TOTAL as i64);
     assert_eq!(project.query_i64("SELECT count(*) FROM dead_letters"), 0, "log:\n{}", project.log_tail());
 }
 
@@ -87,20 +124,27 @@ fn run_drains_the_queue_file_beside_the_in_process_path() {
 #[test]
 fn a_kill_after_pages_landed_past_the_watermark_lands_each_row_once() {
     let project = Project::new(
-        "[sources]\njsonl = []\n\n[[sources.sqlite]]\nname = \"app\"\npath = \"app.db\"\n\n\
+        "[sources]\njsonl = []\n\n[[sources.sqlite]]\nname = \"app\"\npath = \"app.db\"\npoll_interval_secs = 1\n\n\
          [[sources.sqlite.tables]]\nsource_table = \"activity\"\ntable = \"atoms\"\nmode = \"rowid\"\n",
     );
-    let rows = 120_000i64;
     let db = rusqlite::Connection::open(project.path("app.db")).unwrap();
-    db.execute_batch(&format!(
-        "CREATE TABLE activity (event_id TEXT, kind TEXT, text TEXT, created_at TEXT NOT NULL);
-         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {rows})
-         INSERT INTO activity SELECT printf('ev-%07d', i), 'click', 'lorem ipsum dolor sit amet',
-           strftime('%Y-%m-%d %H:%M:%S', 1704067200 + i, 'unixepoch') FROM c;"
-    ))
-    .unwrap();
-    drop(db);
-    let env = [("BQSYNC__WORKER__MAX_BATCH_ROWS", "500"), ("BQSYNC__SOURCES__SQLITE__0__BATCH_ROWS", "250")];
+    let insert_rows = |from: u64, to: u64| {
+        db.execute_batch(&format!(
+            "WITH RECURSIVE c(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM c WHERE i < {to})
+             INSERT INTO activity SELECT printf('ev-%07d', i), 'click', 'lorem ipsum dolor sit amet',
+               strftime('%Y-%m-%d %H:%M:%S', 1704067200 + i, 'unixepoch') FROM c;"
+        ))
+        .unwrap();
+    };
+    db.execute_batch("CREATE TABLE activity (event_id TEXT, kind TEXT, text TEXT, created_at TEXT NOT NULL)").unwrap();
+    insert_rows(1, FIRST);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [
+        ("BQSYNC__WORKER__MAX_BATCH_ROWS", "500"),
+        ("BQSYNC__SOURCES__SQLITE__0__BATCH_ROWS", "250"),
+        ("BQSYNC__ADMIN__LISTEN", listen.as_str()),
+    ];
     let watermark = || -> Option<i64> {
         let state = rusqlite::Connection::open(project.path(".bqsync/state.db")).ok()?;
         let saved: String = state
@@ -109,18 +153,29 @@ fn a_kill_after_pages_landed_past_the_watermark_lands_each_row_once() {
         // Saved as JSON `[type, value]`.
         serde_json::from_str::<serde_json::Value>(&saved).ok()?[1].as_i64()
     };
-    let mut child = project.spawn_run(&["--until-drained"], &env);
-    wait_until(Duration::from_secs(60), "a first watermark", || watermark().is_some());
-    kill_while_checkpoints_are_held(&project, &mut child);
+    // The pass is over once its next one is scheduled: only then may the lock be taken, or the pass's
+    // own history writes would wait on it.
+    let next_pass_scheduled = || {
+        let state = rusqlite::Connection::open(project.path(".bqsync/state.db")).ok()?;
+        state
+            .query_row(
+                "SELECT 1 FROM source_state WHERE source = 'app' AND key = 'schedule:next_pass_micros'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .ok()
+    };
+    let mut child = project.spawn_run(&[], &env);
+    wait_until(Duration::from_secs(60), "the first rows' pass", || {
+        watermark() == Some(FIRST as i64) && next_pass_scheduled().is_some()
+    });
+    kill_with_landings_past_the_checkpoint(&project, &mut child, port, || insert_rows(FIRST + 1, TOTAL));
     let saved = watermark().expect("watermark");
     let landed = project.query_i64("SELECT count(*) FROM atoms");
-    assert!(
-        landed > saved,
-        "the kill must come after pages landed past the watermark: {landed} rows landed, watermark {saved}; log:\n{}",
-        project.log_tail()
-    );
+    assert_eq!(saved, FIRST as i64, "the watermark was held at the first rows");
+    assert!(landed > saved, "{landed} rows landed, watermark {saved}; log:\n{}", project.log_tail());
     eprintln!("killed with {landed} rows landed and the watermark at row {saved}");
-    project.run_until_drained(&env);
-    assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), rows, "log:\n{}", project.log_tail());
-    assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), rows);
+    project.run_until_drained(&env[..2]);
+    assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), TOTAL as i64, "log:\n{}", project.log_tail());
+    assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), TOTAL as i64);
 }

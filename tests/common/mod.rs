@@ -458,6 +458,16 @@ pub fn admin_http(port: u16, method: &str, path: &str, token: Option<&str>) -> O
     Some((status, body))
 }
 
+/// Rows of `table` landed so far by a running process (new rows only: each event counts once), from
+/// its admin server's metrics on loopback `port`; `None` while nothing answers.
+pub fn landed_rows(port: u16, table: &str) -> Option<f64> {
+    let (_, body) = admin_http(port, "GET", "/metrics", None)?;
+    let prefix = format!("bqsync_rows_landed_total{{table=\"{table}\"}}");
+    Some(
+        body.lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum(),
+    )
+}
+
 /// Waits for one child: (exit code, user + system CPU seconds, peak RSS MB) of that process alone.
 pub fn wait_with_usage(pid: libc::pid_t) -> (i32, f64, f64) {
     let mut status = 0;
