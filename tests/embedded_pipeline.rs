@@ -116,6 +116,41 @@ fn shuffled_upserts_in_two_loads_end_in_the_highest_version_per_key() {
     assert_contacts_match(&project, &expected);
 }
 
+/// (e) DuckDB's `memory_limit` bounds its buffer pool, not what it can do. At 32MB, a quarter of the
+/// default, 300,000 atoms land, 200,000 upserts over 100,000 keys merge in batches of 50,000, and
+/// `bqsync sql` sorts and aggregates whole tables (DuckDB spills to `<file>.tmp` where it must).
+#[test]
+fn a_small_duckdb_memory_limit_lands_merges_and_queries_whole_tables() {
+    let project = Project::new("");
+    let env = [("BQSYNC__WAREHOUSE__DUCKDB__MEMORY_LIMIT", "32MB"), ("BQSYNC__WORKER__MAX_BATCH_ROWS", "50000")];
+    let atoms = 300_000u64;
+    let text: String = (0..atoms).map(|i| atom_line(&format!("m-{i}"), i)).collect();
+    project.append("inbox/atoms/a.jsonl", text.as_bytes());
+    let (contacts_text, expected) = contacts(200_000, 100_000, 99);
+    project.append("inbox/contacts_master/c.jsonl", contacts_text.as_bytes());
+    project.run_until_drained(&env);
+    assert_eq!(
+        project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"),
+        atoms as i64,
+        "log:\n{}",
+        project.log_tail()
+    );
+    assert_contacts_match(&project, &expected);
+    // (query, the count it must give, when known)
+    let queries = [
+        ("SELECT count(*) FROM (SELECT event_id, text FROM atoms ORDER BY text DESC, event_id)", Some(atoms)),
+        ("SELECT count(*) FROM (SELECT text, count(*) FROM atoms GROUP BY ALL)", None),
+        ("SELECT count(*) FROM atoms a JOIN atoms b USING (event_id)", Some(atoms)),
+    ];
+    for (sql, expected) in queries {
+        let output = project.command(&["sql", "--json", sql]).envs(env.iter().copied()).output().unwrap();
+        assert!(output.status.success(), "{sql}: {}", String::from_utf8_lossy(&output.stderr));
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let count = answer["rows"][0][0].as_u64();
+        assert!(count.is_some_and(|n| n > 0 && expected.is_none_or(|e| e == n)), "{sql}: {answer}");
+    }
+}
+
 /// (d) Every kind of bad input lands in `dead_letters` with its reason while good lines keep flowing.
 #[test]
 fn bad_input_is_dead_lettered_with_its_reason_and_good_lines_flow() {

@@ -14,7 +14,11 @@ pub struct DuckDbConfig {
     /// DuckDB worker threads. Default 2.
     #[serde(default = "default_threads")]
     pub threads: u32,
-    /// DuckDB memory limit, e.g. `1GB`. Default `512MB`.
+    /// DuckDB memory limit (its buffer pool), e.g. `1GB`. Default `128MB`. Joins, sorts and
+    /// aggregations beyond it spill to `<path>.tmp`, so it bounds the RSS without bounding what runs:
+    /// tests/embedded_pipeline.rs lands, merges 50,000-row upsert batches and queries whole tables at
+    /// 32MB; a 50,000-row `MERGE` into a 5M-row table also ran at 32MB. On the 1M-atoms benchmark
+    /// 128MB held the peak RSS about 150 MiB below 512MB at the same speed (docs/benchmarks.md).
     #[serde(default = "default_memory_limit")]
     pub memory_limit: String,
     /// WAL size that triggers a checkpoint (DuckDB `checkpoint_threshold`). Data not yet checkpointed
@@ -40,7 +44,7 @@ const fn default_threads() -> u32 {
 }
 
 fn default_memory_limit() -> String {
-    "512MB".into()
+    "128MB".into()
 }
 
 fn default_checkpoint_threshold() -> String {
