@@ -71,6 +71,9 @@ pub struct AdminState {
     /// Wakes sources for a pass now.
     pub triggers: crate::sources::Triggers,
     pub token: Option<String>,
+    /// The subscription this process's worker pulls from, for `/status`'s queue figures: with `run`'s
+    /// in-process bus they include the events held in memory, which no file shows.
+    pub queue: Option<Arc<dyn crate::bus::Subscription>>,
 }
 
 /// Starts the server (unless `listen = "off"`); returns the address it is bound to.
@@ -147,7 +150,13 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         Some(w) => w.dead_letter_counts().await.map_err(|e| e.to_string()),
         None => Ok(Vec::new()),
     };
+    let queue = match &state.queue {
+        Some(subscription) => subscription.stats().await.map(Some).map_err(|e| e.to_string()),
+        None => Ok(None),
+    };
     let body = serde_json::json!({
+        "queue": queue.as_ref().ok(),
+        "queue_error": queue.as_ref().err(),
         "tables": crate::metrics::global().table_status(),
         "sources": state.triggers.names(),
         "checkpoints": checkpoints,

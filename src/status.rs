@@ -1,6 +1,8 @@
 //! `bqsync status`: queue depth, dead letters by reason, rows per table and checkpoint lag.
 //!
-//! It reads the bus and checkpoint files (SQLite allows readers beside a running bqsync). The DuckDB
+//! It reads the bus and checkpoint files (SQLite allows readers beside a running bqsync), and takes the
+//! queue figures from the running bqsync's admin API when one runs (`run` holds events in memory
+//! between its sources and its worker, which the bus file does not show). The DuckDB
 //! warehouse it reads through the running bqsync's admin API when one runs (DuckDB lets one process
 //! hold the file), else opens the file read-only; when neither works, status says so instead of
 //! failing.
@@ -22,6 +24,8 @@ use crate::sources::checkpoint::CheckpointStore;
 #[derive(Debug, Default, Serialize)]
 pub struct Status {
     pub queue: Option<QueueStats>,
+    /// Where the queue figures come from, when not from the bus file alone.
+    pub queue_note: Option<String>,
     pub rows_per_table: Vec<(String, u64)>,
     pub dead_letters: Vec<(String, String, u64)>,
     pub warehouse_note: Option<String>,
@@ -55,6 +59,11 @@ pub struct StatusInputs<'a> {
 
 pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow::Result<Status> {
     let mut status = Status { queue: embedded_queue(inputs.bus).await?, ..Status::default() };
+    // A running process knows its queue best: `run` holds events in memory that no file shows.
+    if let Some(queue) = crate::warehouse::remote::running_queue(inputs.state_path).await {
+        status.queue = Some(queue);
+        status.queue_note = Some("from the running bqsync: its worker's queue, events held in memory included".into());
+    }
     let path = &inputs.warehouse.duckdb.path;
     if inputs.warehouse.kind == WarehouseKind::Bigquery {
         let warehouse = crate::warehouse::open(inputs.warehouse, inputs.gcs, catalog).await?;
@@ -163,6 +172,9 @@ pub fn render(status: &Status) -> String {
                 .map_or("-".into(), |t| t.to_rfc3339())
         )),
         None => out.push_str("  no bus file yet\n"),
+    }
+    if let Some(note) = &status.queue_note {
+        out.push_str(&format!("  ({note})\n"));
     }
     out.push_str("\nROWS PER TABLE\n");
     for (table, rows) in &status.rows_per_table {

@@ -80,6 +80,9 @@ fn dead_letters_replay_and_queries_work_while_bqsync_runs() {
     let open: u64 = status["dead_letters"].as_array().unwrap().iter().map(|d| d[2].as_u64().unwrap()).sum();
     assert_eq!(open, 4, "the replayed dead letter is no longer open: {status}");
     assert!(status["warehouse_note"].is_null(), "{status}");
+    // The queue figures come from the running process (`run` holds events in memory).
+    assert!(status["queue_note"].as_str().is_some_and(|n| n.contains("running bqsync")), "{status}");
+    assert!(status["queue"]["pending"].is_u64() && status["queue"]["leased"].is_u64(), "{status}");
 
     writer.join().unwrap();
     wait_until(Duration::from_secs(180), "every good line landed", || {
@@ -92,6 +95,8 @@ fn dead_letters_replay_and_queries_work_while_bqsync_runs() {
     assert_eq!((landed, distinct), (good as i64 + 1, good as i64 + 1), "nothing lost, nothing twice");
     // With no process running, the same commands open the file directly.
     assert_eq!(count(&project, "SELECT count(*) FROM atoms WHERE event_id = 'bad3'"), 1);
+    let status = json_of(&project, &["status", "--json"]);
+    assert!(status["queue_note"].is_null(), "the bus file alone: {status}");
 }
 
 /// A notebook holding the warehouse file does not stop bqsync: it waits, naming the holder, and lands

@@ -376,6 +376,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stats_count_the_messages_held_in_memory_beside_the_queue_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, file_queue) = bus(dir.path(), 100);
+        file_queue.publish(messages(2)).await.unwrap();
+        let _ticket = bus.publish_pipelined(messages(3)).await.unwrap();
+        let stats = bus.stats().await.unwrap();
+        assert_eq!((stats.pending, stats.leased), (5, 0));
+        // The in-memory queue first: the file queue is polled at most once a second meanwhile.
+        let pulled = bus.pull(2, Duration::ZERO).await.unwrap();
+        let stats = bus.stats().await.unwrap();
+        assert_eq!((stats.pending, stats.leased), (3, 2));
+        bus.ack(Committed::new(handles(pulled))).await.unwrap();
+        let stats = bus.stats().await.unwrap();
+        assert_eq!((stats.pending, stats.leased), (3, 0));
+    }
+
+    #[tokio::test]
     async fn messages_left_in_the_queue_file_are_delivered_and_acked_through_it() {
         let dir = tempfile::tempdir().unwrap();
         let (bus, file_queue) = bus(dir.path(), 100);

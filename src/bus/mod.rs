@@ -149,7 +149,7 @@ impl Ticket {
 }
 
 /// Depth figures for `bqsync status`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct QueueStats {
     pub pending: u64,
     pub leased: u64,

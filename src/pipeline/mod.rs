@@ -179,7 +179,8 @@ pub async fn spawn(
         tokio::spawn(async move { warehouse.maintain(shutdown).await })
     });
     let settle = warehouse.clone().filter(|_| worker.is_some() && mode == RunMode::UntilDrained);
-    start_admin(config, &catalog, role, warehouse, triggers).await?;
+    let queue = bus.subscription.clone().filter(|_| worker.is_some());
+    start_admin(config, &catalog, role, warehouse, triggers, queue).await?;
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -263,6 +264,7 @@ async fn start_admin(
     role: Role,
     warehouse: Option<Arc<dyn Warehouse>>,
     triggers: crate::sources::Triggers,
+    queue: Option<Arc<dyn crate::bus::Subscription>>,
 ) -> anyhow::Result<()> {
     let mut probes: Vec<(&'static str, crate::admin::Probe)> = Vec::new();
     probes.extend(bus_probe(config, role));
@@ -284,6 +286,7 @@ async fn start_admin(
         probes,
         triggers,
         token: config.admin.token()?,
+        queue,
     };
     crate::admin::serve(state).await?;
     Ok(())

@@ -77,6 +77,16 @@ pub fn running_warehouse(
     Some(Arc::new(RemoteWarehouse::new(&address, token)))
 }
 
+/// The queue figures of the bqsync process running in this project (its worker's subscription: with
+/// `run`'s in-process bus, the events it holds in memory too), when one runs and answers.
+pub async fn running_queue(state_path: &Path) -> Option<crate::bus::QueueStats> {
+    let address = running_process(state_path)?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().ok()?;
+    let response = client.get(format!("http://{}/status", address.address)).send().await.ok()?;
+    let status: serde_json::Value = response.json().await.ok()?;
+    serde_json::from_value(status.get("queue")?.clone()).ok()
+}
+
 /// A dead-letter filter on the wire.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WireFilter {
