@@ -1,6 +1,7 @@
 //! `bqsync run` with DuckDB hands events from its sources to its worker in memory
 //! (`src/bus/direct.rs`). Its new crash point: the warehouse committed events whose source
-//! checkpoint is not written yet. A restart reads them again, and the warehouse must recognise them.
+//! checkpoint is not written yet (for an outbox: whose dirty flags are not cleared yet). A restart
+//! reads them again, and the warehouse must recognise them.
 
 // The embedded bus and DuckDB: built with the `embedded` feature (the default).
 #![cfg(feature = "embedded")]
@@ -178,4 +179,51 @@ fn a_kill_after_pages_landed_past_the_watermark_lands_each_row_once() {
     project.run_until_drained(&env[..2]);
     assert_eq!(project.query_i64("SELECT count(*) FROM atoms"), TOTAL as i64, "log:\n{}", project.log_tail());
     assert_eq!(project.query_i64("SELECT count(DISTINCT event_id) FROM atoms"), TOTAL as i64);
+}
+
+/// The same crash point on an outbox: pages landed whose dirty flags are not cleared yet (the source
+/// reads the next page while one lands, and clears a page's flags only once it landed). The
+/// application holds its write lock, so no clear can happen; the process is SIGKILLed with pages
+/// landed and every flag still set. The restart publishes those rows again: one row a key stays, at
+/// its version, and every flag ends cleared.
+#[test]
+fn a_kill_with_outbox_pages_landed_and_flags_still_set_lands_each_row_once() {
+    let project = Project::new(
+        "[sources]\njsonl = []\n\n[[sources.outbox]]\nname = \"contacts\"\nengine = \"sqlite\"\npath = \"app.db\"\n\
+         source_table = \"contacts\"\ntable = \"contacts_master\"\nbatch_rows = 500\npoll_interval_ms = 50\n",
+    );
+    let rows = 5_000i64;
+    let app = rusqlite::Connection::open(project.path("app.db")).unwrap();
+    app.execute_batch(&format!(
+        "CREATE TABLE contacts (contact_id TEXT PRIMARY KEY, name TEXT, email TEXT, phone TEXT,
+           version INTEGER NOT NULL, dirty BOOLEAN NOT NULL DEFAULT true);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {rows})
+         INSERT INTO contacts (contact_id, name, email, phone, version)
+           SELECT printf('c-%05d', i), 'N', 'e' || i || '@x.test', '+1', 1 + i % 3 FROM c;"
+    ))
+    .unwrap();
+    // The application's write lock: the source reads and publishes, its clears wait.
+    app.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = project.spawn_run(&[], &[("BQSYNC__ADMIN__LISTEN", listen.as_str())]);
+    wait_until(Duration::from_secs(60), "a page landed", || {
+        landed_rows(port, "contacts_master").unwrap_or(0.0) >= 500.0
+    });
+    signal(&child, "KILL");
+    let _ = wait_exit(&mut child, Duration::from_secs(10));
+    app.execute_batch("ROLLBACK").unwrap();
+    let dirty = |app: &rusqlite::Connection| -> i64 {
+        app.query_row("SELECT count(*) FROM contacts WHERE dirty", [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(dirty(&app), rows, "no flag could be cleared");
+    let landed = project.query_i64("SELECT count(*) FROM contacts_master");
+    assert!(landed >= 500, "pages landed with their flags still set: {landed}");
+    eprintln!("killed with {landed} rows landed and every flag set");
+    project.run_until_drained(&[]);
+    assert_eq!(dirty(&app), 0, "log:\n{}", project.log_tail());
+    let at_their_version = "SELECT count(*) FROM contacts_master \
+         WHERE version = 1 + CAST(substr(contact_id, 3) AS INTEGER) % 3 AND email = 'e' || CAST(substr(contact_id, 3) AS INTEGER) || '@x.test'";
+    assert_eq!(project.query_i64("SELECT count(*) FROM contacts_master"), rows, "log:\n{}", project.log_tail());
+    assert_eq!(project.query_i64(at_their_version), rows);
 }

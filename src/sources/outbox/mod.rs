@@ -8,6 +8,10 @@
 //!   transaction. A row the application changed meanwhile carries a new version, keeps its flag and is
 //!   published again on the next pass; an application that changes a row without bumping its version
 //!   is told apart by nothing, but then the warehouse's version guard would ignore the change too.
+//! - Pages go by rowid, so the next page is read and handed off while the previous one lands: at most
+//!   two pages wait for their clear. A crash before a clear publishes those rows again on the next
+//!   pass, and the warehouse's version guard keeps one row a key (tests/in_process_bus.rs kills the
+//!   process with two pages landed and every flag set).
 //! - The application is never blocked for long. SQLite: reads are pages in autocommit, the clear is
 //!   one short write transaction per page, and both wait up to `busy_timeout_ms` for the application's
 //!   own transactions. DuckDB allows one process per file: the source opens the file for a page read
@@ -29,6 +33,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::checkpoint::CheckpointStore;
+use super::in_flight::InFlight;
 use super::rows::{now_rfc3339, poison, row_event, RowMapping, SqlValue};
 use super::schedule::{last_full_resync, record_full_resync, PassClock, Schedule};
 use super::sqlite::{quote, read_rows, ReadRows};
@@ -279,6 +284,32 @@ impl OutboxSource {
         }
     }
 
+    /// Clears the flags of the pages whose publish is durable, oldest first, waiting for the oldest
+    /// while more than `keep` events are in flight. A publish that failed fails the pass: its flags
+    /// and those of the pages after it stay set, and the next pass publishes them again.
+    async fn clear_durable(
+        &mut self,
+        in_flight: &mut InFlight<Vec<ClearKey>>,
+        keep: u64,
+        outcome: &mut EmitOutcome,
+    ) -> Result<(), SourceError> {
+        while let Some(durable) = in_flight.next_durable(keep).await {
+            let (count, keys) =
+                durable.map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+            // Only now, with the rows durable, may their flags be cleared.
+            let cleared = self.clear(&keys).await?;
+            self.published += count;
+            self.cleared += cleared;
+            self.kept_dirty += keys.len() as u64 - cleared;
+            if cleared < keys.len() as u64 {
+                tracing::debug!(source = %self.config.name, changed = keys.len() as u64 - cleared, "rows changed while published keep their dirty flag");
+            }
+            outcome.consumed += count;
+            outcome.published += count;
+        }
+        Ok(())
+    }
+
     /// Builds the events of a page and the keys to clear after they are published.
     fn page_events(&self, page: &ReadRows) -> (Vec<OutboundMessage>, Vec<ClearKey>) {
         let produced_at = now_rfc3339();
@@ -368,6 +399,10 @@ impl Source for OutboxSource {
             tracing::info!(source = %self.config.name, "full re-sync: every row is published again");
         }
         let mut after = i64::MIN;
+        // Pages go by rowid, so the next page is read (and its flags left alone) while the previous
+        // one lands: at most one page waits beyond the one just handed off.
+        let mut in_flight = InFlight::default();
+        let keep = self.config.batch_rows as u64;
         while !self.shutdown.is_stopping() {
             let page = self.read_page(after, full).await?;
             let Some(last) = page.rows.last() else { break };
@@ -377,24 +412,17 @@ impl Source for OutboxSource {
             };
             let (messages, keys) = self.page_events(&page);
             let count = messages.len() as u64;
-            publisher
-                .publish(messages)
+            let ticket = publisher
+                .publish_pipelined(messages)
                 .await
                 .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
-            // Only now, with the rows durable on the bus, may their flags be cleared.
-            let cleared = self.clear(&keys).await?;
-            self.published += count;
-            self.cleared += cleared;
-            self.kept_dirty += keys.len() as u64 - cleared;
-            if cleared < keys.len() as u64 {
-                tracing::debug!(source = %self.config.name, changed = keys.len() as u64 - cleared, "rows changed while published keep their dirty flag");
-            }
-            outcome.consumed += count;
-            outcome.published += count;
+            in_flight.push(ticket, count, keys);
+            self.clear_durable(&mut in_flight, keep, &mut outcome).await?;
             if page.rows.len() < self.config.batch_rows {
                 break;
             }
         }
+        self.clear_durable(&mut in_flight, 0, &mut outcome).await?;
         if !self.shutdown.is_stopping() {
             let tombstones = self.publish_deletes(publisher).await?;
             self.published += tombstones;
