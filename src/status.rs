@@ -19,6 +19,8 @@ use crate::config::warehouse::{WarehouseConfig, WarehouseKind};
 use crate::config::GcsConfig;
 use crate::schema::Catalog;
 use crate::sources::checkpoint::CheckpointStore;
+use crate::warehouse::remote::{self, RemoteWarehouse};
+use crate::warehouse::{Warehouse, WarehouseError};
 
 /// Everything `bqsync status` shows.
 #[derive(Debug, Default, Serialize)]
@@ -58,22 +60,29 @@ pub struct StatusInputs<'a> {
 }
 
 pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow::Result<Status> {
-    let mut status = Status { queue: embedded_queue(inputs.bus).await?, ..Status::default() };
+    let mut status = Status::default();
+    // One request to the running process, when one runs, serves the queue and its dead letters.
+    let running = running_process_status(&inputs).await;
     // A running process knows its queue best: `run` holds events in memory that no file shows.
-    if let Some(queue) = crate::warehouse::remote::running_queue(inputs.state_path).await {
-        status.queue = Some(queue);
-        status.queue_note = Some("from the running bqsync: its worker's queue, events held in memory included".into());
+    match running.as_ref().and_then(|(_, document)| document.as_ref().ok()).and_then(remote::queue_in) {
+        Some(queue) => {
+            status.queue = Some(queue);
+            status.queue_note =
+                Some("from the running bqsync: its worker's queue, events held in memory included".into());
+        }
+        None => status.queue = embedded_queue(inputs.bus).await?,
     }
     let path = &inputs.warehouse.duckdb.path;
     if inputs.warehouse.kind == WarehouseKind::Bigquery {
         let warehouse = crate::warehouse::open(inputs.warehouse, inputs.gcs, catalog).await?;
         status.rows_per_table = warehouse.row_counts().await?;
         status.dead_letters = warehouse.dead_letter_counts().await?;
-    } else if let Some(running) =
-        crate::warehouse::remote::running_warehouse(inputs.warehouse, inputs.state_path, inputs.admin_token.clone())
-    {
-        match (running.row_counts().await, running.dead_letter_counts().await) {
-            (Ok(rows), Ok(dead_letters)) => (status.rows_per_table, status.dead_letters) = (rows, dead_letters),
+    } else if let Some((process, document)) = running {
+        tracing::info!("a running bqsync holds the warehouse: going through it");
+        match (process.row_counts().await, document) {
+            (Ok(rows), Ok(document)) => {
+                (status.rows_per_table, status.dead_letters) = (rows, remote::dead_letter_counts_in(&document))
+            }
             (Err(e), _) | (_, Err(e)) => status.warehouse_note = Some(format!("warehouse not readable now: {e}")),
         }
     } else if path.exists() {
@@ -88,6 +97,22 @@ pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow:
     status.sources = sync_states(inputs.state_path)?;
     Ok(status)
 }
+
+/// The bqsync running in this project, when one runs, and its `/status` document (or why it gave
+/// none within [`RUNNING_STATUS_TIMEOUT`]).
+async fn running_process_status(
+    inputs: &StatusInputs<'_>,
+) -> Option<(RemoteWarehouse, Result<serde_json::Value, WarehouseError>)> {
+    let address = remote::running_process(inputs.state_path)?;
+    let process = RemoteWarehouse::new(&address, inputs.admin_token.clone());
+    let document = tokio::time::timeout(RUNNING_STATUS_TIMEOUT, process.status_document())
+        .await
+        .unwrap_or_else(|_| Err(WarehouseError::Task(format!("pid {} gave no /status in time", address.pid))));
+    Some((process, document))
+}
+
+/// How long `bqsync status` waits for the running process's `/status` (it answers from memory).
+const RUNNING_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The embedded bus file's depth, when there is one.
 #[cfg(feature = "embedded")]
@@ -110,7 +135,6 @@ async fn embedded_queue(_: &EmbeddedBusConfig) -> anyhow::Result<Option<QueueSta
 #[cfg(feature = "embedded")]
 async fn read_duckdb_counts(path: &Path, catalog: Arc<Catalog>) -> anyhow::Result<Result<DuckDbCounts, String>> {
     use crate::warehouse::duckdb::DuckDbWarehouse;
-    use crate::warehouse::Warehouse;
     match DuckDbWarehouse::open_read_only(path, catalog) {
         Ok(warehouse) => Ok(Ok((warehouse.row_counts().await?, warehouse.dead_letter_counts().await?))),
         Err(e) => Ok(Err(format!("warehouse not readable now (a running bqsync holds it?): {e}"))),

@@ -77,14 +77,21 @@ pub fn running_warehouse(
     Some(Arc::new(RemoteWarehouse::new(&address, token)))
 }
 
-/// The queue figures of the bqsync process running in this project (its worker's subscription: with
-/// `run`'s in-process bus, the events it holds in memory too), when one runs and answers.
-pub async fn running_queue(state_path: &Path) -> Option<crate::bus::QueueStats> {
-    let address = running_process(state_path)?;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().ok()?;
-    let response = client.get(format!("http://{}/status", address.address)).send().await.ok()?;
-    let status: serde_json::Value = response.json().await.ok()?;
+/// The queue figures in a running process's `/status` document: its worker's subscription, with
+/// `run`'s in-process bus the events it holds in memory too.
+pub fn queue_in(status: &serde_json::Value) -> Option<crate::bus::QueueStats> {
     serde_json::from_value(status.get("queue")?.clone()).ok()
+}
+
+/// Dead letters by table and reason in a running process's `/status` document.
+pub fn dead_letter_counts_in(status: &serde_json::Value) -> Vec<(String, String, u64)> {
+    let counts = status["dead_letters"].as_array().map(Vec::as_slice).unwrap_or_default();
+    counts
+        .iter()
+        .filter_map(|c| {
+            Some((c["table"].as_str()?.to_string(), c["reason"].as_str()?.to_string(), c["count"].as_u64()?))
+        })
+        .collect()
 }
 
 /// A dead-letter filter on the wire.
@@ -206,6 +213,11 @@ impl RemoteWarehouse {
         serde_json::from_slice(&bytes).map_err(|e| self.error(&format!("answered {path} with something else"), e))
     }
 
+    /// The process's `/status` document: its queue, dead letters by reason, checkpoints and health.
+    pub async fn status_document(&self) -> Result<serde_json::Value, WarehouseError> {
+        self.call(reqwest::Method::GET, "/status", None).await
+    }
+
     fn json(value: &impl Serialize) -> Option<Vec<u8>> {
         Some(serde_json::to_vec(value).expect("serializes"))
     }
@@ -234,14 +246,7 @@ impl Warehouse for RemoteWarehouse {
     }
 
     async fn dead_letter_counts(&self) -> Result<Vec<(String, String, u64)>, WarehouseError> {
-        let status: serde_json::Value = self.call(reqwest::Method::GET, "/status", None).await?;
-        let counts = status["dead_letters"].as_array().cloned().unwrap_or_default();
-        Ok(counts
-            .iter()
-            .filter_map(|c| {
-                Some((c["table"].as_str()?.to_string(), c["reason"].as_str()?.to_string(), c["count"].as_u64()?))
-            })
-            .collect())
+        Ok(dead_letter_counts_in(&self.status_document().await?))
     }
 
     /// The process answers (`/healthz`: no table is counted for it, unlike `/tables`).
