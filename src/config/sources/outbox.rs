@@ -50,9 +50,10 @@ pub struct OutboxSourceConfig {
     /// IANA time zone of `schedule` and `full_schedule`. Default UTC.
     #[serde(default)]
     pub timezone: Option<String>,
-    /// Rows per page (one publish and one clear transaction a page). A page holds the application's
-    /// file twice, briefly (read, then compare-and-clear), never across the publish; larger pages open
-    /// it less often. Default 20000 (200k DuckDB rows: 4.4 s at 5000, 3.0 s at 20000).
+    /// Rows per page (one publish and one clear transaction a page). A DuckDB file is opened once a
+    /// page, briefly (the compare-and-clear of the pages that landed, then the next page's read),
+    /// never across the publish; larger pages open it less often but hold more rows in memory (two
+    /// pages wait for their clear). Default 20000.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
     /// How long to wait for the application's locks (SQLite busy timeout; DuckDB: retrying the

@@ -1,6 +1,7 @@
 //! The DuckDB engine of the outbox (the `embedded` feature): DuckDB allows one process per file, so
-//! every page read and every clear opens the file, does its one thing and closes it again, retrying
-//! while the application holds the lock (see the module docs of [`super`]).
+//! each step of a pass (the clear of the pages that landed with the next page's read, a delete-log
+//! page, a final clear) opens the file, does its work and closes it again, retrying while the
+//! application holds the lock (see the module docs of [`super`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +34,32 @@ impl DuckDbFile {
     pub(super) async fn clear(&self, staging: &str, joined: &str, keys: &[ClearKey]) -> Result<u64, String> {
         let mut connection = open_duckdb_waiting(self.path.clone(), self.busy).await?;
         clear_flags(&mut connection, staging, joined, keys).map_err(|e| e.to_string())
+    }
+
+    /// One open for a pass's next step: the compare-and-clear of the pages that landed (none when
+    /// `keys` is empty), then the next page. Each open is a new DuckDB instance (about 10 ms, and the
+    /// close checkpoints what the clear wrote), so one open a page instead of two. The clear commits
+    /// before the read: its count stands even when the read then fails.
+    pub(super) async fn clear_then_read(
+        &self,
+        clear: (&str, &str, &[ClearKey]),
+        read: (&str, i64, i64),
+    ) -> (Result<u64, String>, Result<ReadRows, String>) {
+        let (staging, joined, keys) = clear;
+        let (sql, after, limit) = read;
+        let mut connection = match open_duckdb_waiting(self.path.clone(), self.busy).await {
+            Ok(connection) => connection,
+            Err(e) => return (Err(e.clone()), Err(e)),
+        };
+        let cleared = match keys.is_empty() {
+            true => Ok(0),
+            false => clear_flags(&mut connection, staging, joined, keys).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = &cleared {
+            return (cleared.clone(), Err(format!("not read: the clear failed first ({e})")));
+        }
+        let page = read_duckdb_rows(&connection, sql, after, limit).map_err(|e| e.to_string());
+        (cleared, page)
     }
 
     /// Runs `delete_row` for each key's (key…, version), in one transaction (the delete log).

@@ -14,9 +14,10 @@
 //!   process with two pages landed and every flag set).
 //! - The application is never blocked for long. SQLite: reads are pages in autocommit, the clear is
 //!   one short write transaction per page, and both wait up to `busy_timeout_ms` for the application's
-//!   own transactions. DuckDB allows one process per file: the source opens the file for a page read
-//!   or a clear and closes it right after (never across a publish), retrying while the application
-//!   holds it; the application should likewise retry on a lock error (or keep its outbox in SQLite).
+//!   own transactions. DuckDB allows one process per file: the source opens the file once a page,
+//!   clears the flags of the pages that landed and reads the next page, and closes it right after
+//!   (never across a publish), retrying while the application holds it; the application should
+//!   likewise retry on a lock error (or keep its outbox in SQLite).
 //! - Hard deletes leave no dirty row behind: use `deleted_column` (soft deletes), or a delete log fed
 //!   by a trigger (`delete_log_table`, see [`deletes`]), for deletes to reach the warehouse.
 
@@ -48,6 +49,13 @@ pub use crate::config::sources::outbox::{OutboxEngine, OutboxSourceConfig};
 struct ClearKey {
     key: Vec<SqlValue>,
     version: SqlValue,
+}
+
+/// Pages whose publish is durable and whose flags wait for their compare-and-clear.
+#[derive(Default)]
+struct Landed {
+    events: u64,
+    keys: Vec<ClearKey>,
 }
 
 /// The SQL of one outbox, for both engines (both understand it).
@@ -230,11 +238,20 @@ impl OutboxSource {
         duckdb_engine::DuckDbFile::new(&self.config.path, Duration::from_millis(self.config.busy_timeout_ms))
     }
 
-    async fn read_page(&mut self, after_rowid: i64, full: bool) -> Result<ReadRows, SourceError> {
+    /// Clears the flags of the pages that `landed`, then reads the page after `after_rowid`. DuckDB
+    /// does both in one open of the file; SQLite keeps its connection open anyway.
+    async fn clear_and_read(
+        &mut self,
+        landed: Landed,
+        after_rowid: i64,
+        full: bool,
+        outcome: &mut EmitOutcome,
+    ) -> Result<ReadRows, SourceError> {
         let limit = self.config.batch_rows as i64;
         let sql = if full { &self.statements.select_all_page } else { &self.statements.select_page }.clone();
         match self.engine {
             OutboxEngine::Sqlite => {
+                self.clear_landed(landed, outcome).await?;
                 let result = read_rows(self.sqlite()?, &sql, &[&after_rowid, &limit]);
                 result.map_err(|e| {
                     self.sqlite = None; // reopen on the next pass (the file may have been replaced)
@@ -242,7 +259,12 @@ impl OutboxSource {
                 })
             }
             OutboxEngine::Duckdb => {
-                self.duckdb().read_page(&sql, after_rowid, limit).await.map_err(|e| self.db_error(e))
+                let file = self.duckdb();
+                let clear =
+                    (self.statements.clear_staging.as_str(), self.statements.clear_joined.as_str(), &landed.keys[..]);
+                let (cleared, page) = file.clear_then_read(clear, (&sql, after_rowid, limit)).await;
+                self.account(&landed, cleared.map_err(|e| self.db_error(e))?, outcome);
+                page.map_err(|e| self.db_error(e))
             }
         }
     }
@@ -284,30 +306,50 @@ impl OutboxSource {
         }
     }
 
-    /// Clears the flags of the pages whose publish is durable, oldest first, waiting for the oldest
-    /// while more than `keep` events are in flight. A publish that failed fails the pass: its flags
-    /// and those of the pages after it stay set, and the next pass publishes them again.
-    async fn clear_durable(
+    /// The pages whose publish is durable, oldest first, waiting for the oldest while more than
+    /// `keep` events are in flight. A publish that failed fails the pass: its flags and those of the
+    /// pages after it stay set, and the next pass publishes them again.
+    async fn take_landed(
         &mut self,
         in_flight: &mut InFlight<Vec<ClearKey>>,
         keep: u64,
+        landed: &mut Landed,
         outcome: &mut EmitOutcome,
     ) -> Result<(), SourceError> {
         while let Some(durable) = in_flight.next_durable(keep).await {
-            let (count, keys) =
-                durable.map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
-            // Only now, with the rows durable, may their flags be cleared.
-            let cleared = self.clear(&keys).await?;
-            self.published += count;
-            self.cleared += cleared;
-            self.kept_dirty += keys.len() as u64 - cleared;
-            if cleared < keys.len() as u64 {
-                tracing::debug!(source = %self.config.name, changed = keys.len() as u64 - cleared, "rows changed while published keep their dirty flag");
+            match durable {
+                Ok((count, keys)) => {
+                    landed.events += count;
+                    landed.keys.extend(keys);
+                }
+                Err(error) => {
+                    // The pages before the failed one did land: their flags are cleared first.
+                    self.clear_landed(std::mem::take(landed), outcome).await?;
+                    return Err(SourceError::Publish { source_name: self.config.name.clone(), error });
+                }
             }
-            outcome.consumed += count;
-            outcome.published += count;
         }
         Ok(())
+    }
+
+    /// Clears the flags of the pages that landed (only now, with their rows durable).
+    async fn clear_landed(&mut self, landed: Landed, outcome: &mut EmitOutcome) -> Result<(), SourceError> {
+        let cleared = self.clear(&landed.keys).await?;
+        self.account(&landed, cleared, outcome);
+        Ok(())
+    }
+
+    /// Counts pages that landed and had `cleared` of their flags cleared.
+    fn account(&mut self, landed: &Landed, cleared: u64, outcome: &mut EmitOutcome) {
+        let changed = landed.keys.len() as u64 - cleared;
+        self.published += landed.events;
+        self.cleared += cleared;
+        self.kept_dirty += changed;
+        if changed > 0 {
+            tracing::debug!(source = %self.config.name, changed, "rows changed while published keep their dirty flag");
+        }
+        outcome.consumed += landed.events;
+        outcome.published += landed.events;
     }
 
     /// Builds the events of a page and the keys to clear after they are published.
@@ -403,8 +445,10 @@ impl Source for OutboxSource {
         // one lands: at most one page waits beyond the one just handed off.
         let mut in_flight = InFlight::default();
         let keep = self.config.batch_rows as u64;
+        // Pages that landed: their flags are cleared in the same open as the next page's read.
+        let mut landed = Landed::default();
         while !self.shutdown.is_stopping() {
-            let page = self.read_page(after, full).await?;
+            let page = self.clear_and_read(std::mem::take(&mut landed), after, full, &mut outcome).await?;
             let Some(last) = page.rows.last() else { break };
             after = match last[0] {
                 SqlValue::Integer(i) => i,
@@ -417,12 +461,13 @@ impl Source for OutboxSource {
                 .await
                 .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
             in_flight.push(ticket, count, keys);
-            self.clear_durable(&mut in_flight, keep, &mut outcome).await?;
+            self.take_landed(&mut in_flight, keep, &mut landed, &mut outcome).await?;
             if page.rows.len() < self.config.batch_rows {
                 break;
             }
         }
-        self.clear_durable(&mut in_flight, 0, &mut outcome).await?;
+        self.take_landed(&mut in_flight, 0, &mut landed, &mut outcome).await?;
+        self.clear_landed(landed, &mut outcome).await?;
         if !self.shutdown.is_stopping() {
             let tombstones = self.publish_deletes(publisher).await?;
             self.published += tombstones;

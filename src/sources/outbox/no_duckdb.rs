@@ -28,6 +28,14 @@ impl DuckDbFile {
         Err(not_built())
     }
 
+    pub(super) async fn clear_then_read(
+        &self,
+        _: (&str, &str, &[ClearKey]),
+        _: (&str, i64, i64),
+    ) -> (Result<u64, String>, Result<ReadRows, String>) {
+        (Err(not_built()), Err(not_built()))
+    }
+
     pub(super) async fn delete_each(&self, _: &str, _: &[ClearKey]) -> Result<(), String> {
         Err(not_built())
     }
