@@ -14,7 +14,7 @@ use duckdb::arrow::datatypes::{DataType, Field, Schema};
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::Connection;
 
-use super::duckdb_append::{self, Landed, SeenEvents};
+use super::duckdb_append::{self, Landed, Novelty, SeenEvents};
 use super::duckdb_arrow::column_array;
 use super::sql;
 use super::{seal, DeadLetterFilter, DeadLetterRecord, LandResult, LandStats, TableBatch, Warehouse, WarehouseError};
@@ -170,19 +170,16 @@ impl DuckDbWarehouse {
         }
         let error = || self.error(format!("append to {}", table.table));
         let max_rows = self.inner.event_index_max_rows;
-        let (stats, hashes) =
-            match duckdb_append::new_events_only(seen, tx, table, &batch.rows, max_rows).map_err(error())? {
-                Some(hashes) => {
-                    let appended = duckdb_append::append(tx, table, &batch.rows).map_err(error())?;
-                    (LandStats { rows_changed: appended as u64, rows_offered: batch.rows.len() as u64 }, hashes)
-                }
-                // Some event may be stored already: the exact path, then every id of the batch is stored.
-                None => (
-                    self.stage_and_apply(tx, table, batch)?,
-                    batch.rows.iter().map(|r| duckdb_append::event_hash(&r.event_id)).collect(),
-                ),
-            };
-        Ok((stats, Some(Landed { table: table.table.clone(), hashes })))
+        let (stats, hashes) = match duckdb_append::novelty(seen, tx, table, &batch.rows, max_rows).map_err(error())? {
+            Novelty::New(hashes) => {
+                let appended = duckdb_append::append(tx, table, &batch.rows).map_err(error())?;
+                (LandStats { rows_changed: appended as u64, rows_offered: batch.rows.len() as u64 }, Some(hashes))
+            }
+            // The exact path; then every id of the batch is stored.
+            Novelty::MaybeStored(hashes) => (self.stage_and_apply(tx, table, batch)?, Some(hashes)),
+            Novelty::Unindexed => (self.stage_and_apply(tx, table, batch)?, None),
+        };
+        Ok((stats, hashes.map(|hashes| Landed { table: table.table.clone(), hashes })))
     }
 
     /// The SQL path: stage the batch, then one set-based statement (see [`super::sql`]).

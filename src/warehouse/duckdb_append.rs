@@ -115,26 +115,31 @@ fn list_element(column: &Column) -> Option<StagingType> {
     }
 }
 
-/// The hashes of a batch when every row is certainly new (none in the index, none twice in the
-/// batch); `None` when the batch must take the exact SQL path.
-pub fn new_events_only(
+/// What the index says of a batch, with the hashes of its event ids (to add once it committed).
+pub enum Novelty {
+    /// None of its events is in the index, and none is twice in the batch: it can be appended.
+    New(Vec<u64>),
+    /// Some event may be stored already (a redelivery, a replay, a reset source): the exact path.
+    MaybeStored(Vec<u64>),
+    /// The table is too large to index (`event_index_max_rows`): the exact path, nothing to add.
+    Unindexed,
+}
+
+/// Whether every row of a batch is certainly new, by the table's index.
+pub fn novelty(
     seen: &mut SeenEvents,
     connection: &duckdb::Connection,
     table: &TableSchema,
     rows: &[StagedRow],
     max_rows: u64,
-) -> duckdb::Result<Option<Vec<u64>>> {
+) -> duckdb::Result<Novelty> {
     let Some(index) = seen.index(connection, table, max_rows)? else {
-        return Ok(None);
+        return Ok(Novelty::Unindexed);
     };
+    let hashes: Vec<u64> = rows.iter().map(|row| event_hash(&row.event_id)).collect();
     let mut in_batch = HashSet64::with_capacity_and_hasher(rows.len(), Default::default());
-    for row in rows {
-        let hash = event_hash(&row.event_id);
-        if index.contains(&hash) || !in_batch.insert(hash) {
-            return Ok(None);
-        }
-    }
-    Ok(Some(in_batch.into_iter().collect()))
+    let new = hashes.iter().all(|hash| !index.contains(hash) && in_batch.insert(*hash));
+    Ok(if new { Novelty::New(hashes) } else { Novelty::MaybeStored(hashes) })
 }
 
 /// Appends rows known to be new straight into the table, in the caller's transaction.
