@@ -43,6 +43,11 @@ impl Shutdown {
         self.drained.is_cancelled()
     }
 
+    /// Resolves once [`Shutdown::input_drained`] was called.
+    pub async fn drained(&self) {
+        self.drained.cancelled().await;
+    }
+
     /// Resolves once [`Shutdown::stop`] was called.
     pub async fn stopped(&self) {
         self.stop.cancelled().await;

@@ -20,7 +20,7 @@
 //!   an older run) are pulled and acked through it as before, with its leases and attempts.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,8 @@ struct Shared {
     /// batch (see [`Subscription::flush_requested`]).
     waiters: Arc<AtomicUsize>,
     last_file_poll: Mutex<Instant>,
+    /// Bumped by [`Subscription::wake`]: a pull that sees it change returns at once.
+    wakes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -90,6 +92,7 @@ impl DirectBus {
                 published: Notify::new(),
                 waiters: Arc::default(),
                 last_file_poll: Mutex::new(Instant::now()),
+                wakes: AtomicU64::new(0),
             }),
             file_queue,
         }
@@ -219,7 +222,9 @@ impl DirectBus {
 impl Subscription for DirectBus {
     async fn pull(&self, max_messages: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
         let deadline = Instant::now() + wait;
+        let wakes = self.shared.wakes.load(Ordering::Acquire);
         loop {
+            // Created before the checks, so a publish or a wake between them still ends the wait.
             let notified = self.shared.published.notified();
             let mut deliveries = self.take(max_messages);
             if deliveries.len() < max_messages && self.file_queue_due(deliveries.len()) {
@@ -227,7 +232,8 @@ impl Subscription for DirectBus {
                 deliveries.extend(more);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if !deliveries.is_empty() || remaining.is_zero() {
+            let woken = self.shared.wakes.load(Ordering::Acquire) != wakes;
+            if !deliveries.is_empty() || remaining.is_zero() || woken {
                 return Ok(deliveries);
             }
             // Woken by a publish; the file queue is polled again after at most 100 ms.
@@ -290,6 +296,11 @@ impl Subscription for DirectBus {
 
     fn flush_requested(&self) -> bool {
         self.shared.waiters.load(Ordering::Acquire) > 0 && self.state().queue.is_empty()
+    }
+
+    fn wake(&self) {
+        self.shared.wakes.fetch_add(1, Ordering::AcqRel);
+        self.shared.published.notify_waiters();
     }
 
     async fn close(&self) {
@@ -402,5 +413,28 @@ mod tests {
         assert!(!bus.is_drained().await.unwrap(), "leased in the file queue");
         bus.ack(Committed::new(handles(pulled))).await.unwrap();
         assert!(bus.is_drained().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_wake_ends_a_pull_that_waits_and_a_later_pull_waits_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, _) = bus(dir.path(), 100);
+        let bus = Arc::new(bus);
+        let waiting = tokio::spawn({
+            let bus = bus.clone();
+            async move {
+                let started = Instant::now();
+                (bus.pull(10, Duration::from_secs(60)).await.unwrap().len(), started.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the pull waits for messages");
+        bus.wake();
+        let (pulled, waited) = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+        assert_eq!(pulled, 0);
+        assert!(waited < Duration::from_secs(10), "woken, not timed out: {waited:?}");
+        // The wake ended that pull only: the next one waits its time again.
+        let again = tokio::time::timeout(Duration::from_millis(300), bus.pull(10, Duration::from_secs(60))).await;
+        assert!(again.is_err(), "a pull after the wake waits");
     }
 }

@@ -194,6 +194,10 @@ pub trait Subscription: Send + Sync {
     fn flush_requested(&self) -> bool {
         false
     }
+    /// Ends the wait of a pull under way: it returns what it has, perhaps nothing. The worker calls
+    /// it when a one-shot run's input is drained, so the run does not sit out the pull's wait. Buses
+    /// whose pulls cannot be cut short keep the default (the run ends at most a pull's wait later).
+    fn wake(&self) {}
     /// Stops receiving and sends pending acks; unacked deliveries are released.
     async fn close(&self) {}
 }

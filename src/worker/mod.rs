@@ -161,8 +161,23 @@ impl Worker {
                 continue;
             }
             // Never cancel a pull midway: deliveries it leased would sit out their lease unprocessed.
-            // Its wait is short, so a stop request is seen within it.
-            let deliveries = match self.subscription.pull(self.config.pull_max_messages, wait).await {
+            // Its wait is short, so a stop request is seen within it; input drained meanwhile ends
+            // the wait (where the bus can), so a one-shot run does not sit it out.
+            let subscription = self.subscription.clone();
+            let pull = subscription.pull(self.config.pull_max_messages, wait);
+            let pulled = if drained {
+                pull.await
+            } else {
+                tokio::pin!(pull);
+                tokio::select! {
+                    pulled = &mut pull => pulled,
+                    _ = shutdown.drained() => {
+                        subscription.wake();
+                        pull.await
+                    }
+                }
+            };
+            let deliveries = match pulled {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, "pull failed; retrying");
