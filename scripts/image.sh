@@ -2,6 +2,7 @@
 # Builds the worker image, checks it, and prints its digest:
 #
 #   bash scripts/image.sh            # → target/image/bqsync.oci.tar, and the digest on stdout
+#   bash scripts/image.sh tools      # only install what it needs (musl target, musl-gcc, podman)
 #
 # The image is `FROM scratch`: one statically linked binary (musl, built with
 # `--no-default-features --features gcp`: no DuckDB), the CA certificates, a passwd/group naming the
@@ -9,6 +10,7 @@
 # image to pull and no container to run (vfs storage, chroot isolation: what this sandbox allows).
 #
 # CARGO_TARGET_DIR is honoured (CI builds the image beside the tests, in a folder of its own).
+# BQSYNC_BINARY=PATH packs a static gcp-only binary built beforehand instead of building one.
 #
 # Checks (each fails the script): the image is at most MAX_IMAGE_MB (default 40) MB; `podman image
 # inspect` shows user 10001:10001, the entrypoint /usr/local/bin/bqsync and the command `work`; the
@@ -43,11 +45,21 @@ fi
 command -v musl-gcc >/dev/null || apt_install musl-tools
 command -v podman >/dev/null || apt_install podman
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || apt_install ca-certificates
+# `bash scripts/image.sh tools`: only the above (CI, before it builds the gcp-only tests for musl).
+[[ ${1:-} == tools ]] && exit 0
 
 # The C parts (ring, SQLite, mimalloc) are compiled for musl by musl-gcc.
 export CC_x86_64_unknown_linux_musl=musl-gcc
-cargo build --release --locked --target "$target" --no-default-features --features gcp --bin bqsync >&2
-binary=${CARGO_TARGET_DIR:-target}/$target/release/bqsync
+if [[ -n ${BQSYNC_BINARY:-} ]]; then
+  # A binary built beforehand for the same target and features. CI passes the one its gcp-only
+  # tests were built with: building it here again would compile much of the dependency tree a second
+  # time, since the tests' dev-dependencies add features to shared crates (rustix, bitflags, …).
+  binary=$BQSYNC_BINARY
+  [[ -x $binary ]] || fail "BQSYNC_BINARY=$binary is not an executable file"
+else
+  cargo build --release --locked --target "$target" --no-default-features --features gcp --bin bqsync >&2
+  binary=${CARGO_TARGET_DIR:-target}/$target/release/bqsync
+fi
 
 rm -rf "$out" && mkdir -p "$out/context/rootfs"
 root=$out/context/rootfs
