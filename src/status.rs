@@ -78,7 +78,6 @@ pub async fn collect(inputs: StatusInputs<'_>, catalog: Arc<Catalog>) -> anyhow:
         status.rows_per_table = warehouse.row_counts().await?;
         status.dead_letters = warehouse.dead_letter_counts().await?;
     } else if let Some((process, document)) = running {
-        tracing::info!("a running bqsync holds the warehouse: going through it");
         match (process.row_counts().await, document) {
             (Ok(rows), Ok(document)) => {
                 (status.rows_per_table, status.dead_letters) = (rows, remote::dead_letter_counts_in(&document))
@@ -104,6 +103,7 @@ async fn running_process_status(
     inputs: &StatusInputs<'_>,
 ) -> Option<(RemoteWarehouse, Result<serde_json::Value, WarehouseError>)> {
     let address = remote::running_process(inputs.state_path)?;
+    tracing::info!(address = %address.address, pid = address.pid, "a running bqsync serves this project: asking it first");
     let process = RemoteWarehouse::new(&address, inputs.admin_token.clone());
     let document = tokio::time::timeout(RUNNING_STATUS_TIMEOUT, process.status_document())
         .await
