@@ -334,6 +334,7 @@ pub async fn replay(
                     summary.already_present += stat.rows_offered - stat.rows_changed;
                 }
             }
+            tracing::debug!(replayed = done * REPLAY_CHUNK + chunk.len(), "replay chunk committed");
         }
         progress.update((done * REPLAY_CHUNK + chunk.len()) as u64);
     }

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{atom_line, signal, wait_exit, Project};
+use common::{atom_line, signal, wait_exit, wait_until, Project};
 
 fn stdout_of(project: &Project, args: &[&str]) -> String {
     let output = project.command(args).output().unwrap();
@@ -151,14 +151,21 @@ fn a_replay_killed_midway_is_resumed_without_duplicates() {
     assert_eq!(project.query_i64("SELECT count(*) FROM dead_letters"), total as i64);
     add_colour_column(&project);
 
-    let mut child = project.spawn(&["replay"], &[]);
-    std::thread::sleep(Duration::from_millis(900));
+    // Killed once ten of its hundred chunks committed, whatever the machine's speed.
+    let mut child = project.spawn(&["replay"], &[("BQSYNC_LOG", "debug")]);
+    let committed = || {
+        std::fs::read_to_string(project.path("bqsync.log"))
+            .unwrap_or_default()
+            .matches("replay chunk committed")
+            .count()
+    };
+    wait_until(Duration::from_secs(120), "ten replay chunks committed", || committed() >= 10);
     assert!(child.try_wait().unwrap().is_none(), "the replay must still be running to be killed");
     signal(&child, "KILL");
     let _ = wait_exit(&mut child, Duration::from_secs(60));
     let landed_before = project.query_i64("SELECT count(*) FROM atoms");
     eprintln!("replay killed with {landed_before} of {total} landed");
-    assert!(landed_before < total as i64);
+    assert!(landed_before >= 10_000 && landed_before < total as i64);
 
     let resumed = json_of(&project, &["replay", "--json"]);
     assert_eq!(resumed["landed_new"].as_i64().unwrap() + landed_before, total as i64, "{resumed}");

@@ -112,3 +112,69 @@ fn tables_above_the_index_limit_deduplicate_in_sql() {
     drop(warehouse);
     assert_eq!(stored(&path), expected(0..30));
 }
+
+/// Whether the file's `_bqsync_event_id` of atoms is computed (a virtual column) rather than stored.
+fn event_id_is_computed(path: &Path) -> bool {
+    let connection = duckdb::Connection::open(path).unwrap();
+    connection
+        .query_row(
+            "SELECT column_default IS NOT NULL FROM duckdb_columns() WHERE table_name = 'atoms' AND column_name = '_bqsync_event_id'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// A new atoms table computes its event id from `event_id`; one created before that (which stores
+/// it) keeps storing it, on both paths, with the same values.
+#[test]
+fn a_table_that_stores_its_event_id_keeps_storing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh.duckdb");
+    let warehouse =
+        DuckDbWarehouse::open(&DuckDbConfig { path: fresh.clone(), ..Default::default() }, Arc::new(catalog()))
+            .unwrap();
+    land(&warehouse, 0..10);
+    drop(warehouse);
+    assert!(event_id_is_computed(&fresh));
+
+    let old = dir.path().join("old.duckdb");
+    duckdb::Connection::open(&old)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE atoms (event_id VARCHAR, entity_id VARCHAR, kind VARCHAR, text VARCHAR, score DOUBLE,
+               tags VARCHAR[], created_at TIMESTAMP, _bqsync_event_id VARCHAR NOT NULL, _bqsync_version BIGINT,
+               _bqsync_deleted BOOLEAN NOT NULL DEFAULT false, _bqsync_landed_at TIMESTAMP NOT NULL)",
+        )
+        .unwrap();
+    let warehouse =
+        DuckDbWarehouse::open(&DuckDbConfig { path: old.clone(), ..Default::default() }, Arc::new(catalog())).unwrap();
+    assert_eq!(land(&warehouse, 0..100), 100, "the direct append");
+    assert_eq!(land(&warehouse, 50..150), 50, "the SQL path");
+    drop(warehouse);
+    assert!(!event_id_is_computed(&old));
+    assert_eq!(stored(&old), expected(0..150));
+}
+
+/// The worker gives each atom its `event_id` field as its id; should a row whose id differs reach the
+/// landing anyway, it fails rather than storing a row under an id that is not its own.
+#[test]
+fn a_row_whose_id_differs_from_its_id_column_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.duckdb");
+    let warehouse =
+        DuckDbWarehouse::open(&DuckDbConfig { path: path.clone(), ..Default::default() }, Arc::new(catalog())).unwrap();
+    let mut row = atom(1);
+    row.event_id = "not-e1".into();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let result = runtime.block_on(async {
+        warehouse.ensure_tables().await.unwrap();
+        warehouse
+            .land(Arc::new(vec![TableBatch { table: "atoms".into(), rows: vec![atom(0), row] }]), Default::default())
+            .await
+    });
+    let error = result.expect_err("the landing fails").error.to_string();
+    assert!(error.contains("not-e1") && error.contains("`event_id`"), "{error}");
+    drop(warehouse);
+    assert!(stored(&path).is_empty(), "nothing of the batch is stored");
+}

@@ -5,6 +5,7 @@
 //! version-guarded MERGE for upsert tables), all in one transaction with the dead letters of the
 //! same flush. See [`super::sql`] for the statements.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +39,9 @@ struct Inner {
     /// connection's lock.
     seen: Mutex<SeenEvents>,
     event_index_max_rows: u64,
+    /// Per table: whether the live table stores `_bqsync_event_id` (see [`sql::event_id_column`]),
+    /// read from the file once; used under the connection's lock.
+    stored_ids: Mutex<HashMap<String, bool>>,
 }
 
 impl DuckDbWarehouse {
@@ -69,6 +73,7 @@ impl DuckDbWarehouse {
                 catalog,
                 seen: Mutex::default(),
                 event_index_max_rows: config.event_index_max_rows,
+                stored_ids: Mutex::default(),
             }),
         })
     }
@@ -90,6 +95,7 @@ impl DuckDbWarehouse {
                 catalog,
                 seen: Mutex::default(),
                 event_index_max_rows: 0,
+                stored_ids: Mutex::default(),
             }),
         })
     }
@@ -165,6 +171,10 @@ impl DuckDbWarehouse {
     ) -> Result<(LandStats, Option<Landed>), WarehouseError> {
         let table =
             self.inner.catalog.get(&batch.table).ok_or_else(|| WarehouseError::UnknownTable(batch.table.clone()))?;
+        let stored_id = table.write_mode != WriteMode::Append || self.stores_event_id(tx, table)?;
+        if !stored_id {
+            ids_match_their_column(table, batch)?;
+        }
         if !duckdb_append::appendable(table) {
             return Ok((self.stage_and_apply(tx, table, batch)?, None));
         }
@@ -172,7 +182,7 @@ impl DuckDbWarehouse {
         let max_rows = self.inner.event_index_max_rows;
         let (stats, hashes) = match duckdb_append::novelty(seen, tx, table, &batch.rows, max_rows).map_err(error())? {
             Novelty::New(hashes) => {
-                let appended = duckdb_append::append(tx, table, &batch.rows).map_err(error())?;
+                let appended = duckdb_append::append(tx, table, &batch.rows, stored_id).map_err(error())?;
                 (LandStats { rows_changed: appended as u64, rows_offered: batch.rows.len() as u64 }, Some(hashes))
             }
             // The exact path; then every id of the batch is stored.
@@ -202,13 +212,55 @@ impl DuckDbWarehouse {
             appender.flush().map_err(self.error(format!("stage {}", table.table)))?;
         }
         let apply = match table.write_mode {
-            WriteMode::Append => sql::insert_new_events(table),
+            WriteMode::Append => sql::insert_new_events(table, self.stores_event_id(tx, table)?),
             WriteMode::Upsert if table.patches() => sql::merge_patch(table),
             WriteMode::Upsert => sql::merge_versioned(table),
         };
         let changed = tx.execute(&apply, []).map_err(self.error(format!("apply batch to {}", table.table)))?;
         tx.execute_batch(&sql::drop_staging(table)).map_err(self.error(format!("drop staging of {}", table.table)))?;
         Ok(LandStats { rows_changed: changed as u64, rows_offered: batch.rows.len() as u64 })
+    }
+}
+
+impl DuckDbWarehouse {
+    /// Whether the live table stores `_bqsync_event_id`, rather than computing it from the event-id
+    /// column (a table created before that column was virtual stores it); asked of the file once.
+    fn stores_event_id(&self, connection: &Connection, table: &TableSchema) -> Result<bool, WarehouseError> {
+        let mut known = self.inner.stored_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stored) = known.get(&table.table) {
+            return Ok(*stored);
+        }
+        // A generated column is the only one of ours with an expression as its default.
+        let computed: bool = connection
+            .query_row(
+                "SELECT count(*) > 0 FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? \
+                 AND column_name = ? AND column_default IS NOT NULL",
+                [&table.table, sql::EVENT_ID],
+                |r| r.get(0),
+            )
+            .map_err(self.error(format!("read the columns of {}", table.table)))?;
+        known.insert(table.table.clone(), !computed);
+        Ok(!computed)
+    }
+}
+
+/// A table that computes its event id from a column needs every row's id to be that column's text.
+/// The worker gives each row its id field's value as its id, so this failing is a bug; it fails the
+/// landing rather than storing a row under an id that is not its own.
+fn ids_match_their_column(table: &TableSchema, batch: &TableBatch) -> Result<(), WarehouseError> {
+    let Some(index) = sql::event_id_column(table).and_then(|name| table.column_index(name)) else {
+        return Ok(());
+    };
+    let differs = batch
+        .rows
+        .iter()
+        .find(|row| !matches!(row.cells.get(index), Some(CellValue::String(id)) if *id == row.event_id));
+    match differs {
+        None => Ok(()),
+        Some(row) => Err(WarehouseError::Invariant(format!(
+            "event {} of {} differs from its id column `{}`: the worker should have given it that id",
+            row.event_id, table.table, table.columns[index].name
+        ))),
     }
 }
 

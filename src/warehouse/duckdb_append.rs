@@ -142,11 +142,17 @@ pub fn novelty(
     Ok(if new { Novelty::New(hashes) } else { Novelty::MaybeStored(hashes) })
 }
 
-/// Appends rows known to be new straight into the table, in the caller's transaction.
-pub fn append(tx: &duckdb::Transaction, table: &TableSchema, rows: &[StagedRow]) -> duckdb::Result<usize> {
+/// Appends rows known to be new straight into the table, in the caller's transaction. `stored_id`:
+/// whether the table stores `_bqsync_event_id` (see [`sql::event_id_column`]).
+pub fn append(
+    tx: &duckdb::Transaction,
+    table: &TableSchema,
+    rows: &[StagedRow],
+    stored_id: bool,
+) -> duckdb::Result<usize> {
     // The same landing time the SQL path writes (`now()::TIMESTAMP`, in DuckDB's time zone setting).
     let landed_at: i64 = tx.query_row("SELECT epoch_us(now()::TIMESTAMP)", [], |r| r.get(0))?;
-    let batch = record_batch(table, rows, landed_at);
+    let batch = record_batch(table, rows, landed_at, stored_id);
     let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut appender = tx.appender_with_columns(&table.table, &names)?;
@@ -155,9 +161,9 @@ pub fn append(tx: &duckdb::Transaction, table: &TableSchema, rows: &[StagedRow])
     Ok(rows.len())
 }
 
-/// The rows as the table's own columns (named), plus the event id and landing time; the version
+/// The rows as the table's own columns (named), plus the event id (when stored) and landing time; the version
 /// column stays NULL and the deleted flag takes its default (false), as the SQL path writes them.
-fn record_batch(table: &TableSchema, rows: &[StagedRow], landed_at: i64) -> RecordBatch {
+fn record_batch(table: &TableSchema, rows: &[StagedRow], landed_at: i64, stored_id: bool) -> RecordBatch {
     let n = rows.len();
     let mut fields = Vec::with_capacity(table.columns.len() + 2);
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(table.columns.len() + 2);
@@ -170,10 +176,12 @@ fn record_batch(table: &TableSchema, rows: &[StagedRow], landed_at: i64) -> Reco
         fields.push(Field::new(&column.name, data_type, true));
         arrays.push(array);
     }
-    let mut event_ids = StringBuilder::with_capacity(n, n * 36);
-    rows.iter().for_each(|row| event_ids.append_value(&row.event_id));
-    fields.push(Field::new(sql::EVENT_ID, DataType::Utf8, false));
-    arrays.push(Arc::new(event_ids.finish()));
+    if stored_id {
+        let mut event_ids = StringBuilder::with_capacity(n, n * 36);
+        rows.iter().for_each(|row| event_ids.append_value(&row.event_id));
+        fields.push(Field::new(sql::EVENT_ID, DataType::Utf8, false));
+        arrays.push(Arc::new(event_ids.finish()));
+    }
     let mut landed = TimestampMicrosecondBuilder::with_capacity(n);
     (0..n).for_each(|_| landed.append_value(landed_at));
     fields.push(Field::new(sql::LANDED_AT, DataType::Timestamp(TimeUnit::Microsecond, None), false));

@@ -105,6 +105,9 @@ pub enum WarehouseError {
     Config(String),
     #[error("archive: {0}")]
     Archive(String),
+    /// A batch breaks an invariant the worker keeps: a bug, never retried.
+    #[error("refused batch (a bqsync bug): {0}")]
+    Invariant(String),
 }
 
 impl WarehouseError {
@@ -115,7 +118,8 @@ impl WarehouseError {
             | WarehouseError::SchemaChange { .. }
             | WarehouseError::CostGuard(_)
             | WarehouseError::Config(_)
-            | WarehouseError::NotBuilt(_) => false,
+            | WarehouseError::NotBuilt(_)
+            | WarehouseError::Invariant(_) => false,
             WarehouseError::BigQuery { transient, .. } => *transient,
             #[cfg(feature = "embedded")]
             WarehouseError::DuckDb { .. } => true,

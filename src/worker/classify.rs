@@ -1,11 +1,13 @@
 //! Turns a delivered message into either a row for its table or a dead letter with a precise reason.
 //! It sees the message's bytes, attributes and delivery history, never its ack handle.
 
+use std::borrow::Cow;
+
 use crate::batch::StagedRow;
 use crate::dead_letter::{salvage_identity, DeadLetter, DeadLetterReason};
 use crate::envelope::{decode, Op};
 use crate::message::{attr, Message};
-use crate::schema::{coerce_raw_fields, Catalog, CellValue, WriteMode};
+use crate::schema::{coerce_raw_fields, Catalog, CellValue, TableSchema, WriteMode};
 
 /// What a delivery becomes.
 #[derive(Debug)]
@@ -122,8 +124,28 @@ impl Classifier<'_> {
         } else {
             Vec::new()
         };
-        let row = StagedRow { event_id: event.event_id, op: event.op, version: event.version, cells, absent };
+        let event_id = match id_from_field(schema, &cells) {
+            Some(id) if id != event.event_id.as_str() => id.into_owned(),
+            _ => event.event_id,
+        };
+        let row = StagedRow { event_id, op: event.op, version: event.version, cells, absent };
         Ok((table_name, row, event.produced_micros))
+    }
+}
+
+/// An append table's `event_id_field` is its rows' event id: the row takes the field's value when
+/// the envelope says otherwise. Producers set both alike; they differ when an event was published
+/// before its table had a schema (its id was then derived from its content, and it was
+/// dead-lettered) and is replayed after `schema infer` named the field. The DuckDB warehouse relies
+/// on it to compute `_bqsync_event_id` from the field ([`crate::warehouse::sql::event_id_column`]).
+fn id_from_field<'a>(schema: &TableSchema, cells: &'a [CellValue]) -> Option<Cow<'a, str>> {
+    if schema.write_mode != WriteMode::Append {
+        return None;
+    }
+    match cells.get(schema.column_index(schema.event_id_field.as_deref()?)?)? {
+        CellValue::String(text) => Some(Cow::Borrowed(text)),
+        CellValue::Int64(number) => Some(Cow::Owned(number.to_string())),
+        _ => None,
     }
 }
 
@@ -172,5 +194,16 @@ mod tests {
         let Classified::DeadLetter(dead) = classify(payload) else { panic!("dead-lettered") };
         assert_eq!(dead.reason, DeadLetterReason::Schema);
         assert!(dead.detail.contains("`score`"), "{}", dead.detail);
+    }
+
+    /// The event's id is `e1`; a payload whose id field says otherwise names the row.
+    #[test]
+    fn an_append_row_takes_its_id_from_its_id_field() {
+        let payload = r#"{"event_id":"e2","created_at":"1970-01-01T00:00:01Z"}"#;
+        let Classified::Row { row, .. } = classify(payload) else { panic!("a valid row") };
+        assert_eq!(row.event_id, "e2");
+        let same = r#"{"event_id":"e1","created_at":"1970-01-01T00:00:01Z"}"#;
+        let Classified::Row { row, .. } = classify(same) else { panic!("a valid row") };
+        assert_eq!(row.event_id, "e1");
     }
 }
