@@ -61,13 +61,19 @@ pub fn parse_timestamp_text(s: &str) -> Option<i64> {
         return Some(t.timestamp_micros());
     }
     let trimmed = s.trim_end_matches(" UTC");
-    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(trimmed, format) {
-            return Some(t.and_utc().timestamp_micros());
-        }
-    }
-    None
+    NAIVE_FORMATS.iter().find_map(|items| {
+        // What `NaiveDateTime::parse_from_str` does, with the format parsed once, not per value
+        // (re-reading the format was 2 % of a 1M-row SQLite sync's CPU).
+        let mut parsed = chrono::format::Parsed::new();
+        chrono::format::parse(&mut parsed, trimmed, items.iter()).ok()?;
+        parsed.to_naive_datetime_with_offset(0).ok().map(|t| t.and_utc().timestamp_micros())
+    })
 }
+
+/// `YYYY-MM-DD HH:MM:SS[.f]` and `YYYY-MM-DDTHH:MM:SS[.f]` (UTC), parsed into chrono's items once.
+static NAIVE_FORMATS: std::sync::LazyLock<[Vec<chrono::format::Item<'static>>; 2]> = std::sync::LazyLock::new(|| {
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"].map(|format| chrono::format::StrftimeItems::new(format).collect())
+});
 
 /// BigQuery's TIMESTAMP range, 0001-01-01 00:00:00 to 9999-12-31 23:59:59.999999 UTC, in µs since the
 /// epoch; DATE's is the same days ("GoogleSQL data types", cloud.google.com/bigquery/docs/reference/
@@ -481,6 +487,35 @@ mod tests {
         assert_eq!(coerce_value(&tags, Some(&json!(["1", 2])), false).unwrap(), CellValue::JsonText("[1,2]".into()));
         assert!(coerce_value(&tags, Some(&json!(["x"])), false).unwrap_err().0.contains("element 0"));
         assert_eq!(coerce_value(&tags, None, false).unwrap(), CellValue::JsonText("[]".into()));
+    }
+
+    /// The formats parsed once read every text as `NaiveDateTime::parse_from_str` does.
+    #[test]
+    fn naive_timestamps_parse_as_chrono_parses_them() {
+        let reference = |text: &str| {
+            let trimmed = text.trim_end_matches(" UTC");
+            ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"].iter().find_map(|format| {
+                chrono::NaiveDateTime::parse_from_str(trimmed, format).ok().map(|t| t.and_utc().timestamp_micros())
+            })
+        };
+        for text in [
+            "2024-01-01 00:00:00",
+            "2024-02-29 23:59:59.123456",
+            "2024-01-01T10:00:00.5",
+            "2024-01-01 10:00:00 UTC",
+            "2023-02-29 00:00:00",
+            "2024-01-01 24:00:00",
+            "2024-01-01",
+            "2024-01-01 00:00",
+            "2024-01-01 00:00:00x",
+            " 2024-01-01 00:00:00",
+            "",
+        ] {
+            let expected =
+                chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros()).or(reference(text));
+            assert_eq!(parse_timestamp_text(text), expected, "{text:?}");
+        }
+        assert_eq!(parse_timestamp_text("1970-01-01 00:00:01.5"), Some(1_500_000));
     }
 
     #[test]

@@ -161,6 +161,42 @@ impl RowMapping {
         (payload, ignored)
     }
 
+    /// The destination payload of a row as [`Self::payload`] builds it, but written as JSON text
+    /// straight from the values when the table has no transforms (they work on maps): no map and no
+    /// `Value` per field. Its fields read as the map's would (see [`RowPayload::field`]).
+    pub fn row_payload<'a>(&'a self, columns: impl IntoIterator<Item = (&'a str, &'a SqlValue)>) -> RowPayload<'a> {
+        if self.has_transforms() {
+            let (map, ignored) = self.payload(columns);
+            return RowPayload { text: String::new(), values: Vec::new(), map: Some(map), ignored };
+        }
+        let mut payload = RowPayload { text: String::new(), values: Vec::new(), map: None, ignored: Vec::new() };
+        for (name, value) in columns {
+            let destination = self.rename.get(name).map_or(name, String::as_str);
+            let Some(column) = self.schema.column(destination) else {
+                payload.ignored.push(name.to_string());
+                continue;
+            };
+            if payload.values.iter().any(|(seen, _, _)| *seen == destination) {
+                // The map keeps the last of two columns with one destination; so does the text.
+                payload.values.retain(|(seen, _, _)| *seen != destination);
+            }
+            payload.values.push((destination, value, column));
+        }
+        let mut text = Vec::with_capacity(256);
+        text.push(b'{');
+        for (i, (name, value, column)) in payload.values.iter().enumerate() {
+            if i > 0 {
+                text.push(b',');
+            }
+            serde_json::to_writer(&mut text, name).expect("a string serializes");
+            text.push(b':');
+            value.write_json(&mut text, column.column_type, column.mode);
+        }
+        text.push(b'}');
+        payload.text = String::from_utf8(text).expect("serde_json writes UTF-8");
+        payload
+    }
+
     /// Applies the table's transforms to a payload (see [`crate::schema::transform`]); the
     /// sources that build payloads themselves call it before anything is published.
     pub fn transform(&self, payload: &mut Map<String, Value>) {
@@ -180,6 +216,53 @@ impl RowMapping {
             bytes.to_vec()
         } else {
             crate::schema::transform::withheld(bytes)
+        }
+    }
+}
+
+/// A row's destination payload, from [`RowMapping::row_payload`]: JSON text written from the values
+/// (kept for the fields an event's identity reads), or a map when the table has transforms.
+pub struct RowPayload<'a> {
+    text: String,
+    values: Vec<(&'a str, &'a SqlValue, &'a crate::schema::Column)>,
+    map: Option<Map<String, Value>>,
+    /// Source columns the table does not have (not synced).
+    pub ignored: Vec<String>,
+}
+
+impl RowPayload<'_> {
+    /// A field's JSON value, as the map would hold it.
+    pub fn field(&self, name: &str) -> Option<Value> {
+        match &self.map {
+            Some(map) => map.get(name).cloned(),
+            None => self.values.iter().find(|(n, _, _)| *n == name).map(|(_, v, c)| v.to_json(c.column_type, c.mode)),
+        }
+    }
+
+    /// The payload as JSON text.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match &self.map {
+            Some(map) => serde_json::to_string(map).expect("map serializes").into(),
+            None => self.text.as_str().into(),
+        }
+    }
+}
+
+impl SqlValue {
+    /// Appends [`Self::to_json`]'s value as JSON text, without building it for the common cases
+    /// (plain text, numbers, NULL); the others go through the `Value`, so both write the same text.
+    fn write_json(&self, out: &mut Vec<u8>, column_type: ColumnType, mode: ColumnMode) {
+        use std::io::Write;
+        let structured = mode == ColumnMode::Repeated || matches!(column_type, ColumnType::Json | ColumnType::Record);
+        match self {
+            SqlValue::Null => out.extend_from_slice(b"null"),
+            SqlValue::Integer(i) if !matches!(column_type, ColumnType::Bool | ColumnType::String) => {
+                write!(out, "{i}").expect("a Vec takes any bytes")
+            }
+            SqlValue::Text(s) if !structured && column_type != ColumnType::Bool => {
+                serde_json::to_writer(out, s).expect("a string serializes")
+            }
+            other => serde_json::to_writer(out, &other.to_json(column_type, mode)).expect("a value serializes"),
         }
     }
 }
@@ -204,15 +287,41 @@ pub fn row_event(
     source_label: &str,
     produced_at: &str,
 ) -> Result<RowEvent, (DeadLetterReason, String)> {
+    let fields = |name: &str| payload.get(name).cloned();
+    let text = || serde_json::to_string(payload).expect("map serializes").into();
+    event_of(mapping, fields, text, deleted, fallback_id, source_label, produced_at)
+}
+
+/// [`row_event`] of a [`RowPayload`].
+pub fn row_payload_event(
+    mapping: &RowMapping,
+    payload: &RowPayload<'_>,
+    deleted: bool,
+    fallback_id: &[&[u8]],
+    source_label: &str,
+    produced_at: &str,
+) -> Result<RowEvent, (DeadLetterReason, String)> {
+    event_of(mapping, |name| payload.field(name), || payload.text(), deleted, fallback_id, source_label, produced_at)
+}
+
+fn event_of<'t>(
+    mapping: &RowMapping,
+    fields: impl Fn(&str) -> Option<Value>,
+    text: impl FnOnce() -> std::borrow::Cow<'t, str>,
+    deleted: bool,
+    fallback_id: &[&[u8]],
+    source_label: &str,
+    produced_at: &str,
+) -> Result<RowEvent, (DeadLetterReason, String)> {
     let table = mapping.table.as_str();
-    let identity = identify(&mapping.schema, |name| payload.get(name).cloned(), deleted)
+    let identity = identify(&mapping.schema, fields, deleted)
         .map_err(|detail| (DeadLetterReason::Schema, format!("{detail} ({source_label})")))?;
     let key_text = identity.key.as_ref().map(|k| serde_json::to_string(k).expect("map serializes"));
     let event_id = identity.event_id.unwrap_or_else(|| match (&key_text, identity.version) {
         (Some(key), Some(version)) => derive_event_id(&[table.as_bytes(), key.as_bytes(), &version.to_le_bytes()]),
         _ => derive_event_id(fallback_id),
     });
-    let payload_text = serde_json::to_string(payload).expect("map serializes");
+    let payload_text = text();
     let ordering = identity.key.as_ref().map(|key| ordering_key(table, key));
     let event = ChangeEvent {
         event_id,
@@ -313,6 +422,72 @@ mod tests {
         );
         assert_eq!(SqlValue::Real(f64::NAN).to_json(ColumnType::Float64, Nullable), Value::Null);
         assert!(SqlValue::Text("yes".into()).is_truthy() && !SqlValue::Text("0".into()).is_truthy());
+    }
+
+    /// The text written straight from the values is the map's payload, field for field.
+    #[test]
+    fn written_payloads_hold_what_the_map_holds() {
+        use crate::schema::{Column, TableSchema};
+        let column = |name: &str, column_type, mode| Column {
+            name: name.into(),
+            column_type,
+            mode,
+            description: None,
+            fields: Vec::new(),
+        };
+        let (nullable, repeated) = (ColumnMode::Nullable, ColumnMode::Repeated);
+        let columns = vec![
+            column("s", ColumnType::String, nullable),
+            column("i", ColumnType::Int64, nullable),
+            column("f", ColumnType::Float64, nullable),
+            column("b", ColumnType::Bool, nullable),
+            column("t", ColumnType::Timestamp, nullable),
+            column("j", ColumnType::Json, nullable),
+            column("l", ColumnType::String, repeated),
+            column("x", ColumnType::Bytes, nullable),
+        ];
+        let catalog = Catalog::from_tables([TableSchema::plain("t", WriteMode::Append, columns)]);
+        let rename = BTreeMap::from([("src".to_string(), "s".to_string())]);
+        let mapping = RowMapping::new(&catalog, "t", &rename).unwrap();
+        let rows: Vec<Vec<(&str, SqlValue)>> = vec![
+            vec![
+                ("src", SqlValue::Text("say \"hi\"\n é".into())),
+                ("i", SqlValue::Integer(-7)),
+                ("f", SqlValue::Real(2.5)),
+                ("b", SqlValue::Integer(1)),
+                ("t", SqlValue::Timestamp(1_500_000)),
+                ("j", SqlValue::Text("{\"a\": [1, 2]}".into())),
+                ("l", SqlValue::Text("[\"x\",\"y\"]".into())),
+                ("x", SqlValue::Blob(vec![0, 255])),
+                ("extra", SqlValue::Integer(1)),
+            ],
+            vec![
+                ("s", SqlValue::Integer(42)),
+                ("i", SqlValue::Text("12".into())),
+                ("f", SqlValue::Real(f64::NAN)),
+                ("b", SqlValue::Text("0".into())),
+                ("t", SqlValue::Text("2024-01-01 00:00:00".into())),
+                ("j", SqlValue::Text("not json".into())),
+                ("l", SqlValue::Null),
+                ("x", SqlValue::Null),
+            ],
+            vec![
+                ("s", SqlValue::Text("first".into())),
+                ("src", SqlValue::Text("last".into())),
+                ("f", SqlValue::Integer(3)),
+            ],
+        ];
+        for row in &rows {
+            let values = || row.iter().map(|(n, v)| (*n, v));
+            let (map, ignored) = mapping.payload(values());
+            let written = mapping.row_payload(values());
+            let parsed: Map<String, Value> = serde_json::from_str(&written.text()).unwrap();
+            assert_eq!(parsed, map, "{}", written.text());
+            assert_eq!(written.ignored, ignored);
+            for name in ["s", "i", "f", "b", "t", "j", "l", "x", "nope"] {
+                assert_eq!(written.field(name), map.get(name).cloned(), "{name}");
+            }
+        }
     }
 
     #[test]

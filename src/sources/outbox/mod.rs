@@ -35,7 +35,7 @@ use serde_json::Value;
 
 use super::checkpoint::CheckpointStore;
 use super::in_flight::InFlight;
-use super::rows::{now_rfc3339, poison, row_event, RowMapping, SqlValue};
+use super::rows::{now_rfc3339, poison, row_payload_event, RowMapping, SqlValue};
 use super::schedule::{last_full_resync, record_full_resync, PassClock, Schedule};
 use super::sqlite::{quote, read_rows, ReadRows};
 use super::{EmitOutcome, Source, SourceError};
@@ -362,18 +362,18 @@ impl OutboxSource {
         let mut keys = Vec::with_capacity(page.rows.len());
         for row in &page.rows {
             let columns = page.names.iter().skip(1).map(String::as_str).zip(row.iter().skip(1));
-            let (payload, _ignored) = self.mapping.payload(columns);
+            let payload = self.mapping.row_payload(columns);
             let deleted = deleted_position.is_some_and(|i| row[i].is_truthy());
             let rowid = match row[0] {
                 SqlValue::Integer(i) => i,
                 _ => 0,
             };
             let fallback: [&[u8]; 2] = [self.config.name.as_bytes(), &rowid.to_le_bytes()];
-            match row_event(&self.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {
+            match row_payload_event(&self.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {
                 Ok(event) => messages.push(event.message),
                 Err((reason, detail)) => {
                     // Dead-lettered with the reason; its flag is cleared like any published row's.
-                    let text = Value::Object(payload).to_string();
+                    let text = payload.text();
                     messages.push(poison(&self.mapping.table, text.as_bytes(), reason, detail, &source_label));
                 }
             }

@@ -28,7 +28,7 @@ type Db = std::sync::Mutex<Connection>;
 
 use super::checkpoint::{republish_key, CheckpointStore, REPUBLISH_ALL};
 use super::in_flight::{InFlight, IN_FLIGHT_EVENTS};
-use super::rows::{now_rfc3339, poison, row_event, tombstone_event, RowMapping, SqlValue};
+use super::rows::{now_rfc3339, poison, row_payload_event, tombstone_event, RowMapping, SqlValue};
 use super::schedule::{last_full_resync, record_full_resync, PassClock, Schedule};
 use super::{history, EmitOutcome, Source, SourceError};
 use crate::bus::{OutboundMessage, Publisher};
@@ -301,9 +301,11 @@ impl SqliteSource {
         let mut keys = Vec::new();
         for row in &page.rows {
             let columns = page.names.iter().skip(2).map(String::as_str).zip(row.iter().skip(2));
-            let (payload, mut ignored) = table.mapping.payload(columns);
-            ignored.retain(|c| Some(c) != table.config.deleted_column.as_ref());
-            if !ignored.is_empty() && !table.warned_ignored {
+            let payload = table.mapping.row_payload(columns);
+            if !table.warned_ignored && payload.ignored.iter().any(|c| Some(c) != table.config.deleted_column.as_ref())
+            {
+                let ignored: Vec<&String> =
+                    payload.ignored.iter().filter(|c| Some(*c) != table.config.deleted_column.as_ref()).collect();
                 tracing::warn!(source = %self.config.name, table = %table.config.source_table, ?ignored, "columns not in the destination schema are not synced");
                 table.warned_ignored = true;
             }
@@ -318,7 +320,7 @@ impl SqliteSource {
                 table.config.source_table.as_bytes(),
                 &rowid.to_le_bytes(),
             ];
-            match row_event(&table.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {
+            match row_payload_event(&table.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {
                 Ok(event) => {
                     if let (Some(key), Some(version), Some(synced)) = (&event.key_text, event.version, &table.synced) {
                         if synced.get(key) == Some(&version) && !table.republish {
@@ -329,7 +331,7 @@ impl SqliteSource {
                     messages.push(event.message);
                 }
                 Err((reason, detail)) => {
-                    let text = Value::Object(payload).to_string();
+                    let text = payload.text();
                     messages.push(poison(&table.mapping.table, text.as_bytes(), reason, detail, &source_label));
                 }
             }
