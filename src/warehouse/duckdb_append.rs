@@ -161,8 +161,9 @@ pub fn append(
     Ok(rows.len())
 }
 
-/// The rows as the table's own columns (named), plus the event id (when stored) and landing time; the version
-/// column stays NULL and the deleted flag takes its default (false), as the SQL path writes them.
+/// The rows as the table's own columns (named), plus the event id (when stored) and landing time;
+/// the version column stays NULL and the deleted flag takes its default (false), as the SQL path
+/// writes them.
 fn record_batch(table: &TableSchema, rows: &[StagedRow], landed_at: i64, stored_id: bool) -> RecordBatch {
     let n = rows.len();
     let mut fields = Vec::with_capacity(table.columns.len() + 2);

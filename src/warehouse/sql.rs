@@ -125,9 +125,9 @@ fn cast_from_stage(column: &Column) -> String {
 /// The payload column that holds every row's event id, when the event id needs no column of its own:
 /// an append table whose `event_id_field` is a REQUIRED STRING column. The worker gives each row of
 /// such a table the field's value as its event id ([`crate::worker::classify`]), and coercion
-/// refuses a row without it, so the field and the id are the same text in every row. `_bqsync_event_id` is then a
-/// virtual column over it. A second stored copy of a random id, say a UUID, is what compresses
-/// worst: on the 1M-atoms benchmark it cost about a tenth of the run (0.6 s of 5.3 s).
+/// refuses a row without it, so the field and the id are the same text in every row.
+/// `_bqsync_event_id` is then a virtual column over it. A second stored copy of a random id, say a
+/// UUID, is what compresses worst: on the 1M-atoms benchmark it cost about a tenth of the run.
 pub fn event_id_column(table: &TableSchema) -> Option<&str> {
     let name = table.event_id_field.as_deref()?;
     let column = table.column(name)?;
