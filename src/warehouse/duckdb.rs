@@ -176,7 +176,7 @@ impl DuckDbWarehouse {
             ids_match_their_column(table, batch)?;
         }
         if !duckdb_append::appendable(table) {
-            return Ok((self.stage_and_apply(tx, table, batch)?, None));
+            return Ok((self.stage_and_apply(tx, table, batch, stored_id)?, None));
         }
         let error = || self.error(format!("append to {}", table.table));
         let max_rows = self.inner.event_index_max_rows;
@@ -186,18 +186,20 @@ impl DuckDbWarehouse {
                 (LandStats { rows_changed: appended as u64, rows_offered: batch.rows.len() as u64 }, Some(hashes))
             }
             // The exact path; then every id of the batch is stored.
-            Novelty::MaybeStored(hashes) => (self.stage_and_apply(tx, table, batch)?, Some(hashes)),
-            Novelty::Unindexed => (self.stage_and_apply(tx, table, batch)?, None),
+            Novelty::MaybeStored(hashes) => (self.stage_and_apply(tx, table, batch, stored_id)?, Some(hashes)),
+            Novelty::Unindexed => (self.stage_and_apply(tx, table, batch, stored_id)?, None),
         };
         Ok((stats, hashes.map(|hashes| Landed { table: table.table.clone(), hashes })))
     }
 
     /// The SQL path: stage the batch, then one set-based statement (see [`super::sql`]).
+    /// `stored_id`: whether an append table stores `_bqsync_event_id` ([`Self::stores_event_id`]).
     fn stage_and_apply(
         &self,
         tx: &duckdb::Transaction,
         table: &TableSchema,
         batch: &TableBatch,
+        stored_id: bool,
     ) -> Result<LandStats, WarehouseError> {
         let record_batch = to_record_batch(table, batch);
         // A fresh staging table per landing, dropped after: rows deleted from a TEMP table are never
@@ -212,7 +214,7 @@ impl DuckDbWarehouse {
             appender.flush().map_err(self.error(format!("stage {}", table.table)))?;
         }
         let apply = match table.write_mode {
-            WriteMode::Append => sql::insert_new_events(table, self.stores_event_id(tx, table)?),
+            WriteMode::Append => sql::insert_new_events(table, stored_id),
             WriteMode::Upsert if table.patches() => sql::merge_patch(table),
             WriteMode::Upsert => sql::merge_versioned(table),
         };
