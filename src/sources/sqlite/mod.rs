@@ -302,10 +302,12 @@ impl SqliteSource {
         for row in &page.rows {
             let columns = page.names.iter().skip(2).map(String::as_str).zip(row.iter().skip(2));
             let payload = table.mapping.row_payload(columns);
-            if !table.warned_ignored && payload.ignored.iter().any(|c| Some(c) != table.config.deleted_column.as_ref())
-            {
-                let ignored: Vec<&String> =
-                    payload.ignored.iter().filter(|c| Some(*c) != table.config.deleted_column.as_ref()).collect();
+            let deleted_column = table.config.deleted_column.as_ref();
+            let ignored: Vec<&String> = match table.warned_ignored {
+                true => Vec::new(),
+                false => payload.ignored.iter().filter(|c| Some(*c) != deleted_column).collect(),
+            };
+            if !ignored.is_empty() {
                 tracing::warn!(source = %self.config.name, table = %table.config.source_table, ?ignored, "columns not in the destination schema are not synced");
                 table.warned_ignored = true;
             }
