@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -40,7 +41,7 @@ pub struct ChangeEvent<'a> {
 impl ChangeEvent<'_> {
     /// The message body: the envelope as JSON, with the payload text embedded verbatim.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.payload.len() + 160);
+        let mut out = Vec::with_capacity(self.envelope_len());
         let string = |out: &mut Vec<u8>, s: &str| serde_json::to_writer(&mut *out, s).expect("writing to a Vec");
         out.extend_from_slice(b"{\"event_id\":");
         string(&mut out, &self.event_id);
@@ -56,7 +57,7 @@ impl ChangeEvent<'_> {
             serde_json::to_writer(&mut out, key).expect("writing to a Vec");
         }
         if let Some(version) = self.version {
-            out.extend_from_slice(format!(",\"version\":{version}").as_bytes());
+            write!(out, ",\"version\":{version}").expect("writing to a Vec");
         }
         out.extend_from_slice(b",\"payload\":");
         out.extend_from_slice(self.payload.as_bytes());
@@ -66,6 +67,26 @@ impl ChangeEvent<'_> {
         string(&mut out, self.produced_at);
         out.push(b'}');
         out
+    }
+
+    /// About the bytes [`Self::to_bytes`] writes, so that its buffer is allocated once: a message
+    /// lives until it landed, and a buffer grown by doubling held up to twice its bytes (a heap
+    /// profile of the 200k contacts: 36 MB at the peak, one reallocation per event). The fixed text
+    /// is under 128 bytes; escapes in the strings, which are rare, may still grow it.
+    fn envelope_len(&self) -> usize {
+        let key = self.key.as_ref().map_or(0, |key| {
+            let value = |v: &Value| match v {
+                Value::String(s) => s.len() + 2,
+                _ => 24,
+            };
+            2 + key.iter().map(|(name, v)| name.len() + 4 + value(v)).sum::<usize>()
+        });
+        128 + self.event_id.len()
+            + self.table.len()
+            + key
+            + self.payload.len()
+            + self.source.len()
+            + self.produced_at.len()
     }
 }
 
@@ -270,8 +291,9 @@ pub fn identify(
 
 /// The ordering key of an upsert record: table and primary key, hashed when longer than Pub/Sub's
 /// limit of 1024 bytes (then two keys could share a key; that only orders them together).
-pub fn ordering_key(table: &str, key: &Map<String, Value>) -> String {
-    let text = format!("{table}:{}", serde_json::to_string(key).expect("map serializes"));
+/// `key_text`: the key map as `serde_json::to_string` writes it.
+pub fn ordering_key(table: &str, key_text: &str) -> String {
+    let text = format!("{table}:{key_text}");
     if text.len() <= 1024 {
         text
     } else {
@@ -321,6 +343,28 @@ mod tests {
         assert_eq!(decoded.payload.get("id"), Some(Value::from("a\"b")));
         assert_eq!(decoded.payload.to_map(), serde_json::from_str::<Map<String, Value>>(event.payload).ok());
         assert_eq!(decoded.source, "jsonl:x");
+    }
+
+    #[test]
+    fn an_envelope_is_written_into_one_allocation() {
+        // A contact as the JSONL source makes it: a composite key, a long source label.
+        let key: Map<String, Value> = serde_json::from_str(r#"{"contact_id":"c-030562","region":7}"#).unwrap();
+        let payload = r#"{"contact_id":"c-030562","region":7,"name":"Ada","email":"ada@example.com","version":2}"#;
+        let source = "jsonl:inbox/contacts_master/contacts-with-a-rather-long-file-name.jsonl";
+        let event = ChangeEvent {
+            event_id: derive_event_id(&[b"contacts_master", b"c-030562", &2i64.to_le_bytes()]),
+            table: "contacts_master",
+            op: Op::Upsert,
+            key: Some(key),
+            version: Some(1_700_000_000_000_000),
+            payload,
+            source,
+            produced_at: "2026-12-07T04:01:28.123456Z",
+        };
+        let bytes = event.to_bytes();
+        // Sized from the payload alone, this buffer grew once, to 112 bytes more than it holds.
+        assert!(bytes.capacity() - bytes.len() <= 64, "{} bytes in a buffer of {}", bytes.len(), bytes.capacity());
+        assert_eq!(decode(&bytes).unwrap().version, Some(1_700_000_000_000_000));
     }
 
     #[test]

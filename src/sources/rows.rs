@@ -322,7 +322,7 @@ fn event_of<'t>(
         _ => derive_event_id(fallback_id),
     });
     let payload_text = text();
-    let ordering = identity.key.as_ref().map(|key| ordering_key(table, key));
+    let ordering = key_text.as_deref().map(|key_text| ordering_key(table, key_text));
     let event = ChangeEvent {
         event_id,
         table,
@@ -378,7 +378,9 @@ pub fn tombstone_event(
     let mut attributes = Attributes::new();
     attributes.insert(attr::TABLE.into(), table.into());
     attributes.insert(attr::EVENT_ID.into(), event.event_id.clone());
-    Ok(OutboundMessage { data: event.to_bytes(), attributes, ordering_key: Some(ordering_key(table, &key)) })
+    // From the map, as for the upserts of the key, whatever the saved text's spelling.
+    let ordering = ordering_key(table, &serde_json::to_string(&key).expect("map serializes"));
+    Ok(OutboundMessage { data: event.to_bytes(), attributes, ordering_key: Some(ordering) })
 }
 
 /// A message carrying a record that could not become an event, and why; the worker dead-letters it.

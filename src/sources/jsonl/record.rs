@@ -69,9 +69,9 @@ pub fn record_to_message(
         }
     };
     // `identify` gives a key and a version only for upsert tables: there, the record is key@version.
-    let event_id = event_id.unwrap_or_else(|| match (&key, version) {
-        (Some(key), Some(version)) => {
-            let key_text = serde_json::to_string(key).expect("map serializes");
+    let key_text = key.as_ref().map(|key| serde_json::to_string(key).expect("map serializes"));
+    let event_id = event_id.unwrap_or_else(|| match (&key_text, version) {
+        (Some(key_text), Some(version)) => {
             derive_event_id(&[table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes()])
         }
         _ => derive_event_id(&[
@@ -90,7 +90,7 @@ pub fn record_to_message(
     } else {
         text
     };
-    let ordering_key = key.as_ref().map(|key| ordering_key(table, key));
+    let ordering_key = key_text.as_deref().map(|key_text| ordering_key(table, key_text));
     let event = ChangeEvent { event_id, table, op, key, version, payload, source, produced_at };
     let mut attributes = Attributes::new();
     attributes.insert(attr::TABLE.into(), table.into());
