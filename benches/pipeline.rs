@@ -53,8 +53,8 @@ fn main() {
         let systems = if dlt { 3 } else { 2 };
         for round in 0..rounds {
             eprintln!("{case}: round {}/{rounds}", round + 1);
-            // Each round starts with the next system: a process right after another one ran up to 5 %
-            // faster in A/A tests (docs/benchmarks.md), so no system always goes first.
+            // Each round starts with the next system: in A/A tests a process right after another one
+            // ran 5 % faster in the median, up to 9 % (docs/benchmarks.md), so none always goes first.
             for system in (0..systems).map(|i| (i + round) % systems) {
                 match system {
                     0 => {
