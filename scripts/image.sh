@@ -30,16 +30,35 @@ fail() {
   exit 1
 }
 
+# Runs "$@" up to three times, 10 s apart: a download that fails once (a registry's passing
+# error) would otherwise fail the whole CI run.
+with_retries() {
+  local attempt
+  for attempt in 1 2 3; do
+    "$@" && return 0
+    [[ $attempt == 3 ]] || { echo "scripts/image.sh: '$*' failed (attempt $attempt of 3); retrying in 10 s" >&2; sleep 10; }
+  done
+  return 1
+}
+
+# apt_update_and_install [sudo] -- PACKAGE...
+apt_update_and_install() {
+  local sudo=()
+  while [[ $1 != -- ]]; do sudo+=("$1"); shift; done
+  shift
+  "${sudo[@]}" apt-get update >/dev/null 2>&1 && "${sudo[@]}" apt-get install -y --no-install-recommends "$@" >/dev/null
+}
+
 apt_install() {
   local sudo=()
   [[ $(id -u) == 0 ]] || sudo=(sudo)
   "${sudo[@]}" apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 \
-    || { "${sudo[@]}" apt-get update >/dev/null 2>&1 && "${sudo[@]}" apt-get install -y --no-install-recommends "$@" >/dev/null; } \
+    || with_retries apt_update_and_install "${sudo[@]}" -- "$@" \
     || fail "cannot install $* from Debian's packages (apt-get); install it and run again"
 }
 
 if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
-  rustup target add "$target" >&2 || fail "cannot add the Rust target $target (rustup target add $target); \
+  with_retries rustup target add "$target" >&2 || fail "cannot add the Rust target $target (rustup target add $target); \
 without it there is no static binary. The alternative: a glibc build with the libraries ldd lists copied in"
 fi
 command -v musl-gcc >/dev/null || apt_install musl-tools

@@ -43,11 +43,13 @@ gcp_target=$PWD/target/gcp-only
   # The tests first: their build makes the binary too (integration tests need it), with the features
   # the dev-dependencies add, and the image packs that binary rather than compile the dependencies
   # a second time with the features of a plain `cargo build`.
-  bash scripts/image.sh tools >"$state/image.log" 2>&1
-  CARGO_TARGET_DIR=$gcp_target nice -n 19 cargo test --release --locked "${gcp_only[@]}" --no-run >>"$state/image.log" 2>&1
+  step() { echo "image chain: $1 failed at ${SECONDS}s" >>"$state/image.log"; }
+  bash scripts/image.sh tools >"$state/image.log" 2>&1 || { step "installing the tools (scripts/image.sh tools)"; exit 1; }
+  CARGO_TARGET_DIR=$gcp_target nice -n 19 cargo test --release --locked "${gcp_only[@]}" --no-run >>"$state/image.log" 2>&1 \
+    || { step "building the gcp-only tests for musl"; exit 1; }
   echo "phase: gcp-only tests built at ${SECONDS}s" >&2
   BQSYNC_BINARY=$gcp_target/$musl/release/bqsync CARGO_TARGET_DIR=$gcp_target nice -n 19 \
-    bash scripts/image.sh >"$state/image.out" 2>>"$state/image.log"
+    bash scripts/image.sh >"$state/image.out" 2>>"$state/image.log" || { step "building or checking the image"; exit 1; }
   echo "phase: image built at ${SECONDS}s" >&2
 ) &
 beside=($!)
@@ -107,7 +109,9 @@ echo "phase: tests done at ${SECONDS}s" >&2
 if ! wait "${beside[0]}"; then
   status=1
   echo "FAILED: the image or gcp-only build" >>"$state/failures"
-  tail -40 "$state/image.log" 2>/dev/null || true
+  # Kept for the end: a CI report may show only the run's last lines, and they must say why.
+  { echo "--- the end of the image chain's log:"; tail -25 "$state/image.log" 2>/dev/null; df -h . /tmp 2>/dev/null; } \
+    >>"$state/details" || true
 else
   cat "$state/image.log" | grep -E '^(image|binary):' || true
   echo "image digest: $(cat "$state/image.out")"
@@ -118,11 +122,13 @@ fi
 if ! wait "${beside[1]}"; then
   status=1
   echo "FAILED: scripts/fuzz.sh (build, or 30 s a target)" >>"$state/failures"
-  tail -40 "$state/fuzz-build.log" 2>/dev/null || true
+  { echo "--- the end of the fuzz build's log:"; tail -25 "$state/fuzz-build.log" 2>/dev/null; } >>"$state/details" || true
 fi
 cat "$state/fuzz.log" 2>/dev/null || true
 
 # One closing line over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+# What failed, last: the details of a background chain, then the list of failures.
+[[ -f $state/details ]] && cat "$state/details"
 [[ -f $state/failures ]] && cat "$state/failures"
 exit "$status"
