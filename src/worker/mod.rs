@@ -62,11 +62,17 @@ struct PendingBatch {
     oldest: Instant,
 }
 
+/// The most rows a new batch reserves room for: a batch fills to `max_batch_rows` (20,000 by
+/// default), and reserving that once spares the copies and fresh pages of growing by doubling; the
+/// cap keeps a large setting from reserving memory for batches that stay small.
+const RESERVED_BATCH_ROWS: usize = 32_768;
+
 impl PendingBatch {
-    fn new() -> PendingBatch {
+    fn new(max_rows: usize) -> PendingBatch {
+        let reserve = max_rows.min(RESERVED_BATCH_ROWS);
         PendingBatch {
-            rows: Vec::new(),
-            produced: Vec::new(),
+            rows: Vec::with_capacity(reserve),
+            produced: Vec::with_capacity(reserve),
             first_message: None,
             last_message: None,
             receipts: Receipts::default(),
@@ -319,7 +325,9 @@ impl Worker {
                 }
             };
             // A flush removes its batch whole, so a batch's age starts when it is created here.
-            let batch = self.pending.entry(table).or_insert_with(PendingBatch::new);
+            // Dead letters are few: their batch reserves nothing.
+            let reserve = if table == DEAD_LETTER_TABLE { 0 } else { self.config.max_batch_rows };
+            let batch = self.pending.entry(table).or_insert_with(|| PendingBatch::new(reserve));
             batch.bytes += delivery.data.len();
             batch.rows.push(row);
             if batch.first_message.is_none() {

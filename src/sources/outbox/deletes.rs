@@ -76,7 +76,7 @@ impl OutboxSource {
         let limit = self.config.batch_rows as i64;
         match self.engine {
             OutboxEngine::Sqlite => {
-                let result = read_rows(self.sqlite()?, &statements.select_page, &[&after, &limit]);
+                let result = read_rows(self.sqlite()?, &statements.select_page, &[&after, &limit], limit as usize);
                 result.map_err(|e| self.db_error(e))
             }
             OutboxEngine::Duckdb => {

@@ -252,7 +252,7 @@ impl OutboxSource {
         match self.engine {
             OutboxEngine::Sqlite => {
                 self.clear_landed(landed, outcome).await?;
-                let result = read_rows(self.sqlite()?, &sql, &[&after_rowid, &limit]);
+                let result = read_rows(self.sqlite()?, &sql, &[&after_rowid, &limit], limit as usize);
                 result.map_err(|e| {
                     self.sqlite = None; // reopen on the next pass (the file may have been replaced)
                     self.db_error(e)

@@ -42,15 +42,17 @@ pub(crate) struct ReadRows {
     pub rows: Vec<Vec<SqlValue>>,
 }
 
+/// `expected_rows`: the capacity to reserve (a page's LIMIT), so a page is not grown by doubling.
 pub(crate) fn read_rows(
     connection: &Connection,
     sql: &str,
     params: &[&dyn rusqlite::ToSql],
+    expected_rows: usize,
 ) -> rusqlite::Result<ReadRows> {
     let mut statement = connection.prepare_cached(sql)?;
     let names: Vec<String> = statement.column_names().into_iter().map(String::from).collect();
     let width = names.len();
-    let mut rows = Vec::new();
+    let mut rows = Vec::with_capacity(expected_rows);
     let mut cursor = statement.query(params)?;
     while let Some(row) = cursor.next()? {
         rows.push((0..width).map(|i| row.get_ref(i).map(sqlite_value)).collect::<rusqlite::Result<Vec<_>>>()?);
