@@ -312,7 +312,7 @@ fn exit_quietly_on_closed_pipe() {
 
 /// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), unless
 /// `MIMALLOC_ALLOW_THP` says otherwise. mimalloc asks for huge pages by default, so each fresh part
-/// of its arenas was faulted in and zeroed 2 MiB at a time, touched or not (`perf`: 7 % of a 1M-row
+/// of its arenas was faulted in and zeroed 2 MiB at a time, touched or not (`perf`: 5–7 % of a 1M-row
 /// SQLite sync's CPU in the kernel zeroing them). Without them the 1M-row benchmarks peaked about
 /// 20 MB lower and ran 2–3 % faster (docs/benchmarks.md). The kernel checks the flag at each fault,
 /// so setting it first thing covers DuckDB's allocator too.
