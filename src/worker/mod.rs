@@ -326,8 +326,11 @@ impl Worker {
             };
             // A flush removes its batch whole, so a batch's age starts when it is created here.
             // Dead letters are few: their batch reserves nothing.
-            let reserve = if table == DEAD_LETTER_TABLE { 0 } else { self.config.max_batch_rows };
-            let batch = self.pending.entry(table).or_insert_with(|| PendingBatch::new(reserve));
+            let max_rows = self.config.max_batch_rows;
+            let batch = self
+                .pending
+                .entry(table)
+                .or_insert_with_key(|table| PendingBatch::new(if table == DEAD_LETTER_TABLE { 0 } else { max_rows }));
             batch.bytes += delivery.data.len();
             batch.rows.push(row);
             if batch.first_message.is_none() {
