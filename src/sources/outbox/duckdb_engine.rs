@@ -169,7 +169,8 @@ fn read_duckdb_rows(connection: &duckdb::Connection, sql: &str, after: i64, limi
     let mut statement = connection.prepare(sql)?;
     let mut rows = statement.query(duckdb::params![after, limit])?;
     let names = rows.as_ref().map(|s| s.column_names()).unwrap_or_default();
-    let mut out = Vec::new();
+    // A page reserves its LIMIT once, as the SQLite engine's pages do (`read_rows`).
+    let mut out = Vec::with_capacity(usize::try_from(limit).unwrap_or(0));
     while let Some(row) = rows.next()? {
         let mut values = Vec::with_capacity(names.len());
         for i in 0..names.len() {

@@ -261,12 +261,13 @@ impl SqliteSource {
             };
             let page = {
                 let connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+                let page_rows = batch as usize;
                 match &lower {
-                    None => read_rows(&connection, &sql, &[&batch], batch as usize),
+                    None => read_rows(&connection, &sql, &[&batch], page_rows),
                     Some(value) if mode == WatermarkMode::Rowid => {
-                        read_rows(&connection, &sql, &[&batch, value], batch as usize)
+                        read_rows(&connection, &sql, &[&batch, value], page_rows)
                     }
-                    Some(value) => read_rows(&connection, &sql, &[&batch, value, &last_rowid], batch as usize),
+                    Some(value) => read_rows(&connection, &sql, &[&batch, value, &last_rowid], page_rows),
                 }
             }
             .map_err(|e| self.query_error(&self.tables[index].config.source_table, e))?;
