@@ -1,7 +1,9 @@
 //! Validated rows on their way to the warehouse: what the worker batches and a warehouse lands.
 
+use std::borrow::Cow;
+
 use crate::envelope::Op;
-use crate::schema::CellValue;
+use crate::schema::{CellValue, TableSchema, WriteMode};
 
 /// One event, validated and coerced to its table's columns.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -34,4 +36,20 @@ impl StagedRow {
 pub struct TableBatch {
     pub table: String,
     pub rows: Vec<StagedRow>,
+}
+
+/// An append table's `event_id_field` is its rows' event id: the row takes the field's value when
+/// the envelope says otherwise. Producers set both alike; they differ when an event was published
+/// before its table had a schema (its id was then derived from its content, and it was
+/// dead-lettered) and is replayed after `schema infer` named the field. The DuckDB warehouse relies
+/// on it to compute `_bqsync_event_id` from the field ([`crate::warehouse::sql::event_id_column`]).
+pub fn id_from_field<'a>(schema: &TableSchema, cells: &'a [CellValue]) -> Option<Cow<'a, str>> {
+    if schema.write_mode != WriteMode::Append {
+        return None;
+    }
+    match cells.get(schema.column_index(schema.event_id_field.as_deref()?)?)? {
+        CellValue::String(text) => Some(Cow::Borrowed(text)),
+        CellValue::Int64(number) => Some(Cow::Owned(number.to_string())),
+        _ => None,
+    }
 }

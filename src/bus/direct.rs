@@ -15,7 +15,10 @@
 //! - Nothing here is durable. When the worker gives a message up (a nack: its landing kept failing)
 //!   or stops, the publishes it did not land resolve with an error; their producers keep their
 //!   checkpoints and read those events again on their next pass or start.
-//! - At most `capacity` messages wait unpulled; a publish beyond that waits (backpressure).
+//! - At most `capacity` events wait unpulled (a message is one, staged rows count one each); a
+//!   publish beyond that waits (backpressure).
+//! - Staged rows ([`Publisher::publish_with_rows`]) travel as one entry of their publish, with its
+//!   messages: the ticket resolves once the rows and the messages all landed.
 //! - The file queue stays a second subscription: messages left in it (by `bqsync produce`, or by
 //!   an older run) are pulled and acked through it as before, with its leases and attempts.
 
@@ -28,7 +31,9 @@ use async_trait::async_trait;
 use tokio::sync::{oneshot, Notify};
 
 use super::embedded::EmbeddedSubscription;
-use super::{AckHandle, BusError, Committed, Delivery, OutboundMessage, Publisher, QueueStats, Subscription, Ticket};
+use super::{
+    AckHandle, BusError, Committed, Delivery, OutboundMessage, Publisher, QueueStats, StagedRows, Subscription, Ticket,
+};
 use crate::ack::AckInner;
 
 /// How often the file queue is polled while the in-process queue has messages.
@@ -55,11 +60,15 @@ struct Shared {
     last_file_poll: Mutex<Instant>,
     /// Bumped by [`Subscription::wake`]: a pull that sees it change returns at once.
     wakes: AtomicU64,
+    /// Whether producers may hand over staged rows (`[bus.embedded] in_process_rows`).
+    takes_rows: bool,
 }
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<Queued>,
+    /// Events in `queue`: its messages plus its staged rows.
+    queued_events: usize,
     /// Publishes not landed yet, by id.
     publishes: HashMap<u64, Pending>,
     next_seq: u64,
@@ -72,7 +81,15 @@ struct Queued {
     seq: u64,
     publish: u64,
     message: OutboundMessage,
+    /// Rows staged by the producer; `message` is then empty.
+    staged: Option<Box<StagedRows>>,
     queued_micros: i64,
+}
+
+impl Queued {
+    fn events(&self) -> usize {
+        self.staged.as_ref().map_or(1, |s| s.batch.rows.len().max(1))
+    }
 }
 
 struct Pending {
@@ -84,6 +101,12 @@ impl DirectBus {
     /// An in-process bus holding at most `capacity` unpulled messages, next to the file queue's
     /// subscription.
     pub fn new(capacity: usize, file_queue: EmbeddedSubscription) -> DirectBus {
+        DirectBus::with_rows(capacity, file_queue, true)
+    }
+
+    /// [`DirectBus::new`]; `takes_rows`: whether producers may hand over staged rows
+    /// ([`Publisher::publish_with_rows`]).
+    pub fn with_rows(capacity: usize, file_queue: EmbeddedSubscription, takes_rows: bool) -> DirectBus {
         DirectBus {
             shared: Arc::new(Shared {
                 state: Mutex::default(),
@@ -93,6 +116,7 @@ impl DirectBus {
                 waiters: Arc::default(),
                 last_file_poll: Mutex::new(Instant::now()),
                 wakes: AtomicU64::new(0),
+                takes_rows,
             }),
             file_queue,
         }
@@ -102,10 +126,19 @@ impl DirectBus {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Up to `max` queued messages as deliveries.
+    /// Queued entries as deliveries, up to `max` events (at least one entry when any is queued).
     fn take(&self, max: usize) -> Vec<Delivery> {
         let mut state = self.state();
-        let count = max.min(state.queue.len());
+        let mut count = 0;
+        let mut events = 0;
+        while let Some(next) = state.queue.get(count) {
+            if count > 0 && events + next.events() > max {
+                break;
+            }
+            events += next.events();
+            count += 1;
+        }
+        state.queued_events -= events;
         let deliveries: Vec<Delivery> = state
             .queue
             .drain(..count)
@@ -116,6 +149,7 @@ impl DirectBus {
                 delivery_attempt: 1,
                 first_attempt_micros: q.queued_micros,
                 handle: AckHandle { inner: AckInner::Direct { publish: q.publish } },
+                staged: q.staged,
             })
             .collect();
         state.leased += count;
@@ -141,6 +175,7 @@ impl DirectBus {
         let mut state = self.state();
         state.closed = true;
         state.queue.clear();
+        state.queued_events = 0;
         for (_, pending) in state.publishes.drain() {
             let _ = pending.done.send(Err(stopped()));
         }
@@ -181,36 +216,71 @@ impl Publisher for DirectBus {
         loop {
             // Created before the check, so a `take` between the check and the wait still wakes it.
             let space = self.shared.space.notified();
-            match self.try_enqueue(messages)? {
+            match self.try_enqueue(None, messages)? {
                 Ok(ticket) => return Ok(ticket),
-                Err(full) => messages = full,
+                Err((_, full)) => messages = full,
+            }
+            space.await;
+        }
+    }
+
+    fn takes_staged_rows(&self) -> bool {
+        self.shared.takes_rows
+    }
+
+    async fn publish_with_rows(
+        &self,
+        rows: StagedRows,
+        mut messages: Vec<OutboundMessage>,
+    ) -> Result<Ticket, BusError> {
+        let mut rows = Some(rows);
+        loop {
+            let space = self.shared.space.notified();
+            match self.try_enqueue(rows.take(), messages)? {
+                Ok(ticket) => return Ok(ticket),
+                Err((back, full)) => (rows, messages) = (back, full),
             }
             space.await;
         }
     }
 }
 
+/// What [`DirectBus::try_enqueue`] gives back when the queue is too full.
+type Refused = (Option<StagedRows>, Vec<OutboundMessage>);
+
 impl DirectBus {
-    /// Queues the messages as one publish, or gives them back when the queue is too full. A publish
-    /// larger than the whole capacity waits for an empty queue, then goes in whole.
-    #[allow(clippy::type_complexity)]
-    fn try_enqueue(&self, messages: Vec<OutboundMessage>) -> Result<Result<Ticket, Vec<OutboundMessage>>, BusError> {
+    /// Queues the staged rows and the messages as one publish, or gives them back when the queue is
+    /// too full. A publish larger than the whole capacity waits for an empty queue, then goes in
+    /// whole.
+    fn try_enqueue(
+        &self,
+        rows: Option<StagedRows>,
+        messages: Vec<OutboundMessage>,
+    ) -> Result<Result<Ticket, Refused>, BusError> {
         let mut state = self.state();
         if state.closed {
             return Err(stopped());
         }
-        if !state.queue.is_empty() && state.queue.len() + messages.len() > self.shared.capacity {
-            return Ok(Err(messages));
+        let rows = rows.filter(|r| !r.batch.rows.is_empty());
+        let events = messages.len() + rows.as_ref().map_or(0, |r| r.batch.rows.len());
+        if events == 0 {
+            return Ok(Ok(Ticket::ready()));
+        }
+        if !state.queue.is_empty() && state.queued_events + events > self.shared.capacity {
+            return Ok(Err((rows, messages)));
         }
         let (done, landed) = oneshot::channel();
         let publish = state.next_publish;
         state.next_publish += 1;
-        state.publishes.insert(publish, Pending { unacked: messages.len(), done });
+        let entries = messages.len() + usize::from(rows.is_some());
+        state.publishes.insert(publish, Pending { unacked: entries, done });
+        state.queued_events += events;
         let queued_micros = chrono::Utc::now().timestamp_micros();
-        for message in messages {
+        let staged = rows.map(|rows| (OutboundMessage::new(Vec::new(), Default::default()), Some(Box::new(rows))));
+        for (message, staged) in staged.into_iter().chain(messages.into_iter().map(|m| (m, None))) {
             let seq = state.next_seq;
             state.next_seq += 1;
-            state.queue.push_back(Queued { seq, publish, message, queued_micros });
+            state.queue.push_back(Queued { seq, publish, message, staged, queued_micros });
         }
         drop(state);
         self.shared.published.notify_one();
@@ -273,6 +343,7 @@ impl Subscription for DirectBus {
                         "landing these events kept failing; the source reads them again from its checkpoint".into(),
                     )));
                     state.queue.retain(|q| q.publish != publish);
+                    state.queued_events = state.queue.iter().map(Queued::events).sum();
                 }
             }
         }
@@ -285,7 +356,7 @@ impl Subscription for DirectBus {
     async fn stats(&self) -> Result<QueueStats, BusError> {
         let mut stats = self.file_queue.stats().await?;
         let state = self.state();
-        stats.pending += state.queue.len() as u64;
+        stats.pending += state.queued_events as u64;
         stats.leased += state.leased as u64;
         if let Some(front) = state.queue.front() {
             stats.oldest_publish_micros =

@@ -326,6 +326,7 @@ impl EmbeddedSubscription {
                     delivery_attempt: attempt,
                     first_attempt_micros: first,
                     handle: AckHandle { inner: AckInner::Embedded { seq: row.seq, lease_token: attempt as i64 } },
+                    staged: None,
                 });
             }
         }

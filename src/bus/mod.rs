@@ -61,6 +61,18 @@ pub struct Delivery {
     /// Microseconds since the epoch of the first delivery attempt.
     pub first_attempt_micros: i64,
     pub handle: AckHandle,
+    /// Rows the producer validated already, carried by this one delivery instead of a message each
+    /// (the in-process bus only, see [`Publisher::publish_with_rows`]); `data` is then empty.
+    pub staged: Option<Box<StagedRows>>,
+}
+
+/// Rows of one table, validated and coerced by their producer the way the worker would, handed over
+/// without an envelope each.
+#[derive(Debug)]
+pub struct StagedRows {
+    pub batch: crate::batch::TableBatch,
+    /// The records' bytes, for the worker's `max_batch_bytes`.
+    pub bytes: usize,
 }
 
 impl Delivery {
@@ -101,6 +113,19 @@ pub trait Publisher: Send + Sync {
     /// Buses whose `publish` is durable on return give a resolved ticket.
     async fn publish_pipelined(&self, messages: Vec<OutboundMessage>) -> Result<Ticket, BusError> {
         self.publish(messages).await.map(|()| Ticket::ready())
+    }
+
+    /// Whether this bus takes rows already staged by their producer ([`Publisher::publish_with_rows`]).
+    fn takes_staged_rows(&self) -> bool {
+        false
+    }
+
+    /// [`Publisher::publish_pipelined`] of `messages` and, in the same publish, rows the producer
+    /// staged itself: the ticket resolves once both landed. Only buses whose consumer is the worker
+    /// of the same process take rows (a row has no wire format); the others refuse.
+    async fn publish_with_rows(&self, rows: StagedRows, messages: Vec<OutboundMessage>) -> Result<Ticket, BusError> {
+        let _ = (rows, messages);
+        Err(BusError::Io("this bus carries messages only, not staged rows".into()))
     }
 }
 

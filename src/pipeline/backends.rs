@@ -78,7 +78,8 @@ fn open_embedded_bus(config: &Config, role: Role) -> anyhow::Result<BusEnds> {
     if role == Role::All && in_process(config) {
         // Sources and worker in one process: events go from one to the other in memory, and the
         // queue file is still drained beside (see `crate::bus::direct`).
-        let direct = DirectBus::new(config.bus.embedded.in_process_capacity, bus.subscription());
+        let embedded = &config.bus.embedded;
+        let direct = DirectBus::with_rows(embedded.in_process_capacity, bus.subscription(), embedded.in_process_rows);
         ends.subscription = Some(Arc::new(direct.clone()));
         ends.publisher = Some(Arc::new(direct));
     } else if role.produces() {
@@ -168,6 +169,7 @@ pub(super) fn build_sources(
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     for source_config in config.sources.jsonl.iter().filter(|s| wanted(&s.name)) {
         let mut source = JsonlSource::new(source_config.clone(), catalog.clone(), checkpoints.clone())?;
+        source.set_max_event_bytes(config.worker.max_event_bytes);
         if mode == RunMode::Forever {
             source.watch()?;
         }

@@ -1,13 +1,11 @@
 //! Turns a delivered message into either a row for its table or a dead letter with a precise reason.
 //! It sees the message's bytes, attributes and delivery history, never its ack handle.
 
-use std::borrow::Cow;
-
-use crate::batch::StagedRow;
+use crate::batch::{id_from_field, StagedRow};
 use crate::dead_letter::{salvage_identity, DeadLetter, DeadLetterReason};
 use crate::envelope::{decode, Op};
 use crate::message::{attr, Message};
-use crate::schema::{coerce_raw_fields, Catalog, CellValue, TableSchema, WriteMode};
+use crate::schema::{coerce_raw_fields, Catalog, CellValue, WriteMode};
 
 /// What a delivery becomes.
 #[derive(Debug)]
@@ -130,22 +128,6 @@ impl Classifier<'_> {
         };
         let row = StagedRow { event_id, op: event.op, version: event.version, cells, absent };
         Ok((table_name, row, event.produced_micros))
-    }
-}
-
-/// An append table's `event_id_field` is its rows' event id: the row takes the field's value when
-/// the envelope says otherwise. Producers set both alike; they differ when an event was published
-/// before its table had a schema (its id was then derived from its content, and it was
-/// dead-lettered) and is replayed after `schema infer` named the field. The DuckDB warehouse relies
-/// on it to compute `_bqsync_event_id` from the field ([`crate::warehouse::sql::event_id_column`]).
-fn id_from_field<'a>(schema: &TableSchema, cells: &'a [CellValue]) -> Option<Cow<'a, str>> {
-    if schema.write_mode != WriteMode::Append {
-        return None;
-    }
-    match cells.get(schema.column_index(schema.event_id_field.as_deref()?)?)? {
-        CellValue::String(text) => Some(Cow::Borrowed(text)),
-        CellValue::Int64(number) => Some(Cow::Owned(number.to_string())),
-        _ => None,
     }
 }
 

@@ -290,12 +290,17 @@ impl Worker {
     /// Sorts deliveries into per-table batches; poison goes to the dead-letter batch, or is returned
     /// for the bus's dead-letter topic when the bus has one.
     fn accept(&mut self, deliveries: Vec<Delivery>, origin: Origin) -> Vec<DeadLetterOut> {
-        let classifier = Classifier { catalog: &self.catalog, max_event_bytes: self.config.max_event_bytes };
+        let catalog = self.catalog.clone();
+        let classifier = Classifier { catalog: &catalog, max_event_bytes: self.config.max_event_bytes };
         let poison_to_bus = origin == Origin::Main && self.subscription.dead_letters_on_bus();
         let mut poison = Vec::new();
         // (table, events, redelivered) of this pull, for the metrics: a few tables, many events.
         let mut arrived: Vec<(String, u64, u64)> = Vec::new();
-        for delivery in deliveries {
+        for mut delivery in deliveries {
+            if let Some(staged) = delivery.staged.take() {
+                self.accept_staged(*staged, delivery, origin, &mut arrived);
+                continue;
+            }
             self.stats.delivered += 1;
             let classified = match origin {
                 Origin::Main => classifier.classify(delivery.message()),
@@ -346,6 +351,32 @@ impl Worker {
             crate::metrics::global().events_in(&table, events, redelivered);
         }
         poison
+    }
+
+    /// Rows a producer of this process staged itself (see [`crate::bus::StagedRows`]): they join
+    /// their table's batch as they are, acked by their one delivery once that batch committed.
+    fn accept_staged(
+        &mut self,
+        staged: crate::bus::StagedRows,
+        delivery: Delivery,
+        origin: Origin,
+        arrived: &mut Vec<(String, u64, u64)>,
+    ) {
+        let crate::bus::StagedRows { batch: TableBatch { table, rows }, bytes } = staged;
+        let events = rows.len() as u64;
+        self.stats.delivered += events;
+        match arrived.iter_mut().find(|(t, _, _)| *t == table) {
+            Some((_, count, _)) => *count += events,
+            None => arrived.push((table.clone(), events, 0)),
+        }
+        let max_rows = self.config.max_batch_rows;
+        let batch = self.pending.entry(table).or_insert_with(|| PendingBatch::new(max_rows));
+        batch.bytes += bytes;
+        batch.produced.extend(std::iter::repeat_n(delivery.first_attempt_micros, rows.len()));
+        batch.rows.extend(rows);
+        batch.first_message.get_or_insert_with(|| delivery.message_id.clone());
+        batch.last_message = Some(delivery.message_id);
+        batch.receipts.push(origin, delivery.handle);
     }
 
     /// Flushes every table whose batch is full or old enough (all of them when `everything`). Dead

@@ -116,6 +116,7 @@ impl PubSubSubscription {
             delivery_attempt: handler.delivery_attempt().map_or(1, |a| a.max(1) as u32),
             first_attempt_micros,
             handle: AckHandle { inner: AckInner::PubSub { handler, message_id } },
+            staged: None,
         }
     }
 

@@ -34,6 +34,13 @@ pub struct EmbeddedBusConfig {
     /// beyond it. Default 50000.
     #[serde(default = "default_in_process_capacity")]
     pub in_process_capacity: usize,
+    /// On the in-process path, the JSONL source coerces the plain records of append tables into
+    /// rows itself and hands them over as they are, instead of one event message each for the worker
+    /// to parse again (`src/sources/jsonl/staged.rs`). Every other line (bad JSON, a schema
+    /// violation, a tombstone) still goes as its own event, and is dead-lettered with its reason.
+    /// Default `true`.
+    #[serde(default = "default_in_process")]
+    pub in_process_rows: bool,
 }
 
 /// SQLite's `synchronous` for publish commits.
@@ -86,6 +93,7 @@ impl Default for EmbeddedBusConfig {
             synchronous: Synchronous::Full,
             in_process: default_in_process(),
             in_process_capacity: default_in_process_capacity(),
+            in_process_rows: default_in_process(),
         }
     }
 }

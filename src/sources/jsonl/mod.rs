@@ -15,6 +15,7 @@
 mod files;
 mod framing;
 mod record;
+mod staged;
 
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom};
@@ -28,7 +29,8 @@ use super::checkpoint::{CheckpointStore, FileCheckpoint};
 use super::in_flight::{InFlight, IN_FLIGHT_EVENTS};
 use super::rows::poison;
 use super::{EmitOutcome, Source, SourceError, UnreadInput, UnreadReason};
-use crate::bus::{attr, OutboundMessage, Publisher};
+use crate::batch::{StagedRow, TableBatch};
+use crate::bus::{attr, OutboundMessage, Publisher, StagedRows};
 use crate::dead_letter::DeadLetterReason;
 use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
@@ -61,6 +63,23 @@ pub struct JsonlSource {
     /// Files under the root that no route matches (relative paths), as of the latest scan.
     unrouted: Vec<String>,
     shutdown: Shutdown,
+    /// `worker.max_event_bytes`: lines staged as rows stay well below it (see [`staged`]).
+    max_event_bytes: usize,
+}
+
+/// What a pass hands to the bus at its next boundary: event messages and rows staged here.
+#[derive(Default)]
+struct Outgoing {
+    messages: Vec<OutboundMessage>,
+    rows: Vec<StagedRow>,
+    /// The staged lines' bytes.
+    row_bytes: usize,
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        self.messages.len() + self.rows.len()
+    }
 }
 
 fn glob(pattern: &str, source_name: &str) -> Result<globset::Glob, SourceError> {
@@ -127,7 +146,13 @@ impl JsonlSource {
             poison_published: 0,
             unrouted: Vec::new(),
             shutdown: Shutdown::default(),
+            max_event_bytes: crate::config::worker::WorkerConfig::default().max_event_bytes,
         })
+    }
+
+    /// The worker's `max_event_bytes` (lines staged as rows stay well below it).
+    pub fn set_max_event_bytes(&mut self, max_event_bytes: usize) {
+        self.max_event_bytes = max_event_bytes;
     }
 
     fn stopping(&self) -> bool {
@@ -235,7 +260,10 @@ impl JsonlSource {
         tracked.file.seek(SeekFrom::Start(tracked.offset)).map_err(|e| self.io_error(&tracked.path, e))?;
         let read_start = tracked.offset;
         let mut reader = LineReader::new(self.config.max_line_bytes);
-        let mut batch = Vec::with_capacity(self.config.publish_batch);
+        let mut batch = Outgoing::default();
+        // Lines of a stageable table are coerced into rows here when the bus takes rows.
+        let catalog = self.catalog.clone();
+        let staging = catalog.get(&tracked.table).filter(|t| publisher.takes_staged_rows() && staged::stageable(t));
         let produced_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         // Each line's source is `jsonl:path:line`, as compilers print it (`dlq show` points at the
         // input line), written into one buffer for every line of the pass.
@@ -249,6 +277,25 @@ impl JsonlSource {
             line_number += 1;
             set_line_number(&mut source_label, file_label_len, line_number);
             let message = match line.content {
+                LineContent::Complete(bytes) if staging.is_some() => {
+                    let max_bytes = self.max_event_bytes.saturating_sub(source_label.len());
+                    match staged::stage_line(staging.expect("checked"), bytes, max_bytes) {
+                        staged::Staged::Row(row) => {
+                            batch.rows.push(row);
+                            batch.row_bytes += bytes.len();
+                            None
+                        }
+                        staged::Staged::PerEvent => {
+                            let origin = Origin {
+                                file_fingerprint: tracked.fingerprint,
+                                offset: line_offset,
+                                source: &source_label,
+                                produced_at: &produced_at,
+                            };
+                            record::line_to_message(&self.catalog, &tracked.table, origin, bytes)
+                        }
+                    }
+                }
                 LineContent::Complete(bytes) => {
                     let origin = Origin {
                         file_fingerprint: tracked.fingerprint,
@@ -270,7 +317,7 @@ impl JsonlSource {
                 )),
             };
             if let Some(message) = message {
-                batch.push(message);
+                batch.messages.push(message);
             }
             if batch.len() >= self.config.publish_batch {
                 let end = read_start + line.end_offset;
@@ -295,7 +342,7 @@ impl JsonlSource {
                     produced_at: &produced_at,
                 };
                 let message = record::line_to_message(&self.catalog, &tracked.table, origin, bytes);
-                batch.extend(message);
+                batch.messages.extend(message);
             }
         }
         let end = read_start + reader.consumed();
@@ -322,7 +369,7 @@ impl JsonlSource {
     async fn hand_off(
         &mut self,
         tracked: &mut TrackedFile,
-        batch: &mut Vec<OutboundMessage>,
+        batch: &mut Outgoing,
         (offset, lines): (u64, u64),
         size: u64,
         publisher: &dyn Publisher,
@@ -332,12 +379,17 @@ impl JsonlSource {
         if offset == in_flight.last().map_or(tracked.offset, |p| p.offset) {
             return Ok(());
         }
-        let poison = batch.iter().filter(|m| m.attributes.contains_key(attr::POISON_REASON)).count() as u64;
+        let poison = batch.messages.iter().filter(|m| m.attributes.contains_key(attr::POISON_REASON)).count() as u64;
         let count = batch.len() as u64;
-        let ticket = publisher
-            .publish_pipelined(std::mem::take(batch))
-            .await
-            .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+        let Outgoing { messages, rows, row_bytes } = std::mem::take(batch);
+        let published = if rows.is_empty() {
+            publisher.publish_pipelined(messages).await
+        } else {
+            let rows = StagedRows { batch: TableBatch { table: tracked.table.clone(), rows }, bytes: row_bytes };
+            publisher.publish_with_rows(rows, messages).await
+        };
+        let ticket =
+            published.map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
         in_flight.push(ticket, count, FilePosition { offset, lines, size, poison });
         self.settle(tracked, in_flight, IN_FLIGHT_EVENTS, outcome).await
     }

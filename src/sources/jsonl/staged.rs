@@ -1,0 +1,136 @@
+//! JSONL lines staged as rows by the source itself, for the in-process bus of `bqsync run`
+//! ([`crate::bus::Publisher::publish_with_rows`]).
+//!
+//! Why: in one process, writing each line into an envelope for the worker to parse and coerce
+//! again was half of the 1M-atoms run's CPU. A line that is a plain record of an append table is
+//! coerced here, once, into the row the worker would have made of its envelope.
+//!
+//! Invariant: a line is staged only when it is certain to become that same row: an append table
+//! with an id field and no transforms, a UTF-8 JSON object with no `_deleted` field, whose id and
+//! columns coerce, and small enough that its envelope could not pass `worker.max_event_bytes`. The
+//! payload is read with the worker's own [`RawPayload`], coerced with the worker's
+//! [`coerce_raw_fields`] and identified with [`identify`] and [`id_from_field`], as the worker
+//! does. Any other line (bad JSON, a schema violation, a tombstone, a blank line) takes the
+//! per-event path unchanged, so dead letters keep their reasons.
+
+use crate::batch::{id_from_field, StagedRow};
+use crate::envelope::{identify, Op, RawPayload};
+use crate::schema::{coerce_raw_fields, TableSchema, WriteMode};
+
+/// Bytes an envelope adds to its payload, besides the source label: event id (at most 256 bytes),
+/// table name, op, produce time and the JSON around them. Generous: a line this close to
+/// `max_event_bytes` takes the per-event path, which decides exactly.
+const ENVELOPE_OVERHEAD_BYTES: usize = 1024;
+
+/// Whether lines of `table` may be staged at all.
+pub(super) fn stageable(table: &TableSchema) -> bool {
+    table.write_mode == WriteMode::Append && table.transforms.is_empty() && table.event_id_field.is_some()
+}
+
+/// What a line of a stageable table becomes here.
+pub(super) enum Staged {
+    /// The row the worker would have made of this line's event.
+    Row(StagedRow),
+    /// Anything else: the line takes the per-event path (which also skips blank lines).
+    PerEvent,
+}
+
+/// The row of one complete line of `table` (a [`stageable`] table), or [`Staged::PerEvent`].
+/// `max_bytes`: `worker.max_event_bytes` less the line's source label.
+pub(super) fn stage_line(table: &TableSchema, bytes: &[u8], max_bytes: usize) -> Staged {
+    if bytes.len() + ENVELOPE_OVERHEAD_BYTES > max_bytes {
+        return Staged::PerEvent;
+    }
+    // The per-event path reads a line the same way: UTF-8, trimmed, a JSON object.
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Staged::PerEvent;
+    };
+    let text = text.trim();
+    let Ok(payload) = serde_json::from_str::<RawPayload<'_>>(text) else {
+        return Staged::PerEvent;
+    };
+    if payload.contains(crate::sources::jsonl::DELETE_FIELD) {
+        return Staged::PerEvent;
+    }
+    let Ok(identity) = identify(table, |name| payload.get(name), false) else {
+        return Staged::PerEvent;
+    };
+    let (Op::Insert, Some(event_id)) = (identity.op, identity.event_id) else {
+        return Staged::PerEvent;
+    };
+    let Ok(cells) = coerce_raw_fields(table, payload.fields(), |name| payload.raw(name), false) else {
+        return Staged::PerEvent;
+    };
+    let event_id = match id_from_field(table, &cells) {
+        Some(id) if id != event_id.as_str() => id.into_owned(),
+        _ => event_id,
+    };
+    Staged::Row(StagedRow::whole(event_id, Op::Insert, None, cells))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Message;
+    use crate::schema::Catalog;
+    use crate::worker::classify::{Classified, Classifier};
+
+    fn catalog() -> Catalog {
+        Catalog::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap()
+    }
+
+    /// What the worker makes of the line's envelope, as the per-event path builds it.
+    fn through_the_worker(catalog: &Catalog, line: &str) -> Option<StagedRow> {
+        let origin =
+            super::super::Origin { file_fingerprint: 7, offset: 0, source: "t", produced_at: "2024-01-01T00:00:00Z" };
+        let message = super::super::record::line_to_message(catalog, "atoms", origin, line.as_bytes())?;
+        let classifier = Classifier { catalog, max_event_bytes: 1 << 20 };
+        let attributes = message.attributes.clone();
+        let delivered =
+            Message { data: &message.data, attributes: &attributes, delivery_attempt: 1, first_attempt_micros: 0 };
+        match classifier.classify(delivered) {
+            Classified::Row { row, .. } => Some(row),
+            Classified::DeadLetter(_) => None,
+        }
+    }
+
+    /// A staged line is exactly the row the worker makes of its envelope; a line the worker would
+    /// dead-letter or skip is never staged.
+    #[test]
+    fn a_staged_row_is_the_workers_row_and_anything_else_goes_per_event() {
+        let catalog = catalog();
+        let atoms = catalog.get("atoms").unwrap();
+        assert!(stageable(atoms));
+        let lines = [
+            r#"{"event_id":"a1","entity_id":"e","kind":"k","text":"t","score":1.5,"tags":["x","y"],"created_at":"2024-01-01T00:00:00.5Z"}"#,
+            r#"  {"event_id":7,"kind":"k \"q\"","score":"2","tags":[],"created_at":"2024-01-01 00:00:00"}  "#,
+            r#"{"event_id":"a9","created_at":"2024-01-01T00:00:00Z","extra":{"a":1}}"#,
+            r#"{"event_id":"a2","ki\u006ed":"escaped key","created_at":1700000000}"#,
+            r#"{"event_id":"a3","score":1e400,"created_at":"2024-01-01T00:00:00Z"}"#,
+            r#"{"event_id":"","created_at":"2024-01-01T00:00:00Z"}"#,
+            r#"{"event_id":"a4","created_at":"not a time"}"#,
+            r#"{"event_id":"a5","created_at":"2024-01-01T00:00:00Z","_deleted":true}"#,
+            r#"{"event_id":"a6","score":"many","created_at":"2024-01-01T00:00:00Z"}"#,
+            r#"["not","an","object"]"#,
+            r#"{"event_id":"a7","#,
+            "",
+            "   ",
+        ];
+        let mut staged = 0;
+        for line in lines {
+            let worker = through_the_worker(&catalog, line);
+            match stage_line(atoms, line.as_bytes(), 1 << 20) {
+                Staged::Row(row) => {
+                    staged += 1;
+                    assert_eq!(Some(row), worker, "{line}");
+                }
+                // The per-event path decides: a dead letter, a blank line skipped, or a tombstone.
+                Staged::PerEvent => {}
+            }
+        }
+        assert_eq!(staged, 3, "the first three lines are plain records");
+        let long = format!(r#"{{"event_id":"a8","text":"{}","created_at":"2024-01-01T00:00:00Z"}}"#, "x".repeat(2000));
+        assert!(matches!(stage_line(atoms, long.as_bytes(), 2500), Staged::PerEvent), "near max_event_bytes");
+        assert!(matches!(stage_line(atoms, long.as_bytes(), 1 << 20), Staged::Row(_)));
+    }
+}
