@@ -1,7 +1,9 @@
 //! `bqsync run` with DuckDB hands events from its sources to its worker in memory
 //! (`src/bus/direct.rs`). Its new crash point: the warehouse committed events whose source
 //! checkpoint is not written yet (for an outbox: whose dirty flags are not cleared yet). A restart
-//! reads them again, and the warehouse must recognise them.
+//! reads them again, and the warehouse must recognise them. The atoms' lines are plain records of an
+//! append table, so the JSONL kill test lands them as rows staged by the source
+//! (`src/sources/jsonl/staged.rs`), the default on this path.
 
 // The embedded bus and DuckDB: built with the `embedded` feature (the default).
 #![cfg(feature = "embedded")]

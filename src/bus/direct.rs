@@ -422,6 +422,52 @@ mod tests {
         assert!(bus.is_drained().await.unwrap());
     }
 
+    fn rows(n: usize) -> StagedRows {
+        let row = |i: usize| crate::batch::StagedRow::whole(format!("e{i}"), crate::envelope::Op::Insert, None, vec![]);
+        StagedRows {
+            batch: crate::batch::TableBatch { table: "atoms".into(), rows: (0..n).map(row).collect() },
+            bytes: n,
+        }
+    }
+
+    /// Staged rows are one delivery of their publish, counted as their rows for room and stats; the
+    /// ticket waits for them and for the publish's messages.
+    #[tokio::test]
+    async fn staged_rows_land_with_their_publish_and_count_as_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, _) = bus(dir.path(), 100);
+        assert!(bus.takes_staged_rows());
+        let ticket = bus.publish_with_rows(rows(60), messages(2)).await.unwrap();
+        assert_eq!(bus.stats().await.unwrap().pending, 62);
+        let waiting = {
+            let bus = bus.clone();
+            tokio::spawn(async move { bus.publish_with_rows(rows(50), Vec::new()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "62 + 50 > 100: the second publish waits for room");
+        let pulled = bus.pull(1, Duration::ZERO).await.unwrap();
+        assert_eq!(pulled.len(), 1, "the rows come as one delivery, even past max_messages");
+        assert_eq!(pulled[0].staged.as_ref().map(|s| s.batch.rows.len()), Some(60));
+        let second = waiting.await.unwrap().unwrap();
+        let mut landed = tokio::spawn(ticket.landed());
+        bus.ack(Committed::new(handles(pulled))).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut landed).await.is_err(), "its messages unacked");
+        let rest = bus.pull(100, Duration::ZERO).await.unwrap();
+        assert_eq!(rest.iter().map(|d| d.staged.is_some()).collect::<Vec<_>>(), [false, false, true]);
+        bus.ack(Committed::new(handles(rest))).await.unwrap();
+        landed.await.unwrap().unwrap();
+        second.landed().await.unwrap();
+        assert!(bus.is_drained().await.unwrap());
+        let off = DirectBus::with_rows(
+            10,
+            EmbeddedBus::open(&EmbeddedBusConfig { path: dir.path().join("b2.db"), ..Default::default() })
+                .unwrap()
+                .subscription(),
+            false,
+        );
+        assert!(!off.takes_staged_rows(), "in_process_rows = false");
+    }
+
     #[tokio::test]
     async fn a_nack_fails_the_publish_and_drops_its_unpulled_messages() {
         let dir = tempfile::tempdir().unwrap();
