@@ -29,6 +29,7 @@
 
 pub mod classify;
 mod progress;
+mod staged;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -351,32 +352,6 @@ impl Worker {
             crate::metrics::global().events_in(&table, events, redelivered);
         }
         poison
-    }
-
-    /// Rows a producer of this process staged itself (see [`crate::bus::StagedRows`]): they join
-    /// their table's batch as they are, acked by their one delivery once that batch committed.
-    fn accept_staged(
-        &mut self,
-        staged: crate::bus::StagedRows,
-        delivery: Delivery,
-        origin: Origin,
-        arrived: &mut Vec<(String, u64, u64)>,
-    ) {
-        let crate::bus::StagedRows { batch: TableBatch { table, rows }, bytes } = staged;
-        let events = rows.len() as u64;
-        self.stats.delivered += events;
-        match arrived.iter_mut().find(|(t, _, _)| *t == table) {
-            Some((_, count, _)) => *count += events,
-            None => arrived.push((table.clone(), events, 0)),
-        }
-        let max_rows = self.config.max_batch_rows;
-        let batch = self.pending.entry(table).or_insert_with(|| PendingBatch::new(max_rows));
-        batch.bytes += bytes;
-        batch.produced.extend(std::iter::repeat_n(delivery.first_attempt_micros, rows.len()));
-        batch.rows.extend(rows);
-        batch.first_message.get_or_insert_with(|| delivery.message_id.clone());
-        batch.last_message = Some(delivery.message_id);
-        batch.receipts.push(origin, delivery.handle);
     }
 
     /// Flushes every table whose batch is full or old enough (all of them when `everything`). Dead
