@@ -2,8 +2,10 @@
 
 use std::borrow::Cow;
 
-use crate::envelope::Op;
-use crate::schema::{CellValue, TableSchema, WriteMode};
+use serde_json::{Map, Value};
+
+use crate::envelope::{Op, RawPayload};
+use crate::schema::{coerce_raw_fields, coerce_value, CellValue, TableSchema, WriteMode};
 
 /// One event, validated and coerced to its table's columns.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -36,6 +38,65 @@ impl StagedRow {
 pub struct TableBatch {
     pub table: String,
     pub rows: Vec<StagedRow>,
+}
+
+/// The row the worker lands for an event of `schema`, or why the event does not fit it (the detail of a
+/// `schema` dead letter). The worker makes every row of an event message with it, and a producer that
+/// stages rows itself (see [`crate::bus::StagedRows`]) makes them with it too, so both give one row.
+pub fn event_row(
+    schema: &TableSchema,
+    op: Op,
+    key: Option<&Map<String, Value>>,
+    version: Option<i64>,
+    event_id: String,
+    payload: &RawPayload<'_>,
+) -> Result<StagedRow, String> {
+    match (schema.write_mode, op) {
+        (WriteMode::Append, Op::Insert) | (WriteMode::Upsert, Op::Upsert | Op::Delete) => {}
+        (mode, op) => {
+            return Err(
+                format!("op `{op:?}` does not apply to table `{}` (write_mode {mode:?})", schema.table).to_lowercase()
+            )
+        }
+    }
+    let mut cells =
+        coerce_raw_fields(schema, payload.fields(), |name| payload.raw(name), op == Op::Delete).map_err(|e| e.0)?;
+    if let Some(values) = key {
+        for (column, value) in values {
+            if !schema.primary_key.contains(column) {
+                continue;
+            }
+            if let Some(said) = payload.get(column).filter(|p| p != value) {
+                return Err(format!("key `{column}` is {value} but the payload says {said}"));
+            }
+        }
+    }
+    if op == Op::Delete {
+        // A tombstone keeps only its key and version; the other columns are cleared.
+        for (cell, column) in cells.iter_mut().zip(&schema.columns) {
+            if !schema.primary_key.contains(&column.name) && schema.version_column.as_deref() != Some(&column.name) {
+                *cell = CellValue::Null;
+            }
+        }
+        for column in &schema.primary_key {
+            let index = schema.column_index(column).expect("checked key");
+            if cells[index] == CellValue::Null {
+                let from_key = key.and_then(|k| k.get(column));
+                cells[index] = coerce_value(&schema.columns[index], from_key, false).map_err(|e| e.0)?;
+            }
+        }
+    }
+    // A patch carries only some columns; a tombstone clears them all, so it carries every one.
+    let absent = if schema.patches() && op == Op::Upsert {
+        (0..schema.columns.len()).filter(|&i| !payload.contains(&schema.columns[i].name)).collect()
+    } else {
+        Vec::new()
+    };
+    let event_id = match id_from_field(schema, &cells) {
+        Some(id) if id != event_id.as_str() => id.into_owned(),
+        _ => event_id,
+    };
+    Ok(StagedRow { event_id, op, version, cells, absent })
 }
 
 /// An append table's `event_id_field` is its rows' event id: the row takes the field's value when

@@ -1,11 +1,11 @@
 //! Turns a delivered message into either a row for its table or a dead letter with a precise reason.
 //! It sees the message's bytes, attributes and delivery history, never its ack handle.
 
-use crate::batch::{id_from_field, StagedRow};
+use crate::batch::{event_row, StagedRow};
 use crate::dead_letter::{salvage_identity, DeadLetter, DeadLetterReason};
-use crate::envelope::{decode, Op};
+use crate::envelope::decode;
 use crate::message::{attr, Message};
-use crate::schema::{coerce_raw_fields, Catalog, CellValue, WriteMode};
+use crate::schema::Catalog;
 
 /// What a delivery becomes.
 #[derive(Debug)]
@@ -74,60 +74,10 @@ impl Classifier<'_> {
         let Some(schema) = self.catalog.get(&table_name) else {
             return Err(fail(DeadLetterReason::UnknownTable, crate::dead_letter::unknown_table_detail(&table_name)));
         };
-        match (schema.write_mode, event.op) {
-            (WriteMode::Append, Op::Insert) | (WriteMode::Upsert, Op::Upsert | Op::Delete) => {}
-            (mode, op) => {
-                return Err(fail(
-                    DeadLetterReason::Schema,
-                    format!("op `{op:?}` does not apply to table `{table_name}` (write_mode {mode:?})").to_lowercase(),
-                ))
-            }
-        }
-        let payload = &event.payload;
-        let mut cells = coerce_raw_fields(schema, payload.fields(), |name| payload.raw(name), event.op == Op::Delete)
-            .map_err(|e| fail(DeadLetterReason::Schema, e.0))?;
-        if let Some(key) = &event.key {
-            for (column, value) in key {
-                if !schema.primary_key.contains(column) {
-                    continue;
-                }
-                if let Some(said) = payload.get(column).filter(|p| p != value) {
-                    return Err(fail(
-                        DeadLetterReason::Schema,
-                        format!("key `{column}` is {value} but the payload says {said}"),
-                    ));
-                }
-            }
-        }
-        if event.op == Op::Delete {
-            // A tombstone keeps only its key and version; the other columns are cleared.
-            for (cell, column) in cells.iter_mut().zip(&schema.columns) {
-                if !schema.primary_key.contains(&column.name) && schema.version_column.as_deref() != Some(&column.name)
-                {
-                    *cell = CellValue::Null;
-                }
-            }
-            for key in &schema.primary_key {
-                let index = schema.column_index(key).expect("checked key");
-                if cells[index] == CellValue::Null {
-                    let from_key = event.key.as_ref().and_then(|k| k.get(key));
-                    cells[index] = crate::schema::coerce_value(&schema.columns[index], from_key, false)
-                        .map_err(|e| fail(DeadLetterReason::Schema, e.0))?;
-                }
-            }
-        }
-        // A patch carries only some columns; a tombstone clears them all, so it carries every one.
-        let absent = if schema.patches() && event.op == Op::Upsert {
-            (0..schema.columns.len()).filter(|&i| !event.payload.contains(&schema.columns[i].name)).collect()
-        } else {
-            Vec::new()
-        };
-        let event_id = match id_from_field(schema, &cells) {
-            Some(id) if id != event.event_id.as_str() => id.into_owned(),
-            _ => event.event_id,
-        };
-        let row = StagedRow { event_id, op: event.op, version: event.version, cells, absent };
-        Ok((table_name, row, event.produced_micros))
+        let produced_micros = event.produced_micros;
+        let row = event_row(schema, event.op, event.key.as_ref(), event.version, event.event_id, &event.payload)
+            .map_err(|detail| fail(DeadLetterReason::Schema, detail))?;
+        Ok((table_name, row, produced_micros))
     }
 }
 
@@ -135,7 +85,9 @@ impl Classifier<'_> {
 mod tests {
     use super::*;
     use crate::envelope::ChangeEvent;
+    use crate::envelope::Op;
     use crate::message::Attributes;
+    use crate::schema::CellValue;
 
     fn classify(payload: &str) -> Classified {
         let catalog = Catalog::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();

@@ -2,29 +2,35 @@
 //! ([`crate::bus::Publisher::publish_with_rows`]).
 //!
 //! Why: in one process, writing each line into an envelope for the worker to parse and coerce
-//! again was half of the 1M-atoms run's CPU. A line that is a plain record of an append table is
-//! coerced here, once, into the row the worker would have made of its envelope.
+//! again was half of the 1M-atoms run's CPU. A line that is a plain record is coerced here, once,
+//! into the row the worker would have made of its envelope.
 //!
-//! Invariant: a line is staged only when it is certain to become that same row: an append table
-//! with an id field and no transforms, a UTF-8 JSON object with no `_deleted` field, whose id and
-//! columns coerce, and small enough that its envelope could not pass `worker.max_event_bytes`. The
-//! payload is read with the worker's own [`RawPayload`], coerced with the worker's
-//! [`coerce_raw_fields`] and identified with [`identify`] and [`id_from_field`], as the worker
-//! does. Any other line (bad JSON, a schema violation, a tombstone, a blank line) takes the
-//! per-event path unchanged, so dead letters keep their reasons.
+//! Invariant: a line is staged only when it is certain to become that same row: a [`stageable`]
+//! table, a UTF-8 JSON object with no `_deleted` field, whose identity and columns coerce, and small
+//! enough that its envelope could not pass `worker.max_event_bytes`. The payload is read with the
+//! worker's own [`RawPayload`], identified with [`identify`] and its id derived as the per-event
+//! path derives it, and made a row by the worker's own [`event_row`]. Any other line (bad JSON, a
+//! schema violation, a tombstone, a blank line) takes the per-event path unchanged, so dead letters
+//! keep their reasons.
 
-use crate::batch::{id_from_field, StagedRow};
-use crate::envelope::{identify, Op, RawPayload};
-use crate::schema::{coerce_raw_fields, TableSchema, WriteMode};
+use crate::batch::{event_row, StagedRow};
+use crate::envelope::{derive_event_id, identify, RawPayload};
+use crate::schema::{TableSchema, WriteMode};
 
 /// Bytes an envelope adds to its payload, besides the source label: event id (at most 256 bytes),
-/// table name, op, produce time and the JSON around them. Generous: a line this close to
-/// `max_event_bytes` takes the per-event path, which decides exactly.
+/// table name, op, key, version, produce time and the JSON around them. Generous: a line this close
+/// to `max_event_bytes` takes the per-event path, which decides exactly.
 const ENVELOPE_OVERHEAD_BYTES: usize = 1024;
 
-/// Whether lines of `table` may be staged at all.
+/// Whether lines of `table` may be staged at all: no transforms, and an id the line itself gives (an
+/// append table's id field, an upsert table's key and version). An append table without an id field
+/// derives each line's id from its file and offset, which stay on the per-event path.
 pub(super) fn stageable(table: &TableSchema) -> bool {
-    table.write_mode == WriteMode::Append && table.transforms.is_empty() && table.event_id_field.is_some()
+    table.transforms.is_empty()
+        && match table.write_mode {
+            WriteMode::Append => table.event_id_field.is_some(),
+            WriteMode::Upsert => true,
+        }
 }
 
 /// What a line of a stageable table becomes here.
@@ -45,27 +51,29 @@ pub(super) fn stage_line(table: &TableSchema, bytes: &[u8], max_bytes: usize) ->
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Staged::PerEvent;
     };
-    let text = text.trim();
-    let Ok(payload) = serde_json::from_str::<RawPayload<'_>>(text) else {
+    let Ok(payload) = serde_json::from_str::<RawPayload<'_>>(text.trim()) else {
         return Staged::PerEvent;
     };
+    // A `_deleted` field (a tombstone, or its payload rewritten without the field): per event.
     if payload.contains(crate::sources::jsonl::DELETE_FIELD) {
         return Staged::PerEvent;
     }
     let Ok(identity) = identify(table, |name| payload.get(name), false) else {
         return Staged::PerEvent;
     };
-    let (Op::Insert, Some(event_id)) = (identity.op, identity.event_id) else {
-        return Staged::PerEvent;
+    // The event id the per-event path gives the record (`record::record_to_message`).
+    let event_id = match (identity.event_id, &identity.key, identity.version) {
+        (Some(id), _, _) => id,
+        (None, Some(key), Some(version)) => {
+            let key_text = serde_json::to_string(key).expect("map serializes");
+            derive_event_id(&[table.table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes()])
+        }
+        _ => return Staged::PerEvent,
     };
-    let Ok(cells) = coerce_raw_fields(table, payload.fields(), |name| payload.raw(name), false) else {
-        return Staged::PerEvent;
-    };
-    let event_id = match id_from_field(table, &cells) {
-        Some(id) if id != event_id.as_str() => id.into_owned(),
-        _ => event_id,
-    };
-    Staged::Row(StagedRow::whole(event_id, Op::Insert, None, cells))
+    match event_row(table, identity.op, identity.key.as_ref(), identity.version, event_id, &payload) {
+        Ok(row) => Staged::Row(row),
+        Err(_) => Staged::PerEvent,
+    }
 }
 
 #[cfg(test)]
@@ -80,10 +88,10 @@ mod tests {
     }
 
     /// What the worker makes of the line's envelope, as the per-event path builds it.
-    fn through_the_worker(catalog: &Catalog, line: &str) -> Option<StagedRow> {
+    fn through_the_worker(catalog: &Catalog, table: &str, line: &str) -> Option<StagedRow> {
         let origin =
             super::super::Origin { file_fingerprint: 7, offset: 0, source: "t", produced_at: "2024-01-01T00:00:00Z" };
-        let message = super::super::record::line_to_message(catalog, "atoms", origin, line.as_bytes())?;
+        let message = super::super::record::line_to_message(catalog, table, origin, line.as_bytes())?;
         let classifier = Classifier { catalog, max_event_bytes: 1 << 20 };
         let attributes = message.attributes.clone();
         let delivered =
@@ -118,7 +126,7 @@ mod tests {
         ];
         let mut staged = 0;
         for line in lines {
-            let worker = through_the_worker(&catalog, line);
+            let worker = through_the_worker(&catalog, "atoms", line);
             match stage_line(atoms, line.as_bytes(), 1 << 20) {
                 Staged::Row(row) => {
                     staged += 1;
@@ -132,5 +140,30 @@ mod tests {
         let long = format!(r#"{{"event_id":"a8","text":"{}","created_at":"2024-01-01T00:00:00Z"}}"#, "x".repeat(2000));
         assert!(matches!(stage_line(atoms, long.as_bytes(), 2500), Staged::PerEvent), "near max_event_bytes");
         assert!(matches!(stage_line(atoms, long.as_bytes(), 1 << 20), Staged::Row(_)));
+    }
+
+    /// The same for an upsert table: key, version and derived id as the worker has them; tombstones
+    /// and records without a key or version go per event.
+    #[test]
+    fn upsert_lines_stage_as_the_workers_rows() {
+        let catalog = catalog();
+        let contacts = catalog.get("contacts_master").unwrap();
+        assert!(stageable(contacts));
+        let lines = [
+            r#"{"contact_id":"c-1","name":"A","email":"a@x","updated_at":"2024-01-01T12:29:22.411948Z","version":4}"#,
+            r#"{"contact_id":"c-2","version":"7","phone":null}"#,
+            r#"{"contact_id":"c-3","version":2,"_deleted":true}"#,
+            r#"{"contact_id":"c-4","name":"no version"}"#,
+            r#"{"name":"no key","version":1}"#,
+            r#"{"contact_id":"c-5","version":1,"unknown":1}"#,
+        ];
+        let mut staged = 0;
+        for line in lines {
+            if let Staged::Row(row) = stage_line(contacts, line.as_bytes(), 1 << 20) {
+                staged += 1;
+                assert_eq!(Some(row), through_the_worker(&catalog, "contacts_master", line), "{line}");
+            }
+        }
+        assert_eq!(staged, 2, "the first two lines are plain upserts");
     }
 }
