@@ -276,8 +276,10 @@ impl DirectBus {
         state.publishes.insert(publish, Pending { unacked: entries, done });
         state.queued_events += events;
         let queued_micros = chrono::Utc::now().timestamp_micros();
+        // The messages first: a producer publishes the rows it staged after the events before them
+        // (see `sources::jsonl`), so this keeps its order.
         let staged = rows.map(|rows| (OutboundMessage::new(Vec::new(), Default::default()), Some(Box::new(rows))));
-        for (message, staged) in staged.into_iter().chain(messages.into_iter().map(|m| (m, None))) {
+        for (message, staged) in messages.into_iter().map(|m| (m, None)).chain(staged) {
             let seq = state.next_seq;
             state.next_seq += 1;
             state.queue.push_back(Queued { seq, publish, message, staged, queued_micros });
@@ -445,17 +447,20 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "62 + 50 > 100: the second publish waits for room");
+        let messages_first = bus.pull(3, Duration::ZERO).await.unwrap();
+        assert_eq!(messages_first.iter().map(|d| d.staged.is_some()).collect::<Vec<_>>(), [false, false]);
         let pulled = bus.pull(1, Duration::ZERO).await.unwrap();
         assert_eq!(pulled.len(), 1, "the rows come as one delivery, even past max_messages");
         assert_eq!(pulled[0].staged.as_ref().map(|s| s.batch.rows.len()), Some(60));
         let second = waiting.await.unwrap().unwrap();
         let mut landed = tokio::spawn(ticket.landed());
+        bus.ack(Committed::new(handles(messages_first))).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut landed).await.is_err(), "its rows unacked");
         bus.ack(Committed::new(handles(pulled))).await.unwrap();
-        assert!(tokio::time::timeout(Duration::from_millis(50), &mut landed).await.is_err(), "its messages unacked");
-        let rest = bus.pull(100, Duration::ZERO).await.unwrap();
-        assert_eq!(rest.iter().map(|d| d.staged.is_some()).collect::<Vec<_>>(), [false, false, true]);
-        bus.ack(Committed::new(handles(rest))).await.unwrap();
         landed.await.unwrap().unwrap();
+        let rest = bus.pull(100, Duration::ZERO).await.unwrap();
+        assert_eq!(rest.iter().map(|d| d.staged.is_some()).collect::<Vec<_>>(), [true]);
+        bus.ack(Committed::new(handles(rest))).await.unwrap();
         second.landed().await.unwrap();
         assert!(bus.is_drained().await.unwrap());
         let off = DirectBus::with_rows(

@@ -317,6 +317,12 @@ impl JsonlSource {
                 )),
             };
             if let Some(message) = message {
+                if !batch.rows.is_empty() {
+                    // Rows staged before this event go first: a publish queues its messages before
+                    // its rows, and a key's upserts must keep the file's order.
+                    let previous = (line_offset, line_number - 1);
+                    self.hand_off(tracked, &mut batch, previous, size, publisher, outcome, in_flight).await?;
+                }
                 batch.messages.push(message);
             }
             if batch.len() >= self.config.publish_batch {
@@ -341,8 +347,13 @@ impl JsonlSource {
                     source: &source_label,
                     produced_at: &produced_at,
                 };
-                let message = record::line_to_message(&self.catalog, &tracked.table, origin, bytes);
-                batch.messages.extend(message);
+                if let Some(message) = record::line_to_message(&self.catalog, &tracked.table, origin, bytes) {
+                    if !batch.rows.is_empty() {
+                        let previous = (offset, line_number - 1);
+                        self.hand_off(tracked, &mut batch, previous, size, publisher, outcome, in_flight).await?;
+                    }
+                    batch.messages.push(message);
+                }
             }
         }
         let end = read_start + reader.consumed();
