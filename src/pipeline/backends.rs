@@ -176,7 +176,9 @@ pub(super) fn build_sources(
         sources.push(Box::new(source));
     }
     for source_config in config.sources.sqlite.iter().filter(|s| wanted(&s.name)) {
-        sources.push(Box::new(SqliteSource::new(source_config.clone(), catalog, checkpoints.clone())?));
+        let mut source = SqliteSource::new(source_config.clone(), catalog, checkpoints.clone())?;
+        source.set_max_event_bytes(config.worker.max_event_bytes);
+        sources.push(Box::new(source));
     }
     for source_config in config.sources.outbox.iter().filter(|s| wanted(&s.name)) {
         let mut source = OutboxSource::new(source_config.clone(), catalog, checkpoints.clone())?;

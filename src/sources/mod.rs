@@ -18,6 +18,7 @@ pub mod schedule;
 pub mod secret;
 pub mod sessions;
 pub mod sqlite;
+pub mod staged;
 
 use std::sync::Arc;
 use std::time::Duration;

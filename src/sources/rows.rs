@@ -120,6 +120,11 @@ impl RowMapping {
         })
     }
 
+    /// The destination table.
+    pub fn schema(&self) -> &TableSchema {
+        &self.schema
+    }
+
     pub fn is_upsert(&self) -> bool {
         self.schema.write_mode == WriteMode::Upsert
     }

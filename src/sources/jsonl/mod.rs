@@ -278,8 +278,8 @@ impl JsonlSource {
             set_line_number(&mut source_label, file_label_len, line_number);
             let message = match line.content {
                 LineContent::Complete(bytes) if staging.is_some() => {
-                    let max_bytes = self.max_event_bytes.saturating_sub(source_label.len());
-                    match staged::stage_line(staging.expect("checked"), bytes, max_bytes) {
+                    let label_bytes = source_label.len();
+                    match staged::stage_line(staging.expect("checked"), bytes, label_bytes, self.max_event_bytes) {
                         staged::Staged::Row(row) => {
                             batch.rows.push(row);
                             batch.row_bytes += bytes.len();

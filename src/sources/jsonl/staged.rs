@@ -1,26 +1,11 @@
-//! JSONL lines staged as rows by the source itself, for the in-process bus of `bqsync run`
-//! ([`crate::bus::Publisher::publish_with_rows`]).
-//!
-//! Why: in one process, writing each line into an envelope for the worker to parse and coerce
-//! again was half of the 1M-atoms run's CPU. A line that is a plain record is coerced here, once,
-//! into the row the worker would have made of its envelope.
-//!
-//! Invariant: a line is staged only when it is certain to become that same row: a [`stageable`]
-//! table, a UTF-8 JSON object with no `_deleted` field, whose identity and columns coerce, and small
-//! enough that its envelope could not pass `worker.max_event_bytes`. The payload is read with the
-//! worker's own [`RawPayload`], identified with [`identify`] and its id derived as the per-event
-//! path derives it, and made a row by the worker's own [`event_row`]. Any other line (bad JSON, a
-//! schema violation, a tombstone, a blank line) takes the per-event path unchanged, so dead letters
-//! keep their reasons.
+//! JSONL lines staged as rows by the source itself (see [`crate::sources::staged`]): a line is
+//! staged when it is a UTF-8 JSON object with no `_deleted` field whose record stages; blank lines,
+//! bad lines and tombstones take the per-event path.
 
-use crate::batch::{event_row, StagedRow};
-use crate::envelope::{derive_event_id, identify, RawPayload};
+use crate::batch::StagedRow;
+use crate::envelope::RawPayload;
 use crate::schema::{TableSchema, WriteMode};
-
-/// Bytes an envelope adds to its payload, besides the source label: event id (at most 256 bytes),
-/// table name, op, key, version, produce time and the JSON around them. Generous: a line this close
-/// to `max_event_bytes` takes the per-event path, which decides exactly.
-const ENVELOPE_OVERHEAD_BYTES: usize = 1024;
+use crate::sources::staged::{fits, stage_record};
 
 /// Whether lines of `table` may be staged at all: no transforms, and an id the line itself gives (an
 /// append table's id field, an upsert table's key and version). An append table without an id field
@@ -42,9 +27,9 @@ pub(super) enum Staged {
 }
 
 /// The row of one complete line of `table` (a [`stageable`] table), or [`Staged::PerEvent`].
-/// `max_bytes`: `worker.max_event_bytes` less the line's source label.
-pub(super) fn stage_line(table: &TableSchema, bytes: &[u8], max_bytes: usize) -> Staged {
-    if bytes.len() + ENVELOPE_OVERHEAD_BYTES > max_bytes {
+/// `label_bytes`: the length of the line's source label, which its envelope carries.
+pub(super) fn stage_line(table: &TableSchema, bytes: &[u8], label_bytes: usize, max_event_bytes: usize) -> Staged {
+    if !fits(bytes.len(), label_bytes, max_event_bytes) {
         return Staged::PerEvent;
     }
     // The per-event path reads a line the same way: UTF-8, trimmed, a JSON object.
@@ -58,21 +43,9 @@ pub(super) fn stage_line(table: &TableSchema, bytes: &[u8], max_bytes: usize) ->
     if payload.contains(crate::sources::jsonl::DELETE_FIELD) {
         return Staged::PerEvent;
     }
-    let Ok(identity) = identify(table, |name| payload.get(name), false) else {
-        return Staged::PerEvent;
-    };
-    // The event id the per-event path gives the record (`record::record_to_message`).
-    let event_id = match (identity.event_id, &identity.key, identity.version) {
-        (Some(id), _, _) => id,
-        (None, Some(key), Some(version)) => {
-            let key_text = serde_json::to_string(key).expect("map serializes");
-            derive_event_id(&[table.table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes()])
-        }
-        _ => return Staged::PerEvent,
-    };
-    match event_row(table, identity.op, identity.key.as_ref(), identity.version, event_id, &payload) {
-        Ok(row) => Staged::Row(row),
-        Err(_) => Staged::PerEvent,
+    match stage_record(table, &payload, |name| payload.get(name), None) {
+        Some((row, _)) => Staged::Row(row),
+        None => Staged::PerEvent,
     }
 }
 
@@ -127,7 +100,7 @@ mod tests {
         let mut staged = 0;
         for line in lines {
             let worker = through_the_worker(&catalog, "atoms", line);
-            match stage_line(atoms, line.as_bytes(), 1 << 20) {
+            match stage_line(atoms, line.as_bytes(), 1, 1 << 20) {
                 Staged::Row(row) => {
                     staged += 1;
                     assert_eq!(Some(row), worker, "{line}");
@@ -138,8 +111,8 @@ mod tests {
         }
         assert_eq!(staged, 3, "the first three lines are plain records");
         let long = format!(r#"{{"event_id":"a8","text":"{}","created_at":"2024-01-01T00:00:00Z"}}"#, "x".repeat(2000));
-        assert!(matches!(stage_line(atoms, long.as_bytes(), 2500), Staged::PerEvent), "near max_event_bytes");
-        assert!(matches!(stage_line(atoms, long.as_bytes(), 1 << 20), Staged::Row(_)));
+        assert!(matches!(stage_line(atoms, long.as_bytes(), 1, 2500), Staged::PerEvent), "near max_event_bytes");
+        assert!(matches!(stage_line(atoms, long.as_bytes(), 1, 1 << 20), Staged::Row(_)));
     }
 
     /// The same for an upsert table: key, version and derived id as the worker has them; tombstones
@@ -159,7 +132,7 @@ mod tests {
         ];
         let mut staged = 0;
         for line in lines {
-            if let Staged::Row(row) = stage_line(contacts, line.as_bytes(), 1 << 20) {
+            if let Staged::Row(row) = stage_line(contacts, line.as_bytes(), 1, 1 << 20) {
                 staged += 1;
                 assert_eq!(Some(row), through_the_worker(&catalog, "contacts_master", line), "{line}");
             }

@@ -31,7 +31,8 @@ use super::in_flight::{InFlight, IN_FLIGHT_EVENTS};
 use super::rows::{now_rfc3339, poison, row_payload_event, tombstone_event, RowMapping, SqlValue};
 use super::schedule::{last_full_resync, record_full_resync, PassClock, Schedule};
 use super::{history, EmitOutcome, Source, SourceError};
-use crate::bus::{OutboundMessage, Publisher};
+use crate::batch::TableBatch;
+use crate::bus::{OutboundMessage, Publisher, StagedRows};
 use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
 
@@ -39,6 +40,7 @@ pub use crate::config::sources::sqlite::{SqliteSourceConfig, SqliteTableConfig, 
 use values::{decode_watermark, encode_watermark, overlap_bound};
 pub(crate) use values::{quote, read_rows, ReadRows};
 
+mod staged;
 mod values;
 
 /// A table being synced.
@@ -72,6 +74,8 @@ pub struct SqliteSource {
     /// The pass under way is a full re-sync: watermarks ignored, unchanged rows published again.
     full_pass: bool,
     shutdown: Shutdown,
+    /// `worker.max_event_bytes`: rows staged by the source stay well below it.
+    max_event_bytes: usize,
 }
 
 impl SqliteSource {
@@ -122,7 +126,13 @@ impl SqliteSource {
             checkpoints,
             published: 0,
             shutdown: Shutdown::default(),
+            max_event_bytes: crate::config::worker::WorkerConfig::default().max_event_bytes,
         })
+    }
+
+    /// The worker's `max_event_bytes` (rows staged by the source stay well below it).
+    pub fn set_max_event_bytes(&mut self, max_event_bytes: usize) {
+        self.max_event_bytes = max_event_bytes;
     }
 
     /// Records one table's part of a pass in the history (never fatal).
@@ -299,6 +309,21 @@ impl SqliteSource {
         let produced_at = now_rfc3339();
         let table = &mut self.tables[index];
         let source_label = format!("sqlite:{}/{}", self.config.name, table.config.source_table);
+        if publisher.takes_staged_rows() {
+            if let Some(staged) =
+                staged::stage_page(table, &self.config.name, &source_label, page, self.max_event_bytes)
+            {
+                let count = staged.rows.len() as u64;
+                let batch = TableBatch { table: table.mapping.table.clone(), rows: staged.rows };
+                let ticket = publisher
+                    .publish_with_rows(StagedRows { batch, bytes: staged.bytes }, Vec::new())
+                    .await
+                    .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+                let watermark = encode_watermark(&page.rows.last().expect("non-empty page")[0]);
+                in_flight.push(ticket, count, PageProgress { watermark, keys: staged.keys });
+                return self.settle(index, in_flight, IN_FLIGHT_EVENTS).await;
+            }
+        }
         let deleted_index = table.config.deleted_column.as_ref().and_then(|c| page.names.iter().position(|n| n == c));
         // Sized once: a page is thousands of rows, and growing the vector by doubling copied it and
         // faulted fresh pages in (about 2 % of a 1M-row sync's CPU, by `perf`).
@@ -307,15 +332,7 @@ impl SqliteSource {
         for row in &page.rows {
             let columns = page.names.iter().skip(2).map(String::as_str).zip(row.iter().skip(2));
             let payload = table.mapping.row_payload(columns);
-            let deleted_column = table.config.deleted_column.as_ref();
-            let ignored: Vec<&String> = match table.warned_ignored {
-                true => Vec::new(),
-                false => payload.ignored.iter().filter(|c| Some(*c) != deleted_column).collect(),
-            };
-            if !ignored.is_empty() {
-                tracing::warn!(source = %self.config.name, table = %table.config.source_table, ?ignored, "columns not in the destination schema are not synced");
-                table.warned_ignored = true;
-            }
+            warn_ignored(&mut table.warned_ignored, &self.config.name, &table.config, &payload.ignored);
             let deleted = deleted_index.is_some_and(|i| row[i].is_truthy());
             let rowid = match row[1] {
                 SqlValue::Integer(i) => i,
@@ -438,6 +455,18 @@ impl SqliteSource {
 }
 
 /// What a page allows once durable: its last watermark (encoded) and the keys it published.
+/// Warns once per table of the source columns its destination does not have (not synced).
+fn warn_ignored(warned: &mut bool, source: &str, table: &SqliteTableConfig, ignored: &[String]) {
+    if *warned {
+        return;
+    }
+    let ignored: Vec<&String> = ignored.iter().filter(|c| Some(*c) != table.deleted_column.as_ref()).collect();
+    if !ignored.is_empty() {
+        tracing::warn!(source, table = %table.source_table, ?ignored, "columns not in the destination schema are not synced");
+        *warned = true;
+    }
+}
+
 struct PageProgress {
     watermark: String,
     keys: Vec<(String, Option<i64>)>,

@@ -1,0 +1,69 @@
+//! A page of a synced table staged as rows (see [`crate::sources::staged`]), when the bus takes
+//! rows. All or nothing: a page with a tombstone, or a row that does not stage, goes per event
+//! whole, so its events keep the page's order.
+
+use super::{warn_ignored, ReadRows, SqlValue, SyncedTable};
+use crate::batch::StagedRow;
+use crate::envelope::RawPayload;
+use crate::sources::staged::{fits, stage_record};
+
+/// The rows of a page, with the keys and versions the source remembers once they landed.
+pub(super) struct StagedPage {
+    pub(super) rows: Vec<StagedRow>,
+    pub(super) keys: Vec<(String, Option<i64>)>,
+    /// The payloads' bytes.
+    pub(super) bytes: usize,
+}
+
+/// Stages every row of `page`, or gives `None` (the page then goes per event). `source_label` and
+/// `fallback_of` as the per-event path has them: the label its envelopes carry, and the id of an
+/// append row of a table without an id field.
+pub(super) fn stage_page(
+    table: &mut SyncedTable,
+    source_name: &str,
+    source_label: &str,
+    page: &ReadRows,
+    max_event_bytes: usize,
+) -> Option<StagedPage> {
+    if table.mapping.has_transforms() {
+        return None;
+    }
+    let deleted_index = table.config.deleted_column.as_ref().and_then(|c| page.names.iter().position(|n| n == c));
+    let mut staged = StagedPage { rows: Vec::with_capacity(page.rows.len()), keys: Vec::new(), bytes: 0 };
+    for row in &page.rows {
+        if deleted_index.is_some_and(|i| row[i].is_truthy()) {
+            return None;
+        }
+        let columns = page.names.iter().skip(2).map(String::as_str).zip(row.iter().skip(2));
+        let payload = table.mapping.row_payload(columns);
+        warn_ignored(&mut table.warned_ignored, source_name, &table.config, &payload.ignored);
+        let text = payload.text();
+        if !fits(text.len(), source_label.len(), max_event_bytes) {
+            return None;
+        }
+        let raw: RawPayload<'_> = serde_json::from_str(&text).ok()?;
+        let rowid = match row[1] {
+            SqlValue::Integer(i) => i,
+            _ => 0,
+        };
+        // The per-event path's id of an append row of a table without an id field.
+        let rowid = rowid.to_le_bytes();
+        let fallback: [&[u8]; 4] =
+            [table.mapping.table.as_bytes(), source_name.as_bytes(), table.config.source_table.as_bytes(), &rowid];
+        let (staged_row, key_text) =
+            stage_record(table.mapping.schema(), &raw, |name| payload.field(name), Some(&fallback))?;
+        if let (Some(key), Some(version), Some(synced)) = (&key_text, staged_row.version, &table.synced) {
+            if synced.get(key) == Some(&version) && !table.republish {
+                continue; // re-read in the overlap window, already published
+            }
+        }
+        if let (Some(key), Some(version)) = (key_text, staged_row.version) {
+            if table.synced.is_some() {
+                staged.keys.push((key, Some(version)));
+            }
+        }
+        staged.bytes += text.len();
+        staged.rows.push(staged_row);
+    }
+    Some(staged)
+}
