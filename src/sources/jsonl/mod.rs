@@ -277,15 +277,16 @@ impl JsonlSource {
             line_number += 1;
             set_line_number(&mut source_label, file_label_len, line_number);
             let message = match line.content {
-                LineContent::Complete(bytes) if staging.is_some() => {
+                LineContent::Complete(bytes) => {
                     let label_bytes = source_label.len();
-                    match staged::stage_line(staging.expect("checked"), bytes, label_bytes, self.max_event_bytes) {
-                        staged::Staged::Row(row) => {
+                    match staging.and_then(|table| staged::stage_line(table, bytes, label_bytes, self.max_event_bytes))
+                    {
+                        Some(row) => {
                             batch.rows.push(row);
                             batch.row_bytes += bytes.len();
                             None
                         }
-                        staged::Staged::PerEvent => {
+                        None => {
                             let origin = Origin {
                                 file_fingerprint: tracked.fingerprint,
                                 offset: line_offset,
@@ -295,15 +296,6 @@ impl JsonlSource {
                             record::line_to_message(&self.catalog, &tracked.table, origin, bytes)
                         }
                     }
-                }
-                LineContent::Complete(bytes) => {
-                    let origin = Origin {
-                        file_fingerprint: tracked.fingerprint,
-                        offset: line_offset,
-                        source: &source_label,
-                        produced_at: &produced_at,
-                    };
-                    record::line_to_message(&self.catalog, &tracked.table, origin, bytes)
                 }
                 LineContent::Oversize { sample, total_len } => Some(poison(
                     &tracked.table,

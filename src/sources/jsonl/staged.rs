@@ -18,35 +18,26 @@ pub(super) fn stageable(table: &TableSchema) -> bool {
         }
 }
 
-/// What a line of a stageable table becomes here.
-pub(super) enum Staged {
-    /// The row the worker would have made of this line's event.
-    Row(StagedRow),
-    /// Anything else: the line takes the per-event path (which also skips blank lines).
-    PerEvent,
-}
-
-/// The row of one complete line of `table` (a [`stageable`] table), or [`Staged::PerEvent`].
-/// `label_bytes`: the length of the line's source label, which its envelope carries.
-pub(super) fn stage_line(table: &TableSchema, bytes: &[u8], label_bytes: usize, max_event_bytes: usize) -> Staged {
+/// The row the worker would have made of one complete line of `table` (a [`stageable`] table), or
+/// `None`: the line takes the per-event path (which also skips blank lines). `label_bytes`: the
+/// length of the line's source label, which its envelope carries.
+pub(super) fn stage_line(
+    table: &TableSchema,
+    bytes: &[u8],
+    label_bytes: usize,
+    max_event_bytes: usize,
+) -> Option<StagedRow> {
     if !fits(bytes.len(), label_bytes, max_event_bytes) {
-        return Staged::PerEvent;
+        return None;
     }
     // The per-event path reads a line the same way: UTF-8, trimmed, a JSON object.
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return Staged::PerEvent;
-    };
-    let Ok(payload) = serde_json::from_str::<RawPayload<'_>>(text.trim()) else {
-        return Staged::PerEvent;
-    };
+    let text = std::str::from_utf8(bytes).ok()?;
+    let payload = serde_json::from_str::<RawPayload<'_>>(text.trim()).ok()?;
     // A `_deleted` field (a tombstone, or its payload rewritten without the field): per event.
     if payload.contains(crate::sources::jsonl::DELETE_FIELD) {
-        return Staged::PerEvent;
+        return None;
     }
-    match stage_record(table, &payload, |name| payload.get(name), None) {
-        Some((row, _)) => Staged::Row(row),
-        None => Staged::PerEvent,
-    }
+    stage_record(table, &payload, |name| payload.get(name), None).map(|(row, _)| row)
 }
 
 #[cfg(test)]
@@ -100,19 +91,17 @@ mod tests {
         let mut staged = 0;
         for line in lines {
             let worker = through_the_worker(&catalog, "atoms", line);
-            match stage_line(atoms, line.as_bytes(), 1, 1 << 20) {
-                Staged::Row(row) => {
-                    staged += 1;
-                    assert_eq!(Some(row), worker, "{line}");
-                }
-                // The per-event path decides: a dead letter, a blank line skipped, or a tombstone.
-                Staged::PerEvent => {}
+            // A line not staged is left to the per-event path: a dead letter, a blank line skipped, or
+            // a tombstone.
+            if let Some(row) = stage_line(atoms, line.as_bytes(), 1, 1 << 20) {
+                staged += 1;
+                assert_eq!(Some(row), worker, "{line}");
             }
         }
         assert_eq!(staged, 3, "the first three lines are plain records");
         let long = format!(r#"{{"event_id":"a8","text":"{}","created_at":"2024-01-01T00:00:00Z"}}"#, "x".repeat(2000));
-        assert!(matches!(stage_line(atoms, long.as_bytes(), 1, 2500), Staged::PerEvent), "near max_event_bytes");
-        assert!(matches!(stage_line(atoms, long.as_bytes(), 1, 1 << 20), Staged::Row(_)));
+        assert!(stage_line(atoms, long.as_bytes(), 1, 2500).is_none(), "near max_event_bytes");
+        assert!(stage_line(atoms, long.as_bytes(), 1, 1 << 20).is_some());
     }
 
     /// The same for an upsert table: key, version and derived id as the worker has them; tombstones
@@ -132,7 +121,7 @@ mod tests {
         ];
         let mut staged = 0;
         for line in lines {
-            if let Staged::Row(row) = stage_line(contacts, line.as_bytes(), 1, 1 << 20) {
+            if let Some(row) = stage_line(contacts, line.as_bytes(), 1, 1 << 20) {
                 staged += 1;
                 assert_eq!(Some(row), through_the_worker(&catalog, "contacts_master", line), "{line}");
             }
