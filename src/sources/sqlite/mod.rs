@@ -454,7 +454,6 @@ impl SqliteSource {
     }
 }
 
-/// What a page allows once durable: its last watermark (encoded) and the keys it published.
 /// Warns once per table of the source columns its destination does not have (not synced).
 fn warn_ignored(warned: &mut bool, source: &str, table: &SqliteTableConfig, ignored: &[String]) {
     if *warned {
@@ -467,6 +466,7 @@ fn warn_ignored(warned: &mut bool, source: &str, table: &SqliteTableConfig, igno
     }
 }
 
+/// What a page allows once durable: its last watermark (encoded) and the keys it published.
 struct PageProgress {
     watermark: String,
     keys: Vec<(String, Option<i64>)>,
