@@ -235,6 +235,23 @@ pub fn derive_event_id(parts: &[&[u8]]) -> String {
     format!("{:032x}", hasher.digest128())
 }
 
+/// The event id producers give a record: its id field's value; else, for an upsert record, a hash of
+/// table, key (as JSON text) and version, so whichever source or pass publishes it gives the same
+/// id. `None` when the record has neither: the producer derives one from where the record is.
+pub fn record_event_id(
+    table: &str,
+    event_id: Option<String>,
+    key_text: Option<&str>,
+    version: Option<i64>,
+) -> Option<String> {
+    event_id.or_else(|| match (key_text, version) {
+        (Some(key_text), Some(version)) => {
+            Some(derive_event_id(&[table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes()]))
+        }
+        _ => None,
+    })
+}
+
 /// Identity of a payload within its table, read from the table schema: event id (when the schema names
 /// an id field), primary key and version.
 #[derive(Debug, Clone, PartialEq)]

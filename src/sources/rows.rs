@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::bus::{attr, Attributes, OutboundMessage};
 use crate::dead_letter::DeadLetterReason;
-use crate::envelope::{derive_event_id, identify, ordering_key, ChangeEvent, Op};
+use crate::envelope::{derive_event_id, identify, ordering_key, record_event_id, ChangeEvent, Op};
 use crate::schema::{Catalog, ColumnMode, ColumnType, TableSchema, WriteMode};
 
 /// A value read from SQLite or DuckDB.
@@ -322,10 +322,8 @@ fn event_of<'t>(
     let identity = identify(&mapping.schema, fields, deleted)
         .map_err(|detail| (DeadLetterReason::Schema, format!("{detail} ({source_label})")))?;
     let key_text = identity.key.as_ref().map(|k| serde_json::to_string(k).expect("map serializes"));
-    let event_id = identity.event_id.unwrap_or_else(|| match (&key_text, identity.version) {
-        (Some(key), Some(version)) => derive_event_id(&[table.as_bytes(), key.as_bytes(), &version.to_le_bytes()]),
-        _ => derive_event_id(fallback_id),
-    });
+    let event_id = record_event_id(table, identity.event_id, key_text.as_deref(), identity.version)
+        .unwrap_or_else(|| derive_event_id(fallback_id));
     let payload_text = text();
     let ordering = key_text.as_deref().map(|key_text| ordering_key(table, key_text));
     let event = ChangeEvent {

@@ -15,7 +15,7 @@
 use serde_json::Value;
 
 use crate::batch::{event_row, StagedRow};
-use crate::envelope::{derive_event_id, identify, RawPayload};
+use crate::envelope::{derive_event_id, identify, record_event_id, RawPayload};
 use crate::schema::TableSchema;
 
 /// Bytes an envelope adds to its payload, besides the source label: event id (at most 256 bytes),
@@ -44,12 +44,9 @@ pub fn stage_record(
     }
     let identity = identify(table, field, false).ok()?;
     let key_text = identity.key.as_ref().map(|key| serde_json::to_string(key).expect("map serializes"));
-    let event_id = match (identity.event_id, &key_text, identity.version) {
-        (Some(id), _, _) => id,
-        (None, Some(key_text), Some(version)) => {
-            derive_event_id(&[table.table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes()])
-        }
-        _ => derive_event_id(fallback_id?),
+    let event_id = match record_event_id(&table.table, identity.event_id, key_text.as_deref(), identity.version) {
+        Some(event_id) => event_id,
+        None => derive_event_id(fallback_id?),
     };
     let row = event_row(table, identity.op, identity.key.as_ref(), identity.version, event_id, payload).ok()?;
     Some((row, key_text))

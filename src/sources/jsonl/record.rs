@@ -9,7 +9,7 @@ use super::framing::utf16_encoding;
 use super::DELETE_FIELD;
 use crate::bus::{attr, Attributes, OutboundMessage};
 use crate::dead_letter::DeadLetterReason;
-use crate::envelope::{derive_event_id, identify, ordering_key, ChangeEvent, Op};
+use crate::envelope::{derive_event_id, identify, ordering_key, record_event_id, ChangeEvent, Op};
 use crate::schema::Catalog;
 use crate::sources::rows::poison;
 
@@ -70,16 +70,8 @@ pub fn record_to_message(
     };
     // `identify` gives a key and a version only for upsert tables: there, the record is key@version.
     let key_text = key.as_ref().map(|key| serde_json::to_string(key).expect("map serializes"));
-    let event_id = event_id.unwrap_or_else(|| match (&key_text, version) {
-        (Some(key_text), Some(version)) => {
-            derive_event_id(&[table.as_bytes(), key_text.as_bytes(), &version.to_le_bytes()])
-        }
-        _ => derive_event_id(&[
-            table.as_bytes(),
-            &file_fingerprint.to_le_bytes(),
-            &offset.to_le_bytes(),
-            text.as_bytes(),
-        ]),
+    let event_id = record_event_id(table, event_id, key_text.as_deref(), version).unwrap_or_else(|| {
+        derive_event_id(&[table.as_bytes(), &file_fingerprint.to_le_bytes(), &offset.to_le_bytes(), text.as_bytes()])
     });
     let payload_text;
     let payload: &str = if fields.get(DELETE_FIELD).is_some() {
