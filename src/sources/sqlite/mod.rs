@@ -58,6 +58,12 @@ struct SyncedTable {
 }
 
 impl SyncedTable {
+    /// What the id of an append row is derived from when the table has no id field: the table, the
+    /// source, the source table and the rowid ([`rowid_bytes`]).
+    fn fallback_id<'a>(&'a self, source: &'a str, rowid: &'a [u8; 8]) -> [&'a [u8]; 4] {
+        [self.mapping.table.as_bytes(), source.as_bytes(), self.config.source_table.as_bytes(), rowid]
+    }
+
     fn state_key(&self) -> String {
         format!("wm:{}", self.config.source_table)
     }
@@ -334,16 +340,8 @@ impl SqliteSource {
             let payload = table.mapping.row_payload(columns);
             warn_ignored(&mut table.warned_ignored, &self.config.name, &table.config, &payload.ignored);
             let deleted = deleted_index.is_some_and(|i| row[i].is_truthy());
-            let rowid = match row[1] {
-                SqlValue::Integer(i) => i,
-                _ => 0,
-            };
-            let fallback: [&[u8]; 4] = [
-                table.mapping.table.as_bytes(),
-                self.config.name.as_bytes(),
-                table.config.source_table.as_bytes(),
-                &rowid.to_le_bytes(),
-            ];
+            let rowid = rowid_bytes(row);
+            let fallback = table.fallback_id(&self.config.name, &rowid);
             match row_payload_event(&table.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {
                 Ok(event) => {
                     if let (Some(key), Some(version), Some(synced)) = (&event.key_text, event.version, &table.synced) {
@@ -452,6 +450,15 @@ impl SqliteSource {
         self.published += count;
         Ok(count)
     }
+}
+
+/// A row's rowid (its second column) as the bytes of its fallback id.
+fn rowid_bytes(row: &[SqlValue]) -> [u8; 8] {
+    match row[1] {
+        SqlValue::Integer(i) => i,
+        _ => 0,
+    }
+    .to_le_bytes()
 }
 
 /// Warns once per table of the source columns its destination does not have (not synced).

@@ -2,7 +2,7 @@
 //! rows. All or nothing: a page with a tombstone, or a row that does not stage, goes per event
 //! whole, so its events keep the page's order.
 
-use super::{warn_ignored, ReadRows, SqlValue, SyncedTable};
+use super::{rowid_bytes, warn_ignored, ReadRows, SyncedTable};
 use crate::batch::StagedRow;
 use crate::envelope::RawPayload;
 use crate::sources::staged::{fits, stage_record};
@@ -15,9 +15,8 @@ pub(super) struct StagedPage {
     pub(super) bytes: usize,
 }
 
-/// Stages every row of `page`, or gives `None` (the page then goes per event). `source_label` and
-/// `fallback_of` as the per-event path has them: the label its envelopes carry, and the id of an
-/// append row of a table without an id field.
+/// Stages every row of `page`, or gives `None` (the page then goes per event). `source_label`: the
+/// label the per-event path's envelopes carry.
 pub(super) fn stage_page(
     table: &mut SyncedTable,
     source_name: &str,
@@ -42,25 +41,15 @@ pub(super) fn stage_page(
             return None;
         }
         let raw: RawPayload<'_> = serde_json::from_str(&text).ok()?;
-        let rowid = match row[1] {
-            SqlValue::Integer(i) => i,
-            _ => 0,
-        };
-        // The per-event path's id of an append row of a table without an id field.
-        let rowid = rowid.to_le_bytes();
-        let fallback: [&[u8]; 4] =
-            [table.mapping.table.as_bytes(), source_name.as_bytes(), table.config.source_table.as_bytes(), &rowid];
+        let rowid = rowid_bytes(row);
+        let fallback = table.fallback_id(source_name, &rowid);
         let (staged_row, key_text) =
             stage_record(table.mapping.schema(), &raw, |name| payload.field(name), Some(&fallback))?;
-        if let (Some(key), Some(version), Some(synced)) = (&key_text, staged_row.version, &table.synced) {
-            if synced.get(key) == Some(&version) && !table.republish {
+        if let (Some(key), Some(version), Some(synced)) = (key_text, staged_row.version, &table.synced) {
+            if synced.get(&key) == Some(&version) && !table.republish {
                 continue; // re-read in the overlap window, already published
             }
-        }
-        if let (Some(key), Some(version)) = (key_text, staged_row.version) {
-            if table.synced.is_some() {
-                staged.keys.push((key, Some(version)));
-            }
+            staged.keys.push((key, Some(version)));
         }
         staged.bytes += text.len();
         staged.rows.push(staged_row);
