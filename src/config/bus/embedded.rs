@@ -34,9 +34,9 @@ pub struct EmbeddedBusConfig {
     /// beyond it. Default 50000.
     #[serde(default = "default_in_process_capacity")]
     pub in_process_capacity: usize,
-    /// On the in-process path, the JSONL source coerces plain records (of tables without
-    /// transforms) into rows itself and hands them over as they are, instead of one event message
-    /// each for the worker to parse again (`src/sources/jsonl/staged.rs`). Every other line (bad
+    /// On the in-process path, the JSONL and SQLite table sources coerce plain records (of tables
+    /// without transforms) into rows themselves and hand them over as they are, instead of one event
+    /// message each for the worker to parse again (`src/sources/staged.rs`). Every other record (bad
     /// JSON, a schema violation, a tombstone) still goes as its own event, and is dead-lettered with
     /// its reason. Default `true`.
     #[serde(default = "default_in_process")]

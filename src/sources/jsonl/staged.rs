@@ -66,13 +66,27 @@ mod tests {
         }
     }
 
+    /// Stages each line of `table`, checks every staged row against the worker's, and counts them. A
+    /// line not staged is left to the per-event path: a dead letter, a blank line skipped, or a
+    /// tombstone.
+    fn staged_as_the_worker(catalog: &Catalog, table: &str, lines: &[&str]) -> usize {
+        let schema = catalog.get(table).unwrap();
+        assert!(stageable(schema));
+        let mut staged = 0;
+        for line in lines {
+            if let Some(row) = stage_line(schema, line.as_bytes(), 1, 1 << 20) {
+                staged += 1;
+                assert_eq!(Some(row), through_the_worker(catalog, table, line), "{line}");
+            }
+        }
+        staged
+    }
+
     /// A staged line is exactly the row the worker makes of its envelope; a line the worker would
     /// dead-letter or skip is never staged.
     #[test]
     fn a_staged_row_is_the_workers_row_and_anything_else_goes_per_event() {
         let catalog = catalog();
-        let atoms = catalog.get("atoms").unwrap();
-        assert!(stageable(atoms));
         let lines = [
             r#"{"event_id":"a1","entity_id":"e","kind":"k","text":"t","score":1.5,"tags":["x","y"],"created_at":"2024-01-01T00:00:00.5Z"}"#,
             r#"  {"event_id":7,"kind":"k \"q\"","score":"2","tags":[],"created_at":"2024-01-01 00:00:00"}  "#,
@@ -88,17 +102,8 @@ mod tests {
             "",
             "   ",
         ];
-        let mut staged = 0;
-        for line in lines {
-            let worker = through_the_worker(&catalog, "atoms", line);
-            // A line not staged is left to the per-event path: a dead letter, a blank line skipped, or
-            // a tombstone.
-            if let Some(row) = stage_line(atoms, line.as_bytes(), 1, 1 << 20) {
-                staged += 1;
-                assert_eq!(Some(row), worker, "{line}");
-            }
-        }
-        assert_eq!(staged, 3, "the first three lines are plain records");
+        assert_eq!(staged_as_the_worker(&catalog, "atoms", &lines), 3, "the first three lines are plain records");
+        let atoms = catalog.get("atoms").unwrap();
         let long = format!(r#"{{"event_id":"a8","text":"{}","created_at":"2024-01-01T00:00:00Z"}}"#, "x".repeat(2000));
         assert!(stage_line(atoms, long.as_bytes(), 1, 2500).is_none(), "near max_event_bytes");
         assert!(stage_line(atoms, long.as_bytes(), 1, 1 << 20).is_some());
@@ -108,9 +113,6 @@ mod tests {
     /// and records without a key or version go per event.
     #[test]
     fn upsert_lines_stage_as_the_workers_rows() {
-        let catalog = catalog();
-        let contacts = catalog.get("contacts_master").unwrap();
-        assert!(stageable(contacts));
         let lines = [
             r#"{"contact_id":"c-1","name":"A","email":"a@x","updated_at":"2024-01-01T12:29:22.411948Z","version":4}"#,
             r#"{"contact_id":"c-2","version":"7","phone":null}"#,
@@ -119,13 +121,7 @@ mod tests {
             r#"{"name":"no key","version":1}"#,
             r#"{"contact_id":"c-5","version":1,"unknown":1}"#,
         ];
-        let mut staged = 0;
-        for line in lines {
-            if let Some(row) = stage_line(contacts, line.as_bytes(), 1, 1 << 20) {
-                staged += 1;
-                assert_eq!(Some(row), through_the_worker(&catalog, "contacts_master", line), "{line}");
-            }
-        }
+        let staged = staged_as_the_worker(&catalog(), "contacts_master", &lines);
         assert_eq!(staged, 2, "the first two lines are plain upserts");
     }
 }
