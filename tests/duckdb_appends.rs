@@ -113,6 +113,23 @@ fn tables_above_the_index_limit_deduplicate_in_sql() {
     assert_eq!(stored(&path), expected(0..30));
 }
 
+/// A direct append of more rows than one DuckDB vector (2,048) goes to the appender one vector at a
+/// time; the rows of every chunk, lists included, are stored as the SQL path stores them.
+#[test]
+fn a_direct_append_of_many_vectors_stores_every_list_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.duckdb");
+    let warehouse =
+        DuckDbWarehouse::open(&DuckDbConfig { path: path.clone(), ..Default::default() }, Arc::new(catalog())).unwrap();
+    assert_eq!(land(&warehouse, 0..5000), 5000, "the direct append");
+    drop(warehouse);
+    let connection = duckdb::Connection::open(&path).unwrap();
+    let elements: i64 = connection.query_row("SELECT sum(len(tags)) FROM atoms", [], |r| r.get(0)).unwrap();
+    assert_eq!(elements, 2 * 4000, "two tags on each atom but every 5th");
+    drop(connection);
+    assert_eq!(stored(&path), expected(0..5000));
+}
+
 /// Whether the file's `_bqsync_event_id` of atoms is computed (a virtual column) rather than stored.
 fn event_id_is_computed(path: &Path) -> bool {
     let connection = duckdb::Connection::open(path).unwrap();

@@ -152,14 +152,28 @@ pub fn append(
 ) -> duckdb::Result<usize> {
     // The same landing time the SQL path writes (`now()::TIMESTAMP`, in DuckDB's time zone setting).
     let landed_at: i64 = tx.query_row("SELECT epoch_us(now()::TIMESTAMP)", [], |r| r.get(0))?;
-    let batch = record_batch(table, rows, landed_at, stored_id);
-    let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let mut chunks = rows.chunks(APPEND_CHUNK_ROWS).map(|chunk| record_batch(table, chunk, landed_at, stored_id));
+    let Some(first) = chunks.next() else {
+        return Ok(0);
+    };
+    let names: Vec<String> = first.schema().fields().iter().map(|f| f.name().clone()).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut appender = tx.appender_with_columns(&table.table, &names)?;
-    appender.append_record_batch(batch)?;
+    appender.append_record_batch(first)?;
+    for batch in chunks {
+        appender.append_record_batch(batch)?;
+    }
     appender.flush()?;
     Ok(rows.len())
 }
+
+/// Rows per record batch handed to the appender: DuckDB's vector size. duckdb-rs appends a record
+/// batch in slices of that size, and for a list column it writes the slice's whole child array,
+/// which for a slice of a larger batch holds the elements of every row of the batch (arrow's
+/// `ListArray::slice` slices the offsets, not the values): a 20,000-row batch of atoms had its
+/// `tags` written ten times over, and the work grew with the square of the batch. A record batch of
+/// one vector's rows owns exactly its elements.
+const APPEND_CHUNK_ROWS: usize = 2048;
 
 /// The rows as the table's own columns (named), plus the event id (when stored) and landing time;
 /// the version column stays NULL and the deleted flag takes its default (false), as the SQL path
