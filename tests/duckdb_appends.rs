@@ -195,3 +195,69 @@ fn a_row_whose_id_differs_from_its_id_column_is_not_stored() {
     drop(warehouse);
     assert!(stored(&path).is_empty(), "nothing of the batch is stored");
 }
+
+/// The number of row groups of the file's atoms table.
+fn atoms_row_groups(path: &Path) -> i64 {
+    let connection = duckdb::Connection::open(path).unwrap();
+    connection
+        .query_row("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('atoms')", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A process that appended less than a row group vacuums on close: one-shot runs from cron, each
+/// landing a few rows, do not leave a small row group each.
+#[test]
+fn small_runs_merge_their_row_groups_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.duckdb");
+    let config = DuckDbConfig { path: path.clone(), ..Default::default() };
+    for run in 0..4 {
+        let warehouse = DuckDbWarehouse::open(&config, Arc::new(catalog())).unwrap();
+        assert_eq!(land(&warehouse, run * 100..(run + 1) * 100), 100);
+        drop(warehouse);
+    }
+    assert_eq!(atoms_row_groups(&path), 1, "four runs of 100 rows in one row group");
+    assert_eq!(stored(&path), expected(0..400));
+}
+
+/// DuckDB's `max_vacuum_tasks` as the warehouse's connection has it.
+fn vacuum_tasks(warehouse: &DuckDbWarehouse) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let result = runtime.block_on(warehouse.query_read_only("SELECT current_setting('max_vacuum_tasks')::VARCHAR"));
+    result.unwrap().rows[0][0].as_str().unwrap().to_string()
+}
+
+/// A commit of appends alone does not vacuum in the checkpoint it may trigger; a commit with an
+/// upsert (whose `MERGE` may leave deleted rows) does.
+#[test]
+fn appends_alone_skip_vacuuming_and_an_upsert_turns_it_back_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DuckDbConfig { path: dir.path().join("w.duckdb"), ..Default::default() };
+    let warehouse = DuckDbWarehouse::open(&config, Arc::new(catalog())).unwrap();
+    assert_eq!(vacuum_tasks(&warehouse), "100", "DuckDB's default until a landing");
+    land(&warehouse, 0..10);
+    assert_eq!(vacuum_tasks(&warehouse), "0", "after appends alone");
+    let contact = StagedRow::whole(
+        "c1".into(),
+        Op::Upsert,
+        Some(1),
+        vec![
+            CellValue::String("c-1".into()),
+            CellValue::String("A".into()),
+            CellValue::Null,
+            CellValue::Null,
+            CellValue::Null,
+            CellValue::Int64(1),
+        ],
+    );
+    let batches = vec![
+        TableBatch { table: "atoms".into(), rows: vec![atom(10)] },
+        TableBatch { table: "contacts_master".into(), rows: vec![contact] },
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (_committed, stats) = runtime.block_on(warehouse.land(Arc::new(batches), Default::default())).unwrap();
+    assert_eq!(stats.len(), 2, "both tables landed");
+    assert_eq!(vacuum_tasks(&warehouse), "100", "after a landing with an upsert");
+    land(&warehouse, 11..20);
+    assert_eq!(vacuum_tasks(&warehouse), "0");
+}
