@@ -328,7 +328,7 @@ fn coerce_owned(column: &Column, value: Option<Value>, allow_missing: bool) -> R
 /// correctly), timestamps when they parse and are in range.
 fn coerce_raw_scalar(column: &Column, raw: &str) -> Option<CellValue> {
     if column.mode == ColumnMode::Repeated {
-        return None;
+        return (column.column_type == ColumnType::String).then(|| plain_string_list(raw)).flatten();
     }
     let number = || raw.starts_with(|c: char| c == '-' || c.is_ascii_digit());
     match column.column_type {
@@ -346,6 +346,23 @@ fn coerce_raw_scalar(column: &Column, raw: &str) -> Option<CellValue> {
         }
         _ => None,
     }
+}
+
+/// The normalized JSON text of a REPEATED STRING cell given as an array of strings none of which
+/// holds an escape: compact, as `Value::to_string` writes it. Such a string holds no `"`, `\` or
+/// control character, so it is written as it came. `None` for anything else (a number, a `null`,
+/// an escape): the `Value` path. Why: a `Value` per list was a twentieth of the 1M atoms' CPU.
+fn plain_string_list(raw: &str) -> Option<CellValue> {
+    let items: Vec<&str> = serde_json::from_str(raw).ok()?;
+    let mut text = String::with_capacity(raw.len());
+    text.push('[');
+    for (i, item) in items.iter().enumerate() {
+        text.push_str(if i == 0 { "\"" } else { ",\"" });
+        text.push_str(item);
+        text.push('"');
+    }
+    text.push(']');
+    Some(CellValue::JsonText(text))
 }
 
 /// The text of a JSON string literal that holds no escape; `None` for anything else.
@@ -398,6 +415,14 @@ mod tests {
             r#""12""#,
             "[1,2]",
             r#"["a","b"]"#,
+            r#"[ "a" , "b" ]"#,
+            "[]",
+            "[ ]",
+            r#"["a",null]"#,
+            r#"["a",1,true]"#,
+            r#"["\u00e9","é","a\"b"]"#,
+            r#"["é",""]"#,
+            r#"[["a"]]"#,
             r#"{"a":1}"#,
             "1704067200",
             "1704067200.5",
