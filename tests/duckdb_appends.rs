@@ -227,22 +227,14 @@ fn vacuum_tasks(warehouse: &DuckDbWarehouse) -> String {
     result.unwrap().rows[0][0].as_str().unwrap().to_string()
 }
 
-/// A commit of appends alone does not vacuum in the checkpoint it may trigger; a commit with an
-/// upsert (whose `MERGE` may leave deleted rows) does.
-#[test]
-fn appends_alone_skip_vacuuming_and_an_upsert_turns_it_back_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = DuckDbConfig { path: dir.path().join("w.duckdb"), ..Default::default() };
-    let warehouse = DuckDbWarehouse::open(&config, Arc::new(catalog())).unwrap();
-    assert_eq!(vacuum_tasks(&warehouse), "100", "DuckDB's default until a landing");
-    land(&warehouse, 0..10);
-    assert_eq!(vacuum_tasks(&warehouse), "0", "after appends alone");
+/// A contact (an upsert, whose `MERGE` may delete rows) with one atom, in one landing.
+fn land_a_contact_and_an_atom(warehouse: &DuckDbWarehouse, atom_id: u32) {
     let contact = StagedRow::whole(
-        "c1".into(),
+        format!("c{atom_id}"),
         Op::Upsert,
         Some(1),
         vec![
-            CellValue::String("c-1".into()),
+            CellValue::String(format!("c-{atom_id}")),
             CellValue::String("A".into()),
             CellValue::Null,
             CellValue::Null,
@@ -251,13 +243,48 @@ fn appends_alone_skip_vacuuming_and_an_upsert_turns_it_back_on() {
         ],
     );
     let batches = vec![
-        TableBatch { table: "atoms".into(), rows: vec![atom(10)] },
+        TableBatch { table: "atoms".into(), rows: vec![atom(atom_id)] },
         TableBatch { table: "contacts_master".into(), rows: vec![contact] },
     ];
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (_committed, stats) = runtime.block_on(warehouse.land(Arc::new(batches), Default::default())).unwrap();
+    let (_committed, stats) = runtime.block_on(async {
+        warehouse.ensure_tables().await.unwrap();
+        warehouse.land(Arc::new(batches), Default::default()).await.unwrap()
+    });
     assert_eq!(stats.len(), 2, "both tables landed");
+}
+
+/// A commit of appends alone does not vacuum in the checkpoint it may trigger. From a commit with an
+/// upsert on, commits vacuum until a checkpoint has run.
+#[test]
+fn appends_alone_skip_vacuuming_until_an_upsert_waits_for_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DuckDbConfig { path: dir.path().join("w.duckdb"), ..Default::default() };
+    let warehouse = DuckDbWarehouse::open(&config, Arc::new(catalog())).unwrap();
+    assert_eq!(vacuum_tasks(&warehouse), "100", "DuckDB's default until a landing");
+    land(&warehouse, 0..10);
+    assert_eq!(vacuum_tasks(&warehouse), "0", "after appends alone");
+    land_a_contact_and_an_atom(&warehouse, 10);
     assert_eq!(vacuum_tasks(&warehouse), "100", "after a landing with an upsert");
     land(&warehouse, 11..20);
-    assert_eq!(vacuum_tasks(&warehouse), "0");
+    assert_eq!(vacuum_tasks(&warehouse), "100", "no checkpoint yet (64MB of WAL): its deletes wait for one");
+    drop(warehouse);
+
+    // With a checkpoint on (almost) every commit, one soon vacuums the upsert's deletes, and appends
+    // go back to not vacuuming.
+    let config = DuckDbConfig {
+        path: dir.path().join("small_wal.duckdb"),
+        checkpoint_threshold: "1KB".into(),
+        ..Default::default()
+    };
+    let warehouse = DuckDbWarehouse::open(&config, Arc::new(catalog())).unwrap();
+    land_a_contact_and_an_atom(&warehouse, 0);
+    assert_eq!(vacuum_tasks(&warehouse), "100");
+    let landings_to_a_checkpoint = (1..=3)
+        .position(|n| {
+            land(&warehouse, n * 10..(n + 1) * 10);
+            vacuum_tasks(&warehouse) == "0"
+        })
+        .expect("a checkpoint after the upsert vacuumed");
+    assert!(landings_to_a_checkpoint <= 1, "{landings_to_a_checkpoint}");
 }

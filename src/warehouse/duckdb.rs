@@ -17,6 +17,7 @@ use duckdb::Connection;
 
 use super::duckdb_append::{self, Landed, Novelty, SeenEvents};
 use super::duckdb_arrow::column_array;
+use super::duckdb_vacuum::{self, VacuumPolicy};
 use super::sql;
 use super::{seal, DeadLetterFilter, DeadLetterRecord, LandResult, LandStats, TableBatch, Warehouse, WarehouseError};
 use crate::ack::Receipts;
@@ -42,65 +43,18 @@ struct Inner {
     /// Per table: whether the live table stores `_bqsync_event_id` (see [`sql::event_id_column`]),
     /// read from the file once; used under the connection's lock.
     stored_ids: Mutex<HashMap<String, bool>>,
-    /// Whether DuckDB's checkpoints vacuum (see [`Vacuum`]); used under the connection's lock.
-    vacuum: Mutex<Vacuum>,
-    /// Rows this process committed to append tables.
-    appended_rows: Mutex<u64>,
-}
-
-/// Whether the checkpoints DuckDB runs on commit merge row groups (DuckDB's `max_vacuum_tasks`).
-///
-/// Vacuuming compacts row groups that hold deleted rows, and merges runs of row groups that would
-/// fit in fewer. Only an upsert's `MERGE` leaves deleted rows in bqsync's tables (DuckDB updates a
-/// list column by deleting and inserting the row). Appends leave one part-full row group at each
-/// checkpoint; merging it rewrites it with the full ones around it, and the next checkpoint leaves
-/// another: on the 1M-atoms benchmark that was a tenth of all the CPU (docs/benchmarks.md).
-///
-/// So a commit of appends alone turns vacuuming off for the checkpoint it may trigger, and a commit
-/// with an upsert turns it back on: deleted rows are reclaimed by the next checkpoint after an
-/// upsert. On close, a process that appended less than a row group turns it on for the last
-/// checkpoint, so that one-shot runs from cron do not leave a small row group each; a larger run
-/// leaves at most one part-full row group per checkpoint, each behind at least a row group of rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Vacuum {
-    /// DuckDB's default: up to 100 vacuum tasks a checkpoint.
-    On,
-    Off,
-}
-
-/// Rows in a DuckDB row group (`Storage::ROW_GROUP_SIZE`).
-const ROW_GROUP_ROWS: u64 = 122_880;
-
-impl Vacuum {
-    /// What a commit of these batches needs: on when any is an upsert (or an unknown table).
-    fn for_landing(catalog: &Catalog, batches: &[TableBatch]) -> Vacuum {
-        let upserts = batches
-            .iter()
-            .filter(|b| !b.rows.is_empty())
-            .any(|batch| catalog.get(&batch.table).is_none_or(|table| table.write_mode != WriteMode::Append));
-        if upserts {
-            Vacuum::On
-        } else {
-            Vacuum::Off
-        }
-    }
-
-    fn statement(self) -> &'static str {
-        match self {
-            Vacuum::On => "RESET max_vacuum_tasks",
-            Vacuum::Off => "SET max_vacuum_tasks = 0",
-        }
-    }
+    /// Whether DuckDB's checkpoints vacuum (see [`super::duckdb_vacuum`]); used under the
+    /// connection's lock.
+    vacuum: Mutex<VacuumPolicy>,
 }
 
 impl Drop for Inner {
-    /// The checkpoint DuckDB runs on close vacuums when this process appended less than a row group.
+    /// The last checkpoint, on close, vacuums when the policy says so.
     fn drop(&mut self) {
-        let vacuum = *self.vacuum.get_mut().unwrap_or_else(|p| p.into_inner());
-        let appended = *self.appended_rows.get_mut().unwrap_or_else(|p| p.into_inner());
-        if vacuum != Vacuum::On && appended < ROW_GROUP_ROWS {
+        let policy = self.vacuum.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(statement) = policy.before_close() {
             let connection = self.connection.get_mut().unwrap_or_else(|p| p.into_inner());
-            if let Err(error) = connection.execute_batch(Vacuum::On.statement()) {
+            if let Err(error) = connection.execute_batch(statement) {
                 tracing::warn!(%error, "could not turn DuckDB's vacuuming back on before closing");
             }
         }
@@ -137,8 +91,7 @@ impl DuckDbWarehouse {
                 seen: Mutex::default(),
                 event_index_max_rows: config.event_index_max_rows,
                 stored_ids: Mutex::default(),
-                vacuum: Mutex::new(Vacuum::On),
-                appended_rows: Mutex::default(),
+                vacuum: Mutex::default(),
             }),
         })
     }
@@ -161,8 +114,7 @@ impl DuckDbWarehouse {
                 seen: Mutex::default(),
                 event_index_max_rows: 0,
                 stored_ids: Mutex::default(),
-                vacuum: Mutex::new(Vacuum::On),
-                appended_rows: Mutex::default(),
+                vacuum: Mutex::default(),
             }),
         })
     }
@@ -292,22 +244,14 @@ impl DuckDbWarehouse {
 }
 
 impl DuckDbWarehouse {
-    /// Rows of these batches bound for append tables.
-    fn append_rows(&self, batches: &[TableBatch]) -> u64 {
-        let appends = |batch: &&TableBatch| {
-            self.inner.catalog.get(&batch.table).is_some_and(|table| table.write_mode == WriteMode::Append)
-        };
-        batches.iter().filter(appends).map(|batch| batch.rows.len() as u64).sum()
-    }
-
-    /// Sets whether the checkpoint a commit may trigger vacuums (see [`Vacuum`]), when it changes.
-    fn set_vacuum(&self, connection: &Connection, wanted: Vacuum) -> Result<(), WarehouseError> {
-        let mut current = self.inner.vacuum.lock().unwrap_or_else(|p| p.into_inner());
-        if *current != wanted {
-            connection.execute_batch(wanted.statement()).map_err(self.error("set max_vacuum_tasks"))?;
-            *current = wanted;
-        }
-        Ok(())
+    /// Rows of these batches bound for append tables, and whether any is bound for another table
+    /// (an upsert, whose `MERGE` may delete rows; or a table not in the catalog).
+    fn append_rows_and_upserts(&self, batches: &[TableBatch]) -> (u64, bool) {
+        let landing = batches.iter().filter(|batch| !batch.rows.is_empty());
+        landing.fold((0, false), |(rows, upserts), batch| match self.inner.catalog.get(&batch.table) {
+            Some(table) if table.write_mode == WriteMode::Append => (rows + batch.rows.len() as u64, upserts),
+            _ => (rows, true),
+        })
     }
 
     /// Whether the live table stores `_bqsync_event_id`, rather than computing it from the event-id
@@ -415,7 +359,12 @@ impl Warehouse for DuckDbWarehouse {
     async fn land(&self, batches: Arc<Vec<TableBatch>>, receipts: Receipts) -> LandResult {
         let landed = self
             .blocking(move |this, connection| {
-                this.set_vacuum(connection, Vacuum::for_landing(&this.inner.catalog, &batches))?;
+                let (appended_rows, upserts) = this.append_rows_and_upserts(&batches);
+                let mut vacuum = this.inner.vacuum.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(statement) = vacuum.before_commit(upserts) {
+                    connection.execute_batch(statement).map_err(this.error("set max_vacuum_tasks"))?;
+                }
+                let wal_before = duckdb_vacuum::wal_bytes(&this.inner.path);
                 let mut seen = this.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
                 let tx = connection.transaction().map_err(this.error("begin"))?;
                 let mut stats = Vec::with_capacity(batches.len());
@@ -428,7 +377,8 @@ impl Warehouse for DuckDbWarehouse {
                 tx.commit().map_err(this.error("commit"))?;
                 // Only now are these events stored (see the invariant in `duckdb_append`).
                 seen.commit(landed);
-                *this.inner.appended_rows.lock().unwrap_or_else(|p| p.into_inner()) += this.append_rows(&batches);
+                let wal_after = duckdb_vacuum::wal_bytes(&this.inner.path);
+                vacuum.after_commit(upserts, appended_rows, wal_after == 0 || wal_after < wal_before);
                 if tracing::enabled!(tracing::Level::TRACE) {
                     let used: Result<i64, _> =
                         connection

@@ -24,6 +24,8 @@ mod duckdb_append;
 mod duckdb_arrow;
 #[cfg(feature = "embedded")]
 pub mod duckdb_query;
+#[cfg(feature = "embedded")]
+mod duckdb_vacuum;
 pub mod remote;
 pub mod sql;
 
