@@ -36,6 +36,12 @@ fn atom(n: u32) -> StagedRow {
     )
 }
 
+/// The warehouse at `path`, with the default settings.
+fn open_at(path: &Path) -> DuckDbWarehouse {
+    DuckDbWarehouse::open(&DuckDbConfig { path: path.to_path_buf(), ..Default::default() }, Arc::new(catalog()))
+        .unwrap()
+}
+
 fn batch(ids: impl IntoIterator<Item = u32>) -> Arc<Vec<TableBatch>> {
     Arc::new(vec![TableBatch { table: "atoms".into(), rows: ids.into_iter().map(atom).collect() }])
 }
@@ -119,8 +125,7 @@ fn tables_above_the_index_limit_deduplicate_in_sql() {
 fn a_direct_append_of_many_vectors_stores_every_list_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.duckdb");
-    let warehouse =
-        DuckDbWarehouse::open(&DuckDbConfig { path: path.clone(), ..Default::default() }, Arc::new(catalog())).unwrap();
+    let warehouse = open_at(&path);
     assert_eq!(land(&warehouse, 0..5000), 5000, "the direct append");
     drop(warehouse);
     let connection = duckdb::Connection::open(&path).unwrap();
@@ -148,9 +153,7 @@ fn event_id_is_computed(path: &Path) -> bool {
 fn a_table_that_stores_its_event_id_keeps_storing_it() {
     let dir = tempfile::tempdir().unwrap();
     let fresh = dir.path().join("fresh.duckdb");
-    let warehouse =
-        DuckDbWarehouse::open(&DuckDbConfig { path: fresh.clone(), ..Default::default() }, Arc::new(catalog()))
-            .unwrap();
+    let warehouse = open_at(&fresh);
     land(&warehouse, 0..10);
     drop(warehouse);
     assert!(event_id_is_computed(&fresh));
@@ -164,8 +167,7 @@ fn a_table_that_stores_its_event_id_keeps_storing_it() {
                _bqsync_deleted BOOLEAN NOT NULL DEFAULT false, _bqsync_landed_at TIMESTAMP NOT NULL)",
         )
         .unwrap();
-    let warehouse =
-        DuckDbWarehouse::open(&DuckDbConfig { path: old.clone(), ..Default::default() }, Arc::new(catalog())).unwrap();
+    let warehouse = open_at(&old);
     assert_eq!(land(&warehouse, 0..100), 100, "the direct append");
     assert_eq!(land(&warehouse, 50..150), 50, "the SQL path");
     drop(warehouse);
@@ -179,8 +181,7 @@ fn a_table_that_stores_its_event_id_keeps_storing_it() {
 fn a_row_whose_id_differs_from_its_id_column_is_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.duckdb");
-    let warehouse =
-        DuckDbWarehouse::open(&DuckDbConfig { path: path.clone(), ..Default::default() }, Arc::new(catalog())).unwrap();
+    let warehouse = open_at(&path);
     let mut row = atom(1);
     row.event_id = "not-e1".into();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
