@@ -377,8 +377,8 @@ impl Warehouse for DuckDbWarehouse {
                 tx.commit().map_err(this.error("commit"))?;
                 // Only now are these events stored (see the invariant in `duckdb_append`).
                 seen.commit(landed);
-                let wal_after = duckdb_vacuum::wal_bytes(&this.inner.path);
-                vacuum.after_commit(upserts, appended_rows, wal_after == 0 || wal_after < wal_before);
+                let checkpointed = duckdb_vacuum::checkpointed(wal_before, duckdb_vacuum::wal_bytes(&this.inner.path));
+                vacuum.after_commit(upserts, appended_rows, checkpointed);
                 if tracing::enabled!(tracing::Level::TRACE) {
                     let used: Result<i64, _> =
                         connection

@@ -69,8 +69,13 @@ impl VacuumPolicy {
     }
 }
 
-/// The size of the database's WAL file (`<path>.wal`), 0 when there is none. A commit after which it
-/// is empty, or smaller than before, ran a checkpoint.
+/// Whether a commit ran a checkpoint, from the WAL's size before and after it ([`wal_bytes`]): a
+/// checkpoint empties the WAL, and a commit that did not checkpoint only grows it.
+pub fn checkpointed(wal_before: u64, wal_after: u64) -> bool {
+    wal_after == 0 || wal_after < wal_before
+}
+
+/// The size of the database's WAL file (`<path>.wal`), 0 when there is none.
 pub fn wal_bytes(database: &Path) -> u64 {
     let mut wal = database.as_os_str().to_owned();
     wal.push(".wal");
