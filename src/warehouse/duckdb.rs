@@ -17,9 +17,12 @@ use duckdb::Connection;
 
 use super::duckdb_append::{self, Landed, Novelty, SeenEvents};
 use super::duckdb_arrow::column_array;
+use super::duckdb_newest;
 use super::duckdb_vacuum::{self, VacuumPolicy};
 use super::sql;
-use super::{seal, DeadLetterFilter, DeadLetterRecord, LandResult, LandStats, TableBatch, Warehouse, WarehouseError};
+use super::{
+    seal, DeadLetterFilter, DeadLetterRecord, LandResult, LandStats, StagedRow, TableBatch, Warehouse, WarehouseError,
+};
 use crate::ack::Receipts;
 use crate::envelope::Op;
 use crate::schema::{Catalog, CellValue, TableSchema, WriteMode};
@@ -220,7 +223,16 @@ impl DuckDbWarehouse {
         batch: &TableBatch,
         stored_id: bool,
     ) -> Result<LandStats, WarehouseError> {
-        let record_batch = to_record_batch(table, batch);
+        // Whole-row upserts stage only each key's newest row, when Rust can tell keys apart exactly.
+        let newest = match table.write_mode {
+            WriteMode::Upsert if !table.patches() => duckdb_newest::newest_per_key(table, &batch.rows),
+            _ => None,
+        };
+        let rows: Vec<&StagedRow> = match &newest {
+            Some(indexes) => indexes.iter().map(|&index| &batch.rows[index]).collect(),
+            None => batch.rows.iter().collect(),
+        };
+        let record_batch = to_record_batch(table, &rows);
         // A fresh staging table per landing, dropped after: rows deleted from a TEMP table are never
         // vacuumed, so reusing one kept every staged row in memory (RSS grew with the data landed).
         tx.execute_batch(&sql::create_staging(table))
@@ -235,7 +247,7 @@ impl DuckDbWarehouse {
         let apply = match table.write_mode {
             WriteMode::Append => sql::insert_new_events(table, stored_id),
             WriteMode::Upsert if table.patches() => sql::merge_patch(table),
-            WriteMode::Upsert => sql::merge_versioned(table),
+            WriteMode::Upsert => sql::merge_versioned(table, newest.is_some()),
         };
         let changed = tx.execute(&apply, []).map_err(self.error(format!("apply batch to {}", table.table)))?;
         tx.execute_batch(&sql::drop_staging(table)).map_err(self.error(format!("drop staging of {}", table.table)))?;
@@ -302,8 +314,8 @@ fn same_type(live: &str, wanted: &str) -> bool {
 }
 
 /// Builds the Arrow batch for the staging table: metadata columns, then one column per schema column.
-fn to_record_batch(table: &TableSchema, batch: &TableBatch) -> RecordBatch {
-    let n = batch.rows.len();
+fn to_record_batch(table: &TableSchema, rows: &[&StagedRow]) -> RecordBatch {
+    let n = rows.len();
     let mut fields = vec![
         Field::new(sql::STAGE_EVENT_ID, DataType::Utf8, false),
         Field::new(sql::STAGE_VERSION, DataType::Int64, true),
@@ -314,7 +326,7 @@ fn to_record_batch(table: &TableSchema, batch: &TableBatch) -> RecordBatch {
     let mut versions = Int64Builder::with_capacity(n);
     let mut deleted = BooleanBuilder::with_capacity(n);
     let mut sequence = Int64Builder::with_capacity(n);
-    for (i, row) in batch.rows.iter().enumerate() {
+    for (i, row) in rows.iter().enumerate() {
         event_ids.append_value(&row.event_id);
         versions.append_option(row.version);
         deleted.append_value(row.op == Op::Delete);
@@ -328,7 +340,7 @@ fn to_record_batch(table: &TableSchema, batch: &TableBatch) -> RecordBatch {
     ];
     for (index, column) in table.columns.iter().enumerate() {
         let staging = sql::staging_type(column);
-        let cells = batch.rows.iter().map(|row| row.cells.get(index).unwrap_or(&CellValue::Null));
+        let cells = rows.iter().map(|row| row.cells.get(index).unwrap_or(&CellValue::Null));
         let (data_type, array) = column_array(staging, cells, n);
         fields.push(Field::new(&column.name, data_type, true));
         arrays.push(array);
@@ -336,7 +348,7 @@ fn to_record_batch(table: &TableSchema, batch: &TableBatch) -> RecordBatch {
     if table.patches() {
         for index in 0..table.columns.len() {
             let mut carries = BooleanBuilder::with_capacity(n);
-            batch.rows.iter().for_each(|row| carries.append_value(row.carries(index)));
+            rows.iter().for_each(|row| carries.append_value(row.carries(index)));
             fields.push(Field::new(sql::stage_carries(index), DataType::Boolean, false));
             arrays.push(Arc::new(carries.finish()));
         }

@@ -23,6 +23,8 @@ mod duckdb_append;
 #[cfg(feature = "embedded")]
 mod duckdb_arrow;
 #[cfg(feature = "embedded")]
+mod duckdb_newest;
+#[cfg(feature = "embedded")]
 pub mod duckdb_query;
 #[cfg(feature = "embedded")]
 mod duckdb_vacuum;

@@ -220,8 +220,9 @@ pub fn insert_new_events(table: &TableSchema, stored_id: bool) -> String {
 
 /// Upsert tables: the highest version per key in the batch is merged; a row changes only when that
 /// version is higher than the stored one. On equal versions a delete wins, then the larger event id,
-/// so the result does not depend on arrival order.
-pub fn merge_versioned(table: &TableSchema) -> String {
+/// so the result does not depend on arrival order. `newest_only`: the staging table holds one row per
+/// key already, each key's newest (chosen by the caller by the same order), and is merged as it is.
+pub fn merge_versioned(table: &TableSchema, newest_only: bool) -> String {
     assert_eq!(table.write_mode, WriteMode::Upsert, "merge_versioned is for upsert tables");
     let target = quote_ident(&table.table);
     let keys: Vec<String> = table.primary_key.iter().map(|k| quote_ident(k)).collect();
@@ -235,15 +236,21 @@ pub fn merge_versioned(table: &TableSchema) -> String {
         .chain(system_updates())
         .collect::<Vec<_>>()
         .join(", ");
+    let stage = quote_ident(&staging_table(table));
+    let source = match newest_only {
+        true => stage,
+        false => format!(
+            "(SELECT * FROM {stage} QUALIFY row_number() OVER (PARTITION BY {keys} \
+             ORDER BY {STAGE_VERSION} DESC, {STAGE_DELETED} DESC, {STAGE_EVENT_ID} DESC) = 1)",
+            keys = keys.join(", "),
+        ),
+    };
     format!(
-        "MERGE INTO {target} t USING \
-         (SELECT * FROM {stage} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {STAGE_VERSION} DESC, {STAGE_DELETED} DESC, {STAGE_EVENT_ID} DESC) = 1) s \
+        "MERGE INTO {target} t USING {source} s \
          ON ({on}) \
          WHEN MATCHED AND s.{STAGE_VERSION} > t.{version} THEN UPDATE SET {updates} \
          WHEN NOT MATCHED THEN INSERT ({columns}, {version}, {deleted}, {event_id}, {landed}) \
          VALUES ({casts}, s.{STAGE_VERSION}, s.{STAGE_DELETED}, s.{STAGE_EVENT_ID}, now()::TIMESTAMP)",
-        stage = quote_ident(&staging_table(table)),
-        keys = keys.join(", "),
         columns = column_list(table),
         deleted = quote_ident(DELETED),
         event_id = quote_ident(EVENT_ID),
@@ -400,11 +407,16 @@ mod tests {
 
     #[test]
     fn merge_sql_is_version_guarded() {
-        let sql = merge_versioned(catalog().get("contacts_master").unwrap());
+        let contacts = catalog().get("contacts_master").unwrap().clone();
+        let sql = merge_versioned(&contacts, false);
         assert!(sql.contains("ON (t.\"contact_id\" = s.\"contact_id\")"), "{sql}");
         assert!(sql.contains("WHEN MATCHED AND s._v > t.\"_bqsync_version\" THEN UPDATE SET"), "{sql}");
         assert!(sql.contains("PARTITION BY \"contact_id\" ORDER BY _v DESC, _d DESC, _e DESC"), "{sql}");
         assert!(!sql.contains("\"contact_id\" = s.\"contact_id\","), "keys are never updated: {sql}");
+        let newest_only = merge_versioned(&contacts, true);
+        assert!(newest_only.contains("USING \"_bqsync_stage_contacts_master\" s ON"), "{newest_only}");
+        assert!(!newest_only.contains("QUALIFY"), "{newest_only}");
+        assert_eq!(newest_only.split(" ON ").nth(1), sql.split(" ON ").nth(1), "the same guard and actions");
     }
 
     #[test]
