@@ -73,7 +73,7 @@ fn shuffled_upserts_with_equal_versions_end_at_the_rules_winner() {
         warehouse.ensure_tables().await.unwrap();
         for rows in landings {
             let batch = Arc::new(vec![TableBatch { table: "contacts_master".into(), rows }]);
-            warehouse.land(batch, Default::default()).await.unwrap();
+            let (_committed, _) = warehouse.land(batch, Default::default()).await.unwrap();
         }
     });
     drop(warehouse);
