@@ -14,7 +14,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 use nohash_hasher::NoHashHasher;
 
@@ -28,8 +28,9 @@ pub fn newest_per_key(table: &TableSchema, rows: &[StagedRow]) -> Option<Vec<usi
     let key_columns: Vec<usize> = table.primary_key.iter().map(|k| table.column_index(k)).collect::<Option<_>>()?;
     let mut winners: HashMap<u64, usize, BuildHasherDefault<NoHashHasher<u64>>> =
         HashMap::with_capacity_and_hasher(rows.len(), Default::default());
+    let mut key_bytes = Vec::new();
     for (index, row) in rows.iter().enumerate() {
-        match winners.entry(key_hash(&key_columns, row)?) {
+        match winners.entry(key_hash(&key_columns, row, &mut key_bytes)?) {
             Entry::Vacant(slot) => {
                 slot.insert(index);
             }
@@ -55,27 +56,28 @@ fn rank(row: &StagedRow) -> (Option<i64>, bool, &str) {
 }
 
 /// A hash of the row's key cells, or `None` when a cell's equality in Rust might not be SQL's.
-fn key_hash(key_columns: &[usize], row: &StagedRow) -> Option<u64> {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+/// `bytes`: a buffer for the key's tagged bytes, reused from row to row.
+fn key_hash(key_columns: &[usize], row: &StagedRow, bytes: &mut Vec<u8>) -> Option<u64> {
+    bytes.clear();
     for &column in key_columns {
         match row.cells.get(column)? {
-            CellValue::String(text) => tagged(&mut hasher, 1, text.as_bytes()),
-            CellValue::Bytes(bytes) => tagged(&mut hasher, 2, bytes),
-            CellValue::Int64(number) => tagged(&mut hasher, 3, &number.to_le_bytes()),
-            CellValue::Timestamp(micros) => tagged(&mut hasher, 4, &micros.to_le_bytes()),
-            CellValue::Date(days) => tagged(&mut hasher, 5, &days.to_le_bytes()),
-            CellValue::Bool(flag) => tagged(&mut hasher, 6, &[*flag as u8]),
+            CellValue::String(text) => tagged(bytes, 1, text.as_bytes()),
+            CellValue::Bytes(value) => tagged(bytes, 2, value),
+            CellValue::Int64(number) => tagged(bytes, 3, &number.to_le_bytes()),
+            CellValue::Timestamp(micros) => tagged(bytes, 4, &micros.to_le_bytes()),
+            CellValue::Date(days) => tagged(bytes, 5, &days.to_le_bytes()),
+            CellValue::Bool(flag) => tagged(bytes, 6, &[*flag as u8]),
             // -0.0 = 0.0 and NaN in SQL; "1.0" = "1.00" as NUMERIC; NULL matches nothing.
             CellValue::Float64(_) | CellValue::JsonText(_) | CellValue::Null => return None,
         }
     }
-    Some(hasher.finish())
+    Some(xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
-fn tagged(hasher: &mut xxhash_rust::xxh3::Xxh3, tag: u8, bytes: &[u8]) {
-    hasher.update(&[tag]);
-    hasher.update(&(bytes.len() as u64).to_le_bytes());
-    hasher.update(bytes);
+fn tagged(bytes: &mut Vec<u8>, tag: u8, value: &[u8]) {
+    bytes.push(tag);
+    bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(value);
 }
 
 #[cfg(test)]
