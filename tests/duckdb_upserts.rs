@@ -4,12 +4,13 @@
 // The embedded bus and DuckDB: built with the `embedded` feature (the default).
 #![cfg(feature = "embedded")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use bqsync::envelope::Op;
-use bqsync::schema::{Catalog, CellValue, TableSchema};
+use bqsync::schema::{Catalog, TableSchema};
 use bqsync::warehouse::duckdb::{DuckDbConfig, DuckDbWarehouse};
 use bqsync::warehouse::{StagedRow, TableBatch, Warehouse};
 
@@ -17,20 +18,12 @@ fn catalog() -> Catalog {
     Catalog::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap()
 }
 
-/// A `contacts_master` row; its email names its event id, so the stored row shows which one won.
+/// A `contacts_master` row under `event_id`; its email names the event id, so the stored row shows
+/// which one won.
 fn contact(schema: &TableSchema, key: &str, version: i64, deleted: bool, event_id: &str) -> StagedRow {
-    let cells = schema
-        .columns
-        .iter()
-        .map(|c| match c.name.as_str() {
-            "contact_id" => CellValue::String(key.into()),
-            "version" => CellValue::Int64(version),
-            "email" if !deleted => CellValue::String(format!("{event_id}@x")),
-            _ => CellValue::Null,
-        })
-        .collect();
-    let op = if deleted { Op::Delete } else { Op::Upsert };
-    StagedRow::whole(event_id.into(), op, Some(version), cells)
+    let mut row = common::staged_contact(schema, key, version, Some(&format!("{event_id}@x")), deleted);
+    row.event_id = event_id.into();
+    row
 }
 
 /// 30,000 upserts and deletes over 2,000 keys, landed in 15 batches of 2,000. Within a batch only 8
