@@ -203,7 +203,7 @@ impl<'a> RawPayload<'a> {
     }
 
     /// The payload's field names.
-    pub fn fields(&self) -> impl Iterator<Item = &str> {
+    pub fn fields(&self) -> impl ExactSizeIterator<Item = &str> {
         self.0.keys().map(|k| k.0.as_ref())
     }
 

@@ -541,4 +541,35 @@ mod tests {
         let extra = json!({"event_id":"e1","created_at":"2024-01-01T00:00:00Z","surprise":1});
         assert!(coerce_row(atoms, extra.as_object().unwrap(), false).unwrap_err().0.contains("`surprise`"));
     }
+
+    #[test]
+    fn an_unknown_field_is_named_whatever_else_the_record_holds() {
+        let catalog = Catalog::load_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").as_path()).unwrap();
+        let atoms = catalog.get("atoms").unwrap();
+        fn coerce_in(table: &TableSchema, line: &str) -> Result<Vec<CellValue>, SchemaViolation> {
+            let payload: crate::envelope::RawPayload = serde_json::from_str(line).unwrap();
+            coerce_raw_fields(table, payload.fields(), |name| payload.raw(name), false)
+        }
+        let coerce = |line: &str| coerce_in(atoms, line);
+        let every_column = r#"{"event_id":"e1","entity_id":"x","kind":"k","text":"t","score":1.5,"tags":["a"],"created_at":"2024-01-01T00:00:00Z""#;
+        assert_eq!(coerce(&format!("{every_column}}}")).unwrap().len(), atoms.columns.len());
+        // Every column present and one field more: counted, then named.
+        let error = coerce(&format!(r#"{every_column},"surprise":1}}"#)).unwrap_err().0;
+        assert!(error.contains("field `surprise` is not a column of table `atoms`"), "{error}");
+        // A field short and one unknown: the same count as the columns, still named.
+        let error = coerce(r#"{"event_id":"e1","created_at":"2024-01-01T00:00:00Z","surprise":1}"#).unwrap_err().0;
+        assert!(error.contains("`surprise`"), "{error}");
+        // An unknown field comes before a value that does not coerce, on both paths.
+        let both = r#"{"event_id":"e1","created_at":"not a time","surprise":1}"#;
+        assert!(coerce(both).unwrap_err().0.contains("`surprise`"));
+        let parsed: serde_json::Value = serde_json::from_str(both).unwrap();
+        assert!(coerce_row(atoms, parsed.as_object().unwrap(), false).unwrap_err().0.contains("`surprise`"));
+        // Without the unknown field, the value's own error.
+        let error = coerce(r#"{"event_id":"e1","created_at":"not a time"}"#).unwrap_err().0;
+        assert!(error.contains("created_at"), "{error}");
+        // A table that ignores unknown fields takes the record.
+        let mut lenient = atoms.clone();
+        lenient.unknown_fields = UnknownFields::Ignore;
+        assert!(coerce_in(&lenient, &format!(r#"{every_column},"surprise":1}}"#)).is_ok());
+    }
 }
