@@ -182,6 +182,7 @@ pub(super) fn build_sources(
     }
     for source_config in config.sources.outbox.iter().filter(|s| wanted(&s.name)) {
         let mut source = OutboxSource::new(source_config.clone(), catalog, checkpoints.clone())?;
+        source.set_max_event_bytes(config.worker.max_event_bytes);
         if mode == RunMode::Forever {
             source.watch()?;
         }

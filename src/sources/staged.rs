@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::batch::{event_row, StagedRow};
 use crate::envelope::{derive_event_id, identify, record_event_id, RawPayload};
 use crate::schema::TableSchema;
+use crate::sources::rows::RowPayload;
 
 /// Bytes an envelope adds to its payload, besides the source label: event id (at most 256 bytes),
 /// table name, op, key, version, produce time and the JSON around them. Generous: a record this
@@ -50,4 +51,23 @@ pub fn stage_record(
     };
     let row = event_row(table, identity.op, identity.key.as_ref(), identity.version, event_id, payload).ok()?;
     Some((row, key_text))
+}
+
+/// A staged row of a table source (SQLite, outbox): `payload`, a row's payload as the per-event path
+/// writes it, staged as the worker would read that text; with its key (upsert tables) and the
+/// payload's bytes. `None`: the row goes as an event.
+pub fn stage_row_payload(
+    table: &TableSchema,
+    payload: &RowPayload<'_>,
+    fallback_id: &[&[u8]],
+    label_bytes: usize,
+    max_event_bytes: usize,
+) -> Option<(StagedRow, Option<String>, usize)> {
+    let text = payload.text();
+    if !fits(text.len(), label_bytes, max_event_bytes) {
+        return None;
+    }
+    let raw: RawPayload<'_> = serde_json::from_str(&text).ok()?;
+    let (row, key_text) = stage_record(table, &raw, |name| payload.field(name), Some(fallback_id))?;
+    Some((row, key_text, text.len()))
 }

@@ -18,6 +18,8 @@
 //!   clears the flags of the pages that landed and reads the next page, and closes it right after
 //!   (never across a publish), retrying while the application holds it; the application should
 //!   likewise retry on a lock error (or keep its outbox in SQLite).
+//! - In `bqsync run` a page whose rows all stage goes to the worker as rows ([`staged`]); its flags
+//!   are cleared under the same rule, once its ticket resolved.
 //! - Hard deletes leave no dirty row behind: use `deleted_column` (soft deletes), or a delete log fed
 //!   by a trigger (`delete_log_table`, see [`deletes`]), for deletes to reach the warehouse.
 
@@ -25,6 +27,7 @@ mod deletes;
 #[cfg_attr(feature = "embedded", path = "duckdb_engine.rs")]
 #[cfg_attr(not(feature = "embedded"), path = "no_duckdb.rs")]
 mod duckdb_engine;
+mod staged;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,7 +42,8 @@ use super::rows::{now_rfc3339, poison, row_payload_event, RowMapping, SqlValue};
 use super::schedule::{last_full_resync, record_full_resync, PassClock, Schedule};
 use super::sqlite::{quote, read_rows, ReadRows};
 use super::{EmitOutcome, Source, SourceError};
-use crate::bus::{OutboundMessage, Publisher};
+use crate::batch::TableBatch;
+use crate::bus::{OutboundMessage, Publisher, StagedRows, Ticket};
 use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
 
@@ -137,6 +141,8 @@ pub struct OutboxSource {
     full_requested: bool,
     /// With a `delete_log_table`: its statements (see [`deletes`]).
     log_statements: Option<deletes::LogStatements>,
+    /// `worker.max_event_bytes`: rows staged by the source stay well below it.
+    max_event_bytes: usize,
     shutdown: Shutdown,
 }
 
@@ -198,8 +204,14 @@ impl OutboxSource {
             published: 0,
             cleared: 0,
             kept_dirty: 0,
+            max_event_bytes: crate::config::worker::WorkerConfig::default().max_event_bytes,
             shutdown: Shutdown::default(),
         })
+    }
+
+    /// The worker's `max_event_bytes` (rows staged by the source stay well below it).
+    pub fn set_max_event_bytes(&mut self, max_event_bytes: usize) {
+        self.max_event_bytes = max_event_bytes;
     }
 
     /// Starts a pass whenever the database file (or its journal) changes.
@@ -352,34 +364,60 @@ impl OutboxSource {
         outcome.published += landed.events;
     }
 
-    /// Builds the events of a page and the keys to clear after they are published.
-    fn page_events(&self, page: &ReadRows) -> (Vec<OutboundMessage>, Vec<ClearKey>) {
-        let produced_at = now_rfc3339();
+    /// Hands a page to the bus: as rows staged here when the bus takes them and every row stages,
+    /// else as one event a row. Returns the ticket and the page's events. (`&mut`: the source holds
+    /// a SQLite connection, which is not `Sync`, and the future must be `Send`.)
+    async fn publish_page(&mut self, page: &ReadRows, publisher: &dyn Publisher) -> Result<(Ticket, u64), SourceError> {
         let source_label = format!("outbox:{}/{}", self.config.name, self.config.source_table);
-        let position = |name: &str| page.names.iter().position(|n| n == name);
-        let deleted_position = self.config.deleted_column.as_deref().and_then(position);
+        let deleted_position =
+            self.config.deleted_column.as_deref().and_then(|name| page.names.iter().position(|n| n == name));
+        let publish_error = |error| SourceError::Publish { source_name: self.config.name.clone(), error };
+        if publisher.takes_staged_rows() {
+            let shape = staged::PageShape {
+                source_name: &self.config.name,
+                source_label: &source_label,
+                deleted_position,
+                max_event_bytes: self.max_event_bytes,
+            };
+            if let Some(page) = staged::stage_page(&self.mapping, &shape, page) {
+                let count = page.rows.len() as u64;
+                let batch = TableBatch { table: self.mapping.table.clone(), rows: page.rows };
+                let rows = StagedRows { batch, bytes: page.bytes };
+                let ticket = publisher.publish_with_rows(rows, Vec::new()).await.map_err(publish_error)?;
+                return Ok((ticket, count));
+            }
+        }
+        let messages = self.page_events(page, &source_label, deleted_position);
+        let count = messages.len() as u64;
+        let ticket = publisher.publish_pipelined(messages).await.map_err(publish_error)?;
+        Ok((ticket, count))
+    }
+
+    /// The events of a page, one a row.
+    fn page_events(
+        &self,
+        page: &ReadRows,
+        source_label: &str,
+        deleted_position: Option<usize>,
+    ) -> Vec<OutboundMessage> {
+        let produced_at = now_rfc3339();
         let mut messages = Vec::with_capacity(page.rows.len());
-        let mut keys = Vec::with_capacity(page.rows.len());
         for row in &page.rows {
             let columns = page.names.iter().skip(1).map(String::as_str).zip(row.iter().skip(1));
             let payload = self.mapping.row_payload(columns);
             let deleted = deleted_position.is_some_and(|i| row[i].is_truthy());
-            let rowid = match row[0] {
-                SqlValue::Integer(i) => i,
-                _ => 0,
-            };
+            let rowid = staged::rowid_of(row);
             let fallback: [&[u8]; 2] = [self.config.name.as_bytes(), &rowid.to_le_bytes()];
-            match row_payload_event(&self.mapping, &payload, deleted, &fallback, &source_label, &produced_at) {
+            match row_payload_event(&self.mapping, &payload, deleted, &fallback, source_label, &produced_at) {
                 Ok(event) => messages.push(event.message),
                 Err((reason, detail)) => {
                     // Dead-lettered with the reason; its flag is cleared like any published row's.
                     let text = payload.text();
-                    messages.push(poison(&self.mapping.table, text.as_bytes(), reason, detail, &source_label));
+                    messages.push(poison(&self.mapping.table, text.as_bytes(), reason, detail, source_label));
                 }
             }
-            keys.push(self.clear_key(&page.names, row));
         }
-        (messages, keys)
+        messages
     }
 
     /// The (key, version) of a row read with `names`, for its compare-and-clear.
@@ -454,12 +492,8 @@ impl Source for OutboxSource {
                 SqlValue::Integer(i) => i,
                 _ => i64::MAX,
             };
-            let (messages, keys) = self.page_events(&page);
-            let count = messages.len() as u64;
-            let ticket = publisher
-                .publish_pipelined(messages)
-                .await
-                .map_err(|error| SourceError::Publish { source_name: self.config.name.clone(), error })?;
+            let (ticket, count) = self.publish_page(&page, publisher).await?;
+            let keys = page.rows.iter().map(|row| self.clear_key(&page.names, row)).collect();
             in_flight.push(ticket, count, keys);
             self.take_landed(&mut in_flight, keep, &mut landed, &mut outcome).await?;
             if page.rows.len() < self.config.batch_rows {

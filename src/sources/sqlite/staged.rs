@@ -4,8 +4,7 @@
 
 use super::{rowid_bytes, warn_ignored, ReadRows, SyncedTable};
 use crate::batch::StagedRow;
-use crate::envelope::RawPayload;
-use crate::sources::staged::{fits, stage_record};
+use crate::sources::staged::stage_row_payload;
 
 /// The rows of a page, with the keys and versions the source remembers once they landed.
 pub(super) struct StagedPage {
@@ -36,22 +35,17 @@ pub(super) fn stage_page(
         let columns = page.names.iter().skip(2).map(String::as_str).zip(row.iter().skip(2));
         let payload = table.mapping.row_payload(columns);
         warn_ignored(&mut table.warned_ignored, source_name, &table.config, &payload.ignored);
-        let text = payload.text();
-        if !fits(text.len(), source_label.len(), max_event_bytes) {
-            return None;
-        }
-        let raw: RawPayload<'_> = serde_json::from_str(&text).ok()?;
         let rowid = rowid_bytes(row);
         let fallback = table.fallback_id(source_name, &rowid);
-        let (staged_row, key_text) =
-            stage_record(table.mapping.schema(), &raw, |name| payload.field(name), Some(&fallback))?;
+        let (staged_row, key_text, bytes) =
+            stage_row_payload(table.mapping.schema(), &payload, &fallback, source_label.len(), max_event_bytes)?;
         if let (Some(key), Some(version), Some(synced)) = (key_text, staged_row.version, &table.synced) {
             if synced.get(&key) == Some(&version) && !table.republish {
                 continue; // re-read in the overlap window, already published
             }
             staged.keys.push((key, Some(version)));
         }
-        staged.bytes += text.len();
+        staged.bytes += bytes;
         staged.rows.push(staged_row);
     }
     Some(staged)
