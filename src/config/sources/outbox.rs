@@ -53,9 +53,12 @@ pub struct OutboxSourceConfig {
     /// Rows per page (one publish and one clear transaction a page). A DuckDB file is opened once a
     /// page, briefly (the compare-and-clear of the pages that landed, then the next page's read),
     /// never across the publish; larger pages open it less often but hold more rows in memory (two
-    /// pages wait for their clear). Default 20000.
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
+    /// pages wait for their clear) and hold the file a little longer each time. Default 20000 for
+    /// SQLite (whose clear holds the application's write lock) and 40000 for DuckDB (each open, and
+    /// the checkpoint on close, cost DuckDB tens of milliseconds: 200k rows took about 2.0 s in
+    /// 20,000-row pages and 1.7 s in 40,000-row ones, see docs/benchmarks.md).
+    #[serde(default)]
+    pub batch_rows: Option<usize>,
     /// How long to wait for the application's locks (SQLite busy timeout; DuckDB: retrying the
     /// open) before the pass fails and is retried. Default 10000.
     #[serde(default = "default_busy_timeout_ms")]
@@ -89,9 +92,10 @@ const fn default_poll_interval_ms() -> u64 {
     1000
 }
 
-const fn default_batch_rows() -> usize {
-    20_000
-}
+/// The default `batch_rows` of a SQLite outbox.
+pub const SQLITE_BATCH_ROWS: usize = 20_000;
+/// The default `batch_rows` of a DuckDB outbox.
+pub const DUCKDB_BATCH_ROWS: usize = 40_000;
 
 const fn default_busy_timeout_ms() -> u64 {
     10_000

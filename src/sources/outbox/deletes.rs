@@ -62,7 +62,7 @@ impl OutboxSource {
             // Only now, with the tombstones durable on the bus, may the log rows go.
             self.clear_log(statements, &keys).await?;
             published += count;
-            if page.rows.len() < self.config.batch_rows {
+            if page.rows.len() < self.batch_rows {
                 break;
             }
         }
@@ -73,7 +73,7 @@ impl OutboxSource {
     }
 
     async fn read_log_page(&mut self, statements: &LogStatements, after: i64) -> Result<ReadRows, SourceError> {
-        let limit = self.config.batch_rows as i64;
+        let limit = self.batch_rows as i64;
         match self.engine {
             OutboxEngine::Sqlite => {
                 let result = read_rows(self.sqlite()?, &statements.select_page, &[&after, &limit], limit as usize);

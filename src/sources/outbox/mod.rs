@@ -48,6 +48,7 @@ use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
 
 pub use crate::config::sources::outbox::{OutboxEngine, OutboxSourceConfig};
+use crate::config::sources::outbox::{DUCKDB_BATCH_ROWS, SQLITE_BATCH_ROWS};
 
 /// What identifies a published row for its compare-and-clear.
 struct ClearKey {
@@ -123,6 +124,8 @@ fn clear_params(key: &ClearKey) -> Vec<&dyn rusqlite::ToSql> {
 pub struct OutboxSource {
     config: OutboxSourceConfig,
     engine: OutboxEngine,
+    /// Rows per page: `batch_rows`, or the engine's default.
+    batch_rows: usize,
     mapping: RowMapping,
     statements: Statements,
     /// Kept open between passes (SQLite only; DuckDB files are opened per operation).
@@ -160,14 +163,18 @@ impl OutboxSource {
                 "table `{destination}` must be an upsert table (primary_key and version_column): the outbox publishes upserts"
             )));
         };
-        if config.batch_rows == 0 {
-            return Err(problem("batch_rows must be ≥ 1".into()));
-        }
         let engine = config.engine.unwrap_or(if config.path.extension().is_some_and(|e| e == "duckdb") {
             OutboxEngine::Duckdb
         } else {
             OutboxEngine::Sqlite
         });
+        let batch_rows = config.batch_rows.unwrap_or(match engine {
+            OutboxEngine::Sqlite => SQLITE_BATCH_ROWS,
+            OutboxEngine::Duckdb => DUCKDB_BATCH_ROWS,
+        });
+        if batch_rows == 0 {
+            return Err(problem("batch_rows must be ≥ 1".into()));
+        }
         #[cfg(not(feature = "embedded"))]
         if engine == OutboxEngine::Duckdb {
             return Err(problem(duckdb_engine::not_built()));
@@ -196,6 +203,7 @@ impl OutboxSource {
             log_statements,
             config,
             engine,
+            batch_rows,
             mapping,
             statements,
             sqlite: None,
@@ -259,7 +267,7 @@ impl OutboxSource {
         full: bool,
         outcome: &mut EmitOutcome,
     ) -> Result<ReadRows, SourceError> {
-        let limit = self.config.batch_rows as i64;
+        let limit = self.batch_rows as i64;
         let sql = if full { &self.statements.select_all_page } else { &self.statements.select_page }.clone();
         match self.engine {
             OutboxEngine::Sqlite => {
@@ -482,7 +490,7 @@ impl Source for OutboxSource {
         // Pages go by rowid, so the next page is read (and its flags left alone) while the previous
         // one lands: at most one page waits beyond the one just handed off.
         let mut in_flight = InFlight::default();
-        let keep = self.config.batch_rows as u64;
+        let keep = self.batch_rows as u64;
         // Pages that landed: their flags are cleared in the same open as the next page's read.
         let mut landed = Landed::default();
         while !self.shutdown.is_stopping() {
@@ -496,7 +504,7 @@ impl Source for OutboxSource {
             let keys = page.rows.iter().map(|row| self.clear_key(&page.names, row)).collect();
             in_flight.push(ticket, count, keys);
             self.take_landed(&mut in_flight, keep, &mut landed, &mut outcome).await?;
-            if page.rows.len() < self.config.batch_rows {
+            if page.rows.len() < self.batch_rows {
                 break;
             }
         }
@@ -555,5 +563,28 @@ impl Source for OutboxSource {
             "cleared": self.cleared,
             "kept_dirty": self.kept_dirty,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page is 20,000 rows on SQLite and 40,000 on DuckDB unless `batch_rows` says otherwise.
+    #[test]
+    fn the_page_size_defaults_by_engine_and_is_kept_when_set() {
+        let catalog = Catalog::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let checkpoints = Arc::new(CheckpointStore::open(&state.path().join("state.db")).unwrap());
+        let page_rows = |extra: &str| {
+            let config = format!("name = \"o\"\nsource_table = \"contacts\"\ntable = \"contacts_master\"\n{extra}");
+            let config: OutboxSourceConfig = toml::from_str(&config).unwrap();
+            OutboxSource::new(config, &catalog, checkpoints.clone()).map(|source| source.batch_rows)
+        };
+        assert_eq!(page_rows("path = \"app.db\"").unwrap(), SQLITE_BATCH_ROWS);
+        assert_eq!(page_rows("path = \"app.duckdb\"").unwrap(), DUCKDB_BATCH_ROWS);
+        assert_eq!(page_rows("path = \"app.data\"\nengine = \"duckdb\"").unwrap(), DUCKDB_BATCH_ROWS);
+        assert_eq!(page_rows("path = \"app.duckdb\"\nbatch_rows = 500").unwrap(), 500);
+        assert!(page_rows("path = \"app.db\"\nbatch_rows = 0").is_err());
     }
 }
