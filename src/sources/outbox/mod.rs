@@ -582,9 +582,14 @@ mod tests {
             OutboxSource::new(config, &catalog, checkpoints.clone()).map(|source| source.batch_rows)
         };
         assert_eq!(page_rows("path = \"app.db\"").unwrap(), SQLITE_BATCH_ROWS);
-        assert_eq!(page_rows("path = \"app.duckdb\"").unwrap(), DUCKDB_BATCH_ROWS);
-        assert_eq!(page_rows("path = \"app.data\"\nengine = \"duckdb\"").unwrap(), DUCKDB_BATCH_ROWS);
-        assert_eq!(page_rows("path = \"app.duckdb\"\nbatch_rows = 500").unwrap(), 500);
+        assert_eq!(page_rows("path = \"app.db\"\nbatch_rows = 500").unwrap(), 500);
         assert!(page_rows("path = \"app.db\"\nbatch_rows = 0").is_err());
+        if cfg!(feature = "embedded") {
+            assert_eq!(page_rows("path = \"app.duckdb\"").unwrap(), DUCKDB_BATCH_ROWS);
+            assert_eq!(page_rows("path = \"app.data\"\nengine = \"duckdb\"").unwrap(), DUCKDB_BATCH_ROWS);
+            assert_eq!(page_rows("path = \"app.duckdb\"\nbatch_rows = 500").unwrap(), 500);
+        } else {
+            assert!(page_rows("path = \"app.duckdb\"").is_err(), "a DuckDB outbox needs the embedded feature");
+        }
     }
 }
